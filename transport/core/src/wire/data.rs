@@ -1,0 +1,239 @@
+//! Data packets: several small messages packed into one datagram, or one fragment of a message
+//! larger than a datagram. Both carry the (region, sequence number) of the sender's stream.
+
+use bytes::Bytes;
+
+use crate::{RegionId, Seq, TopicId};
+
+use super::{header::finish, u16_at, u32_at, u64_at, Header, WireError, HEADER_LEN};
+
+/// Body bytes of a data packet before its first message.
+pub const DATA_FIXED_LEN: usize = 16;
+/// Bytes each packed message costs besides its payload (topic id and length).
+pub const MESSAGE_OVERHEAD: usize = 10;
+/// Body bytes of a fragment before its payload slice.
+pub const FRAGMENT_FIXED_LEN: usize = 28;
+
+/// Builds a packed data packet in place, message by message.
+#[derive(Debug)]
+pub struct DataWriter<'a> {
+    buf: &'a mut [u8],
+    len: usize,
+    count: u16,
+}
+
+impl<'a> DataWriter<'a> {
+    /// Starts a data packet in `buf` (whose length is the datagram budget).
+    pub fn new(
+        buf: &'a mut [u8],
+        header: &Header,
+        region: RegionId,
+        seq: Seq,
+    ) -> Result<DataWriter<'a>, WireError> {
+        if buf.len() < HEADER_LEN + DATA_FIXED_LEN {
+            return Err(WireError::BufferTooSmall);
+        }
+        header.write(buf)?;
+        let b = &mut buf[HEADER_LEN..HEADER_LEN + DATA_FIXED_LEN];
+        b[0..8].copy_from_slice(&region.0.to_be_bytes());
+        b[8..12].copy_from_slice(&seq.0.to_be_bytes());
+        b[12..16].fill(0);
+        Ok(DataWriter {
+            buf,
+            len: HEADER_LEN + DATA_FIXED_LEN,
+            count: 0,
+        })
+    }
+
+    /// Whether a message of `payload_len` bytes still fits.
+    pub fn fits(&self, payload_len: usize) -> bool {
+        payload_len <= usize::from(u16::MAX)
+            && self.count < u16::MAX
+            && self.len + MESSAGE_OVERHEAD + payload_len <= self.buf.len()
+    }
+
+    /// Appends a message; returns `false` (and writes nothing) when it does not fit.
+    pub fn push(&mut self, topic: TopicId, payload: &[u8]) -> bool {
+        if !self.fits(payload.len()) {
+            return false;
+        }
+        let at = self.len;
+        self.buf[at..at + 8].copy_from_slice(&topic.0.to_be_bytes());
+        self.buf[at + 8..at + 10].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        self.buf[at + 10..at + 10 + payload.len()].copy_from_slice(payload);
+        self.len = at + MESSAGE_OVERHEAD + payload.len();
+        self.count += 1;
+        true
+    }
+
+    /// Messages written so far.
+    pub fn count(&self) -> u16 {
+        self.count
+    }
+
+    /// Seals the datagram and returns its length.
+    pub fn finish(self) -> Result<usize, WireError> {
+        self.buf[HEADER_LEN + 12..HEADER_LEN + 14].copy_from_slice(&self.count.to_be_bytes());
+        finish(self.buf, self.len)
+    }
+}
+
+/// A validated packed data packet; its messages are zero-copy slices of the datagram.
+#[derive(Debug, Clone)]
+pub struct DataPacket {
+    /// The stream's region.
+    pub region: RegionId,
+    /// The packet's sequence number in the (sender, region) stream.
+    pub seq: Seq,
+    count: u16,
+    body: Bytes,
+}
+
+impl DataPacket {
+    /// Validates a body (every message length is checked here, once).
+    pub fn parse(body: Bytes) -> Result<DataPacket, WireError> {
+        if body.len() < DATA_FIXED_LEN {
+            return Err(WireError::Truncated);
+        }
+        let count = u16_at(&body, 12);
+        let mut at = DATA_FIXED_LEN;
+        for _ in 0..count {
+            if body.len() < at + MESSAGE_OVERHEAD {
+                return Err(WireError::Malformed);
+            }
+            at += MESSAGE_OVERHEAD + usize::from(u16_at(&body, at + 8));
+        }
+        if at != body.len() {
+            return Err(WireError::Malformed);
+        }
+        Ok(DataPacket {
+            region: RegionId(u64_at(&body, 0)),
+            seq: Seq(u32_at(&body, 8)),
+            count,
+            body,
+        })
+    }
+
+    /// Number of messages packed.
+    pub fn len(&self) -> usize {
+        usize::from(self.count)
+    }
+
+    /// Whether the packet carries no message.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The packed messages, in order.
+    pub fn messages(&self) -> MessageIter<'_> {
+        MessageIter {
+            body: &self.body,
+            at: DATA_FIXED_LEN,
+            left: self.count,
+        }
+    }
+}
+
+/// Iterator over the `(topic, payload)` pairs of a [`DataPacket`].
+#[derive(Debug)]
+pub struct MessageIter<'a> {
+    body: &'a Bytes,
+    at: usize,
+    left: u16,
+}
+
+impl Iterator for MessageIter<'_> {
+    type Item = (TopicId, Bytes);
+
+    fn next(&mut self) -> Option<(TopicId, Bytes)> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        let topic = TopicId(u64_at(self.body, self.at));
+        let len = usize::from(u16_at(self.body, self.at + 8));
+        let start = self.at + MESSAGE_OVERHEAD;
+        self.at = start + len;
+        Some((topic, self.body.slice(start..start + len)))
+    }
+}
+
+/// One fragment of a message too large for a datagram. Fragments of one message occupy
+/// consecutive sequence numbers of the stream, `index` 0 first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fragment {
+    /// The stream's region.
+    pub region: RegionId,
+    /// The packet's sequence number.
+    pub seq: Seq,
+    /// Position of this fragment in the message.
+    pub index: u16,
+    /// Fragments in the message (at least 2).
+    pub count: u16,
+    /// The message's topic.
+    pub topic: TopicId,
+    /// The whole message's length in bytes.
+    pub total_len: u32,
+    /// This fragment's bytes.
+    pub payload: Bytes,
+}
+
+impl Fragment {
+    /// Payload bytes one fragment carries in a datagram of `max_datagram` bytes.
+    pub fn payload_capacity(max_datagram: usize) -> usize {
+        max_datagram.saturating_sub(HEADER_LEN + FRAGMENT_FIXED_LEN)
+    }
+
+    /// Writes a whole fragment datagram (header included) into `buf`, taking the payload from
+    /// `payload`; returns the datagram length.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(
+        buf: &mut [u8],
+        header: &Header,
+        region: RegionId,
+        seq: Seq,
+        index: u16,
+        count: u16,
+        topic: TopicId,
+        total_len: u32,
+        payload: &[u8],
+    ) -> Result<usize, WireError> {
+        let len = HEADER_LEN + FRAGMENT_FIXED_LEN + payload.len();
+        if buf.len() < len {
+            return Err(WireError::BufferTooSmall);
+        }
+        header.write(buf)?;
+        let b = &mut buf[HEADER_LEN..len];
+        b[0..8].copy_from_slice(&region.0.to_be_bytes());
+        b[8..12].copy_from_slice(&seq.0.to_be_bytes());
+        b[12..14].copy_from_slice(&index.to_be_bytes());
+        b[14..16].copy_from_slice(&count.to_be_bytes());
+        b[16..24].copy_from_slice(&topic.0.to_be_bytes());
+        b[24..28].copy_from_slice(&total_len.to_be_bytes());
+        b[28..].copy_from_slice(payload);
+        finish(buf, len)
+    }
+
+    /// Parses a body.
+    pub fn parse(body: Bytes) -> Result<Fragment, WireError> {
+        if body.len() < FRAGMENT_FIXED_LEN {
+            return Err(WireError::Truncated);
+        }
+        let index = u16_at(&body, 12);
+        let count = u16_at(&body, 14);
+        let total_len = u32_at(&body, 24);
+        let payload = body.slice(FRAGMENT_FIXED_LEN..);
+        if count < 2 || index >= count || payload.len() as u64 > u64::from(total_len) {
+            return Err(WireError::Malformed);
+        }
+        Ok(Fragment {
+            region: RegionId(u64_at(&body, 0)),
+            seq: Seq(u32_at(&body, 8)),
+            index,
+            count,
+            topic: TopicId(u64_at(&body, 16)),
+            total_len,
+            payload,
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! The wire format: one common header, then a body per packet kind.
+//!
+//! All integers are big-endian. Every datagram starts with a [`Header`] (24 bytes) carrying a
+//! CRC-32 over the whole datagram; [`parse`] checks magic, version, length and checksum once,
+//! after which the body decoders only bound-check.
+//!
+//! ```text
+//!  0      2   3    4     5     6        8         12         16               24
+//!  | magic | ver | kind | flags | rsvd | length | cluster | checksum | sender    |
+//! ```
+//!
+//! Bodies: [`Announce`] (discovery), data packets (several small messages packed, see
+//! [`DataWriter`] and [`DataPacket`], or one fragment of a large message) and [`StreamState`]
+//! (a sender's highest sequence number per stream, so receivers see losses at a stream's tail).
+//! Parsing never panics on any input; every error is a [`WireError`].
+
+mod announce;
+mod data;
+mod header;
+mod stream;
+
+pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
+pub use data::{
+    DataPacket, DataWriter, Fragment, MessageIter, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN,
+    MESSAGE_OVERHEAD,
+};
+pub use header::{finish, parse, Header, PacketKind, HEADER_LEN, MAGIC, VERSION};
+pub use stream::{StreamState, STREAM_STATE_LEN};
+
+/// Why a datagram was rejected. Each variant is a counted drop reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    /// Shorter than the header or than its body needs.
+    #[error("datagram truncated")]
+    Truncated,
+    /// Not a Quicksilver datagram.
+    #[error("bad magic")]
+    BadMagic,
+    /// A protocol version this build does not speak.
+    #[error("unsupported version {0}")]
+    UnsupportedVersion(u8),
+    /// An unknown packet kind.
+    #[error("unknown packet kind {0}")]
+    UnknownKind(u8),
+    /// The header's length disagrees with the datagram's.
+    #[error("length mismatch")]
+    BadLength,
+    /// The checksum does not match (corruption).
+    #[error("checksum mismatch")]
+    BadChecksum,
+    /// A body field is out of range or inconsistent.
+    #[error("malformed body")]
+    Malformed,
+    /// The caller's buffer cannot hold the packet.
+    #[error("buffer too small")]
+    BufferTooSmall,
+}
+
+pub(crate) fn u16_at(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}

@@ -1,0 +1,41 @@
+//! Stream state: a sender's highest sequence number in one (sender, region) stream. Sent after a
+//! stream goes idle (like PGM's source path messages) so receivers detect losses at its tail.
+
+use crate::{RegionId, Seq};
+
+use super::{u32_at, u64_at, WireError};
+
+/// Body bytes of a [`StreamState`].
+pub const STREAM_STATE_LEN: usize = 12;
+
+/// The highest sequence number a sender has sent in a region.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamState {
+    /// The region (stream) this is about.
+    pub region: RegionId,
+    /// The highest sequence number sent so far.
+    pub highest: Seq,
+}
+
+impl StreamState {
+    /// Writes the body into `buf`, returning the bytes written.
+    pub fn write(&self, buf: &mut [u8]) -> Result<usize, WireError> {
+        let b = buf
+            .get_mut(..STREAM_STATE_LEN)
+            .ok_or(WireError::BufferTooSmall)?;
+        b[0..8].copy_from_slice(&self.region.0.to_be_bytes());
+        b[8..12].copy_from_slice(&self.highest.0.to_be_bytes());
+        Ok(STREAM_STATE_LEN)
+    }
+
+    /// Parses a body.
+    pub fn parse(body: &[u8]) -> Result<StreamState, WireError> {
+        if body.len() != STREAM_STATE_LEN {
+            return Err(WireError::Truncated);
+        }
+        Ok(StreamState {
+            region: RegionId(u64_at(body, 0)),
+            highest: Seq(u32_at(body, 8)),
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Property tests of the wire format: every encoder round-trips through its decoder, and any
+//! byte string either parses or returns an error, never panics.
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use qs_transport::wire::{
+    self, Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, StreamState, WireError,
+    HEADER_LEN,
+};
+use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
+
+fn header(kind: PacketKind, sender: u64) -> Header {
+    Header {
+        kind,
+        cluster: ClusterId(7),
+        sender: NodeId(sender),
+    }
+}
+
+/// Parses a datagram the way a node does, body decoder included.
+fn parse_any(datagram: &[u8]) -> Result<(), WireError> {
+    let (h, body) = wire::parse(datagram)?;
+    let body = Bytes::copy_from_slice(body);
+    match h.kind {
+        PacketKind::Announce => Announce::parse(&body).map(drop),
+        PacketKind::Data => {
+            DataPacket::parse(body).map(|p| assert_eq!(p.messages().count(), p.len()))
+        }
+        PacketKind::Fragment => Fragment::parse(body).map(drop),
+        PacketKind::StreamState => StreamState::parse(&body).map(drop),
+    }
+}
+
+proptest! {
+    #[test]
+    fn packed_messages_round_trip(
+        sender: u64, region: u64, seq: u32,
+        msgs in prop::collection::vec((any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)), 0..20),
+    ) {
+        let mut buf = vec![0u8; 1472];
+        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, sender), RegionId(region), Seq(seq)).unwrap();
+        let mut written = Vec::new();
+        for (t, p) in &msgs {
+            if !w.push(TopicId(*t), p) { break; }
+            written.push((TopicId(*t), p.clone()));
+        }
+        let len = w.finish().unwrap();
+        let (h, body) = wire::parse(&buf[..len]).unwrap();
+        prop_assert_eq!(h.sender, NodeId(sender));
+        prop_assert_eq!(h.kind, PacketKind::Data);
+        let pkt = DataPacket::parse(Bytes::copy_from_slice(body)).unwrap();
+        prop_assert_eq!(pkt.region, RegionId(region));
+        prop_assert_eq!(pkt.seq, Seq(seq));
+        let got: Vec<(TopicId, Vec<u8>)> = pkt.messages().map(|(t, b)| (t, b.to_vec())).collect();
+        prop_assert_eq!(got, written);
+    }
+
+    #[test]
+    fn fragments_round_trip(index in 0u16..100, extra in 1u16..100, topic: u64, total: u32,
+        payload in prop::collection::vec(any::<u8>(), 0..1400)) {
+        let total = total.max(payload.len() as u32);
+        let count = index + extra;
+        let mut buf = vec![0u8; 1472];
+        let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), RegionId(2), Seq(3),
+            index, count, TopicId(topic), total, &payload).unwrap();
+        let (_, body) = wire::parse(&buf[..len]).unwrap();
+        let f = Fragment::parse(Bytes::copy_from_slice(body)).unwrap();
+        prop_assert_eq!((f.index, f.count, f.topic, f.total_len), (index, count, TopicId(topic), total));
+        prop_assert_eq!(&f.payload[..], &payload[..]);
+    }
+
+    #[test]
+    fn announces_round_trip(incarnation: u64, ip: u32, port: u16, leaving: bool, version: u32,
+        chunk in 0u16..10, more in 1u16..10, digest: u64,
+        topics in prop::collection::vec(any::<u64>(), 0..170)) {
+        let a = Announce {
+            incarnation, unicast: SocketAddrV4::new(Ipv4Addr::from(ip), port), leaving,
+            topics_version: version, chunk, chunk_count: chunk + more, digest: RegionId(digest),
+            topics: topics.into_iter().map(TopicId).collect(),
+        };
+        let mut buf = vec![0u8; 1472];
+        header(PacketKind::Announce, 9).write(&mut buf).unwrap();
+        let n = a.write(&mut buf[HEADER_LEN..]).unwrap();
+        let len = wire::finish(&mut buf, HEADER_LEN + n).unwrap();
+        let (_, body) = wire::parse(&buf[..len]).unwrap();
+        prop_assert_eq!(Announce::parse(body).unwrap(), a);
+    }
+
+    #[test]
+    fn stream_states_round_trip(region: u64, seq: u32) {
+        let s = StreamState { region: RegionId(region), highest: Seq(seq) };
+        let mut buf = [0u8; 64];
+        header(PacketKind::StreamState, 1).write(&mut buf).unwrap();
+        let n = s.write(&mut buf[HEADER_LEN..]).unwrap();
+        let len = wire::finish(&mut buf, HEADER_LEN + n).unwrap();
+        let (_, body) = wire::parse(&buf[..len]).unwrap();
+        prop_assert_eq!(StreamState::parse(body).unwrap(), s);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..2000)) {
+        let _ = parse_any(&bytes);
+    }
+
+    /// Random bytes almost never pass the checksum, so also fuzz bodies behind a valid header.
+    #[test]
+    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=4,
+        body in prop::collection::vec(any::<u8>(), 0..1500)) {
+        let kind = match kind { 1 => PacketKind::Announce, 2 => PacketKind::Data,
+            3 => PacketKind::Fragment, _ => PacketKind::StreamState };
+        let mut buf = vec![0u8; HEADER_LEN + body.len()];
+        header(kind, 5).write(&mut buf).unwrap();
+        buf[HEADER_LEN..].copy_from_slice(&body);
+        let len = buf.len();
+        wire::finish(&mut buf, len).unwrap();
+        let _ = parse_any(&buf);
+    }
+
+    #[test]
+    fn any_single_bit_flip_is_rejected(flip in 0usize..(8 * 60)) {
+        let mut buf = vec![0u8; 1472];
+        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
+        assert!(w.push(TopicId(4), b"hello, multicast world: some bytes"));
+        let len = w.finish().unwrap();
+        let flip = flip % (8 * len);
+        buf[flip / 8] ^= 1 << (flip % 8);
+        prop_assert!(wire::parse(&buf[..len]).is_err());
+    }
+}
+
+#[test]
+fn a_packet_with_a_lying_message_length_is_malformed() {
+    let mut buf = vec![0u8; 200];
+    let mut w =
+        DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
+    assert!(w.push(TopicId(4), b"abc"));
+    let len = w.finish().unwrap();
+    let mut body = buf[HEADER_LEN..len].to_vec();
+    body[16 + 9] = 200; // the message now claims 200 bytes
+    assert_eq!(
+        DataPacket::parse(Bytes::from(body)).unwrap_err(),
+        WireError::Malformed
+    );
+}
