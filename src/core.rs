@@ -1,0 +1,858 @@
+//! The sans-IO node: discovery, regions, sending and receiving composed into one [`Driven`]
+//! core. The real runtime (`qs-runtime`) and the simulator (`qs-sim`) drive the same value.
+//!
+//! Sending is pull-based: [`NodeCore::publish`] only queues `(topic, payload)` per region;
+//! packets (headers, sequence numbers, packing of small messages, fragments of large ones) are
+//! built in [`Driven::poll_transmit`] when the driver can send. Control traffic (announcements,
+//! stream states) goes before data.
+//!
+//! Receiving: datagrams are checked once ([`wire::parse`]), own and foreign ones are counted
+//! and dropped, data of this node's region is delivered in per-sender order as
+//! [`Event::Delivered`] (zero-copy slices of the datagram); gaps are reported
+//! ([`Event::Gap`]), not repaired (the recovery protocol will).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use qs_membership::{Discovery, DiscoveryConfig, DiscoveryEvent, DiscoveryStats, Peer};
+use qs_recovery::{Arrival, OrderTracker};
+use qs_regions::{GroupRange, RegionTable, Signature};
+use qs_transport::wire::{
+    self, DataPacket, DataWriter, Fragment, Header, PacketKind, StreamState, HEADER_LEN,
+    MESSAGE_OVERHEAD,
+};
+use qs_transport::{
+    ClusterId, Driven, Instant, NodeId, Prng, RegionId, Seq, SocketCommand, TopicId, TrafficClass,
+    Transmit,
+};
+
+/// Settings of a [`NodeCore`].
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// This node's id.
+    pub id: NodeId,
+    /// Increases across restarts of a node that keeps its id.
+    pub incarnation: u64,
+    /// The cluster; datagrams of other clusters are dropped.
+    pub cluster: ClusterId,
+    /// Where this node receives unicast (announced to peers).
+    pub unicast: SocketAddrV4,
+    /// The well-known control group and port (discovery).
+    pub control_group: SocketAddrV4,
+    /// The port every region group uses.
+    pub data_port: u16,
+    /// Where region groups are allocated.
+    pub group_range: GroupRange,
+    /// Largest datagram sent (IP and UDP headers excluded): 1472 fits a 1500-byte MTU.
+    pub max_datagram: usize,
+    /// Most bytes queued for sending over all regions; beyond it `publish` refuses.
+    pub send_queue_bytes: usize,
+    /// Largest message accepted (sent or reassembled).
+    pub max_message_bytes: usize,
+    /// Most (sender, region) streams tracked at once.
+    pub max_streams: usize,
+    /// Idle time after a stream's last packet before its state is sent.
+    pub stream_state_delay: Duration,
+    /// Times a stream state is repeated (at growing intervals) while the stream stays idle.
+    pub stream_state_repeats: u32,
+    /// Probability of dropping an incoming data packet on purpose (loss injection for demos and
+    /// tests; 0 in production).
+    pub inject_loss: f64,
+    /// Discovery settings.
+    pub discovery: DiscoveryConfig,
+    /// Seed of this core's Prng.
+    pub seed: u64,
+}
+
+impl CoreConfig {
+    /// Defaults for node `id` reachable at `unicast`.
+    pub fn new(id: NodeId, unicast: SocketAddrV4) -> CoreConfig {
+        CoreConfig {
+            id,
+            incarnation: 0,
+            cluster: ClusterId::from_name("quicksilver"),
+            unicast,
+            control_group: SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, 0, 1), 7400),
+            data_port: 7401,
+            group_range: GroupRange::default(),
+            max_datagram: 1472,
+            send_queue_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+            max_streams: 4096,
+            stream_state_delay: Duration::from_millis(20),
+            stream_state_repeats: 3,
+            inject_loss: 0.0,
+            discovery: DiscoveryConfig::default(),
+            seed: id.0,
+        }
+    }
+}
+
+/// A message handed to the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The publishing node.
+    pub sender: NodeId,
+    /// The topic.
+    pub topic: TopicId,
+    /// The payload (a slice of the received datagram, or reassembled).
+    pub payload: Bytes,
+}
+
+/// What the core tells its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A message arrived on a subscribed topic.
+    Delivered(Delivery),
+    /// Packets of a sender's stream were lost (reported, not repaired).
+    Gap {
+        /// The sender.
+        sender: NodeId,
+        /// The stream's region.
+        region: RegionId,
+        /// Packets lost.
+        missed: u32,
+    },
+    /// A peer was discovered.
+    PeerUp(NodeId),
+    /// A peer changed its subscriptions or address.
+    PeerChanged(NodeId),
+    /// A peer left or went silent.
+    PeerDown(NodeId),
+}
+
+/// Datagrams dropped on receipt, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DropStats {
+    /// Failed the header, length or checksum checks, or a malformed body.
+    pub malformed: u64,
+    /// Another cluster's datagram.
+    pub foreign_cluster: u64,
+    /// Data for a region this node is not in (group address collision or a stale region).
+    pub foreign_region: u64,
+    /// A duplicate or late packet (at or before one already accepted).
+    pub stale: u64,
+    /// Messages on topics this node does not subscribe (during a subscription change).
+    pub unsubscribed: u64,
+    /// Messages lost because a fragment of theirs was lost or inconsistent.
+    pub incomplete_message: u64,
+    /// Messages larger than `max_message_bytes`.
+    pub oversized: u64,
+    /// Packets refused because the stream table was full.
+    pub stream_table_full: u64,
+    /// Data packets dropped by the loss injector.
+    pub injected_loss: u64,
+    /// Queued messages thrown away because their region vanished before they were sent.
+    pub region_gone: u64,
+}
+
+/// Counters of a [`NodeCore`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    /// Messages accepted by `publish`.
+    pub published: u64,
+    /// Messages published on a topic no other node subscribed (nothing to send).
+    pub published_unheard: u64,
+    /// Data datagrams sent (packed or fragments).
+    pub data_packets_sent: u64,
+    /// Message copies sent (one per region reached).
+    pub messages_sent: u64,
+    /// Payload bytes sent.
+    pub payload_bytes_sent: u64,
+    /// Control datagrams sent.
+    pub control_packets_sent: u64,
+    /// Datagrams received (all kinds).
+    pub datagrams_received: u64,
+    /// Own multicast datagrams looped back and ignored.
+    pub own_looped: u64,
+    /// Data packets accepted in order or after a gap.
+    pub data_packets_received: u64,
+    /// Messages delivered to the application.
+    pub delivered: u64,
+    /// Payload bytes delivered.
+    pub delivered_bytes: u64,
+    /// Packets lost in gaps.
+    pub gaps: u64,
+    /// Packets a stream had sent before this node first heard it (not counted as gaps).
+    pub missed_on_join: u64,
+    /// Drops by reason.
+    pub drops: DropStats,
+    /// Discovery counters.
+    pub discovery: DiscoveryStats,
+}
+
+#[derive(Debug)]
+struct Outgoing {
+    topic: TopicId,
+    payload: Bytes,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct FragCursor {
+    index: u16,
+    count: u16,
+}
+
+#[derive(Debug)]
+struct SendStream {
+    group: SocketAddrV4,
+    next_seq: Seq,
+    queue: VecDeque<Outgoing>,
+    frag: Option<FragCursor>,
+    /// When to send the next stream state, if one is due.
+    state_at: Option<Instant>,
+    state_repeats_left: u32,
+    state_backoff: Duration,
+}
+
+impl SendStream {
+    fn highest(&self) -> Seq {
+        Seq(self.next_seq.0.wrapping_sub(1))
+    }
+}
+
+#[derive(Debug)]
+struct Reassembly {
+    first_seq: Seq,
+    topic: TopicId,
+    total_len: usize,
+    next_index: u16,
+    count: u16,
+    next_seq: Seq,
+    buf: BytesMut,
+}
+
+#[derive(Debug, Default)]
+struct RecvStream {
+    order: OrderTracker,
+    partial: Option<Reassembly>,
+    /// First sequence number of a fragmented message already counted as incomplete, so its
+    /// remaining fragments are skipped without counting it again.
+    skipping: Option<Seq>,
+}
+
+impl RecvStream {
+    /// Abandons the message being reassembled; returns whether there was one.
+    fn abandon(&mut self) -> bool {
+        match self.partial.take() {
+            Some(p) => {
+                self.skipping = Some(p.first_seq);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The sans-IO node. See the module docs for the calling contract (it is [`Driven`]'s).
+#[derive(Debug)]
+pub struct NodeCore {
+    config: CoreConfig,
+    discovery: Discovery,
+    regions: RegionTable,
+    subscriptions: BTreeSet<TopicId>,
+    own_region: Option<RegionId>,
+    send: BTreeMap<RegionId, SendStream>,
+    /// Regions with queued data, in the round-robin order they are served.
+    ready: VecDeque<RegionId>,
+    queued_bytes: usize,
+    recv: BTreeMap<(NodeId, RegionId), RecvStream>,
+    commands: VecDeque<SocketCommand>,
+    events: VecDeque<Event>,
+    prng: Prng,
+    stats: CoreStats,
+}
+
+impl NodeCore {
+    /// A node that starts announcing itself at `now`.
+    pub fn new(config: CoreConfig, now: Instant) -> NodeCore {
+        let mut prng = Prng::new(config.seed);
+        let discovery = Discovery::new(
+            DiscoveryConfig {
+                max_datagram: config.max_datagram,
+                ..config.discovery.clone()
+            },
+            config.id,
+            config.cluster,
+            config.incarnation,
+            config.unicast,
+            prng.fork(),
+            now,
+        );
+        let mut commands = VecDeque::new();
+        commands.push_back(SocketCommand::JoinGroup(config.control_group));
+        NodeCore {
+            regions: RegionTable::new(config.group_range),
+            config,
+            discovery,
+            subscriptions: BTreeSet::new(),
+            own_region: None,
+            send: BTreeMap::new(),
+            ready: VecDeque::new(),
+            queued_bytes: 0,
+            recv: BTreeMap::new(),
+            commands,
+            events: VecDeque::new(),
+            prng,
+            stats: CoreStats::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &CoreConfig {
+        &self.config
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> CoreStats {
+        CoreStats {
+            discovery: self.discovery.stats(),
+            ..self.stats
+        }
+    }
+
+    /// Known peers, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
+        self.discovery.peers()
+    }
+
+    /// The current region table (every known node's region, this one's included).
+    pub fn regions(&self) -> &RegionTable {
+        &self.regions
+    }
+
+    /// The region this node is in (`None` while it subscribes nothing).
+    pub fn own_region(&self) -> Option<RegionId> {
+        self.own_region
+    }
+
+    /// Other nodes subscribing `topic`.
+    pub fn subscribers_of(&self, topic: TopicId) -> usize {
+        let own = usize::from(self.subscriptions.contains(&topic));
+        self.regions.subscribers_of(topic) - own
+    }
+
+    /// Bytes queued for sending.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Whether a message of `len` bytes can be queued now (back-pressure check).
+    pub fn can_publish(&self, len: usize) -> bool {
+        self.queued_bytes == 0 || self.queued_bytes + len <= self.config.send_queue_bytes
+    }
+
+    /// Whether nothing is waiting to be sent.
+    pub fn is_idle(&self) -> bool {
+        self.ready.is_empty()
+    }
+
+    /// Subscribes `topic`; this node's region changes and peers are told at once.
+    pub fn subscribe(&mut self, now: Instant, topic: TopicId) {
+        if self.subscriptions.insert(topic) {
+            self.subscriptions_changed(now);
+        }
+    }
+
+    /// Unsubscribes `topic`.
+    pub fn unsubscribe(&mut self, now: Instant, topic: TopicId) {
+        if self.subscriptions.remove(&topic) {
+            self.subscriptions_changed(now);
+        }
+    }
+
+    fn subscriptions_changed(&mut self, now: Instant) {
+        let signature = Signature::new(self.subscriptions.iter().copied());
+        let new_region = signature.region();
+        if new_region != self.own_region {
+            let port = self.config.data_port;
+            if let Some(old) = self.own_region {
+                let group = self.regions.range().group(old);
+                self.commands
+                    .push_back(SocketCommand::LeaveGroup(SocketAddrV4::new(group, port)));
+            }
+            if let Some(new) = new_region {
+                let group = self.regions.range().group(new);
+                self.commands
+                    .push_back(SocketCommand::JoinGroup(SocketAddrV4::new(group, port)));
+            }
+            self.own_region = new_region;
+            self.recv.retain(|(_, r), _| Some(*r) == new_region);
+        }
+        self.regions.set_member(self.config.id, &signature);
+        self.discovery.set_signature(now, signature);
+        self.prune_send_streams();
+    }
+
+    /// Queues `payload` on `topic` for every region subscribing it. A message larger than
+    /// `max_message_bytes` or a full send queue is refused (the caller keeps the message: this
+    /// is back-pressure, not loss).
+    pub fn publish(&mut self, topic: TopicId, payload: Bytes) -> Result<(), PublishRefused> {
+        if payload.len() > self.config.max_message_bytes
+            || payload.len() > u32::MAX as usize
+            || payload.len()
+                > Fragment::payload_capacity(self.config.max_datagram) * usize::from(u16::MAX)
+        {
+            return Err(PublishRefused::TooLarge);
+        }
+        if !self.can_publish(payload.len()) {
+            return Err(PublishRefused::QueueFull);
+        }
+        self.stats.published += 1;
+        if self.subscriptions.contains(&topic) {
+            self.deliver(self.config.id, topic, payload.clone());
+        }
+        let own = self.own_region;
+        let mut sent_anywhere = false;
+        for &region in self.regions.regions_for_topic(topic) {
+            let Some(info) = self.regions.region(region) else {
+                continue;
+            };
+            if Some(region) == own && info.members.len() == 1 {
+                continue; // Only this node is in it: delivered locally above.
+            }
+            sent_anywhere = true;
+            let group = SocketAddrV4::new(info.group, self.config.data_port);
+            let stream = self.send.entry(region).or_insert_with(|| SendStream {
+                group,
+                next_seq: Seq::FIRST,
+                queue: VecDeque::new(),
+                frag: None,
+                state_at: None,
+                state_repeats_left: 0,
+                state_backoff: Duration::ZERO,
+            });
+            if stream.queue.is_empty() {
+                self.ready.push_back(region);
+            }
+            stream.queue.push_back(Outgoing {
+                topic,
+                payload: payload.clone(),
+            });
+            self.queued_bytes += payload.len() + MESSAGE_OVERHEAD;
+        }
+        if !sent_anywhere {
+            self.stats.published_unheard += 1;
+        }
+        Ok(())
+    }
+
+    /// Starts a graceful leave: peers are told at once. Queued data still goes out.
+    pub fn leave(&mut self, now: Instant) {
+        self.discovery.leave(now);
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn deliver(&mut self, sender: NodeId, topic: TopicId, payload: Bytes) {
+        self.stats.delivered += 1;
+        self.stats.delivered_bytes += payload.len() as u64;
+        self.events.push_back(Event::Delivered(Delivery {
+            sender,
+            topic,
+            payload,
+        }));
+    }
+
+    fn header(&self, kind: PacketKind) -> Header {
+        Header {
+            kind,
+            cluster: self.config.cluster,
+            sender: self.config.id,
+        }
+    }
+
+    /// Applies discovery's peer changes to the region table.
+    fn drain_discovery(&mut self) {
+        while let Some(e) = self.discovery.poll_event() {
+            match e {
+                DiscoveryEvent::PeerUp(id) | DiscoveryEvent::PeerChanged(id) => {
+                    if let Some(p) = self.discovery.peer(id) {
+                        let sig = p.signature.clone();
+                        self.regions.set_member(id, &sig);
+                    }
+                    self.events.push_back(match e {
+                        DiscoveryEvent::PeerUp(_) => Event::PeerUp(id),
+                        _ => Event::PeerChanged(id),
+                    });
+                }
+                DiscoveryEvent::PeerDown { id, .. } => {
+                    self.regions.remove_member(id);
+                    self.recv.retain(|(s, _), _| *s != id);
+                    self.events.push_back(Event::PeerDown(id));
+                }
+            }
+            self.prune_send_streams();
+        }
+    }
+
+    /// Throws away send streams of regions that no longer exist (counted).
+    fn prune_send_streams(&mut self) {
+        let regions = &self.regions;
+        let mut gone = 0u64;
+        let mut freed = 0usize;
+        self.send.retain(|id, s| {
+            let keep = regions.region(*id).is_some();
+            if !keep {
+                gone += s.queue.len() as u64;
+                freed += s
+                    .queue
+                    .iter()
+                    .map(|m| m.payload.len() + MESSAGE_OVERHEAD)
+                    .sum::<usize>();
+            }
+            keep
+        });
+        if gone > 0 || freed > 0 {
+            self.stats.drops.region_gone += gone;
+            self.queued_bytes -= freed;
+            let send = &self.send;
+            self.ready.retain(|r| send.contains_key(r));
+        }
+    }
+
+    fn handle_data(&mut self, sender: NodeId, body: Bytes, fragment: bool) {
+        let parsed = if fragment {
+            Fragment::parse(body).map(|f| (f.region, f.seq, Err(f)))
+        } else {
+            DataPacket::parse(body).map(|p| (p.region, p.seq, Ok(p)))
+        };
+        let (region, seq, packet) = match parsed {
+            Ok(x) => x,
+            Err(_) => {
+                self.stats.drops.malformed += 1;
+                return;
+            }
+        };
+        if Some(region) != self.own_region {
+            self.stats.drops.foreign_region += 1;
+            return;
+        }
+        if self.config.inject_loss > 0.0 && self.prng.chance(self.config.inject_loss) {
+            self.stats.drops.injected_loss += 1;
+            return;
+        }
+        let key = (sender, region);
+        if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
+            self.stats.drops.stream_table_full += 1;
+            return;
+        }
+        let stream = self.recv.entry(key).or_default();
+        let arrival = stream.order.on_packet(seq);
+        match arrival {
+            Arrival::Stale => {
+                self.stats.drops.stale += 1;
+                return;
+            }
+            Arrival::First { missed_before } => {
+                self.stats.missed_on_join += u64::from(missed_before);
+            }
+            Arrival::Skipped { missed } => {
+                self.stats.gaps += u64::from(missed);
+                self.events.push_back(Event::Gap {
+                    sender,
+                    region,
+                    missed,
+                });
+            }
+            Arrival::InOrder => {}
+        }
+        self.stats.data_packets_received += 1;
+        match packet {
+            Ok(p) => {
+                if stream.abandon() {
+                    self.stats.drops.incomplete_message += 1;
+                }
+                for (topic, payload) in p.messages() {
+                    if self.subscriptions.contains(&topic) {
+                        self.deliver(sender, topic, payload);
+                    } else {
+                        self.stats.drops.unsubscribed += 1;
+                    }
+                }
+            }
+            Err(f) => self.handle_fragment(sender, key, f),
+        }
+    }
+
+    fn handle_fragment(&mut self, sender: NodeId, key: (NodeId, RegionId), f: Fragment) {
+        let max = self.config.max_message_bytes;
+        let stream = self.recv.get_mut(&key).expect("stream exists");
+        let continues = stream.partial.as_ref().is_some_and(|p| {
+            p.next_seq == f.seq
+                && p.next_index == f.index
+                && p.count == f.count
+                && p.topic == f.topic
+                && p.total_len == f.total_len as usize
+        });
+        if !continues {
+            if stream.abandon() {
+                self.stats.drops.incomplete_message += 1;
+            }
+            if f.index != 0 {
+                // The message's first fragments were lost: count it once, skip the rest.
+                let first = Seq(f.seq.0.wrapping_sub(u32::from(f.index)));
+                if stream.skipping != Some(first) {
+                    stream.skipping = Some(first);
+                    self.stats.drops.incomplete_message += 1;
+                }
+                return;
+            }
+            if f.total_len as usize > max {
+                stream.skipping = Some(f.seq);
+                self.stats.drops.oversized += 1;
+                return;
+            }
+            stream.partial = Some(Reassembly {
+                first_seq: f.seq,
+                topic: f.topic,
+                total_len: f.total_len as usize,
+                next_index: 0,
+                count: f.count,
+                next_seq: f.seq,
+                buf: BytesMut::with_capacity(f.total_len as usize),
+            });
+        }
+        let p = stream.partial.as_mut().expect("partial exists");
+        if p.buf.len() + f.payload.len() > p.total_len {
+            stream.abandon();
+            self.stats.drops.incomplete_message += 1;
+            return;
+        }
+        p.buf.extend_from_slice(&f.payload);
+        p.next_index += 1;
+        p.next_seq = f.seq.next();
+        if p.next_index < p.count {
+            return;
+        }
+        let done = stream.partial.take().expect("partial exists");
+        if done.buf.len() != done.total_len {
+            self.stats.drops.incomplete_message += 1;
+            return;
+        }
+        if self.subscriptions.contains(&done.topic) {
+            self.deliver(sender, done.topic, done.buf.freeze());
+        } else {
+            self.stats.drops.unsubscribed += 1;
+        }
+    }
+
+    fn handle_stream_state(&mut self, sender: NodeId, body: &[u8]) {
+        let Ok(s) = StreamState::parse(body) else {
+            self.stats.drops.malformed += 1;
+            return;
+        };
+        if Some(s.region) != self.own_region {
+            self.stats.drops.foreign_region += 1;
+            return;
+        }
+        let Some(stream) = self.recv.get_mut(&(sender, s.region)) else {
+            // Never heard of this stream: it has nothing to claim from before we joined.
+            return;
+        };
+        let missed = stream.order.on_highest(s.highest);
+        if missed > 0 {
+            if stream.abandon() {
+                self.stats.drops.incomplete_message += 1;
+            }
+            self.stats.gaps += u64::from(missed);
+            self.events.push_back(Event::Gap {
+                sender,
+                region: s.region,
+                missed,
+            });
+        }
+    }
+
+    /// Writes a due stream state into `buf`.
+    fn poll_stream_state(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let header = self.header(PacketKind::StreamState);
+        let (region, stream) = self
+            .send
+            .iter_mut()
+            .find(|(_, s)| s.state_at.is_some_and(|t| t <= now))?;
+        let state = StreamState {
+            region: *region,
+            highest: stream.highest(),
+        };
+        header.write(buf).ok()?;
+        let body = state.write(&mut buf[HEADER_LEN..]).ok()?;
+        let len = wire::finish(buf, HEADER_LEN + body).ok()?;
+        if stream.state_repeats_left > 1 {
+            stream.state_repeats_left -= 1;
+            stream.state_backoff *= 4;
+            stream.state_at = Some(now + stream.state_backoff);
+        } else {
+            stream.state_repeats_left = 0;
+            stream.state_at = None;
+        }
+        Some(Transmit {
+            destination: SocketAddr::V4(stream.group),
+            class: TrafficClass::Control,
+            len,
+        })
+    }
+
+    /// Builds the next data packet of the next ready region into `buf`.
+    fn poll_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let region = *self.ready.front()?;
+        let header = self.header(PacketKind::Data);
+        let frag_header = self.header(PacketKind::Fragment);
+        let budget = buf.len().min(self.config.max_datagram);
+        let frag_capacity = Fragment::payload_capacity(budget);
+        let stream = self.send.get_mut(&region)?;
+        let seq = stream.next_seq;
+        let head_len = stream.queue.front()?.payload.len();
+        let packs = stream.frag.is_none()
+            && HEADER_LEN + wire::DATA_FIXED_LEN + MESSAGE_OVERHEAD + head_len <= budget
+            && head_len <= usize::from(u16::MAX);
+        let len = if packs {
+            let mut w = DataWriter::new(&mut buf[..budget], &header, region, seq).ok()?;
+            while let Some(m) = stream.queue.front() {
+                if !w.push(m.topic, &m.payload) {
+                    break;
+                }
+                let m = stream.queue.pop_front().expect("front exists");
+                self.queued_bytes -= m.payload.len() + MESSAGE_OVERHEAD;
+                self.stats.messages_sent += 1;
+                self.stats.payload_bytes_sent += m.payload.len() as u64;
+            }
+            w.finish().ok()?
+        } else {
+            let m = stream.queue.front()?;
+            let cursor = *stream.frag.get_or_insert(FragCursor {
+                index: 0,
+                count: u16::try_from(m.payload.len().div_ceil(frag_capacity)).ok()?,
+            });
+            let start = usize::from(cursor.index) * frag_capacity;
+            let end = (start + frag_capacity).min(m.payload.len());
+            let len = Fragment::write(
+                buf,
+                &frag_header,
+                region,
+                seq,
+                cursor.index,
+                cursor.count,
+                m.topic,
+                m.payload.len() as u32,
+                &m.payload[start..end],
+            )
+            .ok()?;
+            if cursor.index + 1 == cursor.count {
+                stream.frag = None;
+                let m = stream.queue.pop_front().expect("front exists");
+                self.queued_bytes -= m.payload.len() + MESSAGE_OVERHEAD;
+                self.stats.messages_sent += 1;
+                self.stats.payload_bytes_sent += m.payload.len() as u64;
+            } else {
+                stream.frag = Some(FragCursor {
+                    index: cursor.index + 1,
+                    ..cursor
+                });
+            }
+            len
+        };
+        stream.next_seq = seq.next();
+        stream.state_backoff = self.config.stream_state_delay;
+        stream.state_at = Some(now + self.config.stream_state_delay);
+        stream.state_repeats_left = self.config.stream_state_repeats;
+        let destination = SocketAddr::V4(stream.group);
+        self.ready.pop_front();
+        if !stream.queue.is_empty() {
+            self.ready.push_back(region);
+        }
+        self.stats.data_packets_sent += 1;
+        Some(Transmit {
+            destination,
+            class: TrafficClass::Data,
+            len,
+        })
+    }
+}
+
+/// Why [`NodeCore::publish`] refused a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PublishRefused {
+    /// The send queue is full: retry once it drains.
+    #[error("send queue full")]
+    QueueFull,
+    /// The message exceeds `max_message_bytes` (or 65,535 fragments).
+    #[error("message too large")]
+    TooLarge,
+}
+
+impl Driven for NodeCore {
+    fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, datagram: Bytes) {
+        self.stats.datagrams_received += 1;
+        let (header, kind) = match wire::parse(&datagram) {
+            Ok((h, _)) => (h, h.kind),
+            Err(_) => {
+                self.stats.drops.malformed += 1;
+                return;
+            }
+        };
+        if header.cluster != self.config.cluster {
+            self.stats.drops.foreign_cluster += 1;
+            return;
+        }
+        if header.sender == self.config.id {
+            self.stats.own_looped += 1;
+            return;
+        }
+        let body = datagram.slice(HEADER_LEN..);
+        match kind {
+            PacketKind::Announce => match wire::Announce::parse(&body) {
+                Ok(a) => {
+                    self.discovery.handle_announce(now, header.sender, a);
+                    self.drain_discovery();
+                }
+                Err(_) => self.stats.drops.malformed += 1,
+            },
+            PacketKind::Data => self.handle_data(header.sender, body, false),
+            PacketKind::Fragment => self.handle_data(header.sender, body, true),
+            PacketKind::StreamState => self.handle_stream_state(header.sender, &body),
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.discovery.handle_timeout(now);
+        self.drain_discovery();
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let budget = buf.len().min(self.config.max_datagram);
+        if let Some(len) = self.discovery.poll_transmit(now, &mut buf[..budget]) {
+            self.stats.control_packets_sent += 1;
+            return Some(Transmit {
+                destination: SocketAddr::V4(self.config.control_group),
+                class: TrafficClass::Control,
+                len,
+            });
+        }
+        if let Some(t) = self.poll_stream_state(now, buf) {
+            self.stats.control_packets_sent += 1;
+            return Some(t);
+        }
+        self.poll_data(now, buf)
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let states = self.send.values().filter_map(|s| s.state_at).min();
+        let discovery = self.discovery.poll_timeout();
+        Some(states.map_or(discovery, |s| s.min(discovery)))
+    }
+
+    fn poll_command(&mut self) -> Option<SocketCommand> {
+        self.commands.pop_front()
+    }
+}

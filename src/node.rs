@@ -1,0 +1,784 @@
+//! The public node handle: a [`NodeCore`] running on its own thread under the `qs-runtime`
+//! event loop, talked to through bounded channels and a mio `Waker`.
+//!
+//! Two channels reach the node thread: one for publishes (drained only while the core's send
+//! queue has room, so a full queue fills the channel and blocks the publisher: back-pressure,
+//! not loss), and one for everything else (always drained). The publisher wakes the node thread
+//! only when it is asleep, so a stream of publishes costs no system call per message.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use qs_membership::DiscoveryConfig;
+use qs_regions::GroupRange;
+use qs_runtime::{Runtime, RuntimeConfig, RuntimeStats, SocketBuffers};
+use qs_transport::{ClusterId, Instant, NodeId, TopicId};
+
+use crate::core::{CoreConfig, CoreStats, Event, NodeCore, PublishRefused};
+use crate::Error;
+
+const MAX_TOPIC_LEN: usize = 1024;
+
+/// A received message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The node that published it.
+    pub sender: NodeId,
+    /// The topic's name.
+    pub topic: Arc<str>,
+    /// The payload (zero-copy: a slice of the received datagram when it fit one).
+    pub payload: Bytes,
+}
+
+/// Why a publish failed. The message was not queued in any case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The send queue is full (only from [`Node::try_publish`]); retry later.
+    #[error("send queue full")]
+    WouldBlock,
+    /// The message is larger than the configured maximum.
+    #[error("message of {len} bytes exceeds the maximum of {max}")]
+    TooLarge {
+        /// The message's length.
+        len: usize,
+        /// The configured maximum.
+        max: usize,
+    },
+    /// The topic name is empty or longer than 1,024 bytes.
+    #[error("invalid topic name")]
+    InvalidTopic,
+    /// The node has shut down.
+    #[error("node is shut down")]
+    Closed,
+}
+
+/// Why a receive returned no message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecvError {
+    /// Nothing arrived in time (or nothing is there, for `try_recv`).
+    #[error("no message")]
+    Empty,
+    /// The node has shut down and the queue is drained.
+    #[error("node is shut down")]
+    Closed,
+}
+
+impl From<RecvError> for Error {
+    fn from(_: RecvError) -> Error {
+        Error::Closed
+    }
+}
+
+/// A snapshot of a node's counters.
+#[derive(Debug, Clone, Default)]
+pub struct Stats {
+    /// Protocol counters (sent, received, delivered, gaps, drops by reason).
+    pub core: CoreStats,
+    /// Event-loop and socket counters.
+    pub runtime: RuntimeStats,
+    /// The socket buffer sizes the kernel granted.
+    pub socket_buffers: SocketBuffers,
+    /// Messages lost because a subscription's queue was full (the application read too slowly).
+    pub subscriber_overflow: u64,
+    /// Known peers.
+    pub peers: usize,
+}
+
+/// What this node knows of another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The peer's id.
+    pub id: NodeId,
+    /// Its unicast address.
+    pub unicast: SocketAddrV4,
+    /// The ids of the topics it subscribes.
+    pub topics: Vec<TopicId>,
+}
+
+/// Configures and starts a [`Node`]. Every setting has a default that works on loopback.
+#[derive(Debug, Clone)]
+pub struct NodeBuilder {
+    cluster: String,
+    interface: Ipv4Addr,
+    unicast_port: u16,
+    control_group: SocketAddrV4,
+    data_port: u16,
+    group_range: (Ipv4Addr, u8),
+    recv_buffer_bytes: usize,
+    send_buffer_bytes: usize,
+    max_datagram: usize,
+    send_queue_bytes: usize,
+    max_message_bytes: usize,
+    subscription_queue: usize,
+    announce_interval: Duration,
+    peer_timeout: Duration,
+    inject_loss: f64,
+    node_id: Option<NodeId>,
+    seed: Option<u64>,
+}
+
+impl Default for NodeBuilder {
+    fn default() -> NodeBuilder {
+        NodeBuilder {
+            cluster: "quicksilver".into(),
+            interface: Ipv4Addr::LOCALHOST,
+            unicast_port: 0,
+            control_group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), 7400),
+            data_port: 7401,
+            group_range: (Ipv4Addr::new(239, 255, 16, 0), 20),
+            recv_buffer_bytes: 8 << 20,
+            send_buffer_bytes: 4 << 20,
+            max_datagram: 1472,
+            send_queue_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+            subscription_queue: 65_536,
+            announce_interval: Duration::from_millis(500),
+            peer_timeout: Duration::from_secs(3),
+            inject_loss: 0.0,
+            node_id: None,
+            seed: None,
+        }
+    }
+}
+
+impl NodeBuilder {
+    /// The cluster name: nodes only talk to nodes of the same cluster. Default `quicksilver`.
+    pub fn cluster(mut self, name: &str) -> Self {
+        self.cluster = name.to_owned();
+        self
+    }
+
+    /// The interface address for multicast and unicast. Default 127.0.0.1 (loopback), so
+    /// nothing leaves the machine unless an interface is named.
+    pub fn interface(mut self, addr: Ipv4Addr) -> Self {
+        self.interface = addr;
+        self
+    }
+
+    /// The unicast port (0, the default, picks a free one).
+    pub fn unicast_port(mut self, port: u16) -> Self {
+        self.unicast_port = port;
+        self
+    }
+
+    /// The well-known control group and port every node of the cluster announces on.
+    /// Default 239.255.0.1:7400.
+    pub fn control_group(mut self, group: SocketAddrV4) -> Self {
+        self.control_group = group;
+        self
+    }
+
+    /// The port of every region's data group. Default 7401.
+    pub fn data_port(mut self, port: u16) -> Self {
+        self.data_port = port;
+        self
+    }
+
+    /// The block region groups are allocated from. Default 239.255.16.0/20.
+    pub fn group_range(mut self, base: Ipv4Addr, prefix_len: u8) -> Self {
+        self.group_range = (base, prefix_len);
+        self
+    }
+
+    /// Requested socket receive buffer (the kernel may cap it; see [`Stats::socket_buffers`]).
+    pub fn recv_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.recv_buffer_bytes = bytes;
+        self
+    }
+
+    /// Requested socket send buffer.
+    pub fn send_buffer_bytes(mut self, bytes: usize) -> Self {
+        self.send_buffer_bytes = bytes;
+        self
+    }
+
+    /// Largest datagram sent, headers of IP and UDP excluded. Default 1472 (a 1500-byte MTU).
+    pub fn max_datagram(mut self, bytes: usize) -> Self {
+        self.max_datagram = bytes;
+        self
+    }
+
+    /// Bytes that may wait in the send queue before publishing blocks. Default 16 MiB.
+    pub fn send_queue_bytes(mut self, bytes: usize) -> Self {
+        self.send_queue_bytes = bytes;
+        self
+    }
+
+    /// Largest message published or accepted. Default 16 MiB.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
+    }
+
+    /// Messages a subscription holds before further ones are counted as overflow.
+    pub fn subscription_queue(mut self, messages: usize) -> Self {
+        self.subscription_queue = messages;
+        self
+    }
+
+    /// Mean time between discovery announcements. Default 500 ms.
+    pub fn announce_interval(mut self, interval: Duration) -> Self {
+        self.announce_interval = interval;
+        self
+    }
+
+    /// Silence after which a peer is declared gone. Default 3 s.
+    pub fn peer_timeout(mut self, timeout: Duration) -> Self {
+        self.peer_timeout = timeout;
+        self
+    }
+
+    /// Drops this fraction of incoming data packets on purpose (loss injection for demos and
+    /// tests). Default 0.
+    pub fn inject_loss(mut self, fraction: f64) -> Self {
+        self.inject_loss = fraction;
+        self
+    }
+
+    /// A fixed node id (default: random).
+    pub fn node_id(mut self, id: NodeId) -> Self {
+        self.node_id = Some(id);
+        self
+    }
+
+    /// The seed of the node's protocol randomness (default: from the node id).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Opens the sockets and starts the node's thread.
+    pub fn build(self) -> Result<Node, Error> {
+        if self.max_datagram < 128 || self.max_datagram > 65_000 {
+            return Err(Error::Config(format!(
+                "max_datagram {} must be within 128..=65000",
+                self.max_datagram
+            )));
+        }
+        if !(0.0..1.0).contains(&self.inject_loss) {
+            return Err(Error::Config("inject_loss must be in [0, 1)".into()));
+        }
+        if !self.control_group.ip().is_multicast() {
+            return Err(Error::Config(format!(
+                "control group {} is not a multicast address",
+                self.control_group.ip()
+            )));
+        }
+        let group_range = GroupRange::new(self.group_range.0, self.group_range.1)
+            .map_err(|e| Error::Config(e.to_string()))?;
+        if self.subscription_queue == 0 {
+            return Err(Error::Config(
+                "subscription_queue must be at least 1".into(),
+            ));
+        }
+        let runtime = Runtime::new(RuntimeConfig {
+            interface: self.interface,
+            unicast_port: self.unicast_port,
+            control_port: self.control_group.port(),
+            data_port: self.data_port,
+            recv_buffer_bytes: self.recv_buffer_bytes,
+            send_buffer_bytes: self.send_buffer_bytes,
+            recv_slot_bytes: self.max_datagram.max(2048),
+            ..RuntimeConfig::default()
+        })?;
+        let id = self.node_id.unwrap_or_else(random_node_id);
+        let mut config = CoreConfig::new(id, runtime.local_addr());
+        config.incarnation = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        config.cluster = ClusterId::from_name(&self.cluster);
+        config.control_group = self.control_group;
+        config.data_port = self.data_port;
+        config.group_range = group_range;
+        config.max_datagram = self.max_datagram;
+        config.send_queue_bytes = self.send_queue_bytes;
+        config.max_message_bytes = self.max_message_bytes;
+        config.inject_loss = self.inject_loss;
+        config.discovery = DiscoveryConfig {
+            announce_interval: self.announce_interval,
+            peer_timeout: self.peer_timeout,
+            ..DiscoveryConfig::default()
+        };
+        config.seed = self.seed.unwrap_or(id.0);
+        let core = NodeCore::new(config, runtime.now());
+
+        let (control_tx, control_rx) = bounded(1024);
+        let (publish_tx, publish_rx) = bounded(4096);
+        let shared = Arc::new(Shared {
+            waker: runtime.waker(),
+            sleeping: AtomicBool::new(false),
+            next_subscription: AtomicU64::new(0),
+        });
+        let local_addr = runtime.local_addr();
+        let worker = Worker {
+            runtime,
+            core,
+            control: control_rx,
+            publishes: publish_rx,
+            shared: shared.clone(),
+            subscriptions: BTreeMap::new(),
+            subscriber_overflow: 0,
+            refused: None,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("qs-node-{id}"))
+            .spawn(move || worker.run())?;
+        Ok(Node {
+            id,
+            local_addr,
+            max_message_bytes: self.max_message_bytes,
+            subscription_queue: self.subscription_queue,
+            control: control_tx,
+            publishes: publish_tx,
+            shared,
+            thread: Some(thread),
+        })
+    }
+}
+
+fn random_node_id() -> NodeId {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    NodeId(h.finish())
+}
+
+struct Shared {
+    waker: Arc<mio::Waker>,
+    /// Set by the node thread before it blocks; a publisher that sees it wakes the thread.
+    sleeping: AtomicBool,
+    next_subscription: AtomicU64,
+}
+
+impl Shared {
+    fn nudge(&self) {
+        if self.sleeping.swap(false, Ordering::SeqCst) {
+            // A failed wake only delays the node until its next timer.
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+enum Command {
+    Subscribe {
+        id: u64,
+        topic: TopicId,
+        name: Arc<str>,
+        tx: Sender<Message>,
+    },
+    Unsubscribe {
+        id: u64,
+        topic: TopicId,
+    },
+    Stats(Sender<Stats>),
+    Peers(Sender<Vec<PeerInfo>>),
+    SubscribersOf(Vec<TopicId>, Sender<usize>),
+    Shutdown,
+}
+
+/// A running node. Dropping it shuts it down (use [`Node::shutdown`] to see errors).
+pub struct Node {
+    id: NodeId,
+    local_addr: SocketAddrV4,
+    max_message_bytes: usize,
+    subscription_queue: usize,
+    control: Sender<Command>,
+    publishes: Sender<(TopicId, Bytes)>,
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.id)
+            .field("local_addr", &self.local_addr)
+            .finish()
+    }
+}
+
+fn check_topic(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_TOPIC_LEN
+}
+
+impl Node {
+    /// A builder with loopback defaults.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder::default()
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's unicast address.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local_addr
+    }
+
+    fn command(&self, c: Command) -> Result<(), Error> {
+        self.control.send(c).map_err(|_| Error::Closed)?;
+        self.shared.nudge();
+        Ok(())
+    }
+
+    fn ask<T>(&self, make: impl FnOnce(Sender<T>) -> Command) -> Result<T, Error> {
+        let (tx, rx) = bounded(1);
+        self.command(make(tx))?;
+        rx.recv().map_err(|_| Error::Closed)
+    }
+
+    /// Subscribes `topic`. Messages published after the subscription has reached the
+    /// publishers (one discovery round: milliseconds on a LAN) are delivered to it.
+    pub fn subscribe(&self, topic: &str) -> Result<Subscription, Error> {
+        self.subscribe_all(&[topic])
+    }
+
+    /// Subscribes several topics into one [`Subscription`] (one queue, per-sender order kept
+    /// across the topics of one region).
+    pub fn subscribe_all(&self, topics: &[&str]) -> Result<Subscription, Error> {
+        if let Some(bad) = topics.iter().find(|t| !check_topic(t)) {
+            return Err(Error::InvalidTopic((*bad).to_owned()));
+        }
+        if topics.is_empty() {
+            return Err(Error::InvalidTopic(String::new()));
+        }
+        let id = self
+            .shared
+            .next_subscription
+            .fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = bounded(self.subscription_queue);
+        let mut ids = Vec::with_capacity(topics.len());
+        for topic in topics {
+            let topic_id = TopicId::from_name(topic);
+            ids.push(topic_id);
+            self.command(Command::Subscribe {
+                id,
+                topic: topic_id,
+                name: Arc::from(*topic),
+                tx: tx.clone(),
+            })?;
+        }
+        Ok(Subscription {
+            id,
+            topics: ids,
+            rx,
+            control: self.control.clone(),
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Publishes `payload` on `topic`, blocking while the send queue is full.
+    pub fn publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+        let msg = self.check_publish(topic, payload.into())?;
+        self.publishes.send(msg).map_err(|_| PublishError::Closed)?;
+        self.shared.nudge();
+        Ok(())
+    }
+
+    /// Publishes without blocking: [`PublishError::WouldBlock`] when the send queue is full.
+    pub fn try_publish(&self, topic: &str, payload: impl Into<Bytes>) -> Result<(), PublishError> {
+        let msg = self.check_publish(topic, payload.into())?;
+        match self.publishes.try_send(msg) {
+            Ok(()) => {
+                self.shared.nudge();
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => {
+                self.shared.nudge();
+                Err(PublishError::WouldBlock)
+            }
+            Err(TrySendError::Disconnected(_)) => Err(PublishError::Closed),
+        }
+    }
+
+    fn check_publish(&self, topic: &str, payload: Bytes) -> Result<(TopicId, Bytes), PublishError> {
+        if !check_topic(topic) {
+            return Err(PublishError::InvalidTopic);
+        }
+        if payload.len() > self.max_message_bytes {
+            return Err(PublishError::TooLarge {
+                len: payload.len(),
+                max: self.max_message_bytes,
+            });
+        }
+        Ok((TopicId::from_name(topic), payload))
+    }
+
+    /// A snapshot of the node's counters.
+    pub fn stats(&self) -> Result<Stats, Error> {
+        self.ask(Command::Stats)
+    }
+
+    /// The peers this node knows.
+    pub fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
+        self.ask(Command::Peers)
+    }
+
+    /// How many other nodes subscribe at least one of `topics`.
+    pub fn subscribers_of(&self, topics: &[&str]) -> Result<usize, Error> {
+        let ids = topics.iter().map(|t| TopicId::from_name(t)).collect();
+        self.ask(|tx| Command::SubscribersOf(ids, tx))
+    }
+
+    /// Sends what is queued (for at most a few seconds), tells the peers goodbye and stops the
+    /// node's thread. Subscriptions then drain and report [`RecvError::Closed`].
+    pub fn shutdown(mut self) -> Result<(), Error> {
+        self.stop()
+    }
+
+    fn stop(&mut self) -> Result<(), Error> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let _ = self.command(Command::Shutdown);
+        thread
+            .join()
+            .map_err(|_| Error::Config("node thread panicked".into()))
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Messages of the subscribed topics, in per-sender order. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct Subscription {
+    id: u64,
+    topics: Vec<TopicId>,
+    rx: Receiver<Message>,
+    control: Sender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl Subscription {
+    /// Waits for the next message.
+    pub fn recv(&self) -> Result<Message, RecvError> {
+        self.rx.recv().map_err(|_| RecvError::Closed)
+    }
+
+    /// Waits at most `timeout` for the next message.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvError> {
+        self.rx.recv_timeout(timeout).map_err(|e| match e {
+            crossbeam_channel::RecvTimeoutError::Timeout => RecvError::Empty,
+            crossbeam_channel::RecvTimeoutError::Disconnected => RecvError::Closed,
+        })
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&self) -> Result<Message, RecvError> {
+        self.rx.try_recv().map_err(|e| match e {
+            TryRecvError::Empty => RecvError::Empty,
+            TryRecvError::Disconnected => RecvError::Closed,
+        })
+    }
+
+    /// Iterates over messages until the node shuts down.
+    pub fn iter(&self) -> impl Iterator<Item = Message> + '_ {
+        self.rx.iter()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        for topic in &self.topics {
+            let _ = self.control.send(Command::Unsubscribe {
+                id: self.id,
+                topic: *topic,
+            });
+        }
+        self.shared.nudge();
+    }
+}
+
+/// The node thread's state.
+struct Worker {
+    runtime: Runtime,
+    core: NodeCore,
+    control: Receiver<Command>,
+    publishes: Receiver<(TopicId, Bytes)>,
+    shared: Arc<Shared>,
+    subscriptions: BTreeMap<TopicId, Vec<(u64, Arc<str>, Sender<Message>)>>,
+    subscriber_overflow: u64,
+    /// A publish taken from the channel that the core refused (queue full): sent first.
+    refused: Option<(TopicId, Bytes)>,
+}
+
+const IDLE_WAIT: Duration = Duration::from_millis(200);
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+const GOODBYE_FLUSH: Duration = Duration::from_millis(100);
+
+impl Worker {
+    fn run(mut self) {
+        let mut shutdown_at: Option<Instant> = None;
+        loop {
+            let now = self.runtime.now();
+            while let Ok(c) = self.control.try_recv() {
+                if self.handle_command(now, c) {
+                    shutdown_at.get_or_insert(now);
+                }
+            }
+            self.take_publishes();
+            if let Some(t) = shutdown_at {
+                let drained =
+                    self.core.is_idle() && self.refused.is_none() && self.publishes.is_empty();
+                if drained || now.saturating_duration_since(t) > SHUTDOWN_DRAIN {
+                    break;
+                }
+            }
+            let busy =
+                (self.refused.is_none() && !self.publishes.is_empty()) || !self.control.is_empty();
+            let wait = if busy {
+                Duration::ZERO
+            } else {
+                self.shared.sleeping.store(true, Ordering::SeqCst);
+                let raced = (self.refused.is_none() && !self.publishes.is_empty())
+                    || !self.control.is_empty();
+                if raced {
+                    self.shared.sleeping.store(false, Ordering::SeqCst);
+                    Duration::ZERO
+                } else {
+                    IDLE_WAIT
+                }
+            };
+            if let Err(e) = self.runtime.turn(&mut self.core, Some(wait)) {
+                tracing::error!("node event loop failed: {e}");
+                break;
+            }
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            self.route_events();
+        }
+        // Goodbye: announce the leave and give it a moment to go out.
+        let start = self.runtime.now();
+        self.core.leave(start);
+        while self.runtime.now().saturating_duration_since(start) < GOODBYE_FLUSH {
+            if self
+                .runtime
+                .turn(&mut self.core, Some(Duration::from_millis(10)))
+                .is_err()
+            {
+                break;
+            }
+            self.route_events();
+        }
+    }
+
+    fn take_publishes(&mut self) {
+        loop {
+            let Some((topic, payload)) = self
+                .refused
+                .take()
+                .or_else(|| self.publishes.try_recv().ok())
+            else {
+                return;
+            };
+            match self.core.publish(topic, payload.clone()) {
+                Ok(()) => {}
+                Err(PublishRefused::QueueFull) => {
+                    self.refused = Some((topic, payload));
+                    return;
+                }
+                Err(PublishRefused::TooLarge) => {
+                    // Checked by the handle against the same limit; unreachable unless the
+                    // message needs more than 65,535 fragments of a tiny datagram.
+                    tracing::warn!("message of {} bytes cannot be fragmented", payload.len());
+                }
+            }
+        }
+    }
+
+    /// Returns whether the command asks to shut down.
+    fn handle_command(&mut self, now: Instant, c: Command) -> bool {
+        match c {
+            Command::Subscribe {
+                id,
+                topic,
+                name,
+                tx,
+            } => {
+                self.subscriptions
+                    .entry(topic)
+                    .or_default()
+                    .push((id, name, tx));
+                self.core.subscribe(now, topic);
+            }
+            Command::Unsubscribe { id, topic } => {
+                if let Some(list) = self.subscriptions.get_mut(&topic) {
+                    list.retain(|(i, _, _)| *i != id);
+                    if list.is_empty() {
+                        self.subscriptions.remove(&topic);
+                        self.core.unsubscribe(now, topic);
+                    }
+                }
+            }
+            Command::Stats(tx) => {
+                let _ = tx.send(Stats {
+                    core: self.core.stats(),
+                    runtime: self.runtime.stats().clone(),
+                    socket_buffers: self.runtime.socket_buffers(),
+                    subscriber_overflow: self.subscriber_overflow,
+                    peers: self.core.peers().count(),
+                });
+            }
+            Command::Peers(tx) => {
+                let peers = self
+                    .core
+                    .peers()
+                    .map(|p| PeerInfo {
+                        id: p.id,
+                        unicast: p.unicast,
+                        topics: p.signature.topics().to_vec(),
+                    })
+                    .collect();
+                let _ = tx.send(peers);
+            }
+            Command::SubscribersOf(topics, tx) => {
+                let n = self
+                    .core
+                    .peers()
+                    .filter(|p| topics.iter().any(|t| p.signature.contains(*t)))
+                    .count();
+                let _ = tx.send(n);
+            }
+            Command::Shutdown => return true,
+        }
+        false
+    }
+
+    fn route_events(&mut self) {
+        while let Some(e) = self.core.poll_event() {
+            let Event::Delivered(d) = e else {
+                continue;
+            };
+            let Some(list) = self.subscriptions.get(&d.topic) else {
+                continue;
+            };
+            for (_, name, tx) in list {
+                let m = Message {
+                    sender: d.sender,
+                    topic: name.clone(),
+                    payload: d.payload.clone(),
+                };
+                if let Err(TrySendError::Full(_)) = tx.try_send(m) {
+                    self.subscriber_overflow += 1;
+                }
+            }
+        }
+    }
+}
