@@ -138,13 +138,13 @@ mod tests {
             let (mut fresh, mut lost) = (0u64, 0u64);
             for (i, keep) in kept.iter().enumerate() {
                 if *keep {
-                    let a = t.on_packet(Seq(start).add(i as u32 + 1));
+                    let a = t.on_packet(Seq(start).advance(i as u32 + 1));
                     prop_assert!(a.is_fresh());
                     fresh += 1;
                     lost += u64::from(a.missed());
                 }
             }
-            lost += u64::from(t.on_highest(Seq(start).add(kept.len() as u32)));
+            lost += u64::from(t.on_highest(Seq(start).advance(kept.len() as u32)));
             prop_assert_eq!(fresh + lost, kept.len() as u64);
         }
     }

@@ -269,7 +269,7 @@ mod tests {
         t.set_member(NodeId(4), &sig(&[3]));
         let a = sig(&[1, 2]).region().unwrap();
         let b = sig(&[2, 3]).region().unwrap();
-        let mut both = vec![a, b];
+        let mut both = [a, b];
         both.sort();
         assert_eq!(t.regions_for_topic(TopicId(2)), &both[..]);
         assert_eq!(t.regions_for_topic(TopicId(1)), &[a]);

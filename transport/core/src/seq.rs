@@ -20,7 +20,7 @@ impl Seq {
     }
 
     /// `self + n` (wrapping).
-    pub fn add(self, n: u32) -> Seq {
+    pub fn advance(self, n: u32) -> Seq {
         Seq(self.0.wrapping_add(n))
     }
 
@@ -59,7 +59,7 @@ mod tests {
         #[test]
         fn adding_n_moves_exactly_n_ahead(start: u32, n in 1u32..(1 << 31)) {
             let a = Seq(start);
-            let b = a.add(n);
+            let b = a.advance(n);
             prop_assert_eq!(a.distance_to(b), i64::from(n));
             prop_assert!(a.is_before(b));
             prop_assert!(!b.is_before(a));
