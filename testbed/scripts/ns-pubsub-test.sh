@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# ns-pubsub-test.sh: end-to-end check of `qs pub` -> 2 x `qs sub` across network namespaces.
+#
+# Usage:
+#   ns-pubsub-test.sh [--qs PATH] [--count N] [--loss PERCENT] [--size B] [--rate R]
+#                     [--skip-code C] [--keep-logs]
+#
+#   Builds a 3-host LAN (lan.sh, unique prefix qst<pid>), starts in hosts 2 and 3
+#     qs sub --json --topic t1 --topic t2 --count N --timeout 20 --iface <host addr>
+#   in the background, then in host 1
+#     qs pub --topic t1 --topic t2 --count N --size 256 --rate 20000 --subscribers 2 --iface <addr>
+#   waits for the subscribers and checks each one's JSON summary line: received == N and
+#   duplicates == out_of_order == gaps == 0. Prints one PASS/FAIL line per subscriber (and a FAIL
+#   line for the publisher if it exits non-zero), then `ns-pubsub-test: P passed, F failed`.
+#   Exit 0 when both subscribers pass, 1 otherwise. The LAN is always torn down (trap).
+#
+#   --qs PATH       qs binary (default: target/release/qs of this repo if it exists, else
+#                   target/debug/qs)
+#   --count N       messages (default 10000)
+#   --loss PERCENT  random UDP frame loss on the subscribers' links (loss.sh); the check is
+#                   unchanged (it is expected to fail until loss recovery exists)
+#   --size B, --rate R   publisher payload size (default 256) and rate (default 20000/s)
+#   --skip-code C   exit code when not root (default 0); the line "SKIP: needs root for network
+#                   namespaces" is printed either way
+#   --keep-logs     keep the directory with the qs outputs (its path is printed)
+#   Environment: NS_PUBSUB_TIMEOUT (default 120): hard limit in seconds for each qs process.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$SCRIPT_DIR/lib.sh"
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'
+    exit "${1:-2}"
+}
+
+qs=""
+count=10000
+loss=""
+size=256
+rate=20000
+skip_code=0
+keep_logs=0
+while [ $# -gt 0 ]; do
+    case $1 in
+    --qs) [ $# -ge 2 ] || usage; qs=$2; shift 2 ;;
+    --count) [ $# -ge 2 ] || usage; count=$2; shift 2 ;;
+    --loss) [ $# -ge 2 ] || usage; loss=$2; shift 2 ;;
+    --size) [ $# -ge 2 ] || usage; size=$2; shift 2 ;;
+    --rate) [ $# -ge 2 ] || usage; rate=$2; shift 2 ;;
+    --skip-code) [ $# -ge 2 ] || usage; skip_code=$2; shift 2 ;;
+    --keep-logs) keep_logs=1; shift ;;
+    -h | --help) usage 0 ;;
+    *) echo "ns-pubsub-test.sh: unknown argument '$1'" >&2; usage ;;
+    esac
+done
+[[ $count =~ ^[1-9][0-9]*$ ]] || die "bad --count '$count'"
+if ! [[ $skip_code =~ ^[0-9]+$ ]] || [ "$skip_code" -gt 255 ]; then die "bad --skip-code '$skip_code'"; fi
+limit=${NS_PUBSUB_TIMEOUT:-120}
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "SKIP: needs root for network namespaces"
+    exit "$skip_code"
+fi
+
+if [ -z "$qs" ]; then
+    repo=$(cd "$SCRIPT_DIR/../.." && pwd)
+    if [ -x "$repo/target/release/qs" ]; then
+        qs=$repo/target/release/qs
+    else
+        qs=$repo/target/debug/qs
+    fi
+fi
+if [ ! -x "$qs" ]; then
+    echo "FAIL: qs binary not found or not executable: $qs (build it, or pass --qs PATH)"
+    echo "ns-pubsub-test: 0 passed, 1 failed"
+    exit 1
+fi
+qs=$(cd "$(dirname "$qs")" && pwd)/$(basename "$qs")
+command -v python3 >/dev/null 2>&1 || ensure_cmd python3 python3
+command -v timeout >/dev/null 2>&1 || ensure_cmd timeout coreutils
+
+prefix="qst$$"
+logs=$(mktemp -d "${TMPDIR:-/tmp}/ns-pubsub.XXXXXX")
+pids=()
+lan_up=0
+
+cleanup() {
+    local rc=$? pid
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    if [ "$lan_up" -eq 1 ]; then
+        "$SCRIPT_DIR/lan.sh" down "$prefix" >/dev/null 2>&1 || echo "WARN: lan.sh down $prefix failed" >&2
+    fi
+    if [ "$keep_logs" -eq 1 ]; then
+        echo "logs kept in $logs"
+    else
+        rm -rf "$logs"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+lan_up=1 # set before 'up': a half-built LAN is removed too
+"$SCRIPT_DIR/lan.sh" up "$prefix" 3 >"$logs/lan.log" 2>&1 || {
+    cat "$logs/lan.log" >&2
+    echo "FAIL: could not build the namespace LAN"
+    echo "ns-pubsub-test: 0 passed, 1 failed"
+    exit 1
+}
+a1=$("$SCRIPT_DIR/lan.sh" addr "$prefix" 1)
+if [ -n "$loss" ]; then
+    for i in 2 3; do "$SCRIPT_DIR/loss.sh" "$prefix" "$i" random "$loss"; done
+fi
+
+echo "ns-pubsub-test: LAN $prefix, qs $qs, $count messages, size $size, rate $rate/s${loss:+, loss $loss% on subscribers}"
+for i in 2 3; do
+    addr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$i")
+    timeout "$limit" ip netns exec "$(ns_name "$prefix" "$i")" "$qs" sub --json \
+        --topic t1 --topic t2 --count "$count" --timeout 20 --iface "$addr" \
+        >"$logs/sub$i.json" 2>"$logs/sub$i.err" &
+    pids+=($!)
+done
+
+# In the background + wait, so that INT/TERM are handled at once (and cleanup runs).
+timeout "$limit" ip netns exec "$(ns_name "$prefix" 1)" "$qs" pub \
+    --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers 2 \
+    --iface "$a1" >"$logs/pub.out" 2>"$logs/pub.err" &
+pub_pid=$!
+pids+=("$pub_pid")
+pub_rc=0
+wait "$pub_pid" || pub_rc=$?
+
+sub_rc=()
+for pid in "${pids[@]:0:2}"; do
+    rc=0
+    wait "$pid" || rc=$?
+    sub_rc+=("$rc")
+done
+pids=()
+
+passed=0
+failed=0
+for k in 0 1; do
+    i=$((k + 2))
+    addr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$i")
+    verdict=$(python3 - "$logs/sub$i.json" "$count" <<'EOF'
+import json, sys
+path, n = sys.argv[1], int(sys.argv[2])
+summary = None
+try:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(obj, dict) and "received" in obj:
+                summary = obj
+except OSError as e:
+    print(f"FAIL no output ({e})")
+    sys.exit()
+if summary is None:
+    print("FAIL no JSON summary line on stdout")
+    sys.exit()
+want = {"received": n, "duplicates": 0, "out_of_order": 0, "gaps": 0}
+got = {k: summary.get(k) for k in want}
+bad = [f"{k}={got[k]} (want {v})" for k, v in want.items() if got[k] != v]
+shown = " ".join(f"{k}={got[k]}" for k in want)
+print(("FAIL " + "; ".join(bad)) if bad else ("OK " + shown))
+EOF
+)
+    if [[ $verdict == OK* ]]; then
+        echo "PASS subscriber h$i ($addr): ${verdict#OK }"
+        passed=$((passed + 1))
+    else
+        echo "FAIL subscriber h$i ($addr): ${verdict#FAIL } [exit ${sub_rc[$k]}]"
+        failed=$((failed + 1))
+        if [ -s "$logs/sub$i.err" ]; then
+            echo "  --- stderr of qs sub in h$i (last 20 lines):"
+            tail -n 20 "$logs/sub$i.err" | sed 's/^/  /'
+        fi
+    fi
+    if [ -n "$loss" ]; then
+        echo "  loss on h$i: $("$SCRIPT_DIR/loss.sh" "$prefix" "$i" show)"
+    fi
+done
+if [ "$pub_rc" -ne 0 ]; then
+    echo "FAIL publisher h1 ($a1): qs pub exited $pub_rc$([ "$pub_rc" -eq 124 ] && echo " (killed after ${limit}s)")"
+    if [ -s "$logs/pub.err" ]; then
+        echo "  --- stderr of qs pub (last 20 lines):"
+        tail -n 20 "$logs/pub.err" | sed 's/^/  /'
+    fi
+    failed=$((failed + 1))
+fi
+echo "ns-pubsub-test: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
