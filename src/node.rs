@@ -558,13 +558,21 @@ impl Drop for Node {
 }
 
 /// Messages of the subscribed topics, in per-sender order. Dropping it unsubscribes.
-#[derive(Debug)]
 pub struct Subscription {
     id: u64,
     topics: Vec<TopicId>,
     rx: Receiver<Message>,
     control: Sender<Command>,
     shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topics", &self.topics)
+            .field("queued", &self.rx.len())
+            .finish()
+    }
 }
 
 impl Subscription {
@@ -607,6 +615,9 @@ impl Drop for Subscription {
     }
 }
 
+/// One subscription's queue for one topic: (subscription id, topic name, queue).
+type SubscriberQueue = (u64, Arc<str>, Sender<Message>);
+
 /// The node thread's state.
 struct Worker {
     runtime: Runtime,
@@ -614,7 +625,7 @@ struct Worker {
     control: Receiver<Command>,
     publishes: Receiver<(TopicId, Bytes)>,
     shared: Arc<Shared>,
-    subscriptions: BTreeMap<TopicId, Vec<(u64, Arc<str>, Sender<Message>)>>,
+    subscriptions: BTreeMap<TopicId, Vec<SubscriberQueue>>,
     subscriber_overflow: u64,
     /// A publish taken from the channel that the core refused (queue full): sent first.
     refused: Option<(TopicId, Bytes)>,

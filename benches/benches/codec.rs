@@ -39,13 +39,17 @@ fn codec(c: &mut Criterion) {
         });
         let (len, _) = pack(&mut buf, &payload);
         let datagram = Bytes::copy_from_slice(&buf[..len]);
-        g.bench_with_input(BenchmarkId::new("parse_and_iterate", size), &datagram, |b, d| {
-            b.iter(|| {
-                let (_, _) = wire::parse(black_box(d)).expect("valid");
-                let p = DataPacket::parse(d.slice(HEADER_LEN..)).expect("valid");
-                p.messages().map(|(_, m)| m.len()).sum::<usize>()
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("parse_and_iterate", size),
+            &datagram,
+            |b, d| {
+                b.iter(|| {
+                    let (_, _) = wire::parse(black_box(d)).expect("valid");
+                    let p = DataPacket::parse(d.slice(HEADER_LEN..)).expect("valid");
+                    p.messages().map(|(_, m)| m.len()).sum::<usize>()
+                })
+            },
+        );
     }
     g.finish();
 }
@@ -63,13 +67,17 @@ fn region_lookup(c: &mut Criterion) {
             );
             table.set_member(NodeId(n), &sig);
         }
-        g.bench_with_input(BenchmarkId::new("regions_for_topic", topics), &table, |b, t| {
-            let mut i = 0u64;
-            b.iter(|| {
-                i = (i + 7919) % topics;
-                black_box(t.regions_for_topic(TopicId(i)).len())
-            })
-        });
+        g.bench_with_input(
+            BenchmarkId::new("regions_for_topic", topics),
+            &table,
+            |b, t| {
+                let mut i = 0u64;
+                b.iter(|| {
+                    i = (i + 7919) % topics;
+                    black_box(t.regions_for_topic(TopicId(i)).len())
+                })
+            },
+        );
     }
     g.finish();
 }

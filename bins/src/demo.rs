@@ -207,7 +207,7 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     println!(
         "\n  {:<5} {:<22} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9}",
-        "node", "topics", "expected", "delivered", "dups", "order", "gaps", "p50 µs", "p99 µs"
+        "node", "topics", "expected", "delivered", "dups", "order", "gap pkts", "p50 µs", "p99 µs"
     );
     for s in subscribers {
         let tally = s.thread.join().expect("subscriber thread");

@@ -177,7 +177,6 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[derive(Debug)]
 struct SenderTally {
     count: u64,
     highest: Option<u64>,
@@ -186,7 +185,6 @@ struct SenderTally {
 }
 
 /// What one subscriber received: counts, order checks, checksums, latency.
-#[derive(Debug)]
 pub struct Tally {
     /// Messages received.
     pub received: u64,
@@ -257,11 +255,6 @@ impl Tally {
             self.out_of_order += 1;
         }
         s.highest = Some(s.highest.map_or(seq, |h| h.max(seq)));
-    }
-
-    /// Messages received from `sender`.
-    pub fn from_sender(&self, sender: NodeId) -> u64 {
-        self.per_sender.get(&sender).map_or(0, |s| s.count)
     }
 
     /// Latency percentile in microseconds.

@@ -15,7 +15,10 @@ fn qs_pub_reaches_two_qs_subs_in_other_namespaces_completely() {
         eprintln!("SKIP: network namespaces need root");
         return;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../testbed/scripts/ns-pubsub-test.sh");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testbed/scripts/ns-pubsub-test.sh"
+    );
     let out = Command::new("bash")
         .arg(script)
         .args(["--qs", env!("CARGO_BIN_EXE_qs"), "--count", "10000"])
@@ -28,5 +31,9 @@ fn qs_pub_reaches_two_qs_subs_in_other_namespaces_completely() {
     );
     println!("{text}");
     assert!(out.status.success(), "namespace test failed:\n{text}");
-    assert_eq!(text.matches("PASS").count(), 2, "two subscribers passed:\n{text}");
+    assert_eq!(
+        text.matches("PASS").count(),
+        2,
+        "two subscribers passed:\n{text}"
+    );
 }

@@ -1,0 +1,85 @@
+//! Runtime configuration and the socket-buffer report.
+
+use std::net::Ipv4Addr;
+
+/// How to open and run a [`Runtime`](crate::Runtime). Build it with struct update syntax over
+/// [`RuntimeConfig::default`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// The interface address: the unicast socket binds it, multicast is sent out of and joined
+    /// on it. Default `127.0.0.1`.
+    pub interface: Ipv4Addr,
+    /// Port of the unicast socket; 0 picks an ephemeral port (see
+    /// [`Runtime::local_addr`](crate::Runtime::local_addr)). Default 0.
+    pub unicast_port: u16,
+    /// Port of the control multicast socket (tokens, membership). Default 7400.
+    pub control_port: u16,
+    /// Port of the data multicast socket. Must differ from `control_port`. Default 7401.
+    pub data_port: u16,
+    /// Requested `SO_RCVBUF` of every socket, in bytes; 0 keeps the kernel default.
+    /// Default 8 MiB. See [`Runtime::socket_buffers`](crate::Runtime::socket_buffers).
+    pub recv_buffer_bytes: usize,
+    /// Requested `SO_SNDBUF` of the unicast (sending) socket; 0 keeps the kernel default.
+    /// Default 4 MiB.
+    pub send_buffer_bytes: usize,
+    /// Datagrams per `recvmmsg`/`sendmmsg` call; also the bound on transmits queued in the
+    /// runtime. Default 64.
+    pub batch: usize,
+    /// The largest datagram received, in bytes. Bigger ones are truncated by the kernel; the
+    /// runtime counts them in [`RuntimeStats::truncated_drops`](crate::RuntimeStats) and never
+    /// delivers them. Default 2048.
+    pub recv_slot_bytes: usize,
+    /// The largest datagram the core may write in one `poll_transmit` (the buffer it is
+    /// handed). Default 65,507, the IPv4 UDP maximum; the pool is lazily backed by the OS, so
+    /// only the bytes actually written cost memory.
+    pub send_slot_bytes: usize,
+    /// `IP_MULTICAST_TTL`. Default 1 (never leave the LAN).
+    pub ttl: u32,
+    /// `IP_MULTICAST_LOOP`: deliver our own multicast to sockets on this host (other nodes in
+    /// the same host or process). Default true.
+    pub multicast_loop: bool,
+    /// `recvmmsg` batches per socket per turn before yielding to the other sockets, timers and
+    /// sending; a socket still readable then is served first next turn. Default 8.
+    pub recv_budget_batches: usize,
+    /// `sendmmsg` batches per turn before yielding to receiving. Default 8.
+    pub send_budget_batches: usize,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> RuntimeConfig {
+        RuntimeConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            unicast_port: 0,
+            control_port: 7400,
+            data_port: 7401,
+            recv_buffer_bytes: 8 << 20,
+            send_buffer_bytes: 4 << 20,
+            batch: 64,
+            recv_slot_bytes: 2048,
+            send_slot_bytes: 65_507,
+            ttl: 1,
+            multicast_loop: true,
+            recv_budget_batches: 8,
+            send_budget_batches: 8,
+        }
+    }
+}
+
+/// The socket buffer sizes the kernel granted.
+///
+/// Sizes are what one would have to request to get them: Linux reserves (and `getsockopt`
+/// reports) twice the requested value for bookkeeping, so these are the read-back values
+/// halved, directly comparable with [`RuntimeConfig::recv_buffer_bytes`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SocketBuffers {
+    /// The smallest receive buffer among the three sockets.
+    pub recv_bytes: usize,
+    /// The send buffer of the unicast (sending) socket.
+    pub send_bytes: usize,
+    /// `SO_RCVBUFFORCE`/`SO_SNDBUFFORCE` was needed (the request exceeded
+    /// `net.core.rmem_max`/`wmem_max`) and worked (the process has CAP_NET_ADMIN).
+    pub forced: bool,
+    /// At least one buffer is still smaller than requested (a warning was logged naming the
+    /// sysctl to raise).
+    pub capped: bool,
+}

@@ -1,0 +1,690 @@
+//! The event loop: three sockets, one mio `Poll`, one [`Driven`] core per turn.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token, Waker};
+use qs_transport::{Driven, Instant, SocketCommand};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::{RuntimeConfig, SocketBuffers};
+use crate::sendq::SendQueues;
+use crate::sys::{self, BufferDir, MmsgScratch, RecvMeta};
+
+/// A turn whose busy time (excluding the wait) exceeds this counts as a stall in
+/// [`RuntimeStats::slow_turns`]: 1 ms.
+pub const SLOW_TURN_NANOS: u64 = 1_000_000;
+
+/// Minimum interval between two repeated warnings of one kind (send errors, receive errors).
+const WARN_INTERVAL_NANOS: u64 = 1_000_000_000;
+
+/// Sockets in receive order: control before unicast before data.
+pub(crate) const CONTROL: usize = 0;
+pub(crate) const UNICAST: usize = 1;
+pub(crate) const DATA: usize = 2;
+const SOCKET_NAMES: [&str; 3] = ["control", "unicast", "data"];
+const WAKER: Token = Token(3);
+
+/// Counters of one runtime, all monotonically increasing except the `*_max`/`longest` ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RuntimeStats {
+    /// Calls to [`Runtime::turn`].
+    pub iterations: u64,
+    /// Turns in which the [`Waker`] fired.
+    pub wakeups: u64,
+    /// Time spent working (not waiting) in turns, in nanoseconds.
+    pub busy_nanos: u64,
+    /// Time spent waiting in `epoll_wait`, in nanoseconds.
+    pub poll_wait_nanos: u64,
+    /// The longest busy time of one turn, in nanoseconds.
+    pub longest_turn_nanos: u64,
+    /// Turns busy for more than [`SLOW_TURN_NANOS`] (stalls).
+    pub slow_turns: u64,
+    /// Calls to [`Driven::handle_timeout`].
+    pub timeouts_handled: u64,
+    /// The latest a timer was handled after its deadline, in nanoseconds.
+    pub timer_lateness_max_nanos: u64,
+    /// Datagrams handed to the core.
+    pub datagrams_received: u64,
+    /// Bytes handed to the core.
+    pub bytes_received: u64,
+    /// Successful `recvmmsg` calls.
+    pub recv_batches: u64,
+    /// Receive errors other than would-block (the socket is skipped until it is ready again).
+    pub recv_errors: u64,
+    /// Times a socket used its whole receive budget and stayed readable.
+    pub recv_budget_exhausted: u64,
+    /// Datagrams larger than [`RuntimeConfig::recv_slot_bytes`], dropped.
+    pub truncated_drops: u64,
+    /// Datagrams from a non-IPv4 source, dropped.
+    pub non_ipv4_drops: u64,
+    /// Datagrams the kernel accepted for sending.
+    pub datagrams_sent: u64,
+    /// Bytes the kernel accepted for sending.
+    pub bytes_sent: u64,
+    /// Successful `sendmmsg` calls.
+    pub send_batches: u64,
+    /// Times the unicast socket's send buffer was full (we then wait for writability).
+    pub send_would_block: u64,
+    /// Datagrams dropped because the kernel refused them (e.g. `ENETUNREACH`, `EPERM`,
+    /// `EMSGSIZE`).
+    pub send_errors: u64,
+    /// Turns that used the whole send budget with more to send.
+    pub send_budget_exhausted: u64,
+    /// Transmits the core got wrong (IPv6 destination, length beyond the buffer), dropped.
+    pub invalid_transmits: u64,
+    /// Multicast groups joined.
+    pub joins: u64,
+    /// Multicast groups left.
+    pub leaves: u64,
+    /// Joins or leaves that failed or named a port that is neither the control nor the data
+    /// port.
+    pub join_errors: u64,
+}
+
+/// What one [`Runtime::turn`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Turn {
+    /// The [`Waker`] fired: another thread has work for the caller (e.g. commands queued on
+    /// its channel).
+    pub woken: bool,
+    /// The time handed to the core after the wait.
+    pub now: Instant,
+    /// Datagrams handed to the core.
+    pub received: usize,
+    /// Datagrams the kernel accepted.
+    pub sent: usize,
+    /// [`Driven::handle_timeout`] was called.
+    pub timer_fired: bool,
+}
+
+/// A log line at most once per [`WARN_INTERVAL_NANOS`], counting what it suppressed.
+#[derive(Debug, Default)]
+struct WarnLimiter {
+    last_nanos: Option<u64>,
+    suppressed: u64,
+}
+
+impl WarnLimiter {
+    /// `Some(suppressed since the last line)` when a line may be logged now.
+    fn allow(&mut self, now_nanos: u64) -> Option<u64> {
+        match self.last_nanos {
+            Some(last) if now_nanos.saturating_sub(last) < WARN_INTERVAL_NANOS => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last_nanos = Some(now_nanos);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// One node's sockets and event loop. See the [crate docs](crate) for the calling contract.
+pub struct Runtime {
+    cfg: RuntimeConfig,
+    poll: Poll,
+    events: Events,
+    waker: Arc<Waker>,
+    /// Indexed by `CONTROL`, `UNICAST`, `DATA`.
+    pub(crate) sockets: [UdpSocket; 3],
+    /// Known (or possibly) readable: an edge was seen and the socket is not drained yet.
+    readable: [bool; 3],
+    /// The unicast socket accepted the last send (false after `WouldBlock`, until an edge).
+    writable: bool,
+    /// The last send phase stopped on its budget with the core perhaps holding more.
+    send_pending: bool,
+    local_addr: SocketAddrV4,
+    epoch: std::time::Instant,
+    /// Receive memory: datagrams are received into it, then split off and frozen.
+    arena: BytesMut,
+    recv_scratch: MmsgScratch,
+    send_scratch: MmsgScratch,
+    recv_meta: Vec<RecvMeta>,
+    sendq: SendQueues,
+    joined: BTreeSet<SocketAddrV4>,
+    buffers: SocketBuffers,
+    stats: RuntimeStats,
+    send_warn: WarnLimiter,
+    recv_warn: WarnLimiter,
+    transmit_warn: WarnLimiter,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("local_addr", &self.local_addr)
+            .field("control_port", &self.cfg.control_port)
+            .field("data_port", &self.cfg.data_port)
+            .field("joined", &self.joined)
+            .field("queued", &self.sendq.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+fn udp_socket() -> io::Result<Socket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// A socket that shares `0.0.0.0:port` with other nodes on the host and receives only the
+/// groups it joined itself.
+pub(crate) fn group_socket() -> io::Result<Socket> {
+    let socket = udp_socket()?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    sys::disable_multicast_all(&socket)?;
+    Ok(socket)
+}
+
+impl Runtime {
+    /// Opens the unicast, control and data sockets and the poller.
+    ///
+    /// Errors: `InvalidInput` if `control_port == data_port`, `batch`, `recv_slot_bytes` or
+    /// `send_slot_bytes` is 0; otherwise whatever the OS reports (e.g. `AddrInUse` for a
+    /// taken unicast port, `AddrNotAvailable` for an interface address not on this host).
+    pub fn new(cfg: RuntimeConfig) -> io::Result<Runtime> {
+        if cfg.control_port == cfg.data_port {
+            return Err(invalid(format!(
+                "control_port and data_port must differ (both are {}): each needs its own \
+                 socket so control traffic is received before data",
+                cfg.control_port
+            )));
+        }
+        if cfg.batch == 0 || cfg.recv_slot_bytes == 0 || cfg.send_slot_bytes == 0 {
+            return Err(invalid(
+                "batch, recv_slot_bytes and send_slot_bytes must be at least 1".into(),
+            ));
+        }
+        let unicast = udp_socket()?;
+        // Bound to one address, it would not match a group anyway; this also covers an
+        // `interface` of 0.0.0.0.
+        sys::disable_multicast_all(&unicast)?;
+        unicast.set_multicast_if_v4(&cfg.interface)?;
+        unicast.set_multicast_ttl_v4(cfg.ttl)?;
+        unicast.set_multicast_loop_v4(cfg.multicast_loop)?;
+        let send = sys::size_buffer(&unicast, BufferDir::Send, cfg.send_buffer_bytes)?;
+        let mut recv = [sys::size_buffer(&unicast, BufferDir::Recv, cfg.recv_buffer_bytes)?; 3];
+        unicast.bind(&SockAddr::from(SocketAddrV4::new(
+            cfg.interface,
+            cfg.unicast_port,
+        )))?;
+
+        let control = group_socket()?;
+        recv[CONTROL] = sys::size_buffer(&control, BufferDir::Recv, cfg.recv_buffer_bytes)?;
+        control.bind(&SockAddr::from(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            cfg.control_port,
+        )))?;
+        let data = group_socket()?;
+        recv[DATA] = sys::size_buffer(&data, BufferDir::Recv, cfg.recv_buffer_bytes)?;
+        data.bind(&SockAddr::from(SocketAddrV4::new(
+            Ipv4Addr::UNSPECIFIED,
+            cfg.data_port,
+        )))?;
+
+        let local_addr = unicast
+            .local_addr()?
+            .as_socket_ipv4()
+            .ok_or_else(|| io::Error::other("unicast socket has no IPv4 address"))?;
+        let buffers = SocketBuffers {
+            recv_bytes: recv.iter().map(|o| o.bytes).min().unwrap_or(0),
+            send_bytes: send.bytes,
+            forced: send.forced || recv.iter().any(|o| o.forced),
+            capped: send.capped || recv.iter().any(|o| o.capped),
+        };
+
+        let mut sockets = [
+            UdpSocket::from_std(control.into()),
+            UdpSocket::from_std(unicast.into()),
+            UdpSocket::from_std(data.into()),
+        ];
+        let poll = Poll::new()?;
+        for (i, socket) in sockets.iter_mut().enumerate() {
+            let interest = if i == UNICAST {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            poll.registry().register(socket, Token(i), interest)?;
+        }
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let batch = cfg.batch;
+        Ok(Runtime {
+            events: Events::with_capacity(16),
+            poll,
+            waker,
+            sockets,
+            // Datagrams may have arrived between bind and register: look once.
+            readable: [true; 3],
+            writable: true,
+            send_pending: false,
+            local_addr,
+            epoch: std::time::Instant::now(),
+            arena: BytesMut::new(),
+            recv_scratch: MmsgScratch::new(batch),
+            send_scratch: MmsgScratch::new(batch),
+            recv_meta: Vec::with_capacity(batch),
+            sendq: SendQueues::new(batch, cfg.send_slot_bytes),
+            joined: BTreeSet::new(),
+            buffers,
+            stats: RuntimeStats::default(),
+            send_warn: WarnLimiter::default(),
+            recv_warn: WarnLimiter::default(),
+            transmit_warn: WarnLimiter::default(),
+            cfg,
+        })
+    }
+
+    /// The configuration this runtime was opened with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.cfg
+    }
+
+    /// The unicast socket's address (with the actual port when `unicast_port` was 0): the
+    /// source address of everything this node sends.
+    pub fn local_addr(&self) -> SocketAddrV4 {
+        self.local_addr
+    }
+
+    /// A handle other threads use to interrupt the wait in [`Runtime::turn`]; the turn then
+    /// reports [`Turn::woken`].
+    pub fn waker(&self) -> Arc<Waker> {
+        self.waker.clone()
+    }
+
+    /// Nanoseconds since this runtime was created, from the monotonic clock.
+    pub fn now(&self) -> Instant {
+        Instant(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Loop and socket counters.
+    pub fn stats(&self) -> &RuntimeStats {
+        &self.stats
+    }
+
+    /// The socket buffer sizes the kernel granted.
+    pub fn socket_buffers(&self) -> SocketBuffers {
+        self.buffers
+    }
+
+    /// The groups currently joined, as `group:port`.
+    pub fn joined_groups(&self) -> impl Iterator<Item = SocketAddrV4> + '_ {
+        self.joined.iter().copied()
+    }
+
+    /// Transmits pulled from the core and not yet accepted by the kernel (at most
+    /// [`RuntimeConfig::batch`]).
+    pub fn queued_transmits(&self) -> usize {
+        self.sendq.len()
+    }
+
+    /// Runs one event-loop iteration for `core`:
+    ///
+    /// 1. brings the core's output up to date (commands, then transmits), since the caller
+    ///    may have fed it work since the last turn;
+    /// 2. waits until the core's deadline, socket readiness, the [`Waker`] or `max_wait`,
+    ///    whichever comes first (not at all if a socket is known to be readable or transmits
+    ///    are waiting on a writable socket). Deadlines are honoured to the millisecond, rounded
+    ///    up (`epoll_wait` resolution);
+    /// 3. reads the clock once, `now`, and with it: receives (control, then unicast, then
+    ///    data socket, each under its batch budget) into [`Driven::handle_datagram`]; calls
+    ///    [`Driven::handle_timeout`] if the deadline is due; applies every
+    ///    [`Driven::poll_command`]; pulls and sends transmits, Control before Repair before
+    ///    Data, until the core has nothing more, the socket is full or the send budget is
+    ///    spent.
+    ///
+    /// Errors only if the poller itself fails (a bug or resource exhaustion); network errors
+    /// are counted in [`RuntimeStats`] and logged.
+    pub fn turn<D: Driven>(
+        &mut self,
+        core: &mut D,
+        max_wait: Option<Duration>,
+    ) -> io::Result<Turn> {
+        self.stats.iterations += 1;
+        let pre_now = self.now();
+        self.apply_commands(core);
+        let mut sent = self.pull_and_send(core, pre_now);
+        let poll_start = self.now();
+        let timeout = self.wait_timeout(core, max_wait, poll_start);
+        match self.poll.poll(&mut self.events, timeout) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => self.events.clear(),
+            Err(e) => return Err(e),
+        }
+        let now = self.now();
+        self.stats.poll_wait_nanos += now.0.saturating_sub(poll_start.0);
+
+        let mut woken = false;
+        for event in self.events.iter() {
+            match event.token() {
+                WAKER => woken = true,
+                Token(i) if i < 3 => {
+                    if event.is_readable() || event.is_error() || event.is_read_closed() {
+                        self.readable[i] = true;
+                    }
+                    if i == UNICAST && (event.is_writable() || event.is_error()) {
+                        self.writable = true;
+                    }
+                }
+                Token(_) => {}
+            }
+        }
+        if woken {
+            self.stats.wakeups += 1;
+        }
+
+        let mut received = 0;
+        for socket in [CONTROL, UNICAST, DATA] {
+            received += self.receive(socket, core, now);
+        }
+        let mut timer_fired = false;
+        if let Some(deadline) = core.poll_timeout() {
+            if deadline <= now {
+                self.stats.timeouts_handled += 1;
+                self.stats.timer_lateness_max_nanos =
+                    self.stats.timer_lateness_max_nanos.max(now.0 - deadline.0);
+                core.handle_timeout(now);
+                timer_fired = true;
+            }
+        }
+        self.apply_commands(core);
+        sent += self.pull_and_send(core, now);
+
+        let end = self.now();
+        let busy = end.0.saturating_sub(now.0) + poll_start.0.saturating_sub(pre_now.0);
+        self.stats.busy_nanos += busy;
+        self.stats.longest_turn_nanos = self.stats.longest_turn_nanos.max(busy);
+        if busy > SLOW_TURN_NANOS {
+            self.stats.slow_turns += 1;
+        }
+        Ok(Turn {
+            woken,
+            now,
+            received,
+            sent,
+            timer_fired,
+        })
+    }
+
+    /// How long the next wait may last.
+    fn wait_timeout<D: Driven>(
+        &self,
+        core: &D,
+        max_wait: Option<Duration>,
+        now: Instant,
+    ) -> Option<Duration> {
+        let more_to_send = !self.sendq.is_empty() || self.send_pending;
+        if self.readable.iter().any(|r| *r) || (self.writable && more_to_send) {
+            return Some(Duration::ZERO);
+        }
+        match core.poll_timeout() {
+            None => max_wait,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(now);
+                Some(max_wait.map_or(left, |m| m.min(left)))
+            }
+        }
+    }
+
+    /// Drains one socket into the core, under the batch budget. Returns datagrams delivered.
+    fn receive<D: Driven>(&mut self, socket: usize, core: &mut D, now: Instant) -> usize {
+        if !self.readable[socket] {
+            return 0;
+        }
+        let slot = self.cfg.recv_slot_bytes;
+        let batch = self.cfg.batch;
+        let fd = self.sockets[socket].as_raw_fd();
+        let mut delivered = 0;
+        let mut batches = 0;
+        let mut meta = std::mem::take(&mut self.recv_meta);
+        loop {
+            if batches >= self.cfg.recv_budget_batches.max(1) {
+                // Still readable: served first (with a zero wait) next turn.
+                self.stats.recv_budget_exhausted += 1;
+                break;
+            }
+            // Fresh memory when the arena cannot hold a quarter batch: one allocation per
+            // full batch, far fewer when datagrams trickle in one at a time.
+            if self.arena.len() / slot < (batch / 4).max(1) {
+                self.arena = BytesMut::zeroed(batch * slot);
+            }
+            let room = self.arena.len() / slot;
+            let result = sys::recv_batch(
+                fd,
+                libc::MSG_DONTWAIT,
+                &mut self.arena[..room * slot],
+                slot,
+                &mut self.recv_scratch,
+                &mut meta,
+            );
+            match result {
+                Ok(k) => {
+                    batches += 1;
+                    self.stats.recv_batches += 1;
+                    // The received prefix leaves the arena; the core may keep slices of it.
+                    let filled = self.arena.split_to(k * slot).freeze();
+                    for (i, m) in meta.iter().enumerate() {
+                        if m.truncated {
+                            self.stats.truncated_drops += 1;
+                            continue;
+                        }
+                        let Some(from) = m.from else {
+                            self.stats.non_ipv4_drops += 1;
+                            continue;
+                        };
+                        self.stats.datagrams_received += 1;
+                        self.stats.bytes_received += m.len as u64;
+                        delivered += 1;
+                        let start = i * slot;
+                        core.handle_datagram(
+                            now,
+                            SocketAddr::V4(from),
+                            filled.slice(start..start + m.len),
+                        );
+                    }
+                    // With MSG_DONTWAIT a short batch means the queue ran dry (unconnected UDP
+                    // sockets report no asynchronous errors), so the next arrival raises a new
+                    // edge: no extra call just to see WouldBlock.
+                    if k < room {
+                        self.readable[socket] = false;
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable[socket] = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    batches += 1;
+                }
+                Err(e) => {
+                    self.stats.recv_errors += 1;
+                    self.readable[socket] = false;
+                    if let Some(suppressed) = self.recv_warn.allow(now.0) {
+                        tracing::warn!(
+                            "receive on the {} socket failed: {e} ({suppressed} similar suppressed)",
+                            SOCKET_NAMES[socket]
+                        );
+                    }
+                    break;
+                }
+            }
+        }
+        self.recv_meta = meta;
+        delivered
+    }
+
+    fn apply_commands<D: Driven>(&mut self, core: &mut D) {
+        while let Some(command) = core.poll_command() {
+            match command {
+                SocketCommand::JoinGroup(group) => self.join(group),
+                SocketCommand::LeaveGroup(group) => self.leave(group),
+            }
+        }
+    }
+
+    /// The socket for a group's port, or a counted and logged error.
+    fn group_socket_index(&mut self, group: SocketAddrV4, what: &str) -> Option<usize> {
+        let socket = if group.port() == self.cfg.control_port {
+            CONTROL
+        } else if group.port() == self.cfg.data_port {
+            DATA
+        } else {
+            self.stats.join_errors += 1;
+            tracing::warn!(
+                "cannot {what} {group}: port is neither the control port {} nor the data port {}",
+                self.cfg.control_port,
+                self.cfg.data_port
+            );
+            return None;
+        };
+        if !group.ip().is_multicast() {
+            self.stats.join_errors += 1;
+            tracing::warn!("cannot {what} {group}: not a multicast address");
+            return None;
+        }
+        Some(socket)
+    }
+
+    fn join(&mut self, group: SocketAddrV4) {
+        if self.joined.contains(&group) {
+            return;
+        }
+        let Some(socket) = self.group_socket_index(group, "join") else {
+            return;
+        };
+        match self.sockets[socket].join_multicast_v4(group.ip(), &self.cfg.interface) {
+            Ok(()) => {
+                self.joined.insert(group);
+                self.stats.joins += 1;
+            }
+            Err(e) => {
+                self.stats.join_errors += 1;
+                tracing::warn!("joining {group} on {} failed: {e}", self.cfg.interface);
+            }
+        }
+    }
+
+    fn leave(&mut self, group: SocketAddrV4) {
+        if !self.joined.contains(&group) {
+            return;
+        }
+        let Some(socket) = self.group_socket_index(group, "leave") else {
+            return;
+        };
+        self.joined.remove(&group);
+        match self.sockets[socket].leave_multicast_v4(group.ip(), &self.cfg.interface) {
+            Ok(()) => self.stats.leaves += 1,
+            Err(e) => {
+                self.stats.join_errors += 1;
+                tracing::warn!("leaving {group} on {} failed: {e}", self.cfg.interface);
+            }
+        }
+    }
+
+    /// Pull-based sending: take a packet from the core only when it can leave soon (a free
+    /// slot and a writable socket), flush by class. Returns datagrams accepted.
+    fn pull_and_send<D: Driven>(&mut self, core: &mut D, now: Instant) -> usize {
+        let mut sent = 0;
+        let mut batches = 0;
+        let mut core_drained = false;
+        self.send_pending = false;
+        while self.writable {
+            while !core_drained {
+                let Some(slot) = self.sendq.take_slot() else {
+                    break;
+                };
+                let buf = self.sendq.slot_mut(slot);
+                let capacity = buf.len();
+                match core.poll_transmit(now, buf) {
+                    None => {
+                        self.sendq.release(slot);
+                        core_drained = true;
+                    }
+                    Some(t) => match t.destination {
+                        SocketAddr::V4(dest) if t.len <= capacity => {
+                            self.sendq.push(slot, t.len, dest, t.class);
+                        }
+                        other => {
+                            self.sendq.release(slot);
+                            self.stats.invalid_transmits += 1;
+                            if let Some(suppressed) = self.transmit_warn.allow(now.0) {
+                                tracing::warn!(
+                                    "dropping an invalid transmit to {other} of {} bytes (buffer \
+                                     {capacity}; only IPv4 is supported) ({suppressed} similar \
+                                     suppressed)",
+                                    t.len
+                                );
+                            }
+                        }
+                    },
+                }
+            }
+            if self.sendq.is_empty() {
+                break;
+            }
+            if batches >= self.cfg.send_budget_batches.max(1) {
+                self.stats.send_budget_exhausted += 1;
+                self.send_pending = true;
+                break;
+            }
+            batches += 1;
+            sent += self.flush_batch(now);
+        }
+        if !core_drained && !self.writable {
+            // The socket blocked: remaining work waits in the core for the writable edge.
+            self.send_pending = true;
+        }
+        sent
+    }
+
+    /// One `sendmmsg` of the queued packets. Returns datagrams accepted.
+    fn flush_batch(&mut self, now: Instant) -> usize {
+        let fd = self.sockets[UNICAST].as_raw_fd();
+        let batch = self.sendq.next_batch(self.cfg.batch);
+        match sys::send_batch(fd, batch, libc::MSG_DONTWAIT, &mut self.send_scratch) {
+            Ok(n) => {
+                let bytes = self.sendq.complete(n);
+                self.stats.send_batches += 1;
+                self.stats.datagrams_sent += n as u64;
+                self.stats.bytes_sent += bytes;
+                n
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.sendq.complete(0);
+                self.writable = false;
+                self.stats.send_would_block += 1;
+                0
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                self.sendq.complete(0);
+                0
+            }
+            Err(e) => {
+                // sendmmsg reports an error only when the first datagram failed: drop it and
+                // carry on with the rest.
+                self.sendq.complete(1);
+                self.stats.send_errors += 1;
+                if let Some(suppressed) = self.send_warn.allow(now.0) {
+                    tracing::warn!(
+                        "send failed, datagram dropped: {e} ({suppressed} similar suppressed)"
+                    );
+                }
+                0
+            }
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! Thin, safe wrappers over the Linux calls the standard library and socket2 do not cover:
+//! `recvmmsg`/`sendmmsg` batches, `IP_MULTICAST_ALL`, `SO_*BUFFORCE` and `CLOCK_MONOTONIC`.
+//!
+//! Every `unsafe` block is here, each with the argument for why it is sound.
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
+
+use socket2::Socket;
+
+/// Nanoseconds of `CLOCK_MONOTONIC`: one clock shared by every process and network namespace
+/// on a kernel, so a receiver can subtract a sender's timestamp.
+pub fn monotonic_nanos() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+fn set_int_opt(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: we pass a pointer to a live c_int and its exact size; the kernel only reads it.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            (&value as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// `IP_MULTICAST_ALL = 0`: the socket receives only the groups joined on this very socket,
+/// not every group any socket on the host joined for the same port.
+pub fn disable_multicast_all(socket: &Socket) -> io::Result<()> {
+    set_int_opt(
+        socket.as_raw_fd(),
+        libc::IPPROTO_IP,
+        libc::IP_MULTICAST_ALL,
+        0,
+    )
+}
+
+/// Which socket buffer to size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferDir {
+    /// `SO_RCVBUF` / `SO_RCVBUFFORCE`, capped by `net.core.rmem_max`.
+    Recv,
+    /// `SO_SNDBUF` / `SO_SNDBUFFORCE`, capped by `net.core.wmem_max`.
+    Send,
+}
+
+impl BufferDir {
+    fn sysctl(self) -> &'static str {
+        match self {
+            BufferDir::Recv => "net.core.rmem_max",
+            BufferDir::Send => "net.core.wmem_max",
+        }
+    }
+}
+
+/// What sizing one buffer achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferOutcome {
+    /// The size in force, as the value one would have to request to get it: Linux reports
+    /// (and reserves) twice the requested value for bookkeeping, so this is the read-back / 2.
+    pub bytes: usize,
+    /// The `*FORCE` option was needed and accepted.
+    pub forced: bool,
+    /// Still below the request after trying everything.
+    pub capped: bool,
+}
+
+fn read_buffer(socket: &Socket, dir: BufferDir) -> io::Result<usize> {
+    let doubled = match dir {
+        BufferDir::Recv => socket.recv_buffer_size()?,
+        BufferDir::Send => socket.send_buffer_size()?,
+    };
+    Ok(doubled / 2)
+}
+
+/// Requests `requested` bytes; if the kernel caps it at `*mem_max`, tries the `*FORCE`
+/// option (root or CAP_NET_ADMIN); warns naming the sysctl if still short. `requested == 0`
+/// keeps the kernel default.
+pub fn size_buffer(socket: &Socket, dir: BufferDir, requested: usize) -> io::Result<BufferOutcome> {
+    if requested == 0 {
+        return Ok(BufferOutcome {
+            bytes: read_buffer(socket, dir)?,
+            forced: false,
+            capped: false,
+        });
+    }
+    // The kernel doubles the value and stores it in an int: stay below i32::MAX / 2.
+    let requested = requested.min((i32::MAX / 2) as usize);
+    match dir {
+        BufferDir::Recv => socket.set_recv_buffer_size(requested)?,
+        BufferDir::Send => socket.set_send_buffer_size(requested)?,
+    }
+    let mut bytes = read_buffer(socket, dir)?;
+    let mut forced = false;
+    if bytes < requested {
+        let name = match dir {
+            BufferDir::Recv => libc::SO_RCVBUFFORCE,
+            BufferDir::Send => libc::SO_SNDBUFFORCE,
+        };
+        if set_int_opt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            name,
+            requested as libc::c_int,
+        )
+        .is_ok()
+        {
+            bytes = read_buffer(socket, dir)?;
+            forced = bytes >= requested;
+        }
+    }
+    let capped = bytes < requested;
+    if capped {
+        tracing::warn!(
+            "socket {:?} buffer capped at {} bytes (requested {}): raise sysctl {} or run with \
+             CAP_NET_ADMIN",
+            dir,
+            bytes,
+            requested,
+            dir.sysctl()
+        );
+    }
+    Ok(BufferOutcome {
+        bytes,
+        forced,
+        capped,
+    })
+}
+
+fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(*addr.ip()).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+fn parse_sockaddr(storage: &libc::sockaddr_storage, len: libc::socklen_t) -> Option<SocketAddrV4> {
+    if storage.ss_family != libc::AF_INET as libc::sa_family_t
+        || (len as usize) < mem::size_of::<libc::sockaddr_in>()
+    {
+        return None;
+    }
+    // SAFETY: the family says the storage holds a sockaddr_in; sockaddr_storage is larger
+    // than and suitably aligned for every sockaddr type.
+    let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+    Some(SocketAddrV4::new(
+        Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+        u16::from_be(sin.sin_port),
+    ))
+}
+
+/// What one received datagram looked like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes written into the slot.
+    pub len: usize,
+    /// The datagram was larger than the slot (its tail is lost).
+    pub truncated: bool,
+    /// The sender, if it is an IPv4 address.
+    pub from: Option<SocketAddrV4>,
+}
+
+/// Reusable `mmsghdr`/`iovec`/address arrays for one batch.
+///
+/// The headers hold raw pointers into the other arrays and into caller buffers; every pointer
+/// is rewritten immediately before each system call, so none is ever used stale.
+pub struct MmsgScratch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    names: Vec<libc::sockaddr_storage>,
+    dests: Vec<libc::sockaddr_in>,
+}
+
+// SAFETY: the raw pointers inside are scratch values, rewritten before every use and never
+// dereferenced by us; moving the arrays to another thread is no different from moving bytes.
+unsafe impl Send for MmsgScratch {}
+
+impl MmsgScratch {
+    /// Arrays for batches of up to `capacity` datagrams.
+    pub fn new(capacity: usize) -> MmsgScratch {
+        let capacity = capacity.max(1);
+        // SAFETY: these are plain C structs for which all-zero bytes is a valid value
+        // (null pointers, zero lengths).
+        let (hdr, iov, name, dest) = unsafe {
+            (
+                mem::zeroed::<libc::mmsghdr>(),
+                mem::zeroed::<libc::iovec>(),
+                mem::zeroed::<libc::sockaddr_storage>(),
+                mem::zeroed::<libc::sockaddr_in>(),
+            )
+        };
+        MmsgScratch {
+            hdrs: vec![hdr; capacity],
+            iovs: vec![iov; capacity],
+            names: vec![name; capacity],
+            dests: vec![dest; capacity],
+        }
+    }
+
+    /// The largest batch.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+}
+
+/// Receives up to `buf.len() / slot` datagrams (at most the scratch capacity) with one
+/// `recvmmsg` (`flags`: `MSG_DONTWAIT` or `MSG_WAITFORONE`), datagram `i` into
+/// `buf[i * slot..]`. `out` receives one entry per datagram. Returns the count, or
+/// `WouldBlock` when nothing is queued.
+pub fn recv_batch(
+    fd: RawFd,
+    flags: libc::c_int,
+    buf: &mut [u8],
+    slot: usize,
+    scratch: &mut MmsgScratch,
+    out: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    out.clear();
+    if slot == 0 {
+        return Ok(0);
+    }
+    let n = (buf.len() / slot).min(scratch.capacity());
+    if n == 0 {
+        return Ok(0);
+    }
+    let base = buf.as_mut_ptr();
+    for i in 0..n {
+        scratch.iovs[i] = libc::iovec {
+            // SAFETY: i * slot + slot <= buf.len(), so the offset stays inside `buf`.
+            iov_base: unsafe { base.add(i * slot) }.cast(),
+            iov_len: slot,
+        };
+        let hdr = &mut scratch.hdrs[i];
+        hdr.msg_hdr.msg_name = (&mut scratch.names[i] as *mut libc::sockaddr_storage).cast();
+        hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdr.msg_hdr.msg_iov = &mut scratch.iovs[i];
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdr.msg_hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_hdr.msg_controllen = 0;
+        hdr.msg_hdr.msg_flags = 0;
+        hdr.msg_len = 0;
+    }
+    // SAFETY: the first `n` headers point at `n` live iovecs, each covering a disjoint `slot`
+    // bytes of `buf` (exclusively borrowed for this call), and at `n` live sockaddr_storage
+    // entries whose size we pass. The kernel writes at most those bytes. A null timeout is
+    // allowed (no overall deadline).
+    let rc = unsafe {
+        libc::recvmmsg(
+            fd,
+            scratch.hdrs.as_mut_ptr(),
+            n as libc::c_uint,
+            flags,
+            std::ptr::null_mut(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let k = (rc as usize).min(n);
+    for i in 0..k {
+        let hdr = &scratch.hdrs[i];
+        out.push(RecvMeta {
+            len: (hdr.msg_len as usize).min(slot),
+            truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            from: parse_sockaddr(&scratch.names[i], hdr.msg_hdr.msg_namelen),
+        });
+    }
+    Ok(k)
+}
+
+/// Sends up to the scratch capacity of `(destination, payload)` datagrams with one `sendmmsg`
+/// (`flags` e.g. `MSG_DONTWAIT`). Returns how many leading datagrams the kernel accepted; an
+/// error means the first one failed.
+pub fn send_batch<'a, I>(
+    fd: RawFd,
+    datagrams: I,
+    flags: libc::c_int,
+    scratch: &mut MmsgScratch,
+) -> io::Result<usize>
+where
+    I: IntoIterator<Item = (SocketAddrV4, &'a [u8])>,
+{
+    let mut n = 0;
+    for (dest, payload) in datagrams.into_iter().take(scratch.capacity()) {
+        scratch.dests[n] = sockaddr_in(dest);
+        scratch.iovs[n] = libc::iovec {
+            // The kernel only reads send buffers; the mut cast is what the C type demands.
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    for i in 0..n {
+        let hdr = &mut scratch.hdrs[i];
+        hdr.msg_hdr.msg_name = (&mut scratch.dests[i] as *mut libc::sockaddr_in).cast();
+        hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        hdr.msg_hdr.msg_iov = &mut scratch.iovs[i];
+        hdr.msg_hdr.msg_iovlen = 1;
+        hdr.msg_hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_hdr.msg_controllen = 0;
+        hdr.msg_hdr.msg_flags = 0;
+        hdr.msg_len = 0;
+    }
+    // SAFETY: the first `n` headers point at live sockaddr_in values and iovecs, and each
+    // iovec at a payload slice borrowed for the duration of this call ('a outlives it). The
+    // kernel only reads them (it writes msg_len into the headers, which we own).
+    let rc = unsafe { libc::sendmmsg(fd, scratch.hdrs.as_mut_ptr(), n as libc::c_uint, flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((rc as usize).min(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sockaddr_round_trips() {
+        let addr = SocketAddrV4::new(Ipv4Addr::new(239, 255, 1, 2), 7401);
+        let sin = sockaddr_in(addr);
+        // SAFETY: zeroed sockaddr_storage is valid; we copy a sockaddr_in into its prefix.
+        let mut storage: libc::sockaddr_storage = unsafe { mem::zeroed() };
+        // SAFETY: storage is larger than sockaddr_in and suitably aligned.
+        unsafe {
+            std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin);
+        }
+        let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        assert_eq!(parse_sockaddr(&storage, len), Some(addr));
+        assert_eq!(parse_sockaddr(&storage, len - 1), None);
+        storage.ss_family = libc::AF_INET6 as libc::sa_family_t;
+        assert_eq!(parse_sockaddr(&storage, 28), None);
+    }
+
+    #[test]
+    fn monotonic_clock_moves_forward() {
+        let a = monotonic_nanos();
+        let b = monotonic_nanos();
+        assert!(a > 0 && b >= a);
+    }
+}
