@@ -6,12 +6,13 @@
 //! not protocol instances. Nodes find each other by themselves (multicast announcements on a
 //! well-known control group): nobody lists members by hand.
 //!
-//! ```no_run
+//! ```
 //! use quicksilver::Node;
 //!
 //! # fn main() -> Result<(), quicksilver::Error> {
 //! let node = Node::builder().cluster("example").build()?; // loopback by default
 //! let prices = node.subscribe("prices")?;
+//! // Every node subscribing "prices" gets this, the publishing node included.
 //! node.publish("prices", "EURUSD 1.0842")?;
 //! let msg = prices.recv()?;
 //! assert_eq!(&msg.payload[..], b"EURUSD 1.0842");
@@ -57,4 +58,10 @@ pub enum Error {
     /// The node has shut down.
     #[error("node is shut down")]
     Closed,
+    /// A publish failed.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// A receive returned no message.
+    #[error(transparent)]
+    Recv(#[from] RecvError),
 }

@@ -69,12 +69,6 @@ pub enum RecvError {
     Closed,
 }
 
-impl From<RecvError> for Error {
-    fn from(_: RecvError) -> Error {
-        Error::Closed
-    }
-}
-
 /// A snapshot of a node's counters.
 #[derive(Debug, Clone, Default)]
 pub struct Stats {

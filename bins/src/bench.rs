@@ -1,12 +1,314 @@
-//! `qs bench`: placeholder until the runtime's raw blaster lands.
-use std::process::ExitCode;
+//! `qs bench`: Quicksilver's throughput next to the physical limit, measured in the same run.
+//!
+//! The default mode runs in this process on loopback: first the raw UDP multicast blaster
+//! (`qs_runtime::raw`: sendmmsg/recvmmsg, no protocol) from one sender to K receivers, then a
+//! Quicksilver publisher and K subscriber nodes, for each message size. Every figure is per
+//! receiver; the ratio column divides Quicksilver's message rate by the raw message rate of the
+//! same size. `qs bench raw-send` / `raw-recv` run the raw baseline across processes (network
+//! namespaces), next to `qs pub` / `qs sub --json`.
 
-use clap::Args;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use qs_runtime::raw::{self, RawReceiver, RawRecvConfig, RawSendConfig};
+use quicksilver::{Node, RecvError};
+use serde_json::{json, Value};
+
+use crate::pubsub::{fill_payload, wait_for_subscribers, Tally};
+use crate::stamp::{self, STAMP_LEN};
 
 /// `qs bench` options.
 #[derive(Args, Debug)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    #[command(subcommand)]
+    mode: Option<Mode>,
+    /// Message sizes in bytes (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [64usize, 1024])]
+    sizes: Vec<usize>,
+    /// Messages per run.
+    #[arg(long, default_value_t = 300_000)]
+    count: u64,
+    /// Receivers (subscriber nodes / raw receivers).
+    #[arg(long, default_value_t = 2)]
+    receivers: usize,
+    /// First of the ports used (raw group port, then control and data ports).
+    #[arg(long, default_value_t = 7450)]
+    port: u16,
+    /// Print one JSON document instead of the table.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_a: BenchArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+#[derive(Subcommand, Debug)]
+enum Mode {
+    /// Raw UDP multicast blaster (the physical limit), for runs across processes.
+    RawSend(RawArgs),
+    /// Raw UDP multicast receiver; prints one JSON line.
+    RawRecv(RawArgs),
+}
+
+#[derive(Args, Debug)]
+struct RawArgs {
+    /// Interface address.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    iface: Ipv4Addr,
+    /// Group and port.
+    #[arg(long, default_value = "239.255.0.99:7499")]
+    group: SocketAddrV4,
+    /// Bytes per message.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Messages (sender) or expected messages (receiver).
+    #[arg(long, default_value_t = 300_000)]
+    count: u64,
+    /// Receiver: stop after this many seconds without a message.
+    #[arg(long, default_value_t = 10)]
+    timeout: u64,
+}
+
+/// One measured run, per receiver averages.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    msgs_per_s: f64,
+    packets_per_s: f64,
+    delivered_fraction: f64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+impl Figures {
+    fn to_json(self, size: usize) -> Value {
+        json!({
+            "msgs_per_s": self.msgs_per_s,
+            "mb_per_s": self.msgs_per_s * size as f64 / 1e6,
+            "packets_per_s": self.packets_per_s,
+            "delivered_fraction": self.delivered_fraction,
+            "latency_p50_us": self.p50_us,
+            "latency_p99_us": self.p99_us,
+        })
+    }
+}
+
+pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    match a.mode {
+        Some(Mode::RawSend(r)) => return raw_send(&r),
+        Some(Mode::RawRecv(r)) => return raw_recv(&r),
+        None => {}
+    }
+    if a.receivers == 0 || a.count == 0 {
+        bail!("--receivers and --count must be at least 1");
+    }
+    if let Some(s) = a.sizes.iter().find(|s| **s < STAMP_LEN || **s > 60_000) {
+        bail!("--sizes: {s} is outside {STAMP_LEN}..=60000");
+    }
+    let mut rows = Vec::new();
+    for &size in &a.sizes {
+        if !a.json {
+            eprintln!(
+                "qs bench: {size} B x {} to {} receivers: raw UDP ...",
+                a.count, a.receivers
+            );
+        }
+        let raw = raw_loopback(&a, size)?;
+        if !a.json {
+            eprintln!(
+                "qs bench: {size} B x {} to {} receivers: Quicksilver ...",
+                a.count, a.receivers
+            );
+        }
+        let qs = quicksilver_loopback(&a, size)?;
+        rows.push((size, raw, qs));
+    }
+    if a.json {
+        let runs: Vec<Value> = rows
+            .iter()
+            .map(|(size, raw, qs)| {
+                json!({
+                    "size": size, "receivers": a.receivers, "count": a.count,
+                    "raw": raw.to_json(*size), "quicksilver": qs.to_json(*size),
+                    "msgs_ratio": qs.msgs_per_s / raw.msgs_per_s,
+                    "packets_ratio": qs.packets_per_s / raw.packets_per_s,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "network": "loopback", "runs": runs }));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "\nloopback, 1 sender -> {} receivers, {} messages; figures per receiver",
+        a.receivers, a.count
+    );
+    println!(
+        "{:>6} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "size",
+        "raw msg/s",
+        "raw MB/s",
+        "raw got",
+        "qs msg/s",
+        "qs pkt/s",
+        "qs MB/s",
+        "qs got",
+        "qs p50µs",
+        "qs/raw"
+    );
+    for (size, raw, qs) in rows {
+        println!(
+            "{:>6} {:>12.0} {:>12.1} {:>8.1}% {:>12.0} {:>12.0} {:>9.1} {:>8.1}% {:>9.0} {:>7.2}x",
+            size,
+            raw.msgs_per_s,
+            raw.msgs_per_s * size as f64 / 1e6,
+            raw.delivered_fraction * 100.0,
+            qs.msgs_per_s,
+            qs.packets_per_s,
+            qs.msgs_per_s * size as f64 / 1e6,
+            qs.delivered_fraction * 100.0,
+            qs.p50_us,
+            qs.msgs_per_s / raw.msgs_per_s
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn percentile(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * q) as usize] as f64 / 1e3
+}
+
+fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 99), a.port);
+    let receivers = (0..a.receivers)
+        .map(|_| {
+            RawReceiver::new(&RawRecvConfig {
+                group,
+                expected: Some(a.count),
+                idle_timeout: Duration::from_secs(2),
+                latency_samples_max: 100_000,
+                ..RawRecvConfig::default()
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("raw receivers")?;
+    let threads: Vec<_> = receivers
+        .into_iter()
+        .map(|r| std::thread::spawn(|| r.run()))
+        .collect();
+    raw::send(&RawSendConfig {
+        group,
+        payload_bytes: size,
+        count: a.count,
+        ..RawSendConfig::default()
+    })
+    .context("raw sender")?;
+    let mut f = Figures::default();
+    let n = a.receivers as f64;
+    for t in threads {
+        let mut r = t.join().expect("raw receiver thread")?;
+        r.latency_nanos.sort_unstable();
+        f.msgs_per_s += r.msgs_per_sec / n;
+        f.packets_per_s += r.msgs_per_sec / n;
+        f.delivered_fraction += r.unique as f64 / a.count as f64 / n;
+        f.p50_us += percentile(&r.latency_nanos, 0.5) / n;
+        f.p99_us += percentile(&r.latency_nanos, 0.99) / n;
+    }
+    Ok(f)
+}
+
+fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
+    let cluster = format!("bench-{}-{size}", std::process::id());
+    let build = || {
+        Node::builder()
+            .cluster(&cluster)
+            .control_group(SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), a.port + 1))
+            .data_port(a.port + 2)
+            .announce_interval(Duration::from_millis(100))
+            .build()
+    };
+    let publisher = build()?;
+    let subscribers: Vec<Node> = (0..a.receivers)
+        .map(|_| build())
+        .collect::<Result<_, _>>()?;
+    let threads: Vec<_> = subscribers
+        .iter()
+        .map(|n| {
+            let sub = n.subscribe("bench")?;
+            let count = a.count;
+            Ok(std::thread::spawn(move || {
+                let mut tally = Tally::default();
+                let (mut first, mut last) = (None, Instant::now());
+                while tally.received < count {
+                    match sub.recv_timeout(Duration::from_secs(2)) {
+                        Ok(m) => {
+                            last = Instant::now();
+                            first.get_or_insert(last);
+                            tally.record(&m);
+                        }
+                        Err(RecvError::Empty | RecvError::Closed) => break,
+                    }
+                }
+                let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
+                (tally, elapsed)
+            }))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    wait_for_subscribers(&publisher, &["bench"], a.receivers, Duration::from_secs(10))?;
+    let mut buf = vec![0u8; size];
+    for seq in 0..a.count {
+        stamp::write(&mut buf, seq, stamp::monotonic_nanos());
+        fill_payload(&mut buf, seq);
+        publisher.publish("bench", bytes::Bytes::copy_from_slice(&buf))?;
+    }
+    let mut f = Figures::default();
+    let n = a.receivers as f64;
+    for (t, node) in threads.into_iter().zip(&subscribers) {
+        let (tally, elapsed) = t.join().expect("subscriber thread");
+        let stats = node.stats()?;
+        let secs = elapsed.as_secs_f64().max(1e-9);
+        f.msgs_per_s += tally.received as f64 / secs / n;
+        f.packets_per_s += stats.core.data_packets_received as f64 / secs / n;
+        f.delivered_fraction += tally.received as f64 / a.count as f64 / n;
+        f.p50_us += tally.latency_us(0.5) / n;
+        f.p99_us += tally.latency_us(0.99) / n;
+    }
+    Ok(f)
+}
+
+fn raw_send(r: &RawArgs) -> anyhow::Result<ExitCode> {
+    let rep = raw::send(&RawSendConfig {
+        interface: r.iface,
+        group: r.group,
+        payload_bytes: r.size,
+        count: r.count,
+        ..RawSendConfig::default()
+    })?;
+    println!(
+        "{}",
+        json!({"sent": rep.sent, "elapsed_s": rep.elapsed.as_secs_f64(), "rate_msgs_s": rep.msgs_per_sec})
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn raw_recv(r: &RawArgs) -> anyhow::Result<ExitCode> {
+    let mut rep = raw::receive(&RawRecvConfig {
+        interface: r.iface,
+        group: r.group,
+        expected: Some(r.count),
+        idle_timeout: Duration::from_secs(r.timeout),
+        latency_samples_max: 100_000,
+        ..RawRecvConfig::default()
+    })?;
+    rep.latency_nanos.sort_unstable();
+    println!(
+        "{}",
+        json!({
+            "received": rep.unique, "duplicates": rep.duplicates, "rate_msgs_s": rep.msgs_per_sec,
+            "latency_us": {"p50": percentile(&rep.latency_nanos, 0.5), "p99": percentile(&rep.latency_nanos, 0.99)},
+            "recv_buffer_bytes": rep.recv_buffer_bytes,
+        })
+    );
+    Ok(ExitCode::SUCCESS)
 }

@@ -2,19 +2,10 @@
 //! subscriber checks order and measures one-way latency. The clock is CLOCK_MONOTONIC, which
 //! every process and network namespace of one machine shares.
 
+pub use qs_runtime::monotonic_nanos;
+
 /// Bytes a stamp takes.
 pub const STAMP_LEN: usize = 16;
-
-/// CLOCK_MONOTONIC in nanoseconds (comparable across processes of one machine).
-pub fn monotonic_nanos() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 /// Writes a stamp into the start of `buf` (which holds at least [`STAMP_LEN`] bytes).
 pub fn write(buf: &mut [u8], seq: u64, sent_nanos: u64) {
