@@ -354,6 +354,58 @@ impl NodeCore {
         self.ready.is_empty()
     }
 
+    /// Panics if the core's internal bookkeeping is inconsistent. The simulator tests call it
+    /// after every event; it is cheap enough for that but not meant for production loops.
+    pub fn check_invariants(&self) {
+        let queued: usize = self
+            .send
+            .values()
+            .flat_map(|s| s.queue.iter())
+            .map(|m| m.payload.len() + MESSAGE_OVERHEAD)
+            .sum();
+        assert_eq!(queued, self.queued_bytes, "queued byte count drifted");
+        let ready: BTreeSet<RegionId> = self.ready.iter().copied().collect();
+        assert_eq!(
+            ready.len(),
+            self.ready.len(),
+            "a region is queued twice for sending"
+        );
+        let pending: BTreeSet<RegionId> = self
+            .send
+            .iter()
+            .filter(|(_, s)| !s.queue.is_empty())
+            .map(|(r, _)| *r)
+            .collect();
+        assert_eq!(ready, pending, "ready list and non-empty queues disagree");
+        for (region, s) in &self.send {
+            assert!(
+                self.regions.region(*region).is_some(),
+                "send stream of a vanished region"
+            );
+            assert!(
+                s.frag.is_none() || !s.queue.is_empty(),
+                "fragment cursor without a message"
+            );
+        }
+        let signature = Signature::new(self.subscriptions.iter().copied());
+        assert_eq!(
+            signature.region(),
+            self.own_region,
+            "own region is not the signature's"
+        );
+        assert_eq!(self.regions.region_of(self.config.id), self.own_region);
+        assert!(
+            self.recv.keys().all(|(_, r)| Some(*r) == self.own_region),
+            "receive stream outside the own region"
+        );
+        assert!(self.recv.len() <= self.config.max_streams);
+        for s in self.recv.values() {
+            if let Some(p) = &s.partial {
+                assert!(p.buf.len() <= p.total_len && p.total_len <= self.config.max_message_bytes);
+            }
+        }
+    }
+
     /// Subscribes `topic`; this node's region changes and peers are told at once.
     pub fn subscribe(&mut self, now: Instant, topic: TopicId) {
         if self.subscriptions.insert(topic) {

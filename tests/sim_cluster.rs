@@ -99,6 +99,7 @@ impl Cluster {
     fn publish(&mut self, i: usize, t: usize, payload: Bytes) {
         let core = self.sim.node_mut(self.idx[i]);
         core.publish(topic(t), payload).expect("queue has room");
+        core.check_invariants();
         drain(i, core, &mut self.log);
     }
 
