@@ -408,14 +408,32 @@ impl NodeCore {
 
     /// Subscribes `topic`; this node's region changes and peers are told at once.
     pub fn subscribe(&mut self, now: Instant, topic: TopicId) {
-        if self.subscriptions.insert(topic) {
+        self.subscribe_all(now, [topic]);
+    }
+
+    /// Subscribes several topics with one region change (thousands cost one recomputation).
+    pub fn subscribe_all(&mut self, now: Instant, topics: impl IntoIterator<Item = TopicId>) {
+        let mut changed = false;
+        for t in topics {
+            changed |= self.subscriptions.insert(t);
+        }
+        if changed {
             self.subscriptions_changed(now);
         }
     }
 
     /// Unsubscribes `topic`.
     pub fn unsubscribe(&mut self, now: Instant, topic: TopicId) {
-        if self.subscriptions.remove(&topic) {
+        self.unsubscribe_all(now, [topic]);
+    }
+
+    /// Unsubscribes several topics with one region change.
+    pub fn unsubscribe_all(&mut self, now: Instant, topics: impl IntoIterator<Item = TopicId>) {
+        let mut changed = false;
+        for t in topics {
+            changed |= self.subscriptions.remove(&t);
+        }
+        if changed {
             self.subscriptions_changed(now);
         }
     }

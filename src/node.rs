@@ -368,13 +368,12 @@ impl Shared {
 enum Command {
     Subscribe {
         id: u64,
-        topic: TopicId,
-        name: Arc<str>,
+        topics: Vec<(TopicId, Arc<str>)>,
         tx: Sender<Message>,
     },
     Unsubscribe {
         id: u64,
-        topic: TopicId,
+        topics: Vec<TopicId>,
     },
     Stats(Sender<Stats>),
     Peers(Sender<Vec<PeerInfo>>),
@@ -455,17 +454,16 @@ impl Node {
             .next_subscription
             .fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = bounded(self.subscription_queue);
-        let mut ids = Vec::with_capacity(topics.len());
-        for topic in topics {
-            let topic_id = TopicId::from_name(topic);
-            ids.push(topic_id);
-            self.command(Command::Subscribe {
-                id,
-                topic: topic_id,
-                name: Arc::from(*topic),
-                tx: tx.clone(),
-            })?;
-        }
+        let named: Vec<(TopicId, Arc<str>)> = topics
+            .iter()
+            .map(|t| (TopicId::from_name(t), Arc::from(*t)))
+            .collect();
+        let ids = named.iter().map(|(t, _)| *t).collect();
+        self.command(Command::Subscribe {
+            id,
+            topics: named,
+            tx,
+        })?;
         Ok(Subscription {
             id,
             topics: ids,
@@ -599,12 +597,10 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        for topic in &self.topics {
-            let _ = self.control.send(Command::Unsubscribe {
-                id: self.id,
-                topic: *topic,
-            });
-        }
+        let _ = self.control.send(Command::Unsubscribe {
+            id: self.id,
+            topics: std::mem::take(&mut self.topics),
+        });
         self.shared.nudge();
     }
 }
@@ -711,26 +707,26 @@ impl Worker {
     /// Returns whether the command asks to shut down.
     fn handle_command(&mut self, now: Instant, c: Command) -> bool {
         match c {
-            Command::Subscribe {
-                id,
-                topic,
-                name,
-                tx,
-            } => {
-                self.subscriptions
-                    .entry(topic)
-                    .or_default()
-                    .push((id, name, tx));
-                self.core.subscribe(now, topic);
+            Command::Subscribe { id, topics, tx } => {
+                for (topic, name) in &topics {
+                    let queue = (id, name.clone(), tx.clone());
+                    self.subscriptions.entry(*topic).or_default().push(queue);
+                }
+                self.core
+                    .subscribe_all(now, topics.into_iter().map(|(t, _)| t));
             }
-            Command::Unsubscribe { id, topic } => {
-                if let Some(list) = self.subscriptions.get_mut(&topic) {
-                    list.retain(|(i, _, _)| *i != id);
-                    if list.is_empty() {
-                        self.subscriptions.remove(&topic);
-                        self.core.unsubscribe(now, topic);
+            Command::Unsubscribe { id, topics } => {
+                let mut emptied = Vec::new();
+                for topic in topics {
+                    if let Some(list) = self.subscriptions.get_mut(&topic) {
+                        list.retain(|(i, _, _)| *i != id);
+                        if list.is_empty() {
+                            self.subscriptions.remove(&topic);
+                            emptied.push(topic);
+                        }
                     }
                 }
+                self.core.unsubscribe_all(now, emptied);
             }
             Command::Stats(tx) => {
                 let _ = tx.send(Stats {

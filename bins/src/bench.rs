@@ -9,6 +9,8 @@
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -75,8 +77,63 @@ struct Figures {
     msgs_per_s: f64,
     packets_per_s: f64,
     delivered_fraction: f64,
-    p50_us: f64,
-    p99_us: f64,
+    /// One-way latency percentiles: p50, p90, p99, p99.9, max.
+    latency_us: [f64; 5],
+    /// Packets lost in gaps, summed over receivers (no repair yet).
+    gaps: u64,
+    /// CPU time of the whole process (sender and receivers) per message sent.
+    cpu_us_per_msg: f64,
+}
+
+const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
+
+/// User + system CPU time of this process.
+fn cpu_time() -> Duration {
+    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Prints a live progress line on stderr until dropped.
+struct Progress {
+    done: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(label: String, total: u64, counter: Arc<AtomicU64>, quiet: bool) -> Progress {
+        let done = Arc::new(AtomicBool::new(false));
+        let d = done.clone();
+        let thread = (!quiet).then(|| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                while !d.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let n = counter.load(Ordering::Relaxed);
+                    eprint!(
+                        "\r  {label}: {n:>9} / {total} delivered, {:>9.0} msg/s ",
+                        n as f64 / start.elapsed().as_secs_f64()
+                    );
+                }
+                eprintln!();
+            })
+        });
+        Progress { done, thread }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Figures {
@@ -86,8 +143,12 @@ impl Figures {
             "mb_per_s": self.msgs_per_s * size as f64 / 1e6,
             "packets_per_s": self.packets_per_s,
             "delivered_fraction": self.delivered_fraction,
-            "latency_p50_us": self.p50_us,
-            "latency_p99_us": self.p99_us,
+            "latency_us": {
+                "p50": self.latency_us[0], "p90": self.latency_us[1], "p99": self.latency_us[2],
+                "p999": self.latency_us[3], "max": self.latency_us[4],
+            },
+            "gaps": self.gaps,
+            "cpu_us_per_msg": self.cpu_us_per_msg,
         })
     }
 }
@@ -142,36 +203,44 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         a.receivers, a.count
     );
     println!(
-        "{:>6} {:>12} {:>12} {:>9} {:>12} {:>12} {:>9} {:>9} {:>9} {:>8}",
+        "{:>6} {:>5} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8}",
         "size",
-        "raw msg/s",
-        "raw MB/s",
-        "raw got",
-        "qs msg/s",
-        "qs pkt/s",
-        "qs MB/s",
-        "qs got",
-        "qs p50µs",
-        "qs/raw"
+        "",
+        "msg/s",
+        "MB/s",
+        "got",
+        "pkt/s",
+        "cpu µs",
+        "p50 µs",
+        "p99 µs",
+        "max ms",
+        "gaps",
+        "ratio"
     );
     for (size, raw, qs) in rows {
-        println!(
-            "{:>6} {:>12.0} {:>12.1} {:>8.1}% {:>12.0} {:>12.0} {:>9.1} {:>8.1}% {:>9.0} {:>7.2}x",
-            size,
-            raw.msgs_per_s,
-            raw.msgs_per_s * size as f64 / 1e6,
-            raw.delivered_fraction * 100.0,
-            qs.msgs_per_s,
-            qs.packets_per_s,
-            qs.msgs_per_s * size as f64 / 1e6,
-            qs.delivered_fraction * 100.0,
-            qs.p50_us,
-            qs.msgs_per_s / raw.msgs_per_s
-        );
+        for (name, f) in [("raw", raw), ("qs", qs)] {
+            println!(
+                "{:>6} {:>5} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x",
+                size,
+                name,
+                f.msgs_per_s,
+                f.msgs_per_s * size as f64 / 1e6,
+                f.delivered_fraction * 100.0,
+                f.packets_per_s,
+                f.cpu_us_per_msg,
+                f.latency_us[0],
+                f.latency_us[2],
+                f.latency_us[4] / 1e3,
+                f.gaps,
+                f.msgs_per_s / raw.msgs_per_s
+            );
+        }
     }
+    println!("(per receiver; ratio: message rate relative to raw UDP multicast of the same size; cpu: whole process per message sent; latency includes queueing at full load)");
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `q` quantile of sorted nanoseconds, in microseconds.
 fn percentile(sorted: &[u64], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -193,6 +262,7 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         })
         .collect::<Result<Vec<_>, _>>()
         .context("raw receivers")?;
+    let cpu = cpu_time();
     let threads: Vec<_> = receivers
         .into_iter()
         .map(|r| std::thread::spawn(|| r.run()))
@@ -212,9 +282,11 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         f.msgs_per_s += r.msgs_per_sec / n;
         f.packets_per_s += r.msgs_per_sec / n;
         f.delivered_fraction += r.unique as f64 / a.count as f64 / n;
-        f.p50_us += percentile(&r.latency_nanos, 0.5) / n;
-        f.p99_us += percentile(&r.latency_nanos, 0.99) / n;
+        for (l, q) in f.latency_us.iter_mut().zip(QUANTILES) {
+            *l += percentile(&r.latency_nanos, q) / n;
+        }
     }
+    f.cpu_us_per_msg = (cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
     Ok(f)
 }
 
@@ -232,11 +304,14 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
     let subscribers: Vec<Node> = (0..a.receivers)
         .map(|_| build())
         .collect::<Result<_, _>>()?;
+    let delivered = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = subscribers
         .iter()
         .map(|n| {
             let sub = n.subscribe("bench")?;
+            let delivered = delivered.clone();
             let count = a.count;
+            let delivered = delivered.clone();
             Ok(std::thread::spawn(move || {
                 let mut tally = Tally::default();
                 let (mut first, mut last) = (None, Instant::now());
@@ -246,6 +321,7 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
                             last = Instant::now();
                             first.get_or_insert(last);
                             tally.record(&m);
+                            delivered.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(RecvError::Empty | RecvError::Closed) => break,
                     }
@@ -256,6 +332,13 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         })
         .collect::<anyhow::Result<_>>()?;
     wait_for_subscribers(&publisher, &["bench"], a.receivers, Duration::from_secs(10))?;
+    let progress = Progress::start(
+        format!("quicksilver {size} B"),
+        a.count * a.receivers as u64,
+        delivered,
+        a.json,
+    );
+    let cpu = cpu_time();
     let mut buf = vec![0u8; size];
     for seq in 0..a.count {
         stamp::write(&mut buf, seq, stamp::monotonic_nanos());
@@ -271,9 +354,13 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         f.msgs_per_s += tally.received as f64 / secs / n;
         f.packets_per_s += stats.core.data_packets_received as f64 / secs / n;
         f.delivered_fraction += tally.received as f64 / a.count as f64 / n;
-        f.p50_us += tally.latency_us(0.5) / n;
-        f.p99_us += tally.latency_us(0.99) / n;
+        for (l, q) in f.latency_us.iter_mut().zip(QUANTILES) {
+            *l += tally.latency_us(q) / n;
+        }
+        f.gaps += stats.core.gaps;
     }
+    f.cpu_us_per_msg = (cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
+    drop(progress);
     Ok(f)
 }
 
@@ -306,7 +393,11 @@ fn raw_recv(r: &RawArgs) -> anyhow::Result<ExitCode> {
         "{}",
         json!({
             "received": rep.unique, "duplicates": rep.duplicates, "rate_msgs_s": rep.msgs_per_sec,
-            "latency_us": {"p50": percentile(&rep.latency_nanos, 0.5), "p99": percentile(&rep.latency_nanos, 0.99)},
+            "latency_us": {
+                "p50": percentile(&rep.latency_nanos, 0.5), "p90": percentile(&rep.latency_nanos, 0.9),
+                "p99": percentile(&rep.latency_nanos, 0.99), "p999": percentile(&rep.latency_nanos, 0.999),
+                "max": percentile(&rep.latency_nanos, 1.0),
+            },
             "recv_buffer_bytes": rep.recv_buffer_bytes,
         })
     );

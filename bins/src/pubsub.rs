@@ -17,9 +17,8 @@ use crate::NetArgs;
 /// `qs pub` options.
 #[derive(Args, Debug)]
 pub struct PubArgs {
-    /// Topic to publish on (repeatable; messages go round robin over them).
-    #[arg(long = "topic", default_value = "qs.test")]
-    pub topics: Vec<String>,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     /// Messages to send.
     #[arg(long, default_value_t = 10_000)]
     pub count: u64,
@@ -45,9 +44,8 @@ pub struct PubArgs {
 /// `qs sub` options.
 #[derive(Args, Debug)]
 pub struct SubArgs {
-    /// Topic to subscribe (repeatable).
-    #[arg(long = "topic", default_value = "qs.test")]
-    pub topics: Vec<String>,
+    #[command(flatten)]
+    pub topics: TopicArgs,
     /// Exit after this many deliveries in total (0: no limit).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
@@ -59,6 +57,39 @@ pub struct SubArgs {
     pub json: bool,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// Which topics a command uses: named ones, generated ones, or `qs.test` when none is given.
+#[derive(Args, Debug)]
+pub struct TopicArgs {
+    /// A topic (repeatable; `qs pub` sends round robin over all topics).
+    #[arg(long = "topic", value_name = "NAME")]
+    pub named: Vec<String>,
+    /// Also use `--topics N` generated topics named PREFIX.0 .. PREFIX.(N-1) (many-topics runs).
+    #[arg(long, requires = "topics", value_name = "PREFIX")]
+    pub topics_prefix: Option<String>,
+    /// How many generated topics (with `--topics-prefix`).
+    #[arg(
+        long,
+        default_value_t = 0,
+        requires = "topics_prefix",
+        value_name = "N"
+    )]
+    pub topics: usize,
+}
+
+impl TopicArgs {
+    /// The topic names, in order.
+    pub fn list(&self) -> Vec<String> {
+        let mut v = self.named.clone();
+        if let Some(prefix) = &self.topics_prefix {
+            v.extend((0..self.topics).map(|i| format!("{prefix}.{i}")));
+        }
+        if v.is_empty() {
+            v.push("qs.test".into());
+        }
+        v
+    }
 }
 
 /// Deterministic filler after the stamp, so checksums cover real content.
@@ -120,11 +151,9 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
     if a.size < STAMP_LEN {
         bail!("--size must be at least {STAMP_LEN} bytes (sequence number and send time)");
     }
-    if a.topics.is_empty() {
-        bail!("at least one --topic is needed");
-    }
+    let names = a.topics.list();
     let node = a.net.builder().build().context("starting the node")?;
-    let topics: Vec<&str> = a.topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = names.iter().map(String::as_str).collect();
     wait_for_subscribers(
         &node,
         &topics,
@@ -303,11 +332,9 @@ impl Tally {
 }
 
 pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
-    if a.topics.is_empty() {
-        bail!("at least one --topic is needed");
-    }
+    let names = a.topics.list();
     let node = a.net.builder().build().context("starting the node")?;
-    let topics: Vec<&str> = a.topics.iter().map(String::as_str).collect();
+    let topics: Vec<&str> = names.iter().map(String::as_str).collect();
     let sub = node.subscribe_all(&topics)?;
     let mut tally = Tally::default();
     let idle = Duration::from_secs(a.timeout);
