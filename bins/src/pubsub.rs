@@ -55,8 +55,24 @@ pub struct SubArgs {
     /// Print one JSON summary line at exit.
     #[arg(long)]
     pub json: bool,
+    /// Slow consumer: spend this many microseconds on each message (slow-receiver tests).
+    #[arg(long, default_value_t = 0)]
+    pub delay_us: u64,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// Holds the caller for `d`: sleeps for long delays, spins for short ones (sleep granularity
+/// is coarser than the microseconds a slow consumer models).
+fn consume_for(d: Duration) {
+    if d >= Duration::from_millis(1) {
+        std::thread::sleep(d);
+        return;
+    }
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
 }
 
 /// Which topics a command uses: named ones, generated ones, or `qs.test` when none is given.
@@ -349,6 +365,9 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
                 first.get_or_insert_with(Instant::now);
                 last = Instant::now();
                 tally.record(&m);
+                if a.delay_us > 0 {
+                    consume_for(Duration::from_micros(a.delay_us));
+                }
             }
             Err(RecvError::Empty) => {
                 if last.elapsed() >= idle {

@@ -2,10 +2,11 @@
 # loss.sh: frame loss on one testbed host's link, with nftables (tc netem is absent here).
 #
 # Usage:
-#   loss.sh PREFIX I random PERCENT [--dport LO-HI]
+#   loss.sh PREFIX I random PERCENT [--dport LO-HI] [--send]
 #       Drop each incoming UDP frame of host I with probability PERCENT (0..100, up to two
-#       decimals, e.g. 0.5): `numgen random mod 10000 lt PERCENT*100`.
-#   loss.sh PREFIX I burst K [EVERY] [--dport LO-HI]
+#       decimals, e.g. 0.5): `numgen random mod 10000 lt PERCENT*100`. With --send, drop
+#       outgoing frames instead (netdev egress hook): loss at the sender, seen by every receiver.
+#   loss.sh PREFIX I burst K [EVERY] [--dport LO-HI] [--send]
 #       Drop K consecutive UDP frames out of every EVERY (default 100): `numgen inc mod EVERY lt K`
 #       (the frame counter advances only on frames the rule matches, i.e. UDP [in the port range]).
 #   loss.sh PREFIX I clear     Remove host I's loss table (no loss).
@@ -55,8 +56,13 @@ delete_table() {
 parse_dport() {
     match="ip protocol udp"
     what="udp"
+    hook=ingress
     while [ $# -gt 0 ]; do
         case $1 in
+        --send)
+            hook=egress
+            shift
+            ;;
         --dport)
             [ $# -ge 2 ] || usage
             if [[ $2 =~ ^([0-9]{1,5})-([0-9]{1,5})$ ]]; then
@@ -88,13 +94,13 @@ table netdev $QS_LOSS_TABLE {
     counter dropped {
     }
     chain in {
-        type filter hook ingress device "eth0" priority 0; policy accept;
+        type filter hook $hook device "eth0" priority 0; policy accept;
         $match counter name "seen"
         $match $expr counter name "dropped" drop comment "$desc"
     }
 }
 EOF
-    echo "loss $ns: $desc"
+    echo "loss $ns: $desc ($hook)"
 }
 
 counter_packets() {
