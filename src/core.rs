@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use qs_membership::{Discovery, DiscoveryConfig, DiscoveryEvent, DiscoveryStats, Peer};
-use qs_recovery::{Arrival, OrderTracker};
+use qs_recovery::{Arrival, Popped, ReceiveWindow};
 use qs_regions::{GroupRange, RegionTable, Signature};
 use qs_transport::wire::{
     self, DataPacket, DataWriter, Fragment, Header, PacketKind, StreamState, HEADER_LEN,
@@ -53,6 +53,10 @@ pub struct CoreConfig {
     pub max_message_bytes: usize,
     /// Most (sender, region) streams tracked at once.
     pub max_streams: usize,
+    /// Most packets of one stream held back waiting for an earlier one (reordering).
+    pub reorder_window_packets: usize,
+    /// How long a hole in a stream is waited for before it is reported as a gap.
+    pub reorder_timeout: Duration,
     /// Idle time after a stream's last packet before its state is sent.
     pub stream_state_delay: Duration,
     /// Times a stream state is repeated (at growing intervals) while the stream stays idle.
@@ -81,6 +85,8 @@ impl CoreConfig {
             send_queue_bytes: 16 << 20,
             max_message_bytes: 16 << 20,
             max_streams: 4096,
+            reorder_window_packets: 1024,
+            reorder_timeout: Duration::from_millis(10),
             stream_state_delay: Duration::from_millis(20),
             stream_state_repeats: 3,
             inject_loss: 0.0,
@@ -175,6 +181,8 @@ pub struct CoreStats {
     pub delivered_bytes: u64,
     /// Packets lost in gaps.
     pub gaps: u64,
+    /// Packets that arrived after a hole and were held back until it filled or was given up.
+    pub held_back: u64,
     /// Packets a stream had sent before this node first heard it (not counted as gaps).
     pub missed_on_join: u64,
     /// Drops by reason.
@@ -224,9 +232,16 @@ struct Reassembly {
     buf: BytesMut,
 }
 
-#[derive(Debug, Default)]
+/// A data packet waiting in a receive window for its turn.
+#[derive(Debug)]
+enum Received {
+    Packed(DataPacket),
+    Fragment(Fragment),
+}
+
+#[derive(Debug)]
 struct RecvStream {
-    order: OrderTracker,
+    window: ReceiveWindow<Received>,
     partial: Option<Reassembly>,
     /// First sequence number of a fragmented message already counted as incomplete, so its
     /// remaining fragments are skipped without counting it again.
@@ -400,6 +415,7 @@ impl NodeCore {
         );
         assert!(self.recv.len() <= self.config.max_streams);
         for s in self.recv.values() {
+            assert!(s.window.waiting() <= self.config.reorder_window_packets);
             if let Some(p) = &s.partial {
                 assert!(p.buf.len() <= p.total_len && p.total_len <= self.config.max_message_bytes);
             }
@@ -591,18 +607,17 @@ impl NodeCore {
         }
     }
 
-    fn handle_data(&mut self, sender: NodeId, body: Bytes, fragment: bool) {
-        let parsed = if fragment {
-            Fragment::parse(body).map(|f| (f.region, f.seq, Err(f)))
-        } else {
-            DataPacket::parse(body).map(|p| (p.region, p.seq, Ok(p)))
-        };
-        let (region, seq, packet) = match parsed {
-            Ok(x) => x,
-            Err(_) => {
-                self.stats.drops.malformed += 1;
-                return;
+    fn handle_data(&mut self, now: Instant, sender: NodeId, body: Bytes, fragment: bool) {
+        let parse = |body: Bytes| {
+            if fragment {
+                Fragment::parse(body).map(|f| (f.region, f.seq, Received::Fragment(f)))
+            } else {
+                DataPacket::parse(body).map(|p| (p.region, p.seq, Received::Packed(p)))
             }
+        };
+        let Ok((region, seq, packet)) = parse(body.clone()) else {
+            self.stats.drops.malformed += 1;
+            return;
         };
         if Some(region) != self.own_region {
             self.stats.drops.foreign_region += 1;
@@ -617,41 +632,76 @@ impl NodeCore {
             self.stats.drops.stream_table_full += 1;
             return;
         }
-        let stream = self.recv.entry(key).or_default();
-        let arrival = stream.order.on_packet(seq);
-        match arrival {
-            Arrival::Stale => {
-                self.stats.drops.stale += 1;
-                return;
-            }
+        let (capacity, timeout) = (
+            self.config.reorder_window_packets,
+            self.config.reorder_timeout,
+        );
+        let stream = self.recv.entry(key).or_insert_with(|| RecvStream {
+            window: ReceiveWindow::new(capacity, timeout),
+            partial: None,
+            skipping: None,
+        });
+        // A packet that has to wait is copied out of the receive batch, so it does not pin
+        // the whole batch buffer; in-order packets stay zero-copy.
+        let in_order = stream.window.next_expected().is_none_or(|next| next == seq);
+        let packet = if in_order {
+            packet
+        } else {
+            parse(Bytes::copy_from_slice(&body)).map_or(packet, |(_, _, copy)| copy)
+        };
+        match stream.window.insert(now, seq, packet) {
+            Arrival::Stale => self.stats.drops.stale += 1,
             Arrival::First { missed_before } => {
                 self.stats.missed_on_join += u64::from(missed_before);
             }
-            Arrival::Skipped { missed } => {
-                self.stats.gaps += u64::from(missed);
-                self.events.push_back(Event::Gap {
-                    sender,
-                    region,
-                    missed,
-                });
-            }
-            Arrival::InOrder => {}
+            Arrival::Accepted => self.stats.held_back += u64::from(!in_order),
         }
-        self.stats.data_packets_received += 1;
-        match packet {
-            Ok(p) => {
-                if stream.abandon() {
-                    self.stats.drops.incomplete_message += 1;
+        self.drain_stream(key);
+    }
+
+    /// Hands on what a stream's window released, in order: messages, fragments, gaps.
+    fn drain_stream(&mut self, key: (NodeId, RegionId)) {
+        let (sender, region) = key;
+        loop {
+            let Some(stream) = self.recv.get_mut(&key) else {
+                return;
+            };
+            let Some(popped) = stream.window.pop() else {
+                return;
+            };
+            match popped {
+                Popped::Lost { count, .. } => {
+                    if stream.abandon() {
+                        self.stats.drops.incomplete_message += 1;
+                    }
+                    self.stats.gaps += u64::from(count);
+                    self.events.push_back(Event::Gap {
+                        sender,
+                        region,
+                        missed: count,
+                    });
                 }
-                for (topic, payload) in p.messages() {
-                    if self.subscriptions.contains(&topic) {
-                        self.deliver(sender, topic, payload);
-                    } else {
-                        self.stats.drops.unsubscribed += 1;
+                Popped::NotHeard { count } => {
+                    self.stats.missed_on_join += u64::from(count);
+                }
+                Popped::Packet(_, Received::Packed(p)) => {
+                    self.stats.data_packets_received += 1;
+                    if stream.abandon() {
+                        self.stats.drops.incomplete_message += 1;
+                    }
+                    for (topic, payload) in p.messages() {
+                        if self.subscriptions.contains(&topic) {
+                            self.deliver(sender, topic, payload);
+                        } else {
+                            self.stats.drops.unsubscribed += 1;
+                        }
                     }
                 }
+                Popped::Packet(_, Received::Fragment(f)) => {
+                    self.stats.data_packets_received += 1;
+                    self.handle_fragment(sender, key, f);
+                }
             }
-            Err(f) => self.handle_fragment(sender, key, f),
         }
     }
 
@@ -717,7 +767,7 @@ impl NodeCore {
         }
     }
 
-    fn handle_stream_state(&mut self, sender: NodeId, body: &[u8]) {
+    fn handle_stream_state(&mut self, now: Instant, sender: NodeId, body: &[u8]) {
         let Ok(s) = StreamState::parse(body) else {
             self.stats.drops.malformed += 1;
             return;
@@ -726,22 +776,13 @@ impl NodeCore {
             self.stats.drops.foreign_region += 1;
             return;
         }
-        let Some(stream) = self.recv.get_mut(&(sender, s.region)) else {
+        let key = (sender, s.region);
+        let Some(stream) = self.recv.get_mut(&key) else {
             // Never heard of this stream: it has nothing to claim from before we joined.
             return;
         };
-        let missed = stream.order.on_highest(s.highest);
-        if missed > 0 {
-            if stream.abandon() {
-                self.stats.drops.incomplete_message += 1;
-            }
-            self.stats.gaps += u64::from(missed);
-            self.events.push_back(Event::Gap {
-                sender,
-                region: s.region,
-                missed,
-            });
-        }
+        stream.window.on_highest(now, s.highest);
+        self.drain_stream(key);
     }
 
     /// Writes a due stream state into `buf`.
@@ -888,15 +929,27 @@ impl Driven for NodeCore {
                 }
                 Err(_) => self.stats.drops.malformed += 1,
             },
-            PacketKind::Data => self.handle_data(header.sender, body, false),
-            PacketKind::Fragment => self.handle_data(header.sender, body, true),
-            PacketKind::StreamState => self.handle_stream_state(header.sender, &body),
+            PacketKind::Data => self.handle_data(now, header.sender, body, false),
+            PacketKind::Fragment => self.handle_data(now, header.sender, body, true),
+            PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
         }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.discovery.handle_timeout(now);
         self.drain_discovery();
+        let due: Vec<(NodeId, RegionId)> = self
+            .recv
+            .iter()
+            .filter(|(_, s)| s.window.deadline().is_some_and(|d| d <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in due {
+            if let Some(s) = self.recv.get_mut(&key) {
+                s.window.handle_timeout(now);
+            }
+            self.drain_stream(key);
+        }
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -917,9 +970,10 @@ impl Driven for NodeCore {
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        let states = self.send.values().filter_map(|s| s.state_at).min();
+        let states = self.send.values().filter_map(|s| s.state_at);
+        let holes = self.recv.values().filter_map(|s| s.window.deadline());
         let discovery = self.discovery.poll_timeout();
-        Some(states.map_or(discovery, |s| s.min(discovery)))
+        Some(states.chain(holes).fold(discovery, Instant::min))
     }
 
     fn poll_command(&mut self) -> Option<SocketCommand> {
