@@ -530,7 +530,7 @@ impl<N: Driven> Sim<N> {
             if !keep_going(self) {
                 return true;
             }
-            if !self.heap.peek().is_some_and(|s| s.at <= max_t) {
+            if self.heap.peek().is_none_or(|s| s.at > max_t) {
                 self.now = self.now.max(max_t);
                 return false;
             }
