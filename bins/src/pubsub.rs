@@ -192,6 +192,7 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
     // Let the tail and the stream states go out before leaving.
     std::thread::sleep(Duration::from_millis(200));
     let stats = node.stats()?;
+    let node_id = node.id();
     node.shutdown()?;
     let secs = elapsed.as_secs_f64().max(1e-9);
     if a.json {
@@ -204,7 +205,10 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
                 "rate_msgs_s": a.count as f64 / secs,
                 "mb_s": (a.count * a.size as u64) as f64 / secs / 1e6,
                 "checksum": format!("{:016x}", checksum.digest()),
+                "node": node_id.to_string(),
                 "data_packets_sent": stats.core.data_packets_sent,
+                "send_errors": stats.runtime.send_errors,
+                "send_enobufs": stats.runtime.send_enobufs,
                 "published_unheard": stats.core.published_unheard,
             })
         );
@@ -385,6 +389,8 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         let mut v = tally.to_json(gaps, elapsed);
         v["missed_on_join"] = json!(stats.core.missed_on_join);
+        v["data_packets_received"] = json!(stats.core.data_packets_received);
+        v["held_back"] = json!(stats.core.held_back);
         v["subscriber_overflow"] = json!(stats.subscriber_overflow);
         v["socket_rcvbuf"] = json!(stats.socket_buffers.recv_bytes);
         println!("{v}");

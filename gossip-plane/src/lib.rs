@@ -1,8 +1,54 @@
 //! The gossip plane: a generic runtime for gossip objects (MiCA-style: each object says whom it
 //! gossips with, how often, and how it merges), with correlated bundling of all objects that
 //! chose the same peer in a round into one datagram; membership and failure detection
-//! (SWIM/Lifeguard), subscription and region dissemination (scuttlebutt), health aggregation
-//! (Astrolabe) and multicast reachability probing. Seeds `000_*`, `001_*`, `003_*`, `004_*`.
+//! (SWIM/Lifeguard) and subscription dissemination (scuttlebutt). Seeds `000_*`, `001_*`,
+//! `003_*`, `004_*` (MiCA), DESIGN.md §5.
 //!
-//! Nothing is implemented yet: until it is, membership comes from the multicast announce
-//! bootstrap in `qs-membership`, which keeps working beside the gossip plane once it exists.
+//! # What it owns
+//!
+//! * [`GossipObject`] — the object contract: [`GossipObject::view`] (a distribution over the
+//!   peer list), [`GossipObject::rate`] (every how many rounds), [`GossipObject::write`] (a
+//!   payload for a peer within a byte budget, per [`Priority`]) and [`GossipObject::handle`]
+//!   (merge).
+//! * [`GossipNode`] — the sans-IO runtime implementing [`qs_transport::Driven`]: rounds,
+//!   correlated peer selection, one datagram per peer per flush (liveness sections first, bulk
+//!   sections sharing the rest of the MTU), counters per object.
+//! * [`Membership`] — SWIM + Lifeguard failure detection and membership ([`MembershipEvent`]).
+//! * [`Subscriptions`] — each node's signature (sorted topic ids), address and version,
+//!   replicated everywhere by push-pull anti-entropy ([`sync`]).
+//!
+//! # What it does not do (yet)
+//!
+//! No health aggregation (Astrolabe), no multicast reachability probing, no region derivation
+//! (feed [`Subscriptions::records`] to `qs-regions`), no `qs top`. Membership from the
+//! multicast announce bootstrap (`qs-membership`) keeps working beside it; the two are not
+//! yet reconciled. No encryption or authentication: any node of the cluster id is trusted.
+//!
+//! # Calling contract
+//!
+//! As [`qs_transport::Driven`]: feed datagrams, call `handle_timeout` at `poll_timeout`, pull
+//! `poll_transmit` until `None`, then drain [`GossipNode::poll_event`]. All datagrams are
+//! unicast, [`qs_transport::TrafficClass::Control`]. `now` is always passed in; randomness
+//! comes from the node's seeded [`qs_transport::Prng`].
+//!
+//! # Wire format
+//!
+//! See [`wire`]: the common 24-byte header with kind [`wire::GOSSIP_KIND`], then sections
+//! `tag u8 | priority u8 | len u16 | payload`.
+
+pub mod membership;
+pub mod node;
+pub mod object;
+pub mod subscriptions;
+pub mod sync;
+pub mod wire;
+
+pub use membership::{
+    Member, Membership, MembershipConfig, MembershipEvent, MembershipStats, Status,
+};
+pub use node::{AddObjectError, GossipConfig, GossipEvent, GossipNode, NodeStats, ObjectStats};
+pub use object::{GossipObject, Outbox, Peer, PeerView};
+pub use subscriptions::{
+    SubscriptionRecord, Subscriptions, SubscriptionsConfig, SubscriptionsStats,
+};
+pub use wire::Priority;

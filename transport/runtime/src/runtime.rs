@@ -17,6 +17,9 @@ use crate::config::{RuntimeConfig, SocketBuffers};
 use crate::sendq::SendQueues;
 use crate::sys::{self, BufferDir, MmsgScratch, RecvMeta};
 
+/// Pause before retrying a send the kernel refused with `ENOBUFS`.
+const ENOBUFS_PAUSE: Duration = Duration::from_micros(50);
+
 /// A turn whose busy time (excluding the wait) exceeds this counts as a stall in
 /// [`RuntimeStats::slow_turns`]: 1 ms.
 pub const SLOW_TURN_NANOS: u64 = 1_000_000;
@@ -75,6 +78,9 @@ pub struct RuntimeStats {
     /// Datagrams dropped because the kernel refused them (e.g. `ENETUNREACH`, `EPERM`,
     /// `EMSGSIZE`).
     pub send_errors: u64,
+    /// Sends the kernel refused with `ENOBUFS` (device queue full); retried after a pause,
+    /// never dropped.
+    pub send_enobufs: u64,
     /// Turns that used the whole send budget with more to send.
     pub send_budget_exhausted: u64,
     /// Transmits the core got wrong (IPv6 destination, length beyond the buffer), dropped.
@@ -141,6 +147,8 @@ pub struct Runtime {
     writable: bool,
     /// The last send phase stopped on its budget with the core perhaps holding more.
     send_pending: bool,
+    /// After `ENOBUFS` no writable edge will come: sending resumes at this time.
+    send_backoff_until: Option<Instant>,
     local_addr: SocketAddrV4,
     epoch: std::time::Instant,
     /// Receive memory: datagrams are received into it, then split off and frozen.
@@ -271,6 +279,7 @@ impl Runtime {
             readable: [true; 3],
             writable: true,
             send_pending: false,
+            send_backoff_until: None,
             local_addr,
             epoch: std::time::Instant::now(),
             arena: BytesMut::new(),
@@ -427,10 +436,16 @@ impl Runtime {
         now: Instant,
     ) -> Option<Duration> {
         let more_to_send = !self.sendq.is_empty() || self.send_pending;
-        if self.readable.iter().any(|r| *r) || (self.writable && more_to_send) {
+        let backoff = self.send_backoff_until.filter(|_| more_to_send);
+        if self.readable.iter().any(|r| *r) || (self.writable && more_to_send && backoff.is_none())
+        {
             return Some(Duration::ZERO);
         }
-        match core.poll_timeout() {
+        let deadline = match (core.poll_timeout(), backoff) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match deadline {
             None => max_wait,
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(now);
@@ -602,7 +617,10 @@ impl Runtime {
         let mut batches = 0;
         let mut core_drained = false;
         self.send_pending = false;
-        while self.writable {
+        if self.send_backoff_until.is_some_and(|t| t <= now) {
+            self.send_backoff_until = None;
+        }
+        while self.writable && self.send_backoff_until.is_none() {
             while !core_drained {
                 let Some(slot) = self.sendq.take_slot() else {
                     break;
@@ -644,8 +662,9 @@ impl Runtime {
             batches += 1;
             sent += self.flush_batch(now);
         }
-        if !core_drained && !self.writable {
-            // The socket blocked: remaining work waits in the core for the writable edge.
+        if !core_drained && (!self.writable || self.send_backoff_until.is_some()) {
+            // The socket blocked: remaining work waits in the core for the writable edge
+            // (or the end of the ENOBUFS pause).
             self.send_pending = true;
         }
         sent
@@ -671,6 +690,14 @@ impl Runtime {
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {
                 self.sendq.complete(0);
+                0
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // The device queue is full (veth, bridges): the packet is fine, the moment is
+                // not. Keep it queued and retry shortly; no readiness event will say when.
+                self.sendq.complete(0);
+                self.stats.send_enobufs += 1;
+                self.send_backoff_until = Some(now + ENOBUFS_PAUSE);
                 0
             }
             Err(e) => {

@@ -1,0 +1,676 @@
+//! The gossip node: the runtime that drives gossip objects, selects peers with MiCA's
+//! correlated merge, bundles sections per peer into one datagram, and implements
+//! [`qs_transport::Driven`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use qs_transport::wire::HEADER_LEN;
+use qs_transport::{
+    ClusterId, Driven, Instant, NodeId, Prng, SocketCommand, TopicId, TrafficClass, Transmit,
+};
+
+use crate::membership::{Membership, MembershipConfig, MembershipEvent, MEMBERSHIP_TAG};
+use crate::object::{GossipObject, Intents, Peer, PeerView};
+use crate::subscriptions::{Subscriptions, SubscriptionsConfig, SUBSCRIPTIONS_TAG};
+use crate::wire::{self, Priority, Sections, SECTION_HEADER_LEN};
+
+/// Gossip node settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GossipConfig {
+    /// Cluster whose datagrams we accept.
+    pub cluster: ClusterId,
+    /// This node.
+    pub id: NodeId,
+    /// Our unicast gossip address (as peers see it).
+    pub addr: SocketAddr,
+    /// Gossip round (SWIM protocol period), before Lifeguard stretching.
+    pub round: Duration,
+    /// Largest datagram we send, header included.
+    pub mtu: usize,
+    /// Correlated bundling: objects pick peers jointly and share datagrams. Off, each object
+    /// picks its own peer and every section travels alone (the baseline MiCA compares with).
+    pub bundling: bool,
+    /// Seed of the node's `Prng`.
+    pub seed: u64,
+    /// Most peers with pending sends (further requests are counted and dropped).
+    pub intents_max: usize,
+    /// Membership and failure detection.
+    pub membership: MembershipConfig,
+    /// Subscriptions.
+    pub subscriptions: SubscriptionsConfig,
+}
+
+impl GossipConfig {
+    /// Defaults for node `id` at `addr` in `cluster`: 200 ms rounds, 1400-byte datagrams,
+    /// bundling and Lifeguard on.
+    pub fn new(cluster: ClusterId, id: NodeId, addr: SocketAddr) -> GossipConfig {
+        GossipConfig {
+            cluster,
+            id,
+            addr,
+            round: Duration::from_millis(200),
+            mtu: 1400,
+            bundling: true,
+            seed: id.0,
+            intents_max: 1024,
+            membership: MembershipConfig::default(),
+            subscriptions: SubscriptionsConfig::default(),
+        }
+    }
+}
+
+/// What the gossip plane tells its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GossipEvent {
+    /// A membership change.
+    Membership(MembershipEvent),
+    /// The subscription record of this node changed (or was dropped).
+    SubscriptionsChanged(NodeId),
+}
+
+/// Traffic counters of one object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectStats {
+    /// Sections written.
+    pub sections_sent: u64,
+    /// Datagrams that carried at least one of its sections.
+    pub datagrams_sent: u64,
+    /// Section bytes written (section headers included).
+    pub bytes_sent: u64,
+    /// Sections received.
+    pub sections_received: u64,
+    /// Section bytes received.
+    pub bytes_received: u64,
+    /// Sections it rejected as malformed.
+    pub decode_errors: u64,
+}
+
+/// Counters of a gossip node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Rounds run.
+    pub rounds: u64,
+    /// Datagrams sent.
+    pub datagrams_sent: u64,
+    /// Bytes sent (headers included).
+    pub bytes_sent: u64,
+    /// Datagrams received and accepted.
+    pub datagrams_received: u64,
+    /// Bytes received and accepted.
+    pub bytes_received: u64,
+    /// Datagrams rejected by the header checks.
+    pub dropped_malformed: u64,
+    /// Datagrams of another cluster.
+    pub dropped_foreign_cluster: u64,
+    /// Our own datagrams (same id: a misconfiguration).
+    pub dropped_own: u64,
+    /// Sections with an unknown tag (skipped).
+    pub unknown_sections: u64,
+    /// Send requests dropped because too many peers had pending sends.
+    pub intents_overflow: u64,
+    /// Objects left without a peer after the correlated selection's draw limit.
+    pub selection_overflow: u64,
+    /// Events dropped from the full event queue.
+    pub events_overflow: u64,
+    /// Per object, in object order (membership, subscriptions, then added objects).
+    pub objects: Vec<(&'static str, ObjectStats)>,
+}
+
+/// Why an object could not be added.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddObjectError {
+    /// Another object already uses this tag.
+    DuplicateTag(u8),
+    /// A node runs at most 64 objects.
+    TooManyObjects,
+}
+
+impl std::fmt::Display for AddObjectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AddObjectError::DuplicateTag(t) => write!(f, "gossip object tag {t} already in use"),
+            AddObjectError::TooManyObjects => write!(f, "too many gossip objects (max 64)"),
+        }
+    }
+}
+
+impl std::error::Error for AddObjectError {}
+
+const EVENTS_MAX: usize = 16_384;
+const SELECTION_DRAWS_MAX: usize = 64;
+
+/// A gossip node: membership, subscriptions and any added [`GossipObject`]s over one unicast
+/// socket, driven through [`Driven`].
+///
+/// Calling contract: as [`Driven`]; in addition drain [`GossipNode::poll_event`] after each
+/// call. All traffic is unicast, class [`TrafficClass::Control`]; the node joins no group.
+pub struct GossipNode {
+    config: GossipConfig,
+    membership: Membership,
+    subscriptions: Subscriptions,
+    extras: Vec<Box<dyn GossipObject>>,
+    intents: Intents,
+    next_round: Instant,
+    rounds: u64,
+    rng: Prng,
+    events: VecDeque<GossipEvent>,
+    scratch: Vec<u8>,
+    stats: NodeStats,
+}
+
+impl std::fmt::Debug for GossipNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipNode")
+            .field("id", &self.config.id)
+            .field("addr", &self.config.addr)
+            .field("rounds", &self.rounds)
+            .finish_non_exhaustive()
+    }
+}
+
+fn object<'a>(
+    membership: &'a mut Membership,
+    subscriptions: &'a mut Subscriptions,
+    extras: &'a mut [Box<dyn GossipObject>],
+    i: usize,
+) -> &'a mut dyn GossipObject {
+    match i {
+        0 => membership,
+        1 => subscriptions,
+        n => extras[n - 2].as_mut(),
+    }
+}
+
+impl GossipNode {
+    /// A node created at `now`; its first round comes within one round interval (at a random
+    /// phase, so nodes started together do not gossip in lockstep).
+    pub fn new(config: GossipConfig, now: Instant) -> GossipNode {
+        let mut rng = Prng::new(config.seed);
+        let membership = Membership::new(
+            config.id,
+            config.addr,
+            config.round,
+            config.membership.clone(),
+            rng.fork(),
+        );
+        let subscriptions = Subscriptions::new(
+            config.id,
+            config.addr,
+            config.subscriptions.clone(),
+            rng.fork(),
+        );
+        let phase = rng.below(config.round.as_nanos().max(1) as u64);
+        let mut stats = NodeStats::default();
+        stats.objects.push(("membership", ObjectStats::default()));
+        stats
+            .objects
+            .push(("subscriptions", ObjectStats::default()));
+        GossipNode {
+            intents: Intents::new(config.intents_max),
+            next_round: now + Duration::from_nanos(phase),
+            membership,
+            subscriptions,
+            extras: Vec::new(),
+            rounds: 0,
+            rng,
+            events: VecDeque::new(),
+            scratch: Vec::with_capacity(config.mtu),
+            stats,
+            config,
+        }
+    }
+
+    /// Adds a gossip object (its tag must be unused; membership is 0, subscriptions 1).
+    pub fn add_object(&mut self, object: Box<dyn GossipObject>) -> Result<(), AddObjectError> {
+        let tag = object.tag();
+        if tag == MEMBERSHIP_TAG
+            || tag == SUBSCRIPTIONS_TAG
+            || self.extras.iter().any(|o| o.tag() == tag)
+        {
+            return Err(AddObjectError::DuplicateTag(tag));
+        }
+        if self.extras.len() + 2 >= 64 {
+            return Err(AddObjectError::TooManyObjects);
+        }
+        self.stats
+            .objects
+            .push((object.name(), ObjectStats::default()));
+        self.extras.push(object);
+        Ok(())
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GossipConfig {
+        &self.config
+    }
+
+    /// The membership object.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// The subscriptions object.
+    pub fn subscriptions(&self) -> &Subscriptions {
+        &self.subscriptions
+    }
+
+    /// Replaces our subscribed topics (spread by gossip from the next round).
+    pub fn set_topics(&mut self, topics: impl IntoIterator<Item = TopicId>) {
+        self.subscriptions.set_topics(topics);
+        self.pump_events();
+    }
+
+    /// Leaves the cluster gracefully (see [`Membership::leave`]).
+    pub fn leave(&mut self, now: Instant) {
+        self.membership.leave(now);
+        self.pump_events();
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<GossipEvent> {
+        self.events.pop_front()
+    }
+
+    /// Rounds run so far.
+    pub fn rounds(&self) -> u64 {
+        self.rounds
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> NodeStats {
+        let mut s = self.stats.clone();
+        s.intents_overflow = self.intents.overflow;
+        s
+    }
+
+    /// Panics if any object or the runtime is inconsistent.
+    pub fn check_invariants(&self) {
+        self.membership.check_invariants();
+        GossipObject::check_invariants(&self.subscriptions);
+        for o in &self.extras {
+            o.check_invariants();
+        }
+        self.intents.check_invariants();
+        assert!(self.events.len() <= EVENTS_MAX);
+        assert!(self.next_round > Instant::ZERO || self.rounds == 0);
+    }
+
+    fn object_count(&self) -> usize {
+        2 + self.extras.len()
+    }
+
+    fn push_event(&mut self, e: GossipEvent) {
+        if self.events.len() >= EVENTS_MAX {
+            self.stats.events_overflow += 1;
+        } else {
+            self.events.push_back(e);
+        }
+    }
+
+    fn pump_events(&mut self) {
+        while let Some(e) = self.membership.poll_event() {
+            match e {
+                MembershipEvent::MemberDown { id } | MembershipEvent::MemberLeft { id } => {
+                    self.subscriptions.forget(id)
+                }
+                MembershipEvent::MemberUp { id, .. } => self.subscriptions.readmit(id),
+                _ => {}
+            }
+            self.push_event(GossipEvent::Membership(e));
+        }
+        while let Some(id) = self.subscriptions.poll_change() {
+            self.push_event(GossipEvent::SubscriptionsChanged(id));
+        }
+    }
+
+    fn after_entry(&mut self) {
+        self.pump_events();
+        let t = self.poll_timeout();
+        self.membership.set_expected_wakeup(t);
+    }
+
+    fn pick(rng: &mut Prng, weights: &[f64]) -> Option<usize> {
+        let total: f64 = weights.iter().sum();
+        if total.is_nan() || total <= 0.0 {
+            return None;
+        }
+        let mut x = rng.unit() * total;
+        for (i, w) in weights.iter().enumerate() {
+            if x < *w {
+                return Some(i);
+            }
+            x -= w;
+        }
+        weights.iter().rposition(|w| *w > 0.0)
+    }
+
+    fn weights(view: &PeerView, n: usize) -> Option<Vec<f64>> {
+        match view {
+            PeerView::Nobody => None,
+            PeerView::Uniform => Some(vec![1.0 / n as f64; n]),
+            PeerView::Weighted(w) => {
+                if w.len() != n {
+                    return None;
+                }
+                let w: Vec<f64> = w
+                    .iter()
+                    .map(|x| if x.is_finite() && *x > 0.0 { *x } else { 0.0 })
+                    .collect();
+                let total: f64 = w.iter().sum();
+                (total > 0.0).then(|| w.iter().map(|x| x / total).collect())
+            }
+        }
+    }
+
+    fn run_round(&mut self, now: Instant) {
+        self.rounds += 1;
+        self.stats.rounds += 1;
+        let count = self.object_count();
+        for i in 0..count {
+            let o = object(
+                &mut self.membership,
+                &mut self.subscriptions,
+                &mut self.extras,
+                i,
+            );
+            o.on_round(now, &mut self.intents.outbox(i));
+        }
+        let peers = self.membership.peers();
+        if peers.is_empty() {
+            return;
+        }
+        let n = peers.len();
+        let mut due: Vec<(usize, PeerView)> = Vec::new();
+        for i in 0..count {
+            let o = object(
+                &mut self.membership,
+                &mut self.subscriptions,
+                &mut self.extras,
+                i,
+            );
+            if self.rounds % u64::from(o.rate().max(1)) == 0 {
+                let v = o.view(&peers);
+                if v != PeerView::Nobody {
+                    due.push((i, v));
+                }
+            }
+        }
+        if due.is_empty() {
+            return;
+        }
+        let mut choices: Vec<(usize, usize)> = Vec::new(); // (object, peer index)
+        if !self.config.bundling {
+            for (i, v) in &due {
+                if let Some(w) = Self::weights(v, n) {
+                    if let Some(p) = Self::pick(&mut self.rng, &w) {
+                        choices.push((*i, p));
+                    }
+                }
+            }
+        } else if due.iter().all(|(_, v)| *v == PeerView::Uniform) {
+            let p = self.rng.below(n as u64) as usize;
+            choices.extend(due.iter().map(|(i, _)| (*i, p)));
+        } else {
+            // MiCA's correlated merge, generalised to k objects: draw a peer from the
+            // pointwise maximum of the views; each remaining object joins with probability
+            // w_i(p) / max_j w_j(p). Repeating with the composite fixed until every object
+            // joined gives each object exactly its own view, while overlapping views share
+            // peers (and datagrams).
+            let ws: Vec<(usize, Vec<f64>)> = due
+                .iter()
+                .filter_map(|(i, v)| Self::weights(v, n).map(|w| (*i, w)))
+                .collect();
+            let composite: Vec<f64> = (0..n)
+                .map(|p| ws.iter().map(|(_, w)| w[p]).fold(0.0, f64::max))
+                .collect();
+            let mut remaining: Vec<bool> = vec![true; ws.len()];
+            let mut draws = 0;
+            while remaining.iter().any(|r| *r) && draws < SELECTION_DRAWS_MAX {
+                draws += 1;
+                let Some(p) = Self::pick(&mut self.rng, &composite) else {
+                    break;
+                };
+                for (k, (i, w)) in ws.iter().enumerate() {
+                    if remaining[k] && self.rng.chance(w[p] / composite[p]) {
+                        remaining[k] = false;
+                        choices.push((*i, p));
+                    }
+                }
+            }
+            self.stats.selection_overflow += remaining.iter().filter(|r| **r).count() as u64;
+        }
+        for (i, p) in choices {
+            let peer = peers[p];
+            let o = object(
+                &mut self.membership,
+                &mut self.subscriptions,
+                &mut self.extras,
+                i,
+            );
+            o.gossip_with(now, &peer, &mut self.intents.outbox(i));
+        }
+    }
+
+    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
+        let (cluster, sender, body) = match wire::parse_datagram(datagram) {
+            Ok(x) => x,
+            Err(_) => {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        };
+        if cluster != self.config.cluster {
+            self.stats.dropped_foreign_cluster += 1;
+            return;
+        }
+        if sender == self.config.id {
+            self.stats.dropped_own += 1;
+            return;
+        }
+        self.stats.datagrams_received += 1;
+        self.stats.bytes_received += datagram.len() as u64;
+        let peer = Peer {
+            id: Some(sender),
+            addr: from,
+        };
+        let count = self.object_count();
+        for section in Sections::new(body) {
+            let Ok(section) = section else {
+                self.stats.dropped_malformed += 1;
+                break;
+            };
+            let idx = (0..count).find(|&i| {
+                object(
+                    &mut self.membership,
+                    &mut self.subscriptions,
+                    &mut self.extras,
+                    i,
+                )
+                .tag()
+                    == section.tag
+            });
+            let Some(i) = idx else {
+                self.stats.unknown_sections += 1;
+                continue;
+            };
+            let s = &mut self.stats.objects[i].1;
+            s.sections_received += 1;
+            s.bytes_received += (section.payload.len() + SECTION_HEADER_LEN) as u64;
+            let o = object(
+                &mut self.membership,
+                &mut self.subscriptions,
+                &mut self.extras,
+                i,
+            );
+            if o.handle(
+                now,
+                &peer,
+                section.priority,
+                section.payload,
+                &mut self.intents.outbox(i),
+            )
+            .is_err()
+            {
+                self.stats.objects[i].1.decode_errors += 1;
+            }
+        }
+    }
+}
+
+impl Driven for GossipNode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        self.membership.observe_clock(now);
+        self.handle_datagram_inner(now, from, &datagram);
+        self.after_entry();
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        self.membership.observe_clock(now);
+        if now >= self.next_round && !self.membership.is_gone() {
+            self.run_round(now);
+            let period = self.config.round * self.membership.health_multiplier();
+            // ±10% jitter keeps nodes from falling into lockstep.
+            let span = period.as_nanos() as u64 / 5;
+            let jitter = self.rng.below(span.max(1));
+            self.next_round =
+                now + period - Duration::from_nanos(span / 2) + Duration::from_nanos(jitter);
+        }
+        for i in 0..self.object_count() {
+            let o = object(
+                &mut self.membership,
+                &mut self.subscriptions,
+                &mut self.extras,
+                i,
+            );
+            if o.poll_timeout().is_some_and(|t| t <= now) {
+                o.handle_timeout(now, &mut self.intents.outbox(i));
+            }
+        }
+        self.after_entry();
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let mtu = self.config.mtu.min(buf.len());
+        if mtu < HEADER_LEN + SECTION_HEADER_LEN {
+            return None;
+        }
+        while let Some((addr, mut mask)) = self.intents.pop() {
+            if !self.config.bundling {
+                let lowest = mask & mask.wrapping_neg();
+                self.intents.push_front(addr, mask & !lowest);
+                mask = lowest;
+            }
+            let to = Peer {
+                id: self.membership.id_at(addr),
+                addr,
+            };
+            if wire::write_header(buf, self.config.cluster, self.config.id).is_err() {
+                return None;
+            }
+            let mut at = HEADER_LEN;
+            let mut wrote_mask = 0u64;
+            let count = self.object_count();
+            for priority in Priority::ALL {
+                let members: Vec<usize> = (0..count).filter(|i| mask & (1 << i) != 0).collect();
+                let mut left = members.len();
+                for i in members {
+                    let room = mtu - at;
+                    let share = if priority == Priority::Bulk {
+                        room / left.max(1)
+                    } else {
+                        room
+                    };
+                    left -= 1;
+                    if share <= SECTION_HEADER_LEN {
+                        continue;
+                    }
+                    self.scratch.clear();
+                    let o = object(
+                        &mut self.membership,
+                        &mut self.subscriptions,
+                        &mut self.extras,
+                        i,
+                    );
+                    o.write(
+                        now,
+                        &to,
+                        priority,
+                        share - SECTION_HEADER_LEN,
+                        &mut self.scratch,
+                    );
+                    let len = self.scratch.len();
+                    if len == 0 || len > share - SECTION_HEADER_LEN || len > usize::from(u16::MAX) {
+                        continue;
+                    }
+                    buf[at] = o.tag();
+                    buf[at + 1] = priority as u8;
+                    buf[at + 2..at + 4].copy_from_slice(&(len as u16).to_be_bytes());
+                    buf[at + 4..at + 4 + len].copy_from_slice(&self.scratch);
+                    at += SECTION_HEADER_LEN + len;
+                    wrote_mask |= 1 << i;
+                    let s = &mut self.stats.objects[i].1;
+                    s.sections_sent += 1;
+                    s.bytes_sent += (SECTION_HEADER_LEN + len) as u64;
+                }
+            }
+            if at == HEADER_LEN {
+                continue;
+            }
+            let len = wire::finish(buf, at).ok()?;
+            for i in 0..count {
+                if wrote_mask & (1 << i) != 0 {
+                    self.stats.objects[i].1.datagrams_sent += 1;
+                }
+                let o = object(
+                    &mut self.membership,
+                    &mut self.subscriptions,
+                    &mut self.extras,
+                    i,
+                );
+                if mask & (1 << i) != 0 && o.has_more(&to) {
+                    self.intents.add(addr, i);
+                }
+            }
+            self.stats.datagrams_sent += 1;
+            self.stats.bytes_sent += len as u64;
+            return Some(Transmit {
+                destination: addr,
+                class: TrafficClass::Control,
+                len,
+            });
+        }
+        None
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let mut t = if self.membership.is_gone() {
+            None
+        } else {
+            Some(self.next_round)
+        };
+        let objs = [
+            self.membership.poll_timeout(),
+            GossipObject::poll_timeout(&self.subscriptions),
+        ];
+        for d in objs
+            .into_iter()
+            .chain(self.extras.iter().map(|o| o.poll_timeout()))
+            .flatten()
+        {
+            t = Some(t.map_or(d, |x| x.min(d)));
+        }
+        t
+    }
+
+    fn poll_command(&mut self) -> Option<SocketCommand> {
+        None
+    }
+}

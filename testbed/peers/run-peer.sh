@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# run-peer.sh: one run of an established reliable-multicast system on the namespace LAN.
+#
+# Usage: run-peer.sh PEER [--size B] [--count N] [--receivers K] [--loss random:PCT|burst:K[:EVERY]]
+#                    [--prefix P] [--timeout S] [--idle S] [--duration S] [--opts "ARGS"]
+#                    [--keep-logs]
+#   PEER       zmq-epgm | norm | cyclonedds | jgroups | aeron
+#   --size     message size in bytes (default 1024; >= 16: 8-byte seq + 8-byte CLOCK_MONOTONIC)
+#   --count    messages (default 100000; cyclonedds is time-based, see --duration)
+#   --receivers K receivers in hosts 2..K+1, the sender in host 1 (default 3)
+#   --loss     loss.sh on every receiver: random:1 (1 % of UDP frames), burst:10 (10 consecutive
+#              UDP frames of every 100), burst:10:1000 (of every 1000); default none
+#   --prefix   reuse the LAN of this prefix (must have >= K+1 hosts; loss is cleared afterwards)
+#              instead of building (and tearing down) a fresh one
+#   --timeout  hard bound in seconds for the receivers (default 45): they are then killed and
+#              reported "stalled" with what they had received
+#   --idle     a receiver that got nothing for this long after its first message gives up:
+#              "stalled" (default 5)
+#   --duration cyclonedds: seconds the ddsperf publisher runs (default 8)
+#   --opts     extra arguments for the sender harness (e.g. "--rate-mbit 200" for norm)
+#
+# Prints one JSON line per receiver ("role":"recv", with host, loss, status complete|stalled)
+# and one for the sender ("role":"send"), on stdout; progress on stderr.
+# Exit: 0 measured something (a stall is a result), 1 usage/LAN error, 2 not root,
+#       3 the peer could not be installed/built (reason on stderr).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+scripts=$(cd "$here/../scripts" && pwd)
+# shellcheck source=../scripts/lib.sh
+. "$scripts/lib.sh"
+repo=$(cd "$here/../.." && pwd)
+bin=${PEERS_OUT:-$repo/target/peers}
+
+usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-1}"; }
+case ${1:-} in -h | --help | help | '') usage 0 ;; esac
+peer=$1
+shift
+size=1024 count=100000 receivers=3 loss="" prefix="" bound=45 idle=5 duration=8 opts="" keep=0
+while [ $# -gt 0 ]; do
+    case $1 in
+    --size) size=$2; shift 2 ;;
+    --count) count=$2; shift 2 ;;
+    --receivers) receivers=$2; shift 2 ;;
+    --loss) loss=$2; shift 2 ;;
+    --prefix) prefix=$2; shift 2 ;;
+    --timeout) bound=$2; shift 2 ;;
+    --idle) idle=$2; shift 2 ;;
+    --duration) duration=$2; shift 2 ;;
+    --opts) opts=$2; shift 2 ;;
+    --keep-logs) keep=1; shift ;;
+    -h | --help) usage 0 ;;
+    *) echo "run-peer.sh: unknown option $1" >&2; usage 1 ;;
+    esac
+done
+case $peer in zmq-epgm | norm | cyclonedds | jgroups | aeron) ;; *) echo "run-peer.sh: unknown peer '$peer'" >&2; exit 1 ;; esac
+for v in "$size" "$count" "$receivers" "$bound" "$idle" "$duration"; do
+    [[ $v =~ ^[0-9]+$ ]] || { echo "run-peer.sh: not a number: $v" >&2; exit 1; }
+done
+if [ "$size" -lt 16 ] || [ "$receivers" -lt 1 ] || [ "$receivers" -gt 100 ]; then
+    echo "run-peer.sh: --size >= 16, --receivers 1..100" >&2
+    exit 1
+fi
+lossargs=()
+case $loss in
+'') ;;
+random:*) lossargs=(random "${loss#random:}") ;;
+burst:*) IFS=: read -r _ k every <<<"$loss"; lossargs=(burst "$k" ${every:+"$every"}) ;;
+*) echo "run-peer.sh: bad --loss '$loss' (random:PCT or burst:K[:EVERY])" >&2; exit 1 ;;
+esac
+need_root
+
+"$here/install.sh" "$peer" 2>"${TMPDIR:-/tmp}/run-peer-install.$$" || {
+    rc=$?; cat "${TMPDIR:-/tmp}/run-peer-install.$$" >&2; rm -f "${TMPDIR:-/tmp}/run-peer-install.$$"
+    [ $rc -eq 2 ] && exit 2
+    exit 3
+}
+rm -f "${TMPDIR:-/tmp}/run-peer-install.$$"
+ensure_nft
+
+hosts=$((receivers + 1))
+own=0
+out=$(mktemp -d "${TMPDIR:-/tmp}/run-peer.XXXXXX")
+cleanup() {
+    local p left
+    # only our own background jobs still running (never a pid that may have been reused):
+    # TERM reaches the harness through `timeout`, which kills it for good 3 s later
+    left=$(jobs -pr)
+    for p in $left; do kill -TERM "$p" 2>/dev/null || true; done
+    [ -z "$left" ] || sleep 3.5
+    if [ $own -eq 1 ]; then
+        "$scripts/lan.sh" down "$prefix" >/dev/null 2>&1 || true
+    elif [ -n "$prefix" ] && [ ${#lossargs[@]} -gt 0 ]; then
+        for i in $(seq 2 "$hosts"); do "$scripts/loss.sh" "$prefix" "$i" clear >/dev/null 2>&1 || true; done
+    fi
+    if [ $keep -eq 1 ]; then echo "run-peer.sh: logs in $out" >&2; else rm -rf "$out"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+if [ -z "$prefix" ]; then
+    prefix="pr$$"
+    prefix=${prefix:0:11}
+    "$scripts/lan.sh" up "$prefix" "$hosts" >&2 # removes what it half-built if it fails
+    own=1
+else
+    check_prefix "$prefix"
+    ns_exists "$(ns_name "$prefix" "$hosts")" || { echo "run-peer.sh: LAN '$prefix' has fewer than $hosts hosts" >&2; exit 1; }
+fi
+ns() { ns_name "$prefix" "$1"; }
+addr() { host_addr "$prefix" "$1"; }
+if [ ${#lossargs[@]} -gt 0 ]; then
+    for i in $(seq 2 "$hosts"); do "$scripts/loss.sh" "$prefix" "$i" "${lossargs[@]}" >/dev/null; done
+fi
+
+# start_bg OUTFILE HOST CMD...: run CMD in host's namespace under `timeout`, in the background.
+# `ip netns exec` execs `timeout`, so the recorded pid is timeout's: TERM to it reaches CMD.
+last=""
+start_bg() {
+    local f=$1 h=$2 t=$3
+    shift 3
+    ip netns exec "$(ns "$h")" timeout -k 3 "$t" "$@" >"$out/$f.out" 2>"$out/$f.err" &
+    last=$!
+}
+recv_pids=()
+# wait_receivers: wait for every receiver (each bounded by its own timeout).
+wait_receivers() { local p; for p in "${recv_pids[@]}"; do wait "$p" || true; done; }
+stop_sender() { kill -TERM "$1" 2>/dev/null || true; wait "$1" || true; }
+
+group=239.255.91.$((1 + $$ % 250))
+echo "run-peer.sh: $peer size=$size count=$count receivers=$receivers loss=${loss:-none} lan=$prefix load=$(cut -d' ' -f1-3 /proc/loadavg)" >&2
+case $peer in
+zmq-epgm)
+    for i in $(seq 2 "$hosts"); do
+        start_bg "recv-h$i" "$i" "$bound" "$bin/zmq_bench" sub --iface "$(addr "$i")" --group "$group" \
+            --count "$count" --timeout "$bound" --idle "$idle"
+        recv_pids+=("$last")
+    done
+    sleep 1
+    # shellcheck disable=SC2086 # $opts is a list of words on purpose
+    start_bg send 1 $((bound + 10)) "$bin/zmq_bench" pub --iface "$(addr 1)" --group "$group" \
+        --size "$size" --count "$count" --linger $((bound + 5)) $opts
+    spid=$last
+    wait_receivers
+    stop_sender "$spid"
+    ;;
+norm)
+    for i in $(seq 2 "$hosts"); do
+        start_bg "recv-h$i" "$i" "$bound" "$bin/norm_bench" recv --iface eth0 --group "$group" \
+            --node "$i" --size "$size" --count "$count" --timeout "$bound" --idle "$idle"
+        recv_pids+=("$last")
+    done
+    sleep 1
+    # shellcheck disable=SC2086
+    start_bg send 1 $((bound + 10)) "$bin/norm_bench" send --iface eth0 --group "$group" --node 1 \
+        --acks "$receivers" --size "$size" --count "$count" --linger $((bound + 5)) $opts
+    spid=$last
+    wait_receivers
+    stop_sender "$spid"
+    ;;
+jgroups)
+    jcp="/usr/share/java/jgroups.jar:$bin/java"
+    # PEERS_JAVA_OPTS: extra JVM options for every JVM (e.g. -Djgbench.credits=8000000)
+    read -r -a jopts <<<"${PEERS_JAVA_OPTS:-}"
+    for i in $(seq 2 "$hosts"); do
+        start_bg "recv-h$i" "$i" "$bound" java -Djava.net.preferIPv4Stack=true ${jopts[@]+"${jopts[@]}"} \
+            -Djgroups.bind_addr="$(addr "$i")" -Djgroups.udp.mcast_addr="$group" -cp "$jcp" \
+            JgBench recv --size "$size" --count "$count" --members "$hosts" --timeout "$bound" --idle "$idle"
+        recv_pids+=("$last")
+    done
+    # shellcheck disable=SC2086
+    start_bg send 1 $((bound + 10)) java -Djava.net.preferIPv4Stack=true ${jopts[@]+"${jopts[@]}"} \
+        -Djgroups.bind_addr="$(addr 1)" -Djgroups.udp.mcast_addr="$group" -cp "$jcp" \
+        JgBench send --size "$size" --count "$count" --members "$hosts" --timeout 20 --linger $((bound + 5)) $opts
+    spid=$last
+    wait_receivers
+    stop_sender "$spid"
+    ;;
+cyclonedds)
+    # 0 % loss: Cyclone's defaults (it packs samples into ~14.7 KB datagrams). With loss: frames
+    # kept within the MTU (MaxMessageSize 1400B) and fast heartbeats/NACK responses.
+    # PEERS_CYCLONE_XML replaces these elements (inside <Domain>), for experiments.
+    if [ -z "$loss" ]; then
+        tuning=""
+    else
+        tuning="<Internal><HeartbeatInterval>10ms</HeartbeatInterval><NackDelay>1ms</NackDelay><AutoReschedNackDelay>50ms</AutoReschedNackDelay>"
+        tuning="$tuning<Watermarks><WhcHigh>4MB</WhcHigh><WhcAdaptive>false</WhcAdaptive></Watermarks></Internal>"
+        tuning="$tuning<General><MaxMessageSize>1400B</MaxMessageSize></General>"
+    fi
+    tuning=${PEERS_CYCLONE_XML:-$tuning}
+    cat >"$out/cyclonedds.xml" <<XML
+<CycloneDDS><Domain id="any">
+  <General><Interfaces><NetworkInterface name="eth0"/></Interfaces>
+    <AllowMulticast>true</AllowMulticast><MulticastTimeToLive>1</MulticastTimeToLive></General>
+  <Internal><SocketReceiveBufferSize min="4MB"/><SocketSendBufferSize min="4MB"/></Internal>
+  $tuning
+</Domain></CycloneDDS>
+XML
+    export CYCLONEDDS_URI="file://$out/cyclonedds.xml"
+    for i in $(seq 2 "$hosts"); do
+        start_bg "recv-h$i" "$i" "$bound" ddsperf -k all sub
+        recv_pids+=("$last")
+    done
+    # every 100th sample is a ping: the receivers answer, ddsperf reports RTT/2 per receiver
+    # shellcheck disable=SC2086
+    start_bg send 1 $((duration + 25)) ddsperf -k all -D "$duration" -Qminmatch:"$receivers" -Qinitwait:20 \
+        pub size "$size" 1% $opts
+    spid=$last
+    wait "$spid" || true
+    # let the receivers drain: stop them once no log has grown for 2 s (bounded by --timeout)
+    prev="" quiet=0
+    for _ in $(seq 1 $((bound * 2))); do
+        cur=$(cat "$out"/recv-h*.out | wc -c)
+        if [ "$cur" = "$prev" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        prev=$cur
+        [ $quiet -ge 4 ] && break
+        sleep 0.5
+    done
+    for p in "${recv_pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    wait_receivers
+    ;;
+aeron)
+    echo "run-peer.sh: aeron cannot run here (see README.md)" >&2
+    exit 3
+    ;;
+esac
+
+for i in $(seq 2 "$hosts"); do
+    if [ ${#lossargs[@]} -gt 0 ]; then "$scripts/loss.sh" "$prefix" "$i" show >"$out/loss-h$i" 2>/dev/null || true; fi
+done
+python3 "$here/collect.py" "$out" "$peer" "$hosts" "$count" "$size" "${loss:-none}" "$(cut -d' ' -f1 /proc/loadavg)"

@@ -1,0 +1,107 @@
+/* zmq_bench: ZeroMQ PUB/SUB over epgm:// (OpenPGM, reliable multicast) for the peers benchmark.
+ *
+ *   zmq_bench pub --iface ADDR [--group G] [--port P] --size B --count N [--rate-kbit R]
+ *                 [--recovery-ms MS] [--hwm N] [--linger S]
+ *   zmq_bench sub --iface ADDR [--group G] [--port P] --count N [--timeout S] [--idle S]
+ *
+ * Endpoint epgm://ADDR;GROUP:PORT. Settings: ZMQ_RATE (kbit/s; default 100 in libzmq, far too
+ * low), ZMQ_RECOVERY_IVL (how long the sender keeps data for repairs), ZMQ_MULTICAST_HOPS 1
+ * (TTL 1), receive HWM 0 (unlimited), send HWM 1000 (--hwm) with ZMQ_XPUB_NODROP so a full
+ * queue blocks the publisher instead of dropping silently, 8 MB socket buffers.
+ * The publisher stays alive after its last message (repairs are served from its window) until
+ * SIGTERM or --linger seconds. Sockets are closed before the context is terminated (else
+ * zmq_ctx_term hangs). See bench_common.h for the payload and the JSON lines. */
+#include "bench_common.h"
+#include <errno.h>
+#include <unistd.h>
+#include <zmq.h>
+
+static void die(const char *what) { fprintf(stderr, "zmq_bench: %s: %s\n", what, zmq_strerror(zmq_errno())); exit(1); }
+static void setint(void *s, int opt, int v, const char *name)
+{
+    if (zmq_setsockopt(s, opt, &v, sizeof v) != 0) die(name);
+}
+
+int main(int argc, char **argv)
+{
+    const char *iface = NULL, *group = "239.255.90.1";
+    int port = 5555, rate = 1000000, recovery = 10000, hops = 1, hwm = 1000;
+    long size = 1024, count = 100000;
+    double timeout = 20, idle = 3, linger = 20;
+    if (argc < 2) { fprintf(stderr, "usage: zmq_bench pub|sub --iface ADDR ... (see source)\n"); return 2; }
+    int pub = strcmp(argv[1], "pub") == 0;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        const char *k = argv[i], *v = argv[i + 1];
+        if (!strcmp(k, "--iface")) iface = v;
+        else if (!strcmp(k, "--group")) group = v;
+        else if (!strcmp(k, "--port")) port = atoi(v);
+        else if (!strcmp(k, "--size")) size = atol(v);
+        else if (!strcmp(k, "--count")) count = atol(v);
+        else if (!strcmp(k, "--rate-kbit")) rate = atoi(v);
+        else if (!strcmp(k, "--recovery-ms")) recovery = atoi(v);
+        else if (!strcmp(k, "--hwm")) hwm = atoi(v);
+        else if (!strcmp(k, "--timeout")) timeout = atof(v);
+        else if (!strcmp(k, "--idle")) idle = atof(v);
+        else if (!strcmp(k, "--linger")) linger = atof(v);
+        else { fprintf(stderr, "zmq_bench: unknown option %s\n", k); return 2; }
+    }
+    if (!iface || size < BENCH_HDR || count < 1) { fprintf(stderr, "zmq_bench: need --iface, --size >= 16, --count >= 1\n"); return 2; }
+    bench_signals();
+
+    char ep[200], extra[400];
+    snprintf(ep, sizeof ep, "epgm://%s;%s:%d", iface, group, port);
+    void *ctx = zmq_ctx_new();
+    void *s = zmq_socket(ctx, pub ? ZMQ_PUB : ZMQ_SUB);
+    if (!s) die("zmq_socket");
+    setint(s, ZMQ_RATE, rate, "ZMQ_RATE");
+    setint(s, ZMQ_RECOVERY_IVL, recovery, "ZMQ_RECOVERY_IVL");
+    setint(s, ZMQ_MULTICAST_HOPS, hops, "ZMQ_MULTICAST_HOPS");
+    setint(s, ZMQ_SNDHWM, hwm, "ZMQ_SNDHWM");
+    setint(s, ZMQ_RCVHWM, 0, "ZMQ_RCVHWM");
+    setint(s, ZMQ_SNDBUF, 8 << 20, "ZMQ_SNDBUF");
+    setint(s, ZMQ_RCVBUF, 8 << 20, "ZMQ_RCVBUF");
+    setint(s, ZMQ_LINGER, 0, "ZMQ_LINGER");
+    snprintf(extra, sizeof extra, "\"endpoint\":\"%s\",\"rate_kbit\":%d,\"recovery_ms\":%d", ep, rate, recovery);
+
+    if (pub) {
+        setint(s, ZMQ_XPUB_NODROP, 1, "ZMQ_XPUB_NODROP"); /* full queue: block, do not drop */
+        if (zmq_connect(s, ep) != 0) die(ep);
+        unsigned char *buf = calloc(1, (size_t)size);
+        uint64_t t0 = now_ns(), sent = 0;
+        for (long i = 0; i < count && !bench_stop; i++) {
+            stamp(buf, (uint64_t)i);
+            if (zmq_send(s, buf, (size_t)size, 0) < 0) {
+                if (errno == EINTR) break;
+                die("zmq_send");
+            }
+            sent++;
+        }
+        uint64_t t1 = now_ns();
+        /* Sent = queued to the PGM engine, which paces at ZMQ_RATE: stay for repairs. */
+        send_print("zmq-epgm", sent, t0, t1, (size_t)size, extra);
+        for (uint64_t end = now_ns() + (uint64_t)(linger * 1e9); !bench_stop && now_ns() < end;)
+            usleep(50000);
+    } else {
+        if (zmq_setsockopt(s, ZMQ_SUBSCRIBE, "", 0) != 0) die("ZMQ_SUBSCRIBE");
+        setint(s, ZMQ_RCVTIMEO, 100, "ZMQ_RCVTIMEO");
+        if (zmq_connect(s, ep) != 0) die(ep);
+        struct rstats r;
+        rstats_init(&r, (uint64_t)count);
+        unsigned char *buf = malloc((size_t)size + 64);
+        uint64_t start = now_ns();
+        const char *status = "signal";
+        for (;;) {
+            int n = zmq_recv(s, buf, (size_t)size + 64, 0);
+            if (n >= 0 && rstats_add(&r, buf, (size_t)n)) { status = "complete"; break; }
+            if (n < 0 && errno != EAGAIN && errno != EINTR) die("zmq_recv");
+            if (bench_stop) break;
+            uint64_t now = now_ns();
+            if (!r.received && now - start > (uint64_t)(timeout * 1e9)) { status = "timeout"; break; }
+            if (r.received && now - r.last_ns > (uint64_t)(idle * 1e9)) { status = "idle"; break; }
+        }
+        rstats_print(&r, "zmq-epgm", status, extra);
+    }
+    zmq_close(s);
+    zmq_ctx_term(ctx);
+    return 0;
+}

@@ -1,0 +1,17 @@
+//! The testbed's scenario runner and report generator (`qs-testbed`).
+//!
+//! Owns: the scenario file format (TOML, [`scenario`]), running a scenario on a namespace LAN
+//! built by `testbed/scripts/lan.sh` with loss from `loss.sh` and faults (kill a process at a
+//! time) ([`run`]), the delivery checks of every subscriber against counts computed from the
+//! scenario, `results.json` / `results.md`, and the benchmark report (`BENCHMARKS.md` and
+//! plots, [`report`]) from results files and peer result lines.
+//!
+//! Does not: build the LAN or inject loss itself (the scripts in `testbed/scripts` do), build
+//! or measure anything inside `qs` (it runs the `qs` binary and reads its JSON lines), run the
+//! peers (`testbed/peers` prints their lines), or simulate (that is `qs-sim`). Running needs
+//! root (network namespaces); parsing, planning and reporting do not.
+
+pub mod machine;
+pub mod report;
+pub mod run;
+pub mod scenario;
