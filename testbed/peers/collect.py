@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """collect.py: turn the logs of one run-peer.sh run into its JSON lines (used by run-peer.sh).
 
-Usage: collect.py OUTDIR PEER HOSTS COUNT SIZE LOSS LOADAVG
+Usage: collect.py OUTDIR PEER HOSTS COUNT SIZE LOSS LOADAVG [TOPICS]
+
+TOPICS (run-peer.sh --topics) is added as "topics" to every line of the run.
 
 Receivers: the harnesses (zmq_bench, norm_bench, JgBench) print one JSON line each; it gets the
 host, the loss spec and loss.sh's counters, and its status is normalised to "complete" or
@@ -18,6 +20,7 @@ import re
 import sys
 
 out, peer, hosts, count, size, loss, load = sys.argv[1:8]
+topics = int(sys.argv[8]) if len(sys.argv) > 8 else None
 hosts, count, size = int(hosts), int(count), int(size)
 
 
@@ -119,7 +122,11 @@ else:
 for i, rec in lines:
     rec.update({"host": f"h{i}", "size": size, "loss": loss})
     rec.update(loss_info(i))
+    if topics is not None:
+        rec["topics"] = topics
     print(json.dumps(rec))
 send.update({"receivers": hosts - 1, "loss": loss, "load_avg_1m": float(load)})
+if topics is not None:
+    send["topics"] = topics
 print(json.dumps(send))
 sys.stdout.flush()

@@ -3,7 +3,7 @@
 #
 # Usage: run-peer.sh PEER [--size B] [--count N] [--receivers K] [--loss random:PCT|burst:K[:EVERY]]
 #                    [--prefix P] [--timeout S] [--idle S] [--duration S] [--opts "ARGS"]
-#                    [--keep-logs]
+#                    [--topics T] [--keep-logs]
 #   PEER       zmq-epgm | norm | cyclonedds | jgroups | aeron
 #   --size     message size in bytes (default 1024; >= 16: 8-byte seq + 8-byte CLOCK_MONOTONIC)
 #   --count    messages (default 100000; cyclonedds is time-based, see --duration)
@@ -18,6 +18,9 @@
 #              "stalled" (default 5)
 #   --duration cyclonedds: seconds the ddsperf publisher runs (default 8)
 #   --opts     extra arguments for the sender harness (e.g. "--rate-mbit 200" for norm)
+#   --topics   zmq-epgm only: T topics (1..100000); the publisher prefixes message i with the
+#              6-byte topic "t%05d" of i % T (round robin), every receiver subscribes to all T
+#              (--size includes the prefix: >= 22); the JSON lines get "topics": T
 #
 # Prints one JSON line per receiver ("role":"recv", with host, loss, status complete|stalled)
 # and one for the sender ("role":"send"), on stdout; progress on stderr.
@@ -31,11 +34,11 @@ scripts=$(cd "$here/../scripts" && pwd)
 repo=$(cd "$here/../.." && pwd)
 bin=${PEERS_OUT:-$repo/target/peers}
 
-usage() { sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-1}"; }
+usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-1}"; }
 case ${1:-} in -h | --help | help | '') usage 0 ;; esac
 peer=$1
 shift
-size=1024 count=100000 receivers=3 loss="" prefix="" bound=45 idle=5 duration=8 opts="" keep=0
+size=1024 count=100000 receivers=3 loss="" prefix="" bound=45 idle=5 duration=8 opts="" keep=0 topics=""
 while [ $# -gt 0 ]; do
     case $1 in
     --size) size=$2; shift 2 ;;
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     --idle) idle=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --opts) opts=$2; shift 2 ;;
+    --topics) topics=$2; shift 2 ;;
     --keep-logs) keep=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "run-peer.sh: unknown option $1" >&2; usage 1 ;;
@@ -59,6 +63,16 @@ done
 if [ "$size" -lt 16 ] || [ "$receivers" -lt 1 ] || [ "$receivers" -gt 100 ]; then
     echo "run-peer.sh: --size >= 16, --receivers 1..100" >&2
     exit 1
+fi
+topicargs=()
+if [ -n "$topics" ]; then
+    # only ZeroMQ has topics usable here (README.md: NORM none, JGroups groups, ddsperf one topic)
+    [ "$peer" = zmq-epgm ] || { echo "run-peer.sh: --topics: only zmq-epgm has topics (see README.md)" >&2; exit 1; }
+    if ! [[ $topics =~ ^[0-9]+$ ]] || [ "$topics" -lt 1 ] || [ "$topics" -gt 100000 ] || [ "$size" -lt 22 ]; then
+        echo "run-peer.sh: --topics 1..100000, with --size >= 22 (6-byte topic + 16-byte stamp)" >&2
+        exit 1
+    fi
+    topicargs=(--topics "$topics")
 fi
 lossargs=()
 case $loss in
@@ -126,18 +140,18 @@ wait_receivers() { local p; for p in "${recv_pids[@]}"; do wait "$p" || true; do
 stop_sender() { kill -TERM "$1" 2>/dev/null || true; wait "$1" || true; }
 
 group=239.255.91.$((1 + $$ % 250))
-echo "run-peer.sh: $peer size=$size count=$count receivers=$receivers loss=${loss:-none} lan=$prefix load=$(cut -d' ' -f1-3 /proc/loadavg)" >&2
+echo "run-peer.sh: $peer size=$size count=$count receivers=$receivers loss=${loss:-none}${topics:+ topics=$topics} lan=$prefix load=$(cut -d' ' -f1-3 /proc/loadavg)" >&2
 case $peer in
 zmq-epgm)
     for i in $(seq 2 "$hosts"); do
         start_bg "recv-h$i" "$i" "$bound" "$bin/zmq_bench" sub --iface "$(addr "$i")" --group "$group" \
-            --count "$count" --timeout "$bound" --idle "$idle"
+            --count "$count" --timeout "$bound" --idle "$idle" ${topicargs[@]+"${topicargs[@]}"}
         recv_pids+=("$last")
     done
     sleep 1
     # shellcheck disable=SC2086 # $opts is a list of words on purpose
     start_bg send 1 $((bound + 10)) "$bin/zmq_bench" pub --iface "$(addr 1)" --group "$group" \
-        --size "$size" --count "$count" --linger $((bound + 5)) $opts
+        --size "$size" --count "$count" --linger $((bound + 5)) ${topicargs[@]+"${topicargs[@]}"} $opts
     spid=$last
     wait_receivers
     stop_sender "$spid"
@@ -226,4 +240,4 @@ esac
 for i in $(seq 2 "$hosts"); do
     if [ ${#lossargs[@]} -gt 0 ]; then "$scripts/loss.sh" "$prefix" "$i" show >"$out/loss-h$i" 2>/dev/null || true; fi
 done
-python3 "$here/collect.py" "$out" "$peer" "$hosts" "$count" "$size" "${loss:-none}" "$(cut -d' ' -f1 /proc/loadavg)"
+python3 "$here/collect.py" "$out" "$peer" "$hosts" "$count" "$size" "${loss:-none}" "$(cut -d' ' -f1 /proc/loadavg)" ${topics:+"$topics"}

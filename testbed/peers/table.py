@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""table.py FILE.jsonl: one row per run (peer, size, loss) from run-peer.sh's JSON lines."""
+"""table.py FILE.jsonl: one row per run (peer, size, loss[, topics]) from run-peer.sh's JSON lines.
+
+The topics column appears when a run carries "topics" (run-peer.sh --topics, matrix.sh --topics)."""
 import json
 import sys
 
@@ -13,7 +15,9 @@ for line in open(sys.argv[1]):
     if r.get("role") == "send":
         runs.append(cur)
         cur = []
-print(f"{'peer':<11} {'size':>5} {'loss':<9} {'recv msg/s (mean)':>17} {'delivered':>9} {'status':<16} "
+has_topics = any("topics" in r[-1] for r in runs)
+tcol = f" {'topics':>6}" if has_topics else ""
+print(f"{'peer':<11} {'size':>5} {'loss':<9}{tcol} {'recv msg/s (mean)':>17} {'delivered':>9} {'status':<16} "
       f"{'p50 us':>9} {'p99 us':>10} {'send msg/s':>10} {'load':>5}")
 for run in runs:
     send, recv = run[-1], [r for r in run if r.get("role") == "recv"]
@@ -26,6 +30,7 @@ for run in runs:
     lat = [r["latency_us"] for r in recv if r.get("latency_us")]
     p50 = sum(l["p50"] for l in lat) / len(lat) if lat else float("nan")
     p99 = max(l["p99"] for l in lat) if lat else float("nan")
-    print(f"{send.get('peer', recv[0]['peer']):<11} {recv[0].get('size', ''):>5} {send.get('loss', ''):<9} "
+    tval = f" {send.get('topics', '-'):>6}" if has_topics else ""
+    print(f"{send.get('peer', recv[0]['peer']):<11} {recv[0].get('size', ''):>5} {send.get('loss', ''):<9}{tval} "
           f"{rate:>17.0f} {deliv * 100:>8.2f}% {f'{n_ok}/{len(recv)} complete':<16} {p50:>9.0f} {p99:>10.0f} "
           f"{send.get('rate_msgs_s', 0):>10} {send.get('load_avg_1m', ''):>5}")
