@@ -643,15 +643,12 @@ impl Worker {
                     break;
                 }
             }
-            let busy =
-                (self.refused.is_none() && !self.publishes.is_empty()) || !self.control.is_empty();
-            let wait = if busy {
+            let wait = if self.has_work() {
                 Duration::ZERO
             } else {
                 self.shared.sleeping.store(true, Ordering::SeqCst);
-                let raced = (self.refused.is_none() && !self.publishes.is_empty())
-                    || !self.control.is_empty();
-                if raced {
+                // A publisher that sent just before `sleeping` was set did not wake us.
+                if self.has_work() {
                     self.shared.sleeping.store(false, Ordering::SeqCst);
                     Duration::ZERO
                 } else {
@@ -678,6 +675,11 @@ impl Worker {
             }
             self.route_events();
         }
+    }
+
+    /// Whether a command, or a publish the core could take, is waiting in the channels.
+    fn has_work(&self) -> bool {
+        (self.refused.is_none() && !self.publishes.is_empty()) || !self.control.is_empty()
     }
 
     fn take_publishes(&mut self) {

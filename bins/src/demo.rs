@@ -232,10 +232,9 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             tally.received == s.expected
         };
     }
-    let total: u64 = total_expected;
     println!(
         "\n  {} deliveries expected in {:.2} s; {}",
-        total,
+        total_expected,
         elapsed.as_secs_f64(),
         if ok {
             if a.loss > 0.0 {

@@ -260,15 +260,9 @@ pub fn recv_batch(
             iov_base: unsafe { base.add(i * slot) }.cast(),
             iov_len: slot,
         };
-        let hdr = &mut scratch.hdrs[i];
-        hdr.msg_hdr.msg_name = (&mut scratch.names[i] as *mut libc::sockaddr_storage).cast();
-        hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        hdr.msg_hdr.msg_iov = &mut scratch.iovs[i];
-        hdr.msg_hdr.msg_iovlen = 1;
-        hdr.msg_hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_hdr.msg_controllen = 0;
-        hdr.msg_hdr.msg_flags = 0;
-        hdr.msg_len = 0;
+        let name = (&mut scratch.names[i] as *mut libc::sockaddr_storage).cast();
+        let namelen = mem::size_of::<libc::sockaddr_storage>();
+        point_header(&mut scratch.hdrs[i], name, namelen, &mut scratch.iovs[i]);
     }
     // SAFETY: the first `n` headers point at `n` live iovecs, each covering a disjoint `slot`
     // bytes of `buf` (exclusively borrowed for this call), and at `n` live sockaddr_storage
@@ -298,6 +292,23 @@ pub fn recv_batch(
     Ok(k)
 }
 
+/// Points one mmsghdr at an address buffer and a single iovec, with no control data.
+fn point_header(
+    hdr: &mut libc::mmsghdr,
+    name: *mut libc::c_void,
+    namelen: usize,
+    iov: &mut libc::iovec,
+) {
+    hdr.msg_hdr.msg_name = name;
+    hdr.msg_hdr.msg_namelen = namelen as libc::socklen_t;
+    hdr.msg_hdr.msg_iov = iov;
+    hdr.msg_hdr.msg_iovlen = 1;
+    hdr.msg_hdr.msg_control = std::ptr::null_mut();
+    hdr.msg_hdr.msg_controllen = 0;
+    hdr.msg_hdr.msg_flags = 0;
+    hdr.msg_len = 0;
+}
+
 /// Sends up to the scratch capacity of `(destination, payload)` datagrams with one `sendmmsg`
 /// (`flags` e.g. `MSG_DONTWAIT`). Returns how many leading datagrams the kernel accepted; an
 /// error means the first one failed.
@@ -324,15 +335,9 @@ where
         return Ok(0);
     }
     for i in 0..n {
-        let hdr = &mut scratch.hdrs[i];
-        hdr.msg_hdr.msg_name = (&mut scratch.dests[i] as *mut libc::sockaddr_in).cast();
-        hdr.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        hdr.msg_hdr.msg_iov = &mut scratch.iovs[i];
-        hdr.msg_hdr.msg_iovlen = 1;
-        hdr.msg_hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_hdr.msg_controllen = 0;
-        hdr.msg_hdr.msg_flags = 0;
-        hdr.msg_len = 0;
+        let name = (&mut scratch.dests[i] as *mut libc::sockaddr_in).cast();
+        let namelen = mem::size_of::<libc::sockaddr_in>();
+        point_header(&mut scratch.hdrs[i], name, namelen, &mut scratch.iovs[i]);
     }
     // SAFETY: the first `n` headers point at live sockaddr_in values and iovecs, and each
     // iovec at a payload slice borrowed for the duration of this call ('a outlives it). The
