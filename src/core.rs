@@ -8,8 +8,17 @@
 //!
 //! Receiving: datagrams are checked once ([`wire::parse`]), own and foreign ones are counted
 //! and dropped, data of this node's region is delivered in per-sender order as
-//! [`Event::Delivered`] (zero-copy slices of the datagram); gaps are reported
-//! ([`Event::Gap`]), not repaired (the recovery protocol will).
+//! [`Event::Delivered`] (zero-copy slices of the datagram).
+//!
+//! Reliability ([`CoreConfig::reliable`], on by default): the region's members run the QSM
+//! ring ([`qs_recovery::Ring`], see [`recovery`]); holes wait for repair instead of
+//! timing out, caretakers cache their share of each stream, senders keep every packet until
+//! the region acknowledges it (a bounded window: a full window stops sending and the send
+//! queue then pushes back on the publisher). Only what truly cannot be delivered (its sender
+//! died before anyone had it) is reported, as [`Event::Gap`]. In best-effort mode holes are
+//! given up after `reorder_timeout` and reported as gaps.
+
+mod recovery;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
@@ -17,7 +26,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use qs_membership::{Discovery, DiscoveryConfig, DiscoveryEvent, DiscoveryStats, Peer};
-use qs_recovery::{Arrival, Popped, ReceiveWindow};
+use qs_recovery::{Arrival, Popped, ReceiveWindow, Ring, RingConfig, RingStats};
 use qs_regions::{GroupRange, RegionTable, Signature};
 use qs_transport::wire::{
     self, DataPacket, DataWriter, Fragment, Header, PacketKind, StreamState, HEADER_LEN,
@@ -61,6 +70,19 @@ pub struct CoreConfig {
     pub stream_state_delay: Duration,
     /// Times a stream state is repeated (at growing intervals) while the stream stays idle.
     pub stream_state_repeats: u32,
+    /// Reliable delivery (the QSM ring repairs every hole); `false` reports gaps instead.
+    pub reliable: bool,
+    /// Reliable mode: most packets a sender keeps unacknowledged per region; a full window
+    /// pauses sending to that region. Must not exceed `reorder_window_packets`.
+    pub send_window_packets: usize,
+    /// Reliable mode: most bytes of caretaker cache (beyond it packets are not cached and the
+    /// sender re-multicasts them if needed).
+    pub cache_max_bytes: usize,
+    /// Most control and repair datagrams queued for sending (beyond it they are dropped,
+    /// counted, and recovered by the next round).
+    pub max_out_queue: usize,
+    /// The recovery ring's settings.
+    pub ring: RingConfig,
     /// Probability of dropping an incoming data packet on purpose (loss injection for demos and
     /// tests; 0 in production).
     pub inject_loss: f64,
@@ -85,11 +107,16 @@ impl CoreConfig {
             send_queue_bytes: 16 << 20,
             max_message_bytes: 16 << 20,
             max_streams: 4096,
-            reorder_window_packets: 1024,
+            reorder_window_packets: 16384,
             reorder_timeout: Duration::from_millis(10),
             stream_state_delay: Duration::from_millis(20),
             stream_state_repeats: 3,
             inject_loss: 0.0,
+            reliable: true,
+            send_window_packets: 8192,
+            cache_max_bytes: 64 << 20,
+            max_out_queue: 16384,
+            ring: RingConfig::default(),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
         }
@@ -112,7 +139,8 @@ pub struct Delivery {
 pub enum Event {
     /// A message arrived on a subscribed topic.
     Delivered(Delivery),
-    /// Packets of a sender's stream were lost (reported, not repaired).
+    /// Packets of a sender's stream were lost: in reliable mode only when the sender died
+    /// before any member had them; in best-effort mode whenever a hole timed out.
     Gap {
         /// The sender.
         sender: NodeId,
@@ -127,6 +155,16 @@ pub enum Event {
     PeerChanged(NodeId),
     /// A peer left or went silent.
     PeerDown(NodeId),
+    /// A member of this node's region has been far behind a sender for a while (this node
+    /// leads the region's ring). The sender slows down to it; nothing is lost.
+    SlowReceiver {
+        /// The stream's sender.
+        sender: NodeId,
+        /// The lagging member.
+        member: NodeId,
+        /// Packets it is behind.
+        lag: u32,
+    },
 }
 
 /// Datagrams dropped on receipt, by reason.
@@ -152,6 +190,14 @@ pub struct DropStats {
     pub injected_loss: u64,
     /// Queued messages thrown away because their region vanished before they were sent.
     pub region_gone: u64,
+    /// Reliable mode: packets beyond the receive window (repaired later).
+    pub beyond_window: u64,
+    /// Packets not cached because the caretaker cache was full.
+    pub cache_full: u64,
+    /// Control or repair datagrams dropped because the out queue was full.
+    pub out_queue_full: u64,
+    /// Control or repair datagrams for a peer whose address is unknown.
+    pub no_address: u64,
 }
 
 /// Counters of a [`NodeCore`].
@@ -185,6 +231,33 @@ pub struct CoreStats {
     pub held_back: u64,
     /// Packets a stream had sent before this node first heard it (not counted as gaps).
     pub missed_on_join: u64,
+    /// Packets served to peers that asked for them.
+    pub repairs_served: u64,
+    /// Packets this node re-multicast as a sender because a whole caretaker partition lacked
+    /// them.
+    pub retransmitted: u64,
+    /// Repair requests received.
+    pub requests_received: u64,
+    /// Packets this node's regions acknowledged as stable (freed from the send window).
+    pub acked_packets: u64,
+    /// Packets held for retransmission now (gauge).
+    pub unacked_packets: u64,
+    /// Packets in the caretaker cache now (gauge).
+    pub cached_packets: u64,
+    /// Bytes in the caretaker cache now (gauge).
+    pub cached_bytes: u64,
+    /// Highest `cached_bytes` seen.
+    pub cached_bytes_peak: u64,
+    /// Highest bytes held for retransmission seen.
+    pub unacked_bytes_peak: u64,
+    /// Control and repair bytes sent (datagrams, headers included).
+    pub control_bytes_sent: u64,
+    /// Data bytes sent (datagrams, headers included; first transmissions).
+    pub data_bytes_sent: u64,
+    /// Slow-receiver reports.
+    pub slow_receivers: u64,
+    /// The recovery ring's counters.
+    pub ring: RingStats,
     /// Drops by reason.
     pub drops: DropStats,
     /// Discovery counters.
@@ -209,6 +282,12 @@ struct SendStream {
     next_seq: Seq,
     queue: VecDeque<Outgoing>,
     frag: Option<FragCursor>,
+    /// Sent packets not yet acknowledged by the region, from `base` on (reliable mode).
+    unacked: VecDeque<Bytes>,
+    unacked_bytes: usize,
+    base: Seq,
+    /// The highest stability point the region acknowledged.
+    acked: Seq,
     /// When to send the next stream state, if one is due.
     state_at: Option<Instant>,
     state_repeats_left: u32,
@@ -276,6 +355,14 @@ pub struct NodeCore {
     recv: BTreeMap<(NodeId, RegionId), RecvStream>,
     commands: VecDeque<SocketCommand>,
     events: VecDeque<Event>,
+    /// The recovery ring of the own region (reliable mode).
+    ring: Option<Ring>,
+    /// Caretaker cache of the own region's streams.
+    cache: recovery::Cache,
+    /// Control and repair datagrams waiting to be sent.
+    out: recovery::OutQueue,
+    /// Peers discovery declared gone (most recent last, bounded): their streams are over.
+    departed: VecDeque<NodeId>,
     prng: Prng,
     stats: CoreStats,
 }
@@ -310,6 +397,10 @@ impl NodeCore {
             recv: BTreeMap::new(),
             commands,
             events: VecDeque::new(),
+            ring: None,
+            cache: recovery::Cache::default(),
+            out: VecDeque::new(),
+            departed: VecDeque::new(),
             prng,
             stats: CoreStats::default(),
         }
@@ -327,8 +418,13 @@ impl NodeCore {
 
     /// Counters.
     pub fn stats(&self) -> CoreStats {
+        let unacked = self.send.values().map(|s| s.unacked.len() as u64).sum();
         CoreStats {
             discovery: self.discovery.stats(),
+            ring: self.ring.as_ref().map(Ring::stats).unwrap_or_default(),
+            unacked_packets: unacked,
+            cached_packets: self.cache.packets as u64,
+            cached_bytes: self.cache.bytes as u64,
             ..self.stats
         }
     }
@@ -341,6 +437,11 @@ impl NodeCore {
     /// The current region table (every known node's region, this one's included).
     pub fn regions(&self) -> &RegionTable {
         &self.regions
+    }
+
+    /// The recovery ring of this node's region (reliable mode, once subscribed).
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
     }
 
     /// The region this node is in (`None` while it subscribes nothing).
@@ -364,9 +465,25 @@ impl NodeCore {
         self.queued_bytes == 0 || self.queued_bytes + len <= self.config.send_queue_bytes
     }
 
-    /// Whether nothing is waiting to be sent.
+    /// Whether nothing is waiting to be sent and (reliable mode) everything sent was
+    /// acknowledged by its region.
     pub fn is_idle(&self) -> bool {
         self.ready.is_empty()
+            && self.out.is_empty()
+            && self.send.values().all(|s| s.unacked.is_empty())
+    }
+
+    /// Whether a data packet could be built now (something queued, its window open).
+    pub fn can_send(&self) -> bool {
+        !self.out.is_empty()
+            || self
+                .ready
+                .iter()
+                .any(|r| self.send.get(r).is_some_and(|s| self.window_open(s)))
+    }
+
+    fn window_open(&self, s: &SendStream) -> bool {
+        !self.config.reliable || s.unacked.len() < self.config.send_window_packets
     }
 
     /// Panics if the core's internal bookkeeping is inconsistent. The simulator tests call it
@@ -414,6 +531,30 @@ impl NodeCore {
             "receive stream outside the own region"
         );
         assert!(self.recv.len() <= self.config.max_streams);
+        for s in self.send.values() {
+            assert!(s.unacked.len() <= self.config.send_window_packets || !self.config.reliable);
+            assert_eq!(
+                s.unacked_bytes,
+                s.unacked.iter().map(Bytes::len).sum::<usize>(),
+                "unacked byte count drifted"
+            );
+            assert!(
+                !self.config.reliable || s.base.advance(s.unacked.len() as u32) == s.next_seq,
+                "send window does not end at the next sequence number"
+            );
+        }
+        assert_eq!(
+            self.cache.recount(),
+            (self.cache.bytes, self.cache.packets),
+            "cache counts drifted"
+        );
+        assert!(self.cache.bytes <= self.config.cache_max_bytes);
+        assert!(self.out_len() <= self.config.max_out_queue);
+        assert_eq!(
+            self.ring.as_ref().map(Ring::region),
+            self.own_region.filter(|_| self.config.reliable),
+            "ring of another region"
+        );
         for s in self.recv.values() {
             assert!(s.window.waiting() <= self.config.reorder_window_packets);
             if let Some(p) = &s.partial {
@@ -475,6 +616,7 @@ impl NodeCore {
         self.regions.set_member(self.config.id, &signature);
         self.discovery.set_signature(now, signature);
         self.prune_send_streams();
+        self.refresh_ring(now);
     }
 
     /// Queues `payload` on `topic` for every region subscribing it. A message larger than
@@ -509,6 +651,10 @@ impl NodeCore {
             let stream = self.send.entry(region).or_insert_with(|| SendStream {
                 group,
                 next_seq: Seq::FIRST,
+                unacked: VecDeque::new(),
+                unacked_bytes: 0,
+                base: Seq::FIRST,
+                acked: Seq(0),
                 queue: VecDeque::new(),
                 frag: None,
                 state_at: None,
@@ -558,11 +704,13 @@ impl NodeCore {
         }
     }
 
-    /// Applies discovery's peer changes to the region table.
-    fn drain_discovery(&mut self) {
+    /// Applies discovery's peer changes to the region table and the ring.
+    fn drain_discovery(&mut self, now: Instant) {
+        let mut changed = false;
         while let Some(e) = self.discovery.poll_event() {
             match e {
                 DiscoveryEvent::PeerUp(id) | DiscoveryEvent::PeerChanged(id) => {
+                    self.departed.retain(|d| *d != id);
                     if let Some(p) = self.discovery.peer(id) {
                         let sig = p.signature.clone();
                         self.regions.set_member(id, &sig);
@@ -574,11 +722,15 @@ impl NodeCore {
                 }
                 DiscoveryEvent::PeerDown { id, .. } => {
                     self.regions.remove_member(id);
-                    self.recv.retain(|(s, _), _| *s != id);
+                    self.sender_gone(now, id);
                     self.events.push_back(Event::PeerDown(id));
                 }
             }
+            changed = true;
             self.prune_send_streams();
+        }
+        if changed {
+            self.refresh_ring(now);
         }
     }
 
@@ -607,7 +759,8 @@ impl NodeCore {
         }
     }
 
-    fn handle_data(&mut self, now: Instant, sender: NodeId, body: Bytes, fragment: bool) {
+    fn handle_data(&mut self, now: Instant, sender: NodeId, datagram: &Bytes, fragment: bool) {
+        let body = datagram.slice(HEADER_LEN..);
         let parse = |body: Bytes| {
             if fragment {
                 Fragment::parse(body).map(|f| (f.region, f.seq, Received::Fragment(f)))
@@ -636,8 +789,13 @@ impl NodeCore {
             self.config.reorder_window_packets,
             self.config.reorder_timeout,
         );
+        let reliable = self.config.reliable;
         let stream = self.recv.entry(key).or_insert_with(|| RecvStream {
-            window: ReceiveWindow::new(capacity, timeout),
+            window: if reliable {
+                ReceiveWindow::reliable(capacity)
+            } else {
+                ReceiveWindow::new(capacity, timeout)
+            },
             partial: None,
             skipping: None,
         });
@@ -649,12 +807,29 @@ impl NodeCore {
         } else {
             parse(Bytes::copy_from_slice(&body)).map_or(packet, |(_, _, copy)| copy)
         };
-        match stream.window.insert(now, seq, packet) {
+        let arrival = stream.window.insert(now, seq, packet);
+        match arrival {
             Arrival::Stale => self.stats.drops.stale += 1,
             Arrival::First { missed_before } => {
                 self.stats.missed_on_join += u64::from(missed_before);
             }
             Arrival::Accepted => self.stats.held_back += u64::from(!in_order),
+            Arrival::Beyond => self.stats.drops.beyond_window += 1,
+        }
+        if let Some(ring) = self.ring.as_mut() {
+            ring.on_data();
+            // Caretakers keep their share (a duplicate may fill a cache a view change left
+            // empty); the cache refuses what is already stable.
+            if arrival != Arrival::Beyond
+                && ring.is_caretaker(seq)
+                && !self
+                    .cache
+                    .insert(sender, seq, datagram, self.config.cache_max_bytes)
+            {
+                self.stats.drops.cache_full += 1;
+            }
+            self.stats.cached_bytes_peak =
+                self.stats.cached_bytes_peak.max(self.cache.bytes as u64);
         }
         self.drain_stream(key);
     }
@@ -781,6 +956,11 @@ impl NodeCore {
             // Never heard of this stream: it has nothing to claim from before we joined.
             return;
         };
+        if self.config.reliable {
+            // The region acknowledged everything up to the floor: this member, if it lacks
+            // any of it, was not in the region then.
+            stream.window.skip_to(now, s.floor.next(), false);
+        }
         stream.window.on_highest(now, s.highest);
         self.drain_stream(key);
     }
@@ -795,6 +975,7 @@ impl NodeCore {
         let state = StreamState {
             region: *region,
             highest: stream.highest(),
+            floor: stream.acked,
         };
         header.write(buf).ok()?;
         let body = state.write(&mut buf[HEADER_LEN..]).ok()?;
@@ -816,7 +997,18 @@ impl NodeCore {
 
     /// Builds the next data packet of the next ready region into `buf`.
     fn poll_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let region = *self.ready.front()?;
+        // The first ready region whose send window is open (full windows wait for the ring's
+        // acknowledgement; their queues push back on publishers).
+        let mut region = None;
+        for _ in 0..self.ready.len() {
+            let r = *self.ready.front()?;
+            if self.send.get(&r).is_some_and(|s| self.window_open(s)) {
+                region = Some(r);
+                break;
+            }
+            self.ready.rotate_left(1);
+        }
+        let region = region?;
         let header = self.header(PacketKind::Data);
         let frag_header = self.header(PacketKind::Fragment);
         let budget = buf.len().min(self.config.max_datagram);
@@ -874,6 +1066,17 @@ impl NodeCore {
             len
         };
         stream.next_seq = seq.next();
+        if self.config.reliable {
+            stream
+                .unacked
+                .push_back(Bytes::copy_from_slice(&buf[..len]));
+            stream.unacked_bytes += len;
+            self.stats.unacked_bytes_peak = self
+                .stats
+                .unacked_bytes_peak
+                .max(stream.unacked_bytes as u64);
+        }
+        self.stats.data_bytes_sent += len as u64;
         stream.state_backoff = self.config.stream_state_delay;
         stream.state_at = Some(now + self.config.stream_state_delay);
         stream.state_repeats_left = self.config.stream_state_repeats;
@@ -883,6 +1086,11 @@ impl NodeCore {
             self.ready.push_back(region);
         }
         self.stats.data_packets_sent += 1;
+        if Some(region) == self.own_region {
+            if let Some(ring) = self.ring.as_mut() {
+                ring.on_data();
+            }
+        }
         Some(Transmit {
             destination,
             class: TrafficClass::Data,
@@ -903,7 +1111,7 @@ pub enum PublishRefused {
 }
 
 impl Driven for NodeCore {
-    fn handle_datagram(&mut self, now: Instant, _from: SocketAddr, datagram: Bytes) {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
         self.stats.datagrams_received += 1;
         let (header, kind) = match wire::parse(&datagram) {
             Ok((h, _)) => (h, h.kind),
@@ -925,19 +1133,24 @@ impl Driven for NodeCore {
             PacketKind::Announce => match wire::Announce::parse(&body) {
                 Ok(a) => {
                     self.discovery.handle_announce(now, header.sender, a);
-                    self.drain_discovery();
+                    self.drain_discovery(now);
                 }
                 Err(_) => self.stats.drops.malformed += 1,
             },
-            PacketKind::Data => self.handle_data(now, header.sender, body, false),
-            PacketKind::Fragment => self.handle_data(now, header.sender, body, true),
+            PacketKind::Data => self.handle_data(now, header.sender, &datagram, false),
+            PacketKind::Fragment => self.handle_data(now, header.sender, &datagram, true),
             PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
+            PacketKind::Token => self.handle_token(now, header.sender, &body),
+            PacketKind::TokenAck => self.handle_token_ack(now, &body),
+            PacketKind::RepairRequest => self.handle_repair_request(from, &body),
+            PacketKind::SenderAck => self.handle_sender_ack_body(now, &body),
         }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.discovery.handle_timeout(now);
-        self.drain_discovery();
+        self.drain_discovery(now);
+        self.ring_timeout(now);
         let due: Vec<(NodeId, RegionId)> = self
             .recv
             .iter()
@@ -962,8 +1175,12 @@ impl Driven for NodeCore {
                 len,
             });
         }
+        if let Some(t) = self.poll_out(buf) {
+            return Some(t);
+        }
         if let Some(t) = self.poll_stream_state(now, buf) {
             self.stats.control_packets_sent += 1;
+            self.stats.control_bytes_sent += t.len as u64;
             return Some(t);
         }
         self.poll_data(now, buf)
@@ -973,7 +1190,13 @@ impl Driven for NodeCore {
         let states = self.send.values().filter_map(|s| s.state_at);
         let holes = self.recv.values().filter_map(|s| s.window.deadline());
         let discovery = self.discovery.poll_timeout();
-        Some(states.chain(holes).fold(discovery, Instant::min))
+        let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
+        Some(
+            states
+                .chain(holes)
+                .chain(ring)
+                .fold(discovery, Instant::min),
+        )
     }
 
     fn poll_command(&mut self) -> Option<SocketCommand> {

@@ -82,6 +82,9 @@ pub struct SimConfig {
     pub duplicate_delay: Duration,
     /// Probability that a delivered copy has one random bit flipped.
     pub corrupt: f64,
+    /// Extra probability of losing a unicast control-class datagram (on top of `loss`): aims
+    /// faults at the recovery protocol's tokens, acknowledgements and requests.
+    pub unicast_control_loss: f64,
 }
 
 impl Default for SimConfig {
@@ -94,6 +97,7 @@ impl Default for SimConfig {
             duplicate: 0.0,
             duplicate_delay: Duration::from_micros(10),
             corrupt: 0.0,
+            unicast_control_loss: 0.0,
         }
     }
 }

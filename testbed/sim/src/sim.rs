@@ -783,21 +783,28 @@ impl<N: Driven> Sim<N> {
                     .map(|m| m.iter().copied().collect())
                     .unwrap_or_default();
                 for receiver in members {
-                    self.send_copy(from, receiver, class, datagram.clone());
+                    self.send_copy(from, receiver, class, datagram.clone(), false);
                 }
             }
             // Nobody can join an IPv6 group: such a datagram reaches no one, like a multicast
             // group without members.
             SocketAddr::V6(v6) if v6.ip().is_multicast() => {}
             unicast => match self.by_addr.get(&unicast) {
-                Some(&receiver) => self.send_copy(from, receiver, class, datagram),
+                Some(&receiver) => self.send_copy(from, receiver, class, datagram, true),
                 None => self.slots[from.0].stats.unroutable += 1,
             },
         }
     }
 
     /// Decides the fate of one copy for one receiver and schedules its arrival.
-    fn send_copy(&mut self, from: NodeIndex, to: NodeIndex, class: TrafficClass, datagram: Bytes) {
+    fn send_copy(
+        &mut self,
+        from: NodeIndex,
+        to: NodeIndex,
+        class: TrafficClass,
+        datagram: Bytes,
+        unicast: bool,
+    ) {
         let now = self.now;
         let from_addr = self.slots[from.0].addr;
         let crosses = self.partitioned && self.slots[from.0].side != self.slots[to.0].side;
@@ -822,7 +829,12 @@ impl<N: Driven> Sim<N> {
         let model = slot.loss.unwrap_or(config.loss);
         let fate = if crosses {
             Fate::Partitioned
-        } else if slot.loss_state.lose(&model, &mut slot.rng) {
+        } else if slot.loss_state.lose(&model, &mut slot.rng)
+            || (unicast
+                && class == TrafficClass::Control
+                && config.unicast_control_loss > 0.0
+                && slot.rng.chance(config.unicast_control_loss))
+        {
             Fate::Lost
         } else {
             Fate::Deliver

@@ -6,8 +6,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
-    self, Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, StreamState, WireError,
-    HEADER_LEN,
+    self, Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RepairRequest, SenderAck,
+    SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError, HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
@@ -30,6 +30,103 @@ fn parse_any(datagram: &[u8]) -> Result<(), WireError> {
         }
         PacketKind::Fragment => Fragment::parse(body).map(drop),
         PacketKind::StreamState => StreamState::parse(&body).map(drop),
+        PacketKind::Token => Token::parse(&body).map(|t| assert_eq!(t.wire_len(), body.len())),
+        PacketKind::TokenAck => TokenAck::parse(&body).map(drop),
+        PacketKind::RepairRequest => RepairRequest::parse(&body).map(drop),
+        PacketKind::SenderAck => SenderAck::parse(&body).map(drop),
+    }
+}
+
+fn ranges() -> impl Strategy<Value = Vec<SeqRange>> {
+    prop::collection::vec(
+        (any::<u32>(), 1u32..1000).prop_map(|(f, c)| SeqRange {
+            first: Seq(f),
+            count: c,
+        }),
+        0..6,
+    )
+}
+
+fn option_seq() -> impl Strategy<Value = Option<Seq>> {
+    prop::option::of(any::<u32>().prop_map(Seq))
+}
+
+fn token() -> impl Strategy<Value = Token> {
+    (0usize..=6).prop_flat_map(|parts| {
+        let record = (
+            (
+                any::<u64>(),
+                any::<u32>(),
+                any::<u32>(),
+                option_seq(),
+                any::<u64>(),
+                any::<u32>(),
+            ),
+            prop::collection::vec(option_seq(), parts),
+            prop::collection::vec(option_seq(), parts),
+            ranges(),
+            ranges(),
+        )
+            .prop_map(
+                |((s, h, c, prefix, lag, cl), pp, pc, lack, naks)| TokenRecord {
+                    sender: NodeId(s),
+                    highest: Seq(h),
+                    cutoff: Seq(c),
+                    prefix,
+                    laggard: prefix.map(|_| NodeId(lag)),
+                    cleanup: Seq(cl),
+                    partition_prefix: pp,
+                    partition_current: pc,
+                    lack,
+                    naks,
+                },
+            );
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+            any::<u16>(),
+            prop::collection::vec(record, 0..4),
+        )
+            .prop_map(|(region, view, round, hop, records)| Token {
+                region: RegionId(region),
+                view,
+                round,
+                hop,
+                records,
+            })
+    })
+}
+
+proptest! {
+    #[test]
+    fn recovery_packets_round_trip(
+        t in token(),
+        ack in (any::<u64>(), any::<u64>(), any::<u32>(), any::<u16>()),
+        req in (any::<u64>(), any::<u64>(), ranges()),
+        sack in (any::<u64>(), any::<u32>(), any::<u32>(), ranges()),
+    ) {
+        let mut buf = vec![0u8; 8192];
+        let n = t.write(&mut buf).unwrap();
+        prop_assert_eq!(n, t.wire_len());
+        prop_assert_eq!(Token::parse(&buf[..n]).unwrap(), t);
+        let a = TokenAck { region: RegionId(ack.0), view: ack.1, round: ack.2, hop: ack.3 };
+        let n = a.write(&mut buf).unwrap();
+        prop_assert_eq!(TokenAck::parse(&buf[..n]).unwrap(), a);
+        let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), ranges: req.2 };
+        let n = r.write(&mut buf).unwrap();
+        prop_assert_eq!(RepairRequest::parse(&buf[..n]).unwrap(), r);
+        let s = SenderAck { region: RegionId(sack.0), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3 };
+        let n = s.write(&mut buf).unwrap();
+        prop_assert_eq!(SenderAck::parse(&buf[..n]).unwrap(), s);
+    }
+
+    #[test]
+    fn recovery_bodies_from_arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..400)) {
+        let _ = Token::parse(&body);
+        let _ = TokenAck::parse(&body);
+        let _ = RepairRequest::parse(&body);
+        let _ = SenderAck::parse(&body);
     }
 }
 
@@ -90,7 +187,7 @@ proptest! {
 
     #[test]
     fn stream_states_round_trip(region: u64, seq: u32) {
-        let s = StreamState { region: RegionId(region), highest: Seq(seq) };
+        let s = StreamState { region: RegionId(region), highest: Seq(seq), floor: Seq(seq.wrapping_sub(7)) };
         let mut buf = [0u8; 64];
         header(PacketKind::StreamState, 1).write(&mut buf).unwrap();
         let n = s.write(&mut buf[HEADER_LEN..]).unwrap();
@@ -106,10 +203,11 @@ proptest! {
 
     /// Random bytes almost never pass the checksum, so also fuzz bodies behind a valid header.
     #[test]
-    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=4,
+    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=8,
         body in prop::collection::vec(any::<u8>(), 0..1500)) {
         let kind = match kind { 1 => PacketKind::Announce, 2 => PacketKind::Data,
-            3 => PacketKind::Fragment, _ => PacketKind::StreamState };
+            3 => PacketKind::Fragment, 4 => PacketKind::StreamState, 5 => PacketKind::Token,
+            6 => PacketKind::TokenAck, 7 => PacketKind::RepairRequest, _ => PacketKind::SenderAck };
         let mut buf = vec![0u8; HEADER_LEN + body.len()];
         header(kind, 5).write(&mut buf).unwrap();
         buf[HEADER_LEN..].copy_from_slice(&body);

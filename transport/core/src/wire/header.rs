@@ -23,6 +23,14 @@ pub enum PacketKind {
     Fragment = 3,
     /// A sender's stream position ([`super::StreamState`]).
     StreamState = 4,
+    /// A region ring's token ([`super::Token`]).
+    Token = 5,
+    /// A token hop's acknowledgement ([`super::TokenAck`]).
+    TokenAck = 6,
+    /// A repair request ([`super::RepairRequest`]).
+    RepairRequest = 7,
+    /// A region leader's acknowledgement to a sender ([`super::SenderAck`]).
+    SenderAck = 8,
 }
 
 impl PacketKind {
@@ -32,6 +40,10 @@ impl PacketKind {
             2 => PacketKind::Data,
             3 => PacketKind::Fragment,
             4 => PacketKind::StreamState,
+            5 => PacketKind::Token,
+            6 => PacketKind::TokenAck,
+            7 => PacketKind::RepairRequest,
+            8 => PacketKind::SenderAck,
             other => return Err(WireError::UnknownKind(other)),
         })
     }

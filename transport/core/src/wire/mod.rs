@@ -11,12 +11,14 @@
 //!
 //! Bodies: [`Announce`] (discovery), data packets (several small messages packed, see
 //! [`DataWriter`] and [`DataPacket`], or one fragment of a large message) and [`StreamState`]
-//! (a sender's highest sequence number per stream, so receivers see losses at a stream's tail).
+//! (a sender's highest sequence number per stream, so receivers see losses at a stream's tail);
+//! recovery packets ([`Token`], [`TokenAck`], [`RepairRequest`], [`SenderAck`]).
 //! Parsing never panics on any input; every error is a [`WireError`].
 
 mod announce;
 mod data;
 mod header;
+mod recovery;
 mod stream;
 
 pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
@@ -25,6 +27,9 @@ pub use data::{
     MESSAGE_OVERHEAD,
 };
 pub use header::{finish, parse, Header, PacketKind, HEADER_LEN, MAGIC, VERSION};
+pub use recovery::{
+    RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord, MAX_PARTITIONS, TOKEN_ACK_LEN,
+};
 pub use stream::{StreamState, STREAM_STATE_LEN};
 
 /// Why a datagram was rejected. Each variant is a counted drop reason.

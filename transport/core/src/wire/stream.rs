@@ -1,12 +1,14 @@
-//! Stream state: a sender's highest sequence number in one (sender, region) stream. Sent after a
-//! stream goes idle (like PGM's source path messages) so receivers detect losses at its tail.
+//! Stream state: a sender's highest sequence number in one (sender, region) stream, and the
+//! stability floor it was acknowledged. Sent after a stream goes idle (like PGM's source path
+//! messages) so receivers detect losses at its tail, and when a region's ring knows less than
+//! the sender already freed (a receiver then starts after the floor).
 
 use crate::{RegionId, Seq};
 
 use super::{u32_at, u64_at, WireError};
 
 /// Body bytes of a [`StreamState`].
-pub const STREAM_STATE_LEN: usize = 12;
+pub const STREAM_STATE_LEN: usize = 16;
 
 /// The highest sequence number a sender has sent in a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +17,8 @@ pub struct StreamState {
     pub region: RegionId,
     /// The highest sequence number sent so far.
     pub highest: Seq,
+    /// Everything up to here was acknowledged by the region and freed by the sender.
+    pub floor: Seq,
 }
 
 impl StreamState {
@@ -25,6 +29,7 @@ impl StreamState {
             .ok_or(WireError::BufferTooSmall)?;
         b[0..8].copy_from_slice(&self.region.0.to_be_bytes());
         b[8..12].copy_from_slice(&self.highest.0.to_be_bytes());
+        b[12..16].copy_from_slice(&self.floor.0.to_be_bytes());
         Ok(STREAM_STATE_LEN)
     }
 
@@ -36,6 +41,7 @@ impl StreamState {
         Ok(StreamState {
             region: RegionId(u64_at(body, 0)),
             highest: Seq(u32_at(body, 8)),
+            floor: Seq(u32_at(body, 12)),
         })
     }
 }
