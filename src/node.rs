@@ -113,6 +113,7 @@ pub struct NodeBuilder {
     announce_interval: Duration,
     peer_timeout: Duration,
     inject_loss: f64,
+    reliable: bool,
     node_id: Option<NodeId>,
     seed: Option<u64>,
 }
@@ -135,6 +136,7 @@ impl Default for NodeBuilder {
             announce_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             inject_loss: 0.0,
+            reliable: true,
             node_id: None,
             seed: None,
         }
@@ -235,6 +237,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Reliable delivery (default): the region's recovery ring repairs every loss and the
+    /// publisher is slowed rather than anything dropped. `false` gives best-effort delivery:
+    /// losses are reported as gaps in the stats, never repaired.
+    pub fn reliable(mut self, on: bool) -> Self {
+        self.reliable = on;
+        self
+    }
+
     /// A fixed node id (default: random).
     pub fn node_id(mut self, id: NodeId) -> Self {
         self.node_id = Some(id);
@@ -294,6 +304,7 @@ impl NodeBuilder {
         config.send_queue_bytes = self.send_queue_bytes;
         config.max_message_bytes = self.max_message_bytes;
         config.inject_loss = self.inject_loss;
+        config.reliable = self.reliable;
         config.discovery = DiscoveryConfig {
             announce_interval: self.announce_interval,
             peer_timeout: self.peer_timeout,

@@ -6,6 +6,10 @@
 //! receiver; the ratio column divides Quicksilver's message rate by the raw message rate of the
 //! same size. `qs bench raw-send` / `raw-recv` run the raw baseline across processes (network
 //! namespaces), next to `qs pub` / `qs sub --json`.
+//!
+//! `--loss 0,0.01,0.05` repeats the Quicksilver run with that fraction of incoming data
+//! packets dropped at every receiver (the in-process loss injector), so throughput under loss
+//! and the recovery traffic it costs are measured next to the lossless run.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -42,6 +46,9 @@ pub struct BenchArgs {
     /// Print one JSON document instead of the table.
     #[arg(long)]
     json: bool,
+    /// Loss injected at every receiver, one Quicksilver run per value (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.0f64])]
+    loss: Vec<f64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +90,10 @@ struct Figures {
     gaps: u64,
     /// CPU time of the whole process (sender and receivers) per message sent.
     cpu_us_per_msg: f64,
+    /// Control and repair bytes sent by all nodes relative to data bytes first sent.
+    overhead: f64,
+    /// Packets repaired by peers plus packets the sender re-multicast.
+    repairs: u64,
 }
 
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
@@ -149,6 +160,8 @@ impl Figures {
             },
             "gaps": self.gaps,
             "cpu_us_per_msg": self.cpu_us_per_msg,
+            "control_and_repair_over_data": self.overhead,
+            "repairs": self.repairs,
         })
     }
 }
@@ -165,6 +178,9 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(s) = a.sizes.iter().find(|s| **s < STAMP_LEN || **s > 60_000) {
         bail!("--sizes: {s} is outside {STAMP_LEN}..=60000");
     }
+    if let Some(l) = a.loss.iter().find(|l| !(0.0..0.5).contains(*l)) {
+        bail!("--loss: {l} is outside [0, 0.5)");
+    }
     let mut rows = Vec::new();
     for &size in &a.sizes {
         if !a.json {
@@ -180,18 +196,24 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 a.count, a.receivers
             );
         }
-        let qs = quicksilver_loopback(&a, size)?;
+        let mut qs = Vec::new();
+        for &loss in &a.loss {
+            qs.push((loss, quicksilver_loopback(&a, size, loss)?));
+        }
         rows.push((size, raw, qs));
     }
     if a.json {
         let runs: Vec<Value> = rows
             .iter()
-            .map(|(size, raw, qs)| {
-                json!({
-                    "size": size, "receivers": a.receivers, "count": a.count,
-                    "raw": raw.to_json(*size), "quicksilver": qs.to_json(*size),
-                    "msgs_ratio": qs.msgs_per_s / raw.msgs_per_s,
-                    "packets_ratio": qs.packets_per_s / raw.packets_per_s,
+            .flat_map(|(size, raw, qs)| {
+                qs.iter().map(move |(loss, qs)| {
+                    json!({
+                        "size": size, "receivers": a.receivers, "count": a.count,
+                        "injected_loss": loss,
+                        "raw": raw.to_json(*size), "quicksilver": qs.to_json(*size),
+                        "msgs_ratio": qs.msgs_per_s / raw.msgs_per_s,
+                        "packets_ratio": qs.packets_per_s / raw.packets_per_s,
+                    })
                 })
             })
             .collect();
@@ -203,7 +225,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         a.receivers, a.count
     );
     println!(
-        "{:>6} {:>5} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8}",
+        "{:>6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8}",
         "size",
         "",
         "msg/s",
@@ -215,12 +237,23 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "p99 µs",
         "max ms",
         "gaps",
-        "ratio"
+        "ratio",
+        "repairs",
+        "ctl+rep"
     );
     for (size, raw, qs) in rows {
-        for (name, f) in [("raw", raw), ("qs", qs)] {
+        let lossless = qs.iter().find(|(l, _)| *l == 0.0).map(|(_, f)| f.msgs_per_s);
+        let named = qs.iter().map(|(loss, f)| {
+            let name = if *loss == 0.0 {
+                "qs".to_string()
+            } else {
+                format!("qs {:.0}%", loss * 100.0)
+            };
+            (name, *f)
+        });
+        for (name, f) in std::iter::once(("raw".to_string(), raw)).chain(named) {
             println!(
-                "{:>6} {:>5} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x",
+                "{:>6} {:>8} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x {:>8} {:>7.2}%",
                 size,
                 name,
                 f.msgs_per_s,
@@ -232,11 +265,22 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 f.latency_us[2],
                 f.latency_us[4] / 1e3,
                 f.gaps,
-                f.msgs_per_s / raw.msgs_per_s
+                f.msgs_per_s / raw.msgs_per_s,
+                f.repairs,
+                f.overhead * 100.0
             );
         }
+        if let Some(base) = lossless {
+            for (loss, f) in qs.iter().filter(|(l, _)| *l > 0.0) {
+                println!(
+                    "{size:>6} B with {:.0}% loss at every receiver: {:.1}% of the lossless rate",
+                    loss * 100.0,
+                    100.0 * f.msgs_per_s / base
+                );
+            }
+        }
     }
-    println!("(per receiver; ratio: message rate relative to raw UDP multicast of the same size; cpu: whole process per message sent; latency includes queueing at full load)");
+    println!("(per receiver; ratio: message rate relative to raw UDP multicast of the same size; cpu: whole process per message sent; latency includes queueing at full load; repairs: packets served by peers or re-multicast by the sender; ctl+rep: control and repair bytes of all nodes over data bytes)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -290,19 +334,20 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
     Ok(f)
 }
 
-fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
-    let cluster = format!("bench-{}-{size}", std::process::id());
-    let build = || {
+fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result<Figures> {
+    let cluster = format!("bench-{}-{size}-{}", std::process::id(), (loss * 1e4) as u64);
+    let build = |loss: f64| {
         Node::builder()
+            .inject_loss(loss)
             .cluster(&cluster)
             .control_group(SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), a.port + 1))
             .data_port(a.port + 2)
             .announce_interval(Duration::from_millis(100))
             .build()
     };
-    let publisher = build()?;
+    let publisher = build(0.0)?;
     let subscribers: Vec<Node> = (0..a.receivers)
-        .map(|_| build())
+        .map(|_| build(loss))
         .collect::<Result<_, _>>()?;
     let delivered = Arc::new(AtomicU64::new(0));
     let threads: Vec<_> = subscribers
@@ -359,6 +404,16 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         }
         f.gaps += stats.core.gaps;
     }
+    // Let the last acknowledgements come back before counting recovery traffic.
+    std::thread::sleep(Duration::from_millis(300));
+    let (mut data, mut control) = (0u64, 0u64);
+    for node in std::iter::once(&publisher).chain(&subscribers) {
+        let s = node.stats()?.core;
+        data += s.data_bytes_sent;
+        control += s.control_bytes_sent;
+        f.repairs += s.repairs_served + s.retransmitted;
+    }
+    f.overhead = control as f64 / data.max(1) as f64;
     f.cpu_us_per_msg = (cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
     drop(progress);
     Ok(f)

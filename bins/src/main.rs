@@ -60,6 +60,9 @@ pub struct NetArgs {
     /// Drop this fraction of incoming data packets on purpose (loss injection).
     #[arg(long, default_value_t = 0.0)]
     pub inject_loss: f64,
+    /// Best-effort delivery: report losses as gaps instead of repairing them.
+    #[arg(long)]
+    pub best_effort: bool,
 }
 
 impl NetArgs {
@@ -71,6 +74,7 @@ impl NetArgs {
             .control_group(self.control_group)
             .data_port(self.data_port)
             .inject_loss(self.inject_loss)
+            .reliable(!self.best_effort)
     }
 }
 

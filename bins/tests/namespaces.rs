@@ -1,6 +1,7 @@
-//! Real sockets across network namespaces: `qs pub` in one namespace, `qs sub --json` in two
-//! others, on a bridge built by `testbed/scripts/ns-pubsub-test.sh` (torn down afterwards).
-//! Needs root for namespaces; without it the test says so and passes as skipped.
+//! Real sockets across network namespaces: `qs pub` in one namespace, `qs sub --json` in
+//! others, on a bridge built by `testbed/scripts/ns-pubsub-test.sh` (torn down afterwards);
+//! lossless, and with nftables dropping data frames at every subscriber (recovery must repair
+//! every one). Needs root for namespaces; without it the tests say so and pass as skipped.
 
 use std::process::Command;
 
@@ -9,8 +10,8 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-#[test]
-fn qs_pub_reaches_two_qs_subs_in_other_namespaces_completely() {
+/// Runs the namespace pub/sub script with `args`; asserts `subs` subscribers passed.
+fn ns_pubsub(args: &[&str], subs: usize) {
     if !is_root() {
         eprintln!("SKIP: network namespaces need root");
         return;
@@ -21,7 +22,8 @@ fn qs_pub_reaches_two_qs_subs_in_other_namespaces_completely() {
     );
     let out = Command::new("bash")
         .arg(script)
-        .args(["--qs", env!("CARGO_BIN_EXE_qs"), "--count", "10000"])
+        .args(["--qs", env!("CARGO_BIN_EXE_qs")])
+        .args(args)
         .output()
         .expect("bash runs");
     let text = format!(
@@ -33,7 +35,19 @@ fn qs_pub_reaches_two_qs_subs_in_other_namespaces_completely() {
     assert!(out.status.success(), "namespace test failed:\n{text}");
     assert_eq!(
         text.matches("PASS").count(),
-        2,
-        "two subscribers passed:\n{text}"
+        subs,
+        "every subscriber passed:\n{text}"
     );
+}
+
+#[test]
+fn qs_pub_reaches_two_qs_subs_in_other_namespaces_completely() {
+    ns_pubsub(&["--count", "10000"], 2);
+}
+
+#[test]
+fn two_percent_data_loss_at_three_subscribers_is_fully_repaired() {
+    // Each subscriber's eth0 drops 2% of the frames to the data port (nftables): every
+    // subscriber must still report all messages, no duplicate, nothing out of order, no gap.
+    ns_pubsub(&["--count", "20000", "--subs", "3", "--loss", "2"], 3);
 }

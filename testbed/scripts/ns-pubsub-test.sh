@@ -1,24 +1,26 @@
 #!/usr/bin/env bash
-# ns-pubsub-test.sh: end-to-end check of `qs pub` -> 2 x `qs sub` across network namespaces.
+# ns-pubsub-test.sh: end-to-end check of `qs pub` -> K x `qs sub` across network namespaces.
 #
 # Usage:
-#   ns-pubsub-test.sh [--qs PATH] [--count N] [--loss PERCENT] [--size B] [--rate R]
-#                     [--skip-code C] [--keep-logs]
+#   ns-pubsub-test.sh [--qs PATH] [--count N] [--subs K] [--loss PERCENT] [--loss-all]
+#                     [--size B] [--rate R] [--skip-code C] [--keep-logs]
 #
-#   Builds a 3-host LAN (lan.sh, unique prefix qst<pid>), starts in hosts 2 and 3
+#   Builds a (K+1)-host LAN (lan.sh, unique prefix qst<pid>), starts in hosts 2..K+1
 #     qs sub --json --topic t1 --topic t2 --count N --timeout 20 --iface <host addr>
 #   in the background, then in host 1
-#     qs pub --topic t1 --topic t2 --count N --size 256 --rate 20000 --subscribers 2 --iface <addr>
+#     qs pub --topic t1 --topic t2 --count N --size 256 --rate 20000 --subscribers K --iface <addr>
 #   waits for the subscribers and checks each one's JSON summary line: received == N and
 #   duplicates == out_of_order == gaps == 0. Prints one PASS/FAIL line per subscriber (and a FAIL
 #   line for the publisher if it exits non-zero), then `ns-pubsub-test: P passed, F failed`.
-#   Exit 0 when both subscribers pass, 1 otherwise. The LAN is always torn down (trap).
+#   Exit 0 when every subscriber passes, 1 otherwise. The LAN is always torn down (trap).
 #
 #   --qs PATH       qs binary (default: target/release/qs of this repo if it exists, else
 #                   target/debug/qs)
 #   --count N       messages (default 10000)
-#   --loss PERCENT  random UDP frame loss on the subscribers' links (loss.sh); the check is
-#                   unchanged (it is expected to fail until loss recovery exists)
+#   --subs K        subscribers (default 2)
+#   --loss PERCENT  random loss of data frames (UDP to the data port 7401) arriving at each
+#                   subscriber (loss.sh); the check is unchanged: recovery must repair it all
+#   --loss-all      apply --loss to every UDP frame (tokens, requests, discovery too)
 #   --size B, --rate R   publisher payload size (default 256) and rate (default 20000/s)
 #   --skip-code C   exit code when not root (default 0); the line "SKIP: needs root for network
 #                   namespaces" is printed either way
@@ -37,7 +39,9 @@ usage() {
 
 qs=""
 count=10000
+subs=2
 loss=""
+loss_all=0
 size=256
 rate=20000
 skip_code=0
@@ -46,7 +50,9 @@ while [ $# -gt 0 ]; do
     case $1 in
     --qs) [ $# -ge 2 ] || usage; qs=$2; shift 2 ;;
     --count) [ $# -ge 2 ] || usage; count=$2; shift 2 ;;
+    --subs) [ $# -ge 2 ] || usage; subs=$2; shift 2 ;;
     --loss) [ $# -ge 2 ] || usage; loss=$2; shift 2 ;;
+    --loss-all) loss_all=1; shift ;;
     --size) [ $# -ge 2 ] || usage; size=$2; shift 2 ;;
     --rate) [ $# -ge 2 ] || usage; rate=$2; shift 2 ;;
     --skip-code) [ $# -ge 2 ] || usage; skip_code=$2; shift 2 ;;
@@ -56,6 +62,8 @@ while [ $# -gt 0 ]; do
     esac
 done
 [[ $count =~ ^[1-9][0-9]*$ ]] || die "bad --count '$count'"
+[[ $subs =~ ^[1-9][0-9]?$ ]] || die "bad --subs '$subs'"
+hosts=$((subs + 1))
 if ! [[ $skip_code =~ ^[0-9]+$ ]] || [ "$skip_code" -gt 255 ]; then die "bad --skip-code '$skip_code'"; fi
 limit=${NS_PUBSUB_TIMEOUT:-120}
 
@@ -105,7 +113,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 lan_up=1 # set before 'up': a half-built LAN is removed too
-"$SCRIPT_DIR/lan.sh" up "$prefix" 3 >"$logs/lan.log" 2>&1 || {
+"$SCRIPT_DIR/lan.sh" up "$prefix" "$hosts" >"$logs/lan.log" 2>&1 || {
     cat "$logs/lan.log" >&2
     echo "FAIL: could not build the namespace LAN"
     echo "ns-pubsub-test: 0 passed, 1 failed"
@@ -113,11 +121,13 @@ lan_up=1 # set before 'up': a half-built LAN is removed too
 }
 a1=$("$SCRIPT_DIR/lan.sh" addr "$prefix" 1)
 if [ -n "$loss" ]; then
-    for i in 2 3; do "$SCRIPT_DIR/loss.sh" "$prefix" "$i" random "$loss"; done
+    ports=(--dport 7401-7401)
+    [ "$loss_all" -eq 1 ] && ports=()
+    for i in $(seq 2 "$hosts"); do "$SCRIPT_DIR/loss.sh" "$prefix" "$i" random "$loss" "${ports[@]}"; done
 fi
 
 echo "ns-pubsub-test: LAN $prefix, qs $qs, $count messages, size $size, rate $rate/s${loss:+, loss $loss% on subscribers}"
-for i in 2 3; do
+for i in $(seq 2 "$hosts"); do
     addr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$i")
     timeout "$limit" ip netns exec "$(ns_name "$prefix" "$i")" "$qs" sub --json \
         --topic t1 --topic t2 --count "$count" --timeout 20 --iface "$addr" \
@@ -127,7 +137,7 @@ done
 
 # In the background + wait, so that INT/TERM are handled at once (and cleanup runs).
 timeout "$limit" ip netns exec "$(ns_name "$prefix" 1)" "$qs" pub \
-    --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers 2 \
+    --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers "$subs" \
     --iface "$a1" >"$logs/pub.out" 2>"$logs/pub.err" &
 pub_pid=$!
 pids+=("$pub_pid")
@@ -135,7 +145,7 @@ pub_rc=0
 wait "$pub_pid" || pub_rc=$?
 
 sub_rc=()
-for pid in "${pids[@]:0:2}"; do
+for pid in "${pids[@]:0:$subs}"; do
     rc=0
     wait "$pid" || rc=$?
     sub_rc+=("$rc")
@@ -144,7 +154,7 @@ pids=()
 
 passed=0
 failed=0
-for k in 0 1; do
+for k in $(seq 0 $((subs - 1))); do
     i=$((k + 2))
     addr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$i")
     verdict=$(python3 - "$logs/sub$i.json" "$count" <<'EOF'
