@@ -16,13 +16,22 @@
 //! * [`Membership`] — SWIM + Lifeguard failure detection and membership ([`MembershipEvent`]).
 //! * [`Subscriptions`] — each node's signature (sorted topic ids), address and version,
 //!   replicated everywhere by push-pull anti-entropy ([`sync`]).
+//! * [`Reachability`] — which members do not hear which region's multicast
+//!   ([`ReachabilityEvent`], [`Reachability::unreachable_members`]), for unicast fallback.
+//! * [`Health`] — Astrolabe-style health: per-node [`NodeHealth`] records (bounded), region
+//!   aggregates and their cluster roll-up ([`Aggregate`]).
 //!
 //! # What it does not do (yet)
 //!
-//! No health aggregation (Astrolabe), no multicast reachability probing, no region derivation
-//! (feed [`Subscriptions::records`] to `qs-regions`), no `qs top`. Membership from the
-//! multicast announce bootstrap (`qs-membership`) keeps working beside it; the two are not
-//! yet reconciled. No encryption or authentication: any node of the cluster id is trusted.
+//! [`Health`] aggregates one level (region → cluster) and only as exactly as each region's
+//! members hold all of that region's records (`records_max`); nothing feeds it yet (the owner
+//! calls [`Health::set_local`] and [`Health::set_region`]). [`Reachability`] judges a region
+//! by data heard while the owner says senders are active: no active probing, no per-sender
+//! silence, and nothing in the data plane consumes [`Reachability::unreachable_members`] yet.
+//! No region derivation (feed [`Subscriptions::records`] to `qs-regions`), no `qs top`.
+//! Membership from the multicast announce bootstrap (`qs-membership`) keeps working beside
+//! it; the two are not yet reconciled. No encryption or authentication: any node of the
+//! cluster id is trusted.
 //!
 //! # Calling contract
 //!
@@ -36,18 +45,28 @@
 //! See [`wire`]: the common 24-byte header with kind [`wire::GOSSIP_KIND`], then sections
 //! `tag u8 | priority u8 | len u16 | payload`.
 
+mod epidemic;
+pub mod health;
 pub mod membership;
 pub mod node;
 pub mod object;
+pub mod reachability;
 pub mod subscriptions;
 pub mod sync;
 pub mod wire;
 
+pub use health::{
+    Aggregate, Health, HealthConfig, HealthRecord, HealthStats, Metric, MetricSummary, NodeHealth,
+    RegionAggregate,
+};
 pub use membership::{
     Member, Membership, MembershipConfig, MembershipEvent, MembershipStats, Status,
 };
 pub use node::{AddObjectError, GossipConfig, GossipEvent, GossipNode, NodeStats, ObjectStats};
 pub use object::{GossipObject, Outbox, Peer, PeerView};
+pub use reachability::{
+    Reachability, ReachabilityConfig, ReachabilityEvent, ReachabilityReport, ReachabilityStats,
+};
 pub use subscriptions::{
     SubscriptionRecord, Subscriptions, SubscriptionsConfig, SubscriptionsStats,
 };

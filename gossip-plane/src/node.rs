@@ -12,8 +12,10 @@ use qs_transport::{
     ClusterId, Driven, Instant, NodeId, Prng, SocketCommand, TopicId, TrafficClass, Transmit,
 };
 
+use crate::health::{Health, HealthConfig, HEALTH_TAG};
 use crate::membership::{Membership, MembershipConfig, MembershipEvent, MEMBERSHIP_TAG};
 use crate::object::{GossipObject, Intents, Peer, PeerView};
+use crate::reachability::{Reachability, ReachabilityConfig, ReachabilityEvent, REACHABILITY_TAG};
 use crate::subscriptions::{Subscriptions, SubscriptionsConfig, SUBSCRIPTIONS_TAG};
 use crate::wire::{self, Priority, Sections, SECTION_HEADER_LEN};
 
@@ -41,6 +43,10 @@ pub struct GossipConfig {
     pub membership: MembershipConfig,
     /// Subscriptions.
     pub subscriptions: SubscriptionsConfig,
+    /// Multicast reachability reports.
+    pub reachability: ReachabilityConfig,
+    /// Health records and aggregates.
+    pub health: HealthConfig,
 }
 
 impl GossipConfig {
@@ -58,6 +64,8 @@ impl GossipConfig {
             intents_max: 1024,
             membership: MembershipConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
+            reachability: ReachabilityConfig::default(),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -69,6 +77,8 @@ pub enum GossipEvent {
     Membership(MembershipEvent),
     /// The subscription record of this node changed (or was dropped).
     SubscriptionsChanged(NodeId),
+    /// A member stopped or started hearing a region's multicast.
+    Reachability(ReachabilityEvent),
 }
 
 /// Traffic counters of one object.
@@ -115,7 +125,10 @@ pub struct NodeStats {
     pub selection_overflow: u64,
     /// Events dropped from the full event queue.
     pub events_overflow: u64,
-    /// Per object, in object order (membership, subscriptions, then added objects).
+    /// Payloads an object wrote beyond its budget (dropped; a bug in that object).
+    pub oversize_writes: u64,
+    /// Per object, in object order (membership, subscriptions, reachability, health, then
+    /// added objects).
     pub objects: Vec<(&'static str, ObjectStats)>,
 }
 
@@ -151,7 +164,10 @@ pub struct GossipNode {
     config: GossipConfig,
     membership: Membership,
     subscriptions: Subscriptions,
+    reachability: Reachability,
+    health: Health,
     extras: Vec<Box<dyn GossipObject>>,
+    now: Instant,
     intents: Intents,
     next_round: Instant,
     rounds: u64,
@@ -171,16 +187,24 @@ impl std::fmt::Debug for GossipNode {
     }
 }
 
+/// Built-in objects before the added ones: membership, subscriptions, reachability, health.
+/// Reachability comes before health so that health, the larger, gets what is left of the MTU.
+const BUILTIN_OBJECTS: usize = 4;
+
 fn object<'a>(
     membership: &'a mut Membership,
     subscriptions: &'a mut Subscriptions,
+    reachability: &'a mut Reachability,
+    health: &'a mut Health,
     extras: &'a mut [Box<dyn GossipObject>],
     i: usize,
 ) -> &'a mut dyn GossipObject {
     match i {
         0 => membership,
         1 => subscriptions,
-        n => extras[n - 2].as_mut(),
+        2 => reachability,
+        3 => health,
+        n => extras[n - BUILTIN_OBJECTS].as_mut(),
     }
 }
 
@@ -208,12 +232,17 @@ impl GossipNode {
         stats
             .objects
             .push(("subscriptions", ObjectStats::default()));
+        stats.objects.push(("reachability", ObjectStats::default()));
+        stats.objects.push(("health", ObjectStats::default()));
         GossipNode {
             intents: Intents::new(config.intents_max),
             next_round: now + Duration::from_nanos(phase),
             membership,
             subscriptions,
+            reachability: Reachability::new(config.id, config.reachability.clone()),
+            health: Health::new(config.id, config.health.clone()),
             extras: Vec::new(),
+            now,
             rounds: 0,
             rng,
             events: VecDeque::new(),
@@ -223,16 +252,19 @@ impl GossipNode {
         }
     }
 
-    /// Adds a gossip object (its tag must be unused; membership is 0, subscriptions 1).
+    /// Adds a gossip object (its tag must be unused; membership is 0, subscriptions 1,
+    /// reachability 2, health 3).
     pub fn add_object(&mut self, object: Box<dyn GossipObject>) -> Result<(), AddObjectError> {
         let tag = object.tag();
         if tag == MEMBERSHIP_TAG
             || tag == SUBSCRIPTIONS_TAG
+            || tag == REACHABILITY_TAG
+            || tag == HEALTH_TAG
             || self.extras.iter().any(|o| o.tag() == tag)
         {
             return Err(AddObjectError::DuplicateTag(tag));
         }
-        if self.extras.len() + 2 >= 64 {
+        if self.extras.len() + BUILTIN_OBJECTS >= 64 {
             return Err(AddObjectError::TooManyObjects);
         }
         self.stats
@@ -262,6 +294,28 @@ impl GossipNode {
         &self.subscriptions
     }
 
+    /// The health object (records and region/cluster aggregates).
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// The health object, to publish our values ([`Health::set_local`]) and region.
+    pub fn health_mut(&mut self) -> &mut Health {
+        &mut self.health
+    }
+
+    /// The multicast reachability object (who does not hear which region).
+    pub fn reachability(&self) -> &Reachability {
+        &self.reachability
+    }
+
+    /// The multicast reachability object, to report what we expect and hear
+    /// ([`Reachability::expect`], [`Reachability::heard`]); its events come out of
+    /// [`GossipNode::poll_event`].
+    pub fn reachability_mut(&mut self) -> &mut Reachability {
+        &mut self.reachability
+    }
+
     /// Replaces our subscribed topics (spread by gossip from the next round).
     pub fn set_topics(&mut self, topics: impl IntoIterator<Item = TopicId>) {
         self.subscriptions.set_topics(topics);
@@ -276,6 +330,10 @@ impl GossipNode {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<GossipEvent> {
+        if self.events.is_empty() {
+            // Events raised through `reachability_mut` since the last call.
+            self.pump_events();
+        }
         self.events.pop_front()
     }
 
@@ -295,6 +353,8 @@ impl GossipNode {
     pub fn check_invariants(&self) {
         self.membership.check_invariants();
         GossipObject::check_invariants(&self.subscriptions);
+        GossipObject::check_invariants(&self.reachability);
+        GossipObject::check_invariants(&self.health);
         for o in &self.extras {
             o.check_invariants();
         }
@@ -304,7 +364,7 @@ impl GossipNode {
     }
 
     fn object_count(&self) -> usize {
-        2 + self.extras.len()
+        BUILTIN_OBJECTS + self.extras.len()
     }
 
     fn push_event(&mut self, e: GossipEvent) {
@@ -319,7 +379,9 @@ impl GossipNode {
         while let Some(e) = self.membership.poll_event() {
             match e {
                 MembershipEvent::MemberDown { id } | MembershipEvent::MemberLeft { id } => {
-                    self.subscriptions.forget(id)
+                    self.subscriptions.forget(id);
+                    self.health.forget(self.now, id);
+                    self.reachability.forget(self.now, id);
                 }
                 MembershipEvent::MemberUp { id, .. } => self.subscriptions.readmit(id),
                 _ => {}
@@ -328,6 +390,9 @@ impl GossipNode {
         }
         while let Some(id) = self.subscriptions.poll_change() {
             self.push_event(GossipEvent::SubscriptionsChanged(id));
+        }
+        while let Some(e) = self.reachability.poll_event() {
+            self.push_event(GossipEvent::Reachability(e));
         }
     }
 
@@ -378,6 +443,8 @@ impl GossipNode {
             let o = object(
                 &mut self.membership,
                 &mut self.subscriptions,
+                &mut self.reachability,
+                &mut self.health,
                 &mut self.extras,
                 i,
             );
@@ -393,6 +460,8 @@ impl GossipNode {
             let o = object(
                 &mut self.membership,
                 &mut self.subscriptions,
+                &mut self.reachability,
+                &mut self.health,
                 &mut self.extras,
                 i,
             );
@@ -452,6 +521,8 @@ impl GossipNode {
             let o = object(
                 &mut self.membership,
                 &mut self.subscriptions,
+                &mut self.reachability,
+                &mut self.health,
                 &mut self.extras,
                 i,
             );
@@ -491,6 +562,8 @@ impl GossipNode {
                 object(
                     &mut self.membership,
                     &mut self.subscriptions,
+                    &mut self.reachability,
+                    &mut self.health,
                     &mut self.extras,
                     i,
                 )
@@ -507,6 +580,8 @@ impl GossipNode {
             let o = object(
                 &mut self.membership,
                 &mut self.subscriptions,
+                &mut self.reachability,
+                &mut self.health,
                 &mut self.extras,
                 i,
             );
@@ -527,12 +602,14 @@ impl GossipNode {
 
 impl Driven for GossipNode {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        self.now = self.now.max(now);
         self.membership.observe_clock(now);
         self.handle_datagram_inner(now, from, &datagram);
         self.after_entry();
     }
 
     fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
         self.membership.observe_clock(now);
         if now >= self.next_round && !self.membership.is_gone() {
             self.run_round(now);
@@ -547,6 +624,8 @@ impl Driven for GossipNode {
             let o = object(
                 &mut self.membership,
                 &mut self.subscriptions,
+                &mut self.reachability,
+                &mut self.health,
                 &mut self.extras,
                 i,
             );
@@ -596,6 +675,8 @@ impl Driven for GossipNode {
                     let o = object(
                         &mut self.membership,
                         &mut self.subscriptions,
+                        &mut self.reachability,
+                        &mut self.health,
                         &mut self.extras,
                         i,
                     );
@@ -607,7 +688,11 @@ impl Driven for GossipNode {
                         &mut self.scratch,
                     );
                     let len = self.scratch.len();
-                    if len == 0 || len > share - SECTION_HEADER_LEN || len > usize::from(u16::MAX) {
+                    if len > share - SECTION_HEADER_LEN || len > usize::from(u16::MAX) {
+                        self.stats.oversize_writes += 1;
+                        continue;
+                    }
+                    if len == 0 {
                         continue;
                     }
                     buf[at] = o.tag();
@@ -632,6 +717,8 @@ impl Driven for GossipNode {
                 let o = object(
                     &mut self.membership,
                     &mut self.subscriptions,
+                    &mut self.reachability,
+                    &mut self.health,
                     &mut self.extras,
                     i,
                 );
@@ -659,6 +746,8 @@ impl Driven for GossipNode {
         let objs = [
             self.membership.poll_timeout(),
             GossipObject::poll_timeout(&self.subscriptions),
+            GossipObject::poll_timeout(&self.reachability),
+            GossipObject::poll_timeout(&self.health),
         ];
         for d in objs
             .into_iter()

@@ -89,7 +89,13 @@ fn run(bundling: bool, seed: u64) -> (f64, u64) {
     let before = sim.total_stats().sent;
     sim.run_for(Duration::from_secs(20), &mut |o| observe(&mut tally, o));
     let rate = (sim.total_stats().sent - before) as f64 / 20.0 / n as f64;
-    let (_, max_stats) = sim.node(NodeIndex(0)).stats().objects[2];
+    let (_, max_stats) = sim
+        .node(NodeIndex(0))
+        .stats()
+        .objects
+        .into_iter()
+        .find(|(name, _)| *name == "max")
+        .expect("the added object has counters");
     (rate, max_stats.sections_received)
 }
 

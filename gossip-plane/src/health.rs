@@ -1,0 +1,1307 @@
+//! Health, Astrolabe-style (seed `000_*` §3–4, DESIGN.md §5): every node publishes one
+//! [`NodeHealth`] record (load, receive rate, loss, repairs, backlog, lag) and every node ends up
+//! with a bounded picture of the cluster — some per-node records and one [`Aggregate`] (count,
+//! min, max, sum and the worst node of each metric) per region, rolled up into a cluster
+//! aggregate.
+//!
+//! * Records: the owner sets ours with [`Health::set_local`] and our region with
+//!   [`Health::set_region`]; each change bumps our version. A record is replaced by a higher
+//!   version of the same node. At most `records_max` are held: our own, then the members of our
+//!   region, then a fixed per-node pseudo-random sample of the others (evicting the lowest
+//!   ranked; counted).
+//! * Region aggregates (Astrolabe's zone MIBs): each node that has a record computes its own
+//!   region's aggregate from the records of that region it holds, and issues it as
+//!   `(region, aggregator = us, version = held version + 1)` when its view of the region
+//!   changed and the result differs from the held aggregate, or when the held one has
+//!   disagreed with our view for `repair_after` (two members with different views then take
+//!   turns, never faster than that). Replicas keep, per region, the highest
+//!   `(version, aggregator)`; at most `regions_max` regions (our own first, then the freshest).
+//! * The cluster aggregate is the roll-up of the held region aggregates
+//!   ([`Health::cluster`]). Sums are `f64` and computed in a fixed order, min/max ties go to the
+//!   lowest node id, so equal inputs give bit-equal aggregates on every node.
+//! * Expiry: entries carry their age, not a timestamp (ages grow as they travel, so an expired entry cannot come back). Our own record is
+//!   always age 0, and a member vouches for its region's held aggregate while it matches its
+//!   view; replicas keep the youngest age heard (from a full entry or a *beat*: node or region
+//!   plus age, 10 or 3–11 bytes). An entry with no news for `expiry` is dropped and not
+//!   accepted again. [`Health::forget`] (a member down or left) drops a record at once and
+//!   refuses copies born before that.
+//! * Dissemination is rumor mongering plus an anti-entropy walk, pushed to peers drawn with a
+//!   MiCA view that favours our region (`region_weight`): a new version is *hot* for
+//!   `hot_sends` pushes. A push carries beats (a third of the budget: the peer's region's
+//!   records and all aggregates, freshest first), our own record, hot aggregates and hot
+//!   records (the peer's region first; news at most half the budget), then the next entries of
+//!   a round-robin walk, within `payload_max` bytes. With nothing hot we push every
+//!   `cold_every` rounds.
+//!
+//! Not done: regions larger than `records_max` get aggregates from partial views (and members
+//! may take turns re-issuing them); a node that changes region is counted in both until its
+//! old region re-issues or expires; no hierarchy deeper than region → cluster; no SQL-like
+//! aggregation functions (the set of metrics is fixed).
+//!
+//! Bulk payload: `aggregates u8 | aggregate* | records u8 | record* | node beats u8 |
+//! (node u64 | age u16)* | region beats u8 | (region | age u16)*` (beat ages in tenths of a
+//! second, rounded up) with
+//!
+//! ```text
+//! region:    | 0 |  or  | 1 | region u64 |
+//! aggregate: region | aggregator u64 | version u64 | age ms u32 | count u32 |
+//!            6 × (min f32 | max f32 | sum f64 | worst u64)
+//! record:    node u64 | version u64 | age ms u32 | region | 6 × f32
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use qs_transport::wire::WireError;
+use qs_transport::{Instant, NodeId, RegionId};
+
+use crate::epidemic::{age_ms, born_at, ms, older_than, Owed};
+use crate::object::{GossipObject, Outbox, Peer, PeerView};
+use crate::sync::mix;
+use crate::wire::{Priority, Reader};
+
+/// Section tag of the health object.
+pub const HEALTH_TAG: u8 = 3;
+
+/// Number of metrics in a [`NodeHealth`].
+pub const METRICS: usize = 6;
+
+/// One metric of a [`NodeHealth`]. For every metric, larger is worse (for the receive rate:
+/// busier).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Metric {
+    /// [`NodeHealth::load`].
+    Load = 0,
+    /// [`NodeHealth::recv_rate`].
+    RecvRate = 1,
+    /// [`NodeHealth::loss`].
+    Loss = 2,
+    /// [`NodeHealth::repairs`].
+    Repairs = 3,
+    /// [`NodeHealth::backlog`].
+    Backlog = 4,
+    /// [`NodeHealth::lag`].
+    Lag = 5,
+}
+
+impl Metric {
+    /// All metrics, in wire order.
+    pub const ALL: [Metric; METRICS] = [
+        Metric::Load,
+        Metric::RecvRate,
+        Metric::Loss,
+        Metric::Repairs,
+        Metric::Backlog,
+        Metric::Lag,
+    ];
+}
+
+/// What a node says about itself. Values must be finite (a record with a NaN or infinity is
+/// refused locally and malformed on the wire); integral values below 2^24 are exact.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NodeHealth {
+    /// Load, e.g. the CPU fraction 0..1 of the node's Quicksilver thread.
+    pub load: f32,
+    /// Data messages received per second.
+    pub recv_rate: f32,
+    /// Packets lost per second (before repair).
+    pub loss: f32,
+    /// Repairs (sent and received) per second.
+    pub repairs: f32,
+    /// Queued outgoing bytes or messages.
+    pub backlog: f32,
+    /// Packets behind the newest known (receive lag).
+    pub lag: f32,
+}
+
+impl NodeHealth {
+    /// The value of one metric.
+    pub fn value(&self, m: Metric) -> f32 {
+        self.values()[m as usize]
+    }
+
+    /// All values, in [`Metric::ALL`] order.
+    pub fn values(&self) -> [f32; METRICS] {
+        [
+            self.load,
+            self.recv_rate,
+            self.loss,
+            self.repairs,
+            self.backlog,
+            self.lag,
+        ]
+    }
+
+    fn from_values(v: [f32; METRICS]) -> NodeHealth {
+        NodeHealth {
+            load: v[0],
+            recv_rate: v[1],
+            loss: v[2],
+            repairs: v[3],
+            backlog: v[4],
+            lag: v[5],
+        }
+    }
+
+    /// Every value is finite.
+    pub fn is_finite(&self) -> bool {
+        self.values().iter().all(|v| v.is_finite())
+    }
+}
+
+/// One node's replicated health record.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HealthRecord {
+    /// The node's region (`None`: subscribes nothing, or not told yet).
+    pub region: Option<RegionId>,
+    /// Bumped by the node on every change of its values or region.
+    pub version: u64,
+    /// The values.
+    pub health: NodeHealth,
+}
+
+/// Summary of one metric over a set of nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MetricSummary {
+    /// Smallest value.
+    pub min: f32,
+    /// Largest value.
+    pub max: f32,
+    /// Sum of the values (divide by [`Aggregate::count`] for the mean).
+    pub sum: f64,
+    /// The node with the largest value (the lowest id among equals).
+    pub worst: NodeId,
+}
+
+/// Count and per-metric summaries of a set of nodes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Aggregate {
+    /// Nodes summarised (at least one).
+    pub count: u32,
+    /// One summary per metric, in [`Metric::ALL`] order.
+    pub metrics: [MetricSummary; METRICS],
+}
+
+impl Aggregate {
+    /// The aggregate of one node.
+    pub fn of_one(id: NodeId, h: &NodeHealth) -> Aggregate {
+        let v = h.values();
+        Aggregate {
+            count: 1,
+            metrics: std::array::from_fn(|i| MetricSummary {
+                min: v[i],
+                max: v[i],
+                sum: f64::from(v[i]),
+                worst: id,
+            }),
+        }
+    }
+
+    /// The aggregate of some nodes, folded in iteration order (`None` if there are none).
+    pub fn of<'a>(nodes: impl IntoIterator<Item = (NodeId, &'a NodeHealth)>) -> Option<Aggregate> {
+        let mut acc: Option<Aggregate> = None;
+        for (id, h) in nodes {
+            let one = Aggregate::of_one(id, h);
+            match &mut acc {
+                Some(a) => a.merge(&one),
+                None => acc = Some(one),
+            }
+        }
+        acc
+    }
+
+    /// Folds `other` into `self` (the roll-up of two disjoint sets).
+    pub fn merge(&mut self, other: &Aggregate) {
+        self.count = self.count.saturating_add(other.count);
+        for (a, b) in self.metrics.iter_mut().zip(&other.metrics) {
+            a.min = a.min.min(b.min);
+            if b.max > a.max || (b.max == a.max && b.worst < a.worst) {
+                a.max = b.max;
+                a.worst = b.worst;
+            }
+            a.sum += b.sum;
+        }
+    }
+
+    /// The summary of one metric.
+    pub fn metric(&self, m: Metric) -> &MetricSummary {
+        &self.metrics[m as usize]
+    }
+
+    /// The mean of one metric.
+    pub fn mean(&self, m: Metric) -> f64 {
+        self.metric(m).sum / f64::from(self.count.max(1))
+    }
+
+    fn is_valid(&self) -> bool {
+        self.count > 0
+            && self.metrics.iter().all(|s| {
+                s.min.is_finite() && s.max.is_finite() && s.sum.is_finite() && s.min <= s.max
+            })
+    }
+}
+
+/// A region's aggregate as issued by one of its members.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RegionAggregate {
+    /// The region (`None`: the nodes without a region).
+    pub region: Option<RegionId>,
+    /// The member that computed it.
+    pub aggregator: NodeId,
+    /// Replicas keep the highest `(version, aggregator)`.
+    pub version: u64,
+    /// The aggregate.
+    pub aggregate: Aggregate,
+}
+
+/// Health settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthConfig {
+    /// Most per-node records held (ours included).
+    pub records_max: usize,
+    /// Most region aggregates held.
+    pub regions_max: usize,
+    /// Records and aggregates with no news younger than this are dropped (several
+    /// `cold_every` rounds: every push refreshes what it carries).
+    pub expiry: Duration,
+    /// A held aggregate of our region that disagrees with our view this long is re-issued.
+    pub repair_after: Duration,
+    /// Pushes of each new entry before it only travels with the round-robin walk.
+    pub hot_sends: u8,
+    /// With nothing new, push every this many rounds.
+    pub cold_every: u32,
+    /// Largest payload per push (further bounded by the runtime's budget).
+    pub payload_max: usize,
+    /// Peer-selection weight of the members of our region relative to the others (MiCA
+    /// view): records mostly matter inside a region, aggregates everywhere.
+    pub region_weight: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig {
+            records_max: 256,
+            regions_max: 1024,
+            expiry: Duration::from_secs(30),
+            repair_after: Duration::from_secs(1),
+            hot_sends: 8,
+            cold_every: 5,
+            payload_max: 600,
+            region_weight: 4.0,
+        }
+    }
+}
+
+/// Counters of the health object.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HealthStats {
+    /// Records accepted (new or newer).
+    pub records_merged: u64,
+    /// Records refused or evicted because the table was full.
+    pub records_overflow: u64,
+    /// Records dropped because they expired.
+    pub records_expired: u64,
+    /// Records refused because they were too old or born before their node was forgotten.
+    pub records_stale: u64,
+    /// Region aggregates accepted.
+    pub aggregates_merged: u64,
+    /// Region aggregates we issued.
+    pub aggregates_issued: u64,
+    /// Region aggregates refused or evicted because the table was full.
+    pub aggregates_overflow: u64,
+    /// Region aggregates dropped because they expired.
+    pub aggregates_expired: u64,
+    /// Records and aggregates sent.
+    pub entries_sent: u64,
+    /// Payloads that would have exceeded the budget (a bug if not zero).
+    pub budget_exceeded: u64,
+    /// Peers dropped because too many pushes were pending.
+    pub owed_overflow: u64,
+}
+
+#[derive(Debug, Clone)]
+struct RecEntry {
+    rec: HealthRecord,
+    born: i64,
+    hot: u8,
+}
+
+#[derive(Debug, Clone)]
+struct AggEntry {
+    agg: RegionAggregate,
+    born: i64,
+    hot: u8,
+}
+
+const RECORD_LEN_MAX: usize = 8 + 8 + 4 + 9 + 4 * METRICS;
+const AGGREGATE_LEN_MAX: usize = 9 + 8 + 8 + 4 + 4 + 24 * METRICS;
+const FORGOTTEN_MAX: usize = 4096;
+const PER_SECTION_MAX: usize = 255;
+
+fn region_len(r: Option<RegionId>) -> usize {
+    if r.is_some() {
+        9
+    } else {
+        1
+    }
+}
+
+fn put_region(out: &mut Vec<u8>, r: Option<RegionId>) {
+    match r {
+        None => out.push(0),
+        Some(r) => {
+            out.push(1);
+            out.extend_from_slice(&r.0.to_be_bytes());
+        }
+    }
+}
+
+fn read_region(r: &mut Reader<'_>) -> Result<Option<RegionId>, WireError> {
+    match r.u8()? {
+        0 => Ok(None),
+        1 => Ok(Some(RegionId(r.u64()?))),
+        _ => Err(WireError::Malformed),
+    }
+}
+
+fn read_f32(r: &mut Reader<'_>) -> Result<f32, WireError> {
+    let v = f32::from_bits(r.u32()?);
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(WireError::Malformed)
+    }
+}
+
+fn record_len(rec: &HealthRecord) -> usize {
+    8 + 8 + 4 + region_len(rec.region) + 4 * METRICS
+}
+
+fn aggregate_len(a: &RegionAggregate) -> usize {
+    region_len(a.region) + 8 + 8 + 4 + 4 + 24 * METRICS
+}
+
+fn encode_record(id: NodeId, e: &RecEntry, now: Instant, out: &mut Vec<u8>) {
+    out.extend_from_slice(&id.0.to_be_bytes());
+    out.extend_from_slice(&e.rec.version.to_be_bytes());
+    out.extend_from_slice(&age_ms(now, e.born).to_be_bytes());
+    put_region(out, e.rec.region);
+    for v in e.rec.health.values() {
+        out.extend_from_slice(&v.to_bits().to_be_bytes());
+    }
+}
+
+fn encode_aggregate(e: &AggEntry, now: Instant, out: &mut Vec<u8>) {
+    let a = &e.agg;
+    put_region(out, a.region);
+    out.extend_from_slice(&a.aggregator.0.to_be_bytes());
+    out.extend_from_slice(&a.version.to_be_bytes());
+    out.extend_from_slice(&age_ms(now, e.born).to_be_bytes());
+    out.extend_from_slice(&a.aggregate.count.to_be_bytes());
+    for s in &a.aggregate.metrics {
+        out.extend_from_slice(&s.min.to_bits().to_be_bytes());
+        out.extend_from_slice(&s.max.to_bits().to_be_bytes());
+        out.extend_from_slice(&s.sum.to_bits().to_be_bytes());
+        out.extend_from_slice(&s.worst.0.to_be_bytes());
+    }
+}
+
+/// Decoded payload: aggregates, records, node beats, region beats (ages in ms).
+type Decoded = (
+    Vec<(RegionAggregate, u32)>,
+    Vec<(NodeId, HealthRecord, u32)>,
+    Vec<(NodeId, u32)>,
+    Vec<(Option<RegionId>, u32)>,
+);
+
+/// A beat's age: tenths of a second, rounded up so that relaying never makes news younger.
+fn beat_age(now: Instant, born: i64) -> u16 {
+    u16::try_from(age_ms(now, born).div_ceil(100)).unwrap_or(u16::MAX)
+}
+
+fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
+    let mut r = Reader::new(payload);
+    let n = usize::from(r.u8()?);
+    let mut aggs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let region = read_region(&mut r)?;
+        let aggregator = NodeId(r.u64()?);
+        let version = r.u64()?;
+        let age = r.u32()?;
+        let count = r.u32()?;
+        let mut metrics = [MetricSummary {
+            min: 0.0,
+            max: 0.0,
+            sum: 0.0,
+            worst: NodeId(0),
+        }; METRICS];
+        for m in &mut metrics {
+            m.min = read_f32(&mut r)?;
+            m.max = read_f32(&mut r)?;
+            m.sum = f64::from_bits(r.u64()?);
+            m.worst = NodeId(r.u64()?);
+        }
+        let aggregate = Aggregate { count, metrics };
+        if !aggregate.is_valid() {
+            return Err(WireError::Malformed);
+        }
+        aggs.push((
+            RegionAggregate {
+                region,
+                aggregator,
+                version,
+                aggregate,
+            },
+            age,
+        ));
+    }
+    let n = usize::from(r.u8()?);
+    let mut recs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = NodeId(r.u64()?);
+        let version = r.u64()?;
+        let age = r.u32()?;
+        let region = read_region(&mut r)?;
+        let mut v = [0f32; METRICS];
+        for x in &mut v {
+            *x = read_f32(&mut r)?;
+        }
+        recs.push((
+            id,
+            HealthRecord {
+                region,
+                version,
+                health: NodeHealth::from_values(v),
+            },
+            age,
+        ));
+    }
+    let n = usize::from(r.u8()?);
+    let mut node_beats = Vec::with_capacity(n);
+    for _ in 0..n {
+        let id = NodeId(r.u64()?);
+        node_beats.push((id, u32::from(r.u16()?) * 100));
+    }
+    let n = usize::from(r.u8()?);
+    let mut region_beats = Vec::with_capacity(n);
+    for _ in 0..n {
+        let region = read_region(&mut r)?;
+        region_beats.push((region, u32::from(r.u16()?) * 100));
+    }
+    if !r.is_empty() {
+        return Err(WireError::Malformed);
+    }
+    Ok((aggs, recs, node_beats, region_beats))
+}
+
+/// The health object. See the module documentation.
+#[derive(Debug)]
+pub struct Health {
+    me: NodeId,
+    config: HealthConfig,
+    region: Option<RegionId>,
+    version: u64,
+    records: BTreeMap<NodeId, RecEntry>,
+    aggs: BTreeMap<Option<RegionId>, AggEntry>,
+    forgotten: BTreeMap<NodeId, i64>,
+    owed: Owed,
+    rec_cursor: Option<NodeId>,
+    agg_cursor: Option<Option<RegionId>>,
+    last_computed: Option<Aggregate>,
+    disagree_since: Option<Instant>,
+    rounds: u64,
+    stats: HealthStats,
+}
+
+impl Health {
+    /// The health object of node `me`, with no record until [`Health::set_local`].
+    pub fn new(me: NodeId, config: HealthConfig) -> Health {
+        Health {
+            me,
+            owed: Owed::new(64),
+            config,
+            region: None,
+            version: 0,
+            records: BTreeMap::new(),
+            aggs: BTreeMap::new(),
+            forgotten: BTreeMap::new(),
+            rec_cursor: None,
+            agg_cursor: None,
+            last_computed: None,
+            disagree_since: None,
+            rounds: 0,
+            stats: HealthStats::default(),
+        }
+    }
+
+    /// Publishes our own values (ignored unless all are finite); our region's aggregate is
+    /// re-issued at once if it changes.
+    pub fn set_local(&mut self, now: Instant, health: NodeHealth) {
+        if !health.is_finite() {
+            return;
+        }
+        self.version += 1;
+        let e = RecEntry {
+            rec: HealthRecord {
+                region: self.region,
+                version: self.version,
+                health,
+            },
+            born: born_at(now, 0),
+            hot: self.config.hot_sends,
+        };
+        self.records.insert(self.me, e);
+        self.settle(now);
+    }
+
+    /// Sets our region (from our subscription signature, see `qs_regions::Signature::region`).
+    pub fn set_region(&mut self, now: Instant, region: Option<RegionId>) {
+        if region == self.region {
+            return;
+        }
+        self.region = region;
+        if let Some(h) = self.records.get(&self.me).map(|e| e.rec.health) {
+            self.set_local(now, h);
+        }
+    }
+
+    /// Our region.
+    pub fn region(&self) -> Option<RegionId> {
+        self.region
+    }
+
+    /// Our own record, once set.
+    pub fn local(&self) -> Option<&HealthRecord> {
+        self.record(self.me)
+    }
+
+    /// The record of `id`, if held.
+    pub fn record(&self, id: NodeId) -> Option<&HealthRecord> {
+        self.records.get(&id).map(|e| &e.rec)
+    }
+
+    /// How old the freshest news of `id`'s record is, at `now`.
+    pub fn record_age(&self, now: Instant, id: NodeId) -> Option<Duration> {
+        let e = self.records.get(&id)?;
+        Some(Duration::from_millis(age_ms(now, e.born).into()))
+    }
+
+    /// How old the freshest news of `region`'s held aggregate is, at `now`.
+    pub fn aggregate_age(&self, now: Instant, region: Option<RegionId>) -> Option<Duration> {
+        let e = self.aggs.get(&region)?;
+        Some(Duration::from_millis(age_ms(now, e.born).into()))
+    }
+
+    /// Every held record, by node id.
+    pub fn records(&self) -> impl Iterator<Item = (NodeId, &HealthRecord)> {
+        self.records.iter().map(|(id, e)| (*id, &e.rec))
+    }
+
+    /// Records held (at most `records_max`).
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    /// No record held.
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The held aggregate of `region`.
+    pub fn region_aggregate(&self, region: Option<RegionId>) -> Option<&RegionAggregate> {
+        self.aggs.get(&region).map(|e| &e.agg)
+    }
+
+    /// Every held region aggregate, by region (`None` first).
+    pub fn region_aggregates(&self) -> impl Iterator<Item = &RegionAggregate> {
+        self.aggs.values().map(|e| &e.agg)
+    }
+
+    /// The cluster aggregate: the roll-up of every held region aggregate, in region order.
+    pub fn cluster(&self) -> Option<Aggregate> {
+        let mut acc: Option<Aggregate> = None;
+        for e in self.aggs.values() {
+            match &mut acc {
+                Some(a) => a.merge(&e.agg.aggregate),
+                None => acc = Some(e.agg.aggregate),
+            }
+        }
+        acc
+    }
+
+    /// Drops the record of a member that is down or left, and refuses copies born before now.
+    pub fn forget(&mut self, now: Instant, id: NodeId) {
+        if id == self.me {
+            return;
+        }
+        self.records.remove(&id);
+        if self.forgotten.len() < FORGOTTEN_MAX || self.forgotten.contains_key(&id) {
+            self.forgotten.insert(id, born_at(now, 0));
+        }
+        self.settle(now);
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> HealthStats {
+        HealthStats {
+            owed_overflow: self.owed.overflow,
+            ..self.stats
+        }
+    }
+
+    /// Rank for keeping a record when the table is full (higher is kept).
+    fn keep_rank(&self, id: NodeId, region: Option<RegionId>) -> (bool, bool, u64) {
+        (
+            id == self.me,
+            region == self.region,
+            !mix(NodeId(id.0 ^ self.me.0)),
+        )
+    }
+
+    fn own_region_aggregate(&self) -> Option<Aggregate> {
+        Aggregate::of(
+            self.records
+                .iter()
+                .filter(|(_, e)| e.rec.region == self.region)
+                .map(|(id, e)| (*id, &e.rec.health)),
+        )
+    }
+
+    /// Re-issues our region's aggregate if our view calls for it (see the module docs).
+    fn settle(&mut self, now: Instant) {
+        if !self.records.contains_key(&self.me) {
+            return;
+        }
+        let Some(computed) = self.own_region_aggregate() else {
+            return;
+        };
+        // Our view changed (not merely a record's version): what we know is news.
+        let dirty = self.last_computed != Some(computed);
+        self.last_computed = Some(computed);
+        let issue = match self.aggs.get(&self.region) {
+            None => true,
+            Some(h) if h.agg.aggregate != computed => {
+                if dirty {
+                    true
+                } else {
+                    let since = *self.disagree_since.get_or_insert(now);
+                    now - since >= self.config.repair_after
+                }
+            }
+            Some(_) => {
+                self.disagree_since = None;
+                false
+            }
+        };
+        if !issue {
+            // We vouch for a held aggregate that matches our view: it is news as of now.
+            if let Some(h) = self.aggs.get_mut(&self.region) {
+                if h.agg.aggregate == computed {
+                    h.born = born_at(now, 0);
+                }
+            }
+        }
+        if !issue {
+            return;
+        }
+        self.disagree_since = None;
+        let version = self.aggs.get(&self.region).map_or(0, |h| h.agg.version) + 1;
+        let e = AggEntry {
+            agg: RegionAggregate {
+                region: self.region,
+                aggregator: self.me,
+                version,
+                aggregate: computed,
+            },
+            born: born_at(now, 0),
+            hot: self.config.hot_sends,
+        };
+        self.stats.aggregates_issued += 1;
+        self.insert_aggregate(e);
+    }
+
+    fn insert_aggregate(&mut self, e: AggEntry) -> bool {
+        let region = e.agg.region;
+        if !self.aggs.contains_key(&region) && self.aggs.len() >= self.config.regions_max {
+            // Evict the oldest aggregate of another region, if older than this one.
+            let victim = self
+                .aggs
+                .iter()
+                .filter(|(r, _)| **r != self.region)
+                .min_by_key(|(_, a)| a.born)
+                .map(|(r, a)| (*r, a.born));
+            match victim {
+                Some((r, born)) if born < e.born && region != r => {
+                    self.aggs.remove(&r);
+                    self.stats.aggregates_overflow += 1;
+                }
+                _ if region == self.region => {
+                    if let Some((r, _)) = victim {
+                        self.aggs.remove(&r);
+                    }
+                    self.stats.aggregates_overflow += 1;
+                }
+                _ => {
+                    self.stats.aggregates_overflow += 1;
+                    return false;
+                }
+            }
+            if self.aggs.len() >= self.config.regions_max {
+                return false;
+            }
+        }
+        self.aggs.insert(region, e);
+        true
+    }
+
+    fn merge_aggregate(&mut self, now: Instant, agg: RegionAggregate, age: u32) {
+        if age >= ms(self.config.expiry) {
+            return;
+        }
+        let born = born_at(now, age);
+        if let Some(h) = self.aggs.get_mut(&agg.region) {
+            let (new, old) = (
+                (agg.version, agg.aggregator),
+                (h.agg.version, h.agg.aggregator),
+            );
+            if new == old && born > h.born {
+                h.born = born;
+            }
+            if new <= old {
+                return;
+            }
+        }
+        let e = AggEntry {
+            agg,
+            born,
+            hot: self.config.hot_sends,
+        };
+        if self.insert_aggregate(e) {
+            self.stats.aggregates_merged += 1;
+        }
+    }
+
+    fn merge_record(&mut self, now: Instant, id: NodeId, rec: HealthRecord, age: u32) {
+        if id == self.me {
+            return;
+        }
+        let born = born_at(now, age);
+        if age >= ms(self.config.expiry) || self.forgotten.get(&id).is_some_and(|f| born <= *f) {
+            self.stats.records_stale += 1;
+            return;
+        }
+        if let Some(old) = self.records.get_mut(&id) {
+            if rec.version == old.rec.version && born > old.born {
+                // A younger copy: the node was alive more recently than we knew.
+                old.born = born;
+            }
+            if rec.version <= old.rec.version {
+                return;
+            }
+            *old = RecEntry {
+                rec,
+                born,
+                hot: self.config.hot_sends,
+            };
+            self.stats.records_merged += 1;
+            return;
+        }
+        if self.records.len() >= self.config.records_max {
+            let victim = self
+                .records
+                .iter()
+                .map(|(vid, e)| (self.keep_rank(*vid, e.rec.region), *vid))
+                .min();
+            match victim {
+                Some((rank, vid)) if rank < self.keep_rank(id, rec.region) => {
+                    self.records.remove(&vid);
+                    self.stats.records_overflow += 1;
+                }
+                _ => {
+                    self.stats.records_overflow += 1;
+                    return;
+                }
+            }
+        }
+        // A record new to us but not of our region is a sample: no news for the others.
+        let hot = if rec.region == self.region {
+            self.config.hot_sends
+        } else {
+            0
+        };
+        self.records.insert(id, RecEntry { rec, born, hot });
+        self.stats.records_merged += 1;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expiry = self.config.expiry;
+        let me = self.me;
+        let before = self.records.len();
+        self.records
+            .retain(|id, e| *id == me || !older_than(now, e.born, expiry));
+        self.stats.records_expired += (before - self.records.len()) as u64;
+        let before = self.aggs.len();
+        self.aggs.retain(|_, e| !older_than(now, e.born, expiry));
+        self.stats.aggregates_expired += (before - self.aggs.len()) as u64;
+        self.forgotten
+            .retain(|_, f| !older_than(now, *f, expiry + expiry));
+    }
+
+    /// Our own record is always news as of now.
+    fn refresh_own(&mut self, now: Instant) {
+        if let Some(e) = self.records.get_mut(&self.me) {
+            e.born = born_at(now, 0);
+        }
+    }
+
+    fn has_hot(&self) -> bool {
+        self.aggs.values().any(|e| e.hot > 0) || self.records.values().any(|e| e.hot > 0)
+    }
+
+    /// Writes one push within `budget`: hot aggregates, hot records (the peer's region first),
+    /// then the round-robin walk.
+    fn write_push(&mut self, now: Instant, to: &Peer, budget: usize, out: &mut Vec<u8>) {
+        let budget = budget.min(self.config.payload_max);
+        if budget < 2 {
+            return;
+        }
+        self.refresh_own(now);
+        let start = out.len();
+        let mut used = 4;
+        // Beats first, within a third of the budget: the ages of the records of the peer's
+        // region and of the aggregates, freshest first (10 and 3 or 11 bytes each). They keep
+        // entries alive everywhere without resending them.
+        let their_region = to
+            .id
+            .and_then(|id| self.records.get(&id))
+            .map_or(self.region, |e| e.rec.region);
+        let beat_limit = budget / 3;
+        let mut node_beats: Vec<(i64, NodeId)> = self
+            .records
+            .iter()
+            .filter(|(id, e)| e.rec.region == their_region && Some(**id) != to.id)
+            .map(|(id, e)| (e.born, *id))
+            .collect();
+        node_beats.sort_by(|a, b| b.cmp(a));
+        node_beats.truncate(((beat_limit.saturating_sub(used)) / 10).min(PER_SECTION_MAX));
+        used += 10 * node_beats.len();
+        let mut region_beats: Vec<(i64, Option<RegionId>)> =
+            self.aggs.iter().map(|(r, e)| (e.born, *r)).collect();
+        region_beats.sort_by(|a, b| b.cmp(a));
+        let mut keep = 0;
+        for (_, r) in &region_beats {
+            let len = region_len(*r) + 2;
+            if used + len > beat_limit || keep >= PER_SECTION_MAX {
+                break;
+            }
+            used += len;
+            keep += 1;
+        }
+        region_beats.truncate(keep);
+        if used > budget {
+            return;
+        }
+        // Choose aggregates.
+        let mut hot: Vec<(u8, i64, Option<RegionId>)> = self
+            .aggs
+            .iter()
+            .filter(|(_, e)| e.hot > 0)
+            .map(|(r, e)| (e.hot, e.born, *r))
+            .collect();
+        hot.sort_by(|a, b| b.cmp(a));
+        let mut aggs: Vec<Option<RegionId>> = Vec::new();
+        // Hot aggregates take at most half the budget when records are hot too, so a burst of
+        // re-issued aggregates cannot starve the records they are computed from.
+        let agg_limit = if self.records.values().any(|e| e.hot > 0) {
+            used + (budget - used) / 2
+        } else {
+            budget
+        };
+        for (_, _, r) in hot {
+            let len = aggregate_len(&self.aggs[&r].agg);
+            if used + len > agg_limit || aggs.len() >= PER_SECTION_MAX {
+                break;
+            }
+            used += len;
+            aggs.push(r);
+        }
+        // Choose hot records, preferring the receiver's region.
+        // (`their_region`: the peer's region if we hold its record, else ours, which the view
+        // favours.)
+        let mut hot: Vec<(u8, u8, i64, NodeId)> = self
+            .records
+            .iter()
+            .filter(|(id, e)| e.hot > 0 || **id == self.me)
+            .map(|(id, e)| {
+                // Our own record rides every push: it tells the peer we are alive.
+                let tier = if *id == self.me {
+                    3
+                } else if e.rec.region == their_region {
+                    2
+                } else {
+                    0
+                };
+                (tier, e.hot, e.born, *id)
+            })
+            .collect();
+        hot.sort_by(|a, b| b.cmp(a));
+        let mut recs: Vec<NodeId> = Vec::new();
+        // News takes at most half the budget: the walk that keeps every entry's age fresh
+        // always gets the rest.
+        let hot_limit = budget - (budget - used.min(budget)) / 2;
+        for (_, _, _, id) in hot {
+            if Some(id) == to.id {
+                continue;
+            }
+            let len = record_len(&self.records[&id].rec);
+            if used + len > hot_limit || recs.len() >= PER_SECTION_MAX {
+                break;
+            }
+            used += len;
+            recs.push(id);
+        }
+        // Round-robin: aggregates up to half of what is left, then records, then aggregates.
+        let cold_aggs = |this: &Health, used: &mut usize, limit: usize, aggs: &mut Vec<_>| {
+            let from = this.agg_cursor;
+            let order: Vec<Option<RegionId>> = match from {
+                Some(c) => this
+                    .aggs
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .chain(this.aggs.range(..=c))
+                    .map(|(r, _)| *r)
+                    .collect(),
+                None => this.aggs.keys().copied().collect(),
+            };
+            let mut last = None;
+            for r in order {
+                if aggs.contains(&r) {
+                    continue;
+                }
+                let len = aggregate_len(&this.aggs[&r].agg);
+                if *used + len > limit || aggs.len() >= PER_SECTION_MAX {
+                    break;
+                }
+                *used += len;
+                aggs.push(r);
+                last = Some(r);
+            }
+            last
+        };
+        let half = used + (budget - used) / 2;
+        if let Some(last) = cold_aggs(self, &mut used, half, &mut aggs) {
+            self.agg_cursor = Some(last);
+        }
+        {
+            // The walk visits the peer's region first.
+            let mut order: Vec<NodeId> = match self.rec_cursor {
+                Some(c) => self
+                    .records
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .chain(self.records.range(..=c))
+                    .map(|(id, _)| *id)
+                    .collect(),
+                None => self.records.keys().copied().collect(),
+            };
+            order.sort_by_key(|id| self.records[id].rec.region != their_region);
+            for id in order {
+                if recs.contains(&id) || Some(id) == to.id {
+                    continue;
+                }
+                let len = record_len(&self.records[&id].rec);
+                if used + len > budget || recs.len() >= PER_SECTION_MAX {
+                    break;
+                }
+                used += len;
+                recs.push(id);
+                self.rec_cursor = Some(id);
+            }
+        }
+        if let Some(last) = cold_aggs(self, &mut used, budget, &mut aggs) {
+            self.agg_cursor = Some(last);
+        }
+        if aggs.is_empty() && recs.is_empty() && node_beats.is_empty() && region_beats.is_empty() {
+            return;
+        }
+        out.push(aggs.len() as u8);
+        for r in &aggs {
+            if let Some(e) = self.aggs.get_mut(r) {
+                e.hot = e.hot.saturating_sub(1);
+                encode_aggregate(e, now, out);
+            }
+        }
+        out.push(recs.len() as u8);
+        for id in &recs {
+            if let Some(e) = self.records.get_mut(id) {
+                e.hot = e.hot.saturating_sub(1);
+                encode_record(*id, e, now, out);
+            }
+        }
+        out.push(node_beats.len() as u8);
+        for (born, id) in &node_beats {
+            out.extend_from_slice(&id.0.to_be_bytes());
+            out.extend_from_slice(&beat_age(now, *born).to_be_bytes());
+        }
+        out.push(region_beats.len() as u8);
+        for (born, r) in &region_beats {
+            put_region(out, *r);
+            out.extend_from_slice(&beat_age(now, *born).to_be_bytes());
+        }
+        self.stats.entries_sent += (aggs.len() + recs.len()) as u64;
+        if out.len() - start > budget {
+            self.stats.budget_exceeded += 1;
+            out.truncate(start);
+        }
+    }
+}
+
+impl GossipObject for Health {
+    fn tag(&self) -> u8 {
+        HEALTH_TAG
+    }
+    fn name(&self) -> &'static str {
+        "health"
+    }
+    fn view(&self, peers: &[Peer]) -> PeerView {
+        if self.records.is_empty() && self.aggs.is_empty() {
+            return PeerView::Nobody;
+        }
+        let cold = self.rounds % u64::from(self.config.cold_every.max(1)) == 0;
+        if !cold && !self.has_hot() {
+            return PeerView::Nobody;
+        }
+        let w = self.config.region_weight;
+        if !self.records.contains_key(&self.me) || !w.is_finite() || w <= 0.0 || w == 1.0 {
+            return PeerView::Uniform;
+        }
+        PeerView::Weighted(
+            peers
+                .iter()
+                .map(|p| {
+                    let same =
+                        p.id.and_then(|id| self.records.get(&id))
+                            .is_some_and(|e| e.rec.region == self.region);
+                    if same {
+                        w
+                    } else {
+                        1.0
+                    }
+                })
+                .collect(),
+        )
+    }
+    fn on_round(&mut self, now: Instant, _out: &mut Outbox<'_>) {
+        self.rounds += 1;
+        self.expire(now);
+        self.refresh_own(now);
+        self.settle(now);
+    }
+    fn gossip_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
+        if self.owed.add(peer.addr) {
+            out.send_to(peer.addr);
+        }
+    }
+    fn write(
+        &mut self,
+        now: Instant,
+        to: &Peer,
+        priority: Priority,
+        budget: usize,
+        out: &mut Vec<u8>,
+    ) {
+        if priority == Priority::Bulk && self.owed.take(to.addr) {
+            self.write_push(now, to, budget, out);
+        }
+    }
+    fn handle(
+        &mut self,
+        now: Instant,
+        _from: &Peer,
+        priority: Priority,
+        payload: &[u8],
+        _out: &mut Outbox<'_>,
+    ) -> Result<(), WireError> {
+        if priority != Priority::Bulk {
+            return Err(WireError::Malformed);
+        }
+        let (aggs, recs, node_beats, region_beats) = decode(payload)?;
+        for (id, age) in node_beats {
+            let born = born_at(now, age);
+            if let Some(e) = self.records.get_mut(&id) {
+                e.born = e.born.max(born);
+            }
+        }
+        for (r, age) in region_beats {
+            let born = born_at(now, age);
+            if let Some(e) = self.aggs.get_mut(&r) {
+                e.born = e.born.max(born);
+            }
+        }
+        for (id, rec, age) in recs {
+            self.merge_record(now, id, rec, age);
+        }
+        for (agg, age) in aggs {
+            self.merge_aggregate(now, agg, age);
+        }
+        self.settle(now);
+        Ok(())
+    }
+    fn check_invariants(&self) {
+        assert!(self.records.len() <= self.config.records_max.max(1));
+        assert!(self.aggs.len() <= self.config.regions_max.max(1));
+        assert!(self.forgotten.len() <= FORGOTTEN_MAX);
+        assert!(self.owed.len() <= self.owed.max());
+        if let Some(e) = self.records.get(&self.me) {
+            assert_eq!(e.rec.version, self.version);
+            assert_eq!(e.rec.region, self.region);
+        }
+        for (r, e) in &self.aggs {
+            assert_eq!(*r, e.agg.region);
+            assert!(e.agg.aggregate.is_valid());
+            assert!(aggregate_len(&e.agg) <= AGGREGATE_LEN_MAX);
+        }
+        for e in self.records.values() {
+            assert!(e.rec.health.is_finite());
+            assert!(record_len(&e.rec) <= RECORD_LEN_MAX);
+        }
+        assert_eq!(
+            self.stats.budget_exceeded, 0,
+            "a payload exceeded its budget"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::object::Intents;
+    use std::net::SocketAddr;
+
+    fn h(v: f32) -> NodeHealth {
+        NodeHealth {
+            load: v,
+            recv_rate: 10.0 * v,
+            loss: 100.0 - v,
+            repairs: v,
+            backlog: 2.0 * v,
+            lag: 3.0,
+        }
+    }
+
+    fn peer(i: u64) -> Peer {
+        Peer {
+            id: Some(NodeId(i)),
+            addr: SocketAddr::from(([10, 0, 0, i as u8], 7000)),
+        }
+    }
+
+    fn push(from: &mut Health, to: &mut Health, now: Instant, budget: usize) -> usize {
+        let mut intents = Intents::new(8);
+        let p = peer(to.me.0);
+        from.gossip_with(now, &p, &mut intents.outbox(0));
+        let mut out = Vec::new();
+        from.write(now, &p, Priority::Bulk, budget, &mut out);
+        assert!(out.len() <= budget);
+        if !out.is_empty() {
+            to.handle(
+                now,
+                &peer(from.me.0),
+                Priority::Bulk,
+                &out,
+                &mut intents.outbox(0),
+            )
+            .unwrap();
+        }
+        out.len()
+    }
+
+    #[test]
+    fn aggregates_fold_in_any_grouping_to_the_same_result() {
+        let vals: Vec<(NodeId, NodeHealth)> =
+            (1..=9).map(|i| (NodeId(i), h(i as f32 % 4.0))).collect();
+        let all = Aggregate::of(vals.iter().map(|(i, h)| (*i, h))).unwrap();
+        let mut parts = Aggregate::of(vals[..4].iter().map(|(i, h)| (*i, h))).unwrap();
+        parts.merge(&Aggregate::of(vals[4..].iter().map(|(i, h)| (*i, h))).unwrap());
+        assert_eq!(all, parts);
+        assert_eq!(all.count, 9);
+        assert_eq!(all.metric(Metric::Load).max, 3.0);
+        assert_eq!(all.metric(Metric::Load).worst, NodeId(3));
+        assert_eq!(all.metric(Metric::Lag).worst, NodeId(1));
+    }
+
+    #[test]
+    fn two_members_of_a_region_agree_and_an_outsider_learns_both_aggregates() {
+        let now = Instant(1_000_000_000);
+        let cfg = HealthConfig::default();
+        let mut a = Health::new(NodeId(1), cfg.clone());
+        let mut b = Health::new(NodeId(2), cfg.clone());
+        let mut c = Health::new(NodeId(3), cfg);
+        a.set_region(now, Some(RegionId(5)));
+        b.set_region(now, Some(RegionId(5)));
+        c.set_region(now, Some(RegionId(6)));
+        a.set_local(now, h(1.0));
+        b.set_local(now, h(2.0));
+        c.set_local(now, h(7.0));
+        push(&mut a, &mut b, now, 1000);
+        push(&mut b, &mut c, now, 1000);
+        push(&mut c, &mut a, now, 1000);
+        let agg = b.region_aggregate(Some(RegionId(5))).unwrap();
+        assert_eq!(agg.aggregate.count, 2);
+        assert_eq!(agg.aggregator, NodeId(2));
+        let cluster = a.cluster().unwrap();
+        assert_eq!(cluster.count, 3);
+        assert_eq!(cluster.metric(Metric::Load).worst, NodeId(3));
+        assert_eq!(cluster.metric(Metric::Load).sum, 10.0);
+        a.check_invariants();
+        b.check_invariants();
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_full_table_keeps_its_own_region_and_every_push_fits_its_budget() {
+        let now = Instant(1_000_000_000);
+        let cfg = HealthConfig {
+            records_max: 5,
+            ..HealthConfig::default()
+        };
+        let mut me = Health::new(NodeId(1000), cfg.clone());
+        me.set_region(now, Some(RegionId(1)));
+        me.set_local(now, h(0.0));
+        for i in 0..40u64 {
+            let mut other = Health::new(NodeId(i + 1), cfg.clone());
+            other.set_region(now, Some(RegionId(i % 4)));
+            other.set_local(now, h(i as f32));
+            for budget in [1, 2, 60, 100, 300] {
+                push(&mut other, &mut me, now, budget);
+            }
+        }
+        assert_eq!(me.len(), 5);
+        let own = me
+            .records()
+            .filter(|(_, r)| r.region == Some(RegionId(1)))
+            .count();
+        assert_eq!(own, 5, "members of our region outrank the others");
+        me.check_invariants();
+    }
+
+    #[test]
+    fn records_expire_and_a_forgotten_node_is_not_resurrected() {
+        let cfg = HealthConfig::default();
+        let t0 = Instant(1_000_000_000);
+        let mut a = Health::new(NodeId(1), cfg.clone());
+        let mut b = Health::new(NodeId(2), cfg.clone());
+        let mut c = Health::new(NodeId(3), cfg.clone());
+        a.set_local(t0, h(1.0));
+        b.set_local(t0, h(2.0));
+        push(&mut a, &mut b, t0, 1000);
+        push(&mut a, &mut c, t0, 1000);
+        assert!(b.record(NodeId(1)).is_some());
+        b.forget(t0 + Duration::from_secs(1), NodeId(1));
+        push(&mut c, &mut b, t0 + Duration::from_secs(2), 1000);
+        assert!(b.record(NodeId(1)).is_none(), "an old copy came back");
+        let late = t0 + cfg.expiry + Duration::from_secs(1);
+        let mut intents = Intents::new(8);
+        c.on_round(late, &mut intents.outbox(0));
+        assert!(c.record(NodeId(1)).is_none());
+        assert_eq!(c.stats().records_expired, 1);
+    }
+}
