@@ -75,6 +75,10 @@ pub struct CoreConfig {
     /// Reliable mode: most packets a sender keeps unacknowledged per region; a full window
     /// pauses sending to that region. Must not exceed `reorder_window_packets`.
     pub send_window_packets: usize,
+    /// Reliable mode: most events (deliveries) waiting for the application; beyond it the
+    /// receive windows stop releasing packets, so a slow application slows the senders
+    /// instead of losing messages.
+    pub max_pending_events: usize,
     /// Reliable mode: most bytes of caretaker cache (beyond it packets are not cached and the
     /// sender re-multicasts them if needed).
     pub cache_max_bytes: usize,
@@ -114,6 +118,7 @@ impl CoreConfig {
             inject_loss: 0.0,
             reliable: true,
             send_window_packets: 8192,
+            max_pending_events: 65536,
             cache_max_bytes: 64 << 20,
             max_out_queue: 16384,
             ring: RingConfig::default(),
@@ -164,6 +169,20 @@ pub enum Event {
         member: NodeId,
         /// Packets it is behind.
         lag: u32,
+    },
+    /// This node fell too far behind `sender` for too long and, under the opt-in isolation
+    /// policy (`RingConfig::isolate_slow`), stopped holding the region back: what it cannot
+    /// keep up with is lost and reported as [`Event::Gap`].
+    Isolated {
+        /// The stream's sender.
+        sender: NodeId,
+        /// Packets it was behind.
+        lag: u32,
+    },
+    /// This node caught up with `sender`'s stream again after isolating itself.
+    Rejoined {
+        /// The stream's sender.
+        sender: NodeId,
     },
 }
 
@@ -361,6 +380,8 @@ pub struct NodeCore {
     cache: recovery::Cache,
     /// Control and repair datagrams waiting to be sent.
     out: recovery::OutQueue,
+    /// Streams whose release stopped because the application is behind (reliable mode).
+    stalled: BTreeSet<(NodeId, RegionId)>,
     /// Peers discovery declared gone (most recent last, bounded): their streams are over.
     departed: VecDeque<NodeId>,
     prng: Prng,
@@ -401,6 +422,7 @@ impl NodeCore {
             cache: recovery::Cache::default(),
             out: VecDeque::new(),
             departed: VecDeque::new(),
+            stalled: BTreeSet::new(),
             prng,
             stats: CoreStats::default(),
         }
@@ -681,9 +703,16 @@ impl NodeCore {
         self.discovery.leave(now);
     }
 
-    /// The next event for the application.
+    /// The next event for the application. Not polling stalls reliable receive windows once
+    /// `max_pending_events` wait (back-pressure to the senders).
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if !self.stalled.is_empty() && self.events.len() <= self.config.max_pending_events / 2 {
+            for key in std::mem::take(&mut self.stalled) {
+                self.drain_stream(key);
+            }
+        }
+        e
     }
 
     fn deliver(&mut self, sender: NodeId, topic: TopicId, payload: Bytes) {
@@ -838,6 +867,10 @@ impl NodeCore {
     fn drain_stream(&mut self, key: (NodeId, RegionId)) {
         let (sender, region) = key;
         loop {
+            if self.config.reliable && self.events.len() >= self.config.max_pending_events {
+                self.stalled.insert(key);
+                return;
+            }
             let Some(stream) = self.recv.get_mut(&key) else {
                 return;
             };

@@ -78,7 +78,8 @@ pub struct Stats {
     pub runtime: RuntimeStats,
     /// The socket buffer sizes the kernel granted.
     pub socket_buffers: SocketBuffers,
-    /// Messages lost because a subscription's queue was full (the application read too slowly).
+    /// Best-effort mode: messages lost because a subscription's queue was full (the
+    /// application read too slowly). Always 0 in reliable mode, which waits instead.
     pub subscriber_overflow: u64,
     /// Known peers.
     pub peers: usize,
@@ -212,7 +213,9 @@ impl NodeBuilder {
         self
     }
 
-    /// Messages a subscription holds before further ones are counted as overflow.
+    /// Messages a subscription holds. When it is full a reliable node waits for the
+    /// application (its receive windows stall and the senders slow down); a best-effort node
+    /// drops further messages and counts them in [`Stats::subscriber_overflow`].
     pub fn subscription_queue(mut self, messages: usize) -> Self {
         self.subscription_queue = messages;
         self
@@ -329,6 +332,7 @@ impl NodeBuilder {
             shared: shared.clone(),
             subscriptions: BTreeMap::new(),
             subscriber_overflow: 0,
+            blocked: None,
             refused: None,
         };
         let thread = std::thread::Builder::new()
@@ -628,11 +632,18 @@ struct Worker {
     shared: Arc<Shared>,
     subscriptions: BTreeMap<TopicId, Vec<SubscriberQueue>>,
     subscriber_overflow: u64,
+    /// Reliable mode: a delivery a full subscription queue did not take yet, and the
+    /// subscriber queues of its topic it still has to reach (from this index on). Until they
+    /// take it no further event is taken from the core, whose windows then stall and slow
+    /// the senders down (back-pressure instead of loss).
+    blocked: Option<(Message, TopicId, usize)>,
     /// A publish taken from the channel that the core refused (queue full): sent first.
     refused: Option<(TopicId, Bytes)>,
 }
 
 const IDLE_WAIT: Duration = Duration::from_millis(200);
+/// How often a delivery blocked on a full subscription queue is retried.
+const BLOCKED_RETRY: Duration = Duration::from_millis(1);
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
 const GOODBYE_FLUSH: Duration = Duration::from_millis(100);
 
@@ -662,6 +673,8 @@ impl Worker {
                 if self.has_work() {
                     self.shared.sleeping.store(false, Ordering::SeqCst);
                     Duration::ZERO
+                } else if self.blocked.is_some() {
+                    BLOCKED_RETRY
                 } else {
                     IDLE_WAIT
                 }
@@ -775,24 +788,50 @@ impl Worker {
         false
     }
 
+    /// Hands deliveries to the subscription queues. Reliable nodes wait for a full queue
+    /// (keeping the rest in the core); best-effort nodes drop into `subscriber_overflow`.
     fn route_events(&mut self) {
+        let reliable = self.core.config().reliable;
+        if let Some((m, topic, from)) = self.blocked.take() {
+            if !self.offer(m, topic, from, reliable) {
+                return;
+            }
+        }
         while let Some(e) = self.core.poll_event() {
             let Event::Delivered(d) = e else {
                 continue;
             };
-            let Some(list) = self.subscriptions.get(&d.topic) else {
-                continue;
+            let m = Message {
+                sender: d.sender,
+                topic: Arc::from(""),
+                payload: d.payload,
             };
-            for (_, name, tx) in list {
-                let m = Message {
-                    sender: d.sender,
-                    topic: name.clone(),
-                    payload: d.payload.clone(),
-                };
-                if let Err(TrySendError::Full(_)) = tx.try_send(m) {
-                    self.subscriber_overflow += 1;
-                }
+            if !self.offer(m, d.topic, 0, reliable) {
+                return;
             }
         }
+    }
+
+    /// Offers `m` to the queues of `topic` from index `from` on; returns `false` when a full
+    /// queue blocked it (reliable mode; it is kept in `blocked`).
+    fn offer(&mut self, m: Message, topic: TopicId, from: usize, reliable: bool) -> bool {
+        let Some(list) = self.subscriptions.get(&topic) else {
+            return true;
+        };
+        for (k, (_, name, tx)) in list.iter().enumerate().skip(from) {
+            let copy = Message {
+                topic: name.clone(),
+                ..m.clone()
+            };
+            match tx.try_send(copy) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Err(TrySendError::Full(_)) if reliable => {
+                    self.blocked = Some((m, topic, k));
+                    return false;
+                }
+                Err(TrySendError::Full(_)) => self.subscriber_overflow += 1,
+            }
+        }
+        true
     }
 }

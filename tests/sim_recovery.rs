@@ -62,6 +62,9 @@ struct Oracle {
     cursors: BTreeMap<(usize, usize), Cursor>,
     /// Receivers that joined late: their first delivery may be anywhere.
     late: Vec<usize>,
+    /// Receivers allowed to lose messages (isolated slow ones): in order and once, but not
+    /// necessarily all.
+    lossy: Vec<usize>,
     crashed: Vec<usize>,
     delivered: u64,
 }
@@ -78,7 +81,7 @@ impl Oracle {
         let subscribed = &self.topics[r];
         let cursor = self.cursors.entry((r, s)).or_default();
         let mut at = cursor.next;
-        if !cursor.started && self.late.contains(&r) {
+        if (!cursor.started && self.late.contains(&r)) || self.lossy.contains(&r) {
             // A late joiner starts somewhere; from then on it must miss nothing.
             at = sent[at..]
                 .iter()
@@ -117,6 +120,10 @@ impl Oracle {
 struct Run {
     spec: Spec,
     seed: u64,
+    /// A receiver whose application takes only this many events per millisecond.
+    slow: Option<(usize, usize)>,
+    /// Gap events seen (allowed only at lossy receivers).
+    gaps: u64,
     sim: Sim<NodeCore>,
     idx: Vec<NodeIndex>,
     oracle: Oracle,
@@ -137,6 +144,31 @@ fn core_config(i: usize, seed: u64) -> CoreConfig {
     c.send_queue_bytes = 1 << 20;
     c.cache_max_bytes = 8 << 20;
     c
+}
+
+/// The application of node `r` takes up to `n` events.
+fn consume(
+    oracle: &mut Oracle,
+    gaps: &mut u64,
+    r: usize,
+    node: &mut NodeCore,
+    n: usize,
+    seed: u64,
+) {
+    for _ in 0..n {
+        let Some(e) = node.poll_event() else { return };
+        match e {
+            Event::Delivered(d) => oracle.deliver(r, d.sender, d.topic, &d.payload, seed),
+            Event::Gap { sender, missed, .. } => {
+                assert!(
+                    oracle.lossy.contains(&r),
+                    "node {r}: {missed} packets of {sender:?} given up (seed {seed})"
+                );
+                *gaps += u64::from(missed);
+            }
+            _ => {}
+        }
+    }
 }
 
 fn payload(sender: usize, k: u32, size: usize) -> Bytes {
@@ -170,6 +202,8 @@ impl Run {
         Run {
             spec,
             seed,
+            slow: None,
+            gaps: 0,
             sim,
             idx,
             oracle: Oracle {
@@ -177,6 +211,7 @@ impl Run {
                 sent,
                 cursors: BTreeMap::new(),
                 late: Vec::new(),
+                lossy: Vec::new(),
                 crashed: Vec::new(),
                 delivered: 0,
             },
@@ -186,7 +221,8 @@ impl Run {
     }
 
     fn run_for(&mut self, d: Duration) {
-        let (oracle, seed) = (&mut self.oracle, self.seed);
+        let (oracle, seed, slow) = (&mut self.oracle, self.seed, self.slow);
+        let gaps = &mut self.gaps;
         let t = self.sim.now() + d;
         self.sim
             .run_until(t, &mut |o: &mut Observation<'_, NodeCore>| {
@@ -195,18 +231,16 @@ impl Run {
                     return;
                 }
                 o.node.check_invariants();
-                while let Some(e) = o.node.poll_event() {
-                    match e {
-                        Event::Delivered(d) => {
-                            oracle.deliver(r, d.sender, d.topic, &d.payload, seed)
-                        }
-                        Event::Gap { sender, missed, .. } => panic!(
-                            "node {r}: {missed} packets of {sender:?} given up (seed {seed})"
-                        ),
-                        _ => {}
-                    }
+                if slow.is_some_and(|(s, _)| s == r) {
+                    return; // Its application reads at its own pace (`consume`).
                 }
+                consume(oracle, gaps, r, o.node, usize::MAX, seed);
             });
+        if let Some((r, per_ms)) = self.slow {
+            let n = (d.as_micros() as usize * per_ms / 1000).max(1);
+            let node = self.sim.node_mut(self.idx[r]);
+            consume(&mut self.oracle, &mut self.gaps, r, node, n, self.seed);
+        }
     }
 
     /// Publishes one millisecond's worth per sender (as much as back-pressure allows).
@@ -246,6 +280,7 @@ impl Run {
         let senders: Vec<usize> = self.oracle.sent.keys().copied().collect();
         self.live_receivers()
             .iter()
+            .filter(|r| !self.oracle.lossy.contains(r))
             .flat_map(|r| senders.iter().map(move |s| (*r, *s)))
             .map(|(r, s)| self.oracle.outstanding(r, s))
             .sum()
@@ -266,8 +301,12 @@ impl Run {
             );
         }
         let deadline = self.sim.now() + Duration::from_secs(30);
-        while self.outstanding() > 0 && self.sim.now() < deadline {
-            self.run_for(Duration::from_millis(50));
+        let mut last = u64::MAX;
+        while (self.outstanding() > 0 || last != self.oracle.delivered) && self.sim.now() < deadline
+        {
+            // Until everything is delivered and (slow or lossy receivers) nothing more comes.
+            last = self.oracle.delivered;
+            self.run_for(Duration::from_millis(100));
         }
         assert_eq!(
             self.outstanding(),
@@ -291,7 +330,9 @@ impl Run {
                 "node {r} still caches packets (seed {})",
                 self.seed
             );
-            assert_eq!(s.gaps, 0);
+            if !self.oracle.lossy.contains(&r) {
+                assert_eq!(s.gaps, 0);
+            }
         }
     }
 
@@ -493,6 +534,70 @@ fn a_receiver_crash_and_a_late_joiner_do_not_cost_survivors_anything() {
         assert!(c.started, "the joiner heard from sender {s}");
     }
     run.report("8 receivers, 1% loss, one crash, one joiner");
+}
+
+/// One receiver's application reads 25 messages per millisecond while three senders
+/// publish 150 each per millisecond (1,000-byte messages) and the others keep up. Returns (milliseconds the senders took to publish everything,
+/// messages the slow receiver lost, its isolations).
+fn slow_receiver_run(isolate: bool) -> (u32, u64, u64) {
+    let seed = seed_from_env(18);
+    let mut s = spec(5, 10_000);
+    s.receivers = vec![vec![0, 1]; 5];
+    s.per_ms = 150;
+    s.size = 1000;
+    let mut config = lossy(seed, 0.01);
+    config.latency = Duration::from_micros(50);
+    let mut run = Run::new(s, config);
+    for i in 0..run.idx.len() {
+        let node = run.sim.node_mut(run.idx[i]);
+        let mut c = node.config().clone();
+        // Small windows, so that buffering cannot hide the slow application.
+        c.max_pending_events = 500;
+        c.reorder_window_packets = 2048;
+        c.send_window_packets = 1024;
+        c.send_queue_bytes = 256 << 10;
+        c.ring.slow_lag = 512;
+        c.ring.slow_after = Duration::from_millis(100);
+        c.ring.isolate_slow = isolate;
+        *node = NodeCore::new(c, Instant::ZERO);
+        if i < 5 {
+            node.subscribe_all(Instant::ZERO, [topic(0), topic(1)]);
+        }
+    }
+    run.slow = Some((4, 25));
+    if isolate {
+        run.oracle.lossy.push(4);
+    }
+    let mut took = 0;
+    run.run(|_, ms| took = ms);
+    let isolations = run.stats(4).ring.isolations;
+    println!(
+        "slow receiver, isolate={isolate}: publishing took {took} ms; slow node lost {} packets, \
+         isolated itself {isolations} times; leaders reported {} slow receivers",
+        run.gaps,
+        (0..5).map(|r| run.stats(r).slow_receivers).sum::<u64>()
+    );
+    (took, run.gaps, isolations)
+}
+
+#[test]
+fn a_slow_receiver_slows_the_senders_by_default_and_is_isolated_by_choice() {
+    let (reliable_ms, lost, isolations) = slow_receiver_run(false);
+    assert_eq!(
+        (lost, isolations),
+        (0, 0),
+        "the default policy loses nothing"
+    );
+    let (isolated_ms, lost, isolations) = slow_receiver_run(true);
+    assert!(isolations > 0, "the slow receiver isolated itself");
+    assert!(
+        lost > 0,
+        "an isolated receiver loses what it cannot keep up with"
+    );
+    assert!(
+        isolated_ms * 2 < reliable_ms,
+        "isolation frees the others: {isolated_ms} ms vs {reliable_ms} ms"
+    );
 }
 
 #[test]

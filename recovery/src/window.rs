@@ -138,7 +138,9 @@ impl<T> ReceiveWindow<T> {
             return Arrival::Stale;
         }
         let mut ahead = ahead as usize;
-        if ahead >= self.capacity && self.timeout.is_none() {
+        if self.timeout.is_none() && ahead + self.out.len() >= self.capacity {
+            // Reliable mode: what waits here and what the owner has not popped yet share the
+            // window, so a slow owner stops the window (and, through the ring, the sender).
             return Arrival::Beyond;
         }
         if ahead >= self.capacity {

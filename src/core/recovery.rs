@@ -139,6 +139,7 @@ impl LocalStreams for Streams<'_> {
         cleanup: Seq,
         partition: usize,
         max: usize,
+        isolated: bool,
     ) -> Progress {
         let key = (sender, self.region);
         if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
@@ -151,8 +152,8 @@ impl LocalStreams for Streams<'_> {
             skipping: None,
         });
         // Positions up to the cleanup point are stable region-wide: a member that has not
-        // heard them joined after them.
-        stream.window.skip_to(now, cleanup.next(), false);
+        // heard them joined after them, or (isolated) gave them up.
+        stream.window.skip_to(now, cleanup.next(), isolated);
         stream.window.on_highest(now, cutoff);
         self.cache.clean(sender, cleanup);
         self.touched.push(key);
@@ -374,6 +375,12 @@ impl NodeCore {
                 }
                 RingAction::Ack { to, ack } => {
                     self.send_control(to, PacketKind::SenderAck, |b| ack.write(b));
+                }
+                RingAction::Isolated { sender, lag } => {
+                    self.events.push_back(Event::Isolated { sender, lag });
+                }
+                RingAction::Rejoined { sender } => {
+                    self.events.push_back(Event::Rejoined { sender });
                 }
                 RingAction::Slow(s) => {
                     self.stats.slow_receivers += 1;
