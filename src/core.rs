@@ -18,13 +18,17 @@
 //! died before anyone had it) is reported, as [`Event::Gap`]. In best-effort mode holes are
 //! given up after `reorder_timeout` and reported as gaps.
 
+mod gossip;
 mod recovery;
+
+pub use gossip::{ClusterMap, MemberView, RegionView};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use qs_gossip::GossipNode;
 use qs_membership::{Discovery, DiscoveryConfig, DiscoveryEvent, DiscoveryStats, Peer};
 use qs_recovery::{Arrival, Popped, ReceiveWindow, Ring, RingConfig, RingStats};
 use qs_regions::{GroupRange, RegionTable, Signature};
@@ -87,6 +91,11 @@ pub struct CoreConfig {
     pub max_out_queue: usize,
     /// The recovery ring's settings.
     pub ring: RingConfig,
+    /// Run the gossip plane (failure detection, subscription records, health map,
+    /// multicast reachability) on the unicast socket.
+    pub gossip: bool,
+    /// The gossip round (SWIM protocol period).
+    pub gossip_round: Duration,
     /// Probability of dropping an incoming data packet on purpose (loss injection for demos and
     /// tests; 0 in production).
     pub inject_loss: f64,
@@ -122,6 +131,8 @@ impl CoreConfig {
             cache_max_bytes: 64 << 20,
             max_out_queue: 16384,
             ring: RingConfig::default(),
+            gossip: true,
+            gossip_round: Duration::from_millis(200),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
         }
@@ -183,6 +194,20 @@ pub enum Event {
     Rejoined {
         /// The stream's sender.
         sender: NodeId,
+    },
+    /// Gossip: `member` does not hear `region`'s multicast; senders serve it by unicast.
+    MulticastUnreachable {
+        /// The member.
+        member: NodeId,
+        /// The region.
+        region: RegionId,
+    },
+    /// Gossip: `member` hears `region`'s multicast again.
+    MulticastReachable {
+        /// The member.
+        member: NodeId,
+        /// The region.
+        region: RegionId,
     },
 }
 
@@ -275,6 +300,12 @@ pub struct CoreStats {
     pub data_bytes_sent: u64,
     /// Slow-receiver reports.
     pub slow_receivers: u64,
+    /// Gossip datagrams sent.
+    pub gossip_datagrams_sent: u64,
+    /// Gossip bytes sent.
+    pub gossip_bytes_sent: u64,
+    /// Data datagrams sent by unicast to members that do not hear a region's multicast.
+    pub unicast_copies_sent: u64,
     /// The recovery ring's counters.
     pub ring: RingStats,
     /// Drops by reason.
@@ -382,6 +413,9 @@ pub struct NodeCore {
     out: recovery::OutQueue,
     /// Streams whose release stopped because the application is behind (reliable mode).
     stalled: BTreeSet<(NodeId, RegionId)>,
+    /// The gossip plane (when enabled).
+    gossip: Option<GossipNode>,
+    health_clock: gossip::HealthClock,
     /// Peers discovery declared gone (most recent last, bounded): their streams are over.
     departed: VecDeque<NodeId>,
     prng: Prng,
@@ -406,7 +440,7 @@ impl NodeCore {
         );
         let mut commands = VecDeque::new();
         commands.push_back(SocketCommand::JoinGroup(config.control_group));
-        NodeCore {
+        let mut core = NodeCore {
             regions: RegionTable::new(config.group_range),
             config,
             discovery,
@@ -422,10 +456,21 @@ impl NodeCore {
             cache: recovery::Cache::default(),
             out: VecDeque::new(),
             departed: VecDeque::new(),
+            gossip: None,
+            health_clock: gossip::HealthClock::default(),
             stalled: BTreeSet::new(),
             prng,
             stats: CoreStats::default(),
+        };
+        if core.config.gossip {
+            core.gossip = Some(core.new_gossip(now));
         }
+        core
+    }
+
+    /// The gossip plane (membership, subscriptions, health map, reachability), when enabled.
+    pub fn gossip(&self) -> Option<&GossipNode> {
+        self.gossip.as_ref()
     }
 
     /// This node's id.
@@ -447,6 +492,8 @@ impl NodeCore {
             unacked_packets: unacked,
             cached_packets: self.cache.packets as u64,
             cached_bytes: self.cache.bytes as u64,
+            gossip_datagrams_sent: self.gossip.as_ref().map_or(0, |g| g.stats().datagrams_sent),
+            gossip_bytes_sent: self.gossip.as_ref().map_or(0, |g| g.stats().bytes_sent),
             ..self.stats
         }
     }
@@ -572,6 +619,9 @@ impl NodeCore {
         );
         assert!(self.cache.bytes <= self.config.cache_max_bytes);
         assert!(self.out_len() <= self.config.max_out_queue);
+        if let Some(g) = &self.gossip {
+            g.check_invariants();
+        }
         assert_eq!(
             self.ring.as_ref().map(Ring::region),
             self.own_region.filter(|_| self.config.reliable),
@@ -636,6 +686,9 @@ impl NodeCore {
             self.recv.retain(|(_, r), _| Some(*r) == new_region);
         }
         self.regions.set_member(self.config.id, &signature);
+        if let Some(g) = self.gossip.as_mut() {
+            g.set_topics(signature.topics().iter().copied());
+        }
         self.discovery.set_signature(now, signature);
         self.prune_send_streams();
         self.refresh_ring(now);
@@ -701,6 +754,9 @@ impl NodeCore {
     /// Starts a graceful leave: peers are told at once. Queued data still goes out.
     pub fn leave(&mut self, now: Instant) {
         self.discovery.leave(now);
+        if let Some(g) = self.gossip.as_mut() {
+            g.leave(now);
+        }
     }
 
     /// The next event for the application. Not polling stalls reliable receive windows once
@@ -739,10 +795,16 @@ impl NodeCore {
         while let Some(e) = self.discovery.poll_event() {
             match e {
                 DiscoveryEvent::PeerUp(id) | DiscoveryEvent::PeerChanged(id) => {
-                    self.departed.retain(|d| *d != id);
                     if let Some(p) = self.discovery.peer(id) {
-                        let sig = p.signature.clone();
-                        self.regions.set_member(id, &sig);
+                        let (sig, addr) = (p.signature.clone(), p.unicast);
+                        if let Some(g) = self.gossip.as_mut() {
+                            g.add_seed(SocketAddr::V4(addr));
+                        }
+                        // Gossip's failure detector overrides lingering announcements.
+                        if !self.gossip_says_down(id) {
+                            self.departed.retain(|d| *d != id);
+                            self.regions.set_member(id, &sig);
+                        }
                     }
                     self.events.push_back(match e {
                         DiscoveryEvent::PeerUp(_) => Event::PeerUp(id),
@@ -836,7 +898,12 @@ impl NodeCore {
         } else {
             parse(Bytes::copy_from_slice(&body)).map_or(packet, |(_, _, copy)| copy)
         };
+        let fresh = stream.window.highest().is_none_or(|h| h.is_before(seq))
+            && wire::flags(datagram) & wire::FLAG_UNICAST_COPY == 0;
         let arrival = stream.window.insert(now, seq, packet);
+        if fresh {
+            self.heard_multicast(now, region);
+        }
         match arrival {
             Arrival::Stale => self.stats.drops.stale += 1,
             Arrival::First { missed_before } => {
@@ -1124,11 +1191,40 @@ impl NodeCore {
                 ring.on_data();
             }
         }
+        self.unicast_copies(region, &buf[..len]);
         Some(Transmit {
             destination,
             class: TrafficClass::Data,
             len,
         })
+    }
+}
+
+impl NodeCore {
+    /// Members of `region` that gossip reports deaf to its multicast get this data datagram by
+    /// unicast too, flagged so that it does not count as the multicast path working.
+    fn unicast_copies(&mut self, region: RegionId, datagram: &[u8]) {
+        let deaf = self.unreachable_in(region);
+        if deaf.is_empty() {
+            return;
+        }
+        let members = self.regions.region(region).map(|r| r.members.clone());
+        let mut copy = BytesMut::from(datagram);
+        copy[4] |= wire::FLAG_UNICAST_COPY;
+        let len = copy.len();
+        if wire::finish(&mut copy, len).is_err() {
+            return;
+        }
+        let copy = copy.freeze();
+        for m in deaf {
+            if !members.as_ref().is_some_and(|ms| ms.contains(&m)) {
+                continue;
+            }
+            if let Some(addr) = self.address_of(m) {
+                self.stats.unicast_copies_sent += 1;
+                self.push_out(addr, TrafficClass::Data, copy.clone());
+            }
+        }
     }
 }
 
@@ -1177,12 +1273,19 @@ impl Driven for NodeCore {
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
             PacketKind::RepairRequest => self.handle_repair_request(from, &body),
             PacketKind::SenderAck => self.handle_sender_ack_body(now, &body),
+            PacketKind::Gossip => {
+                if let Some(g) = self.gossip.as_mut() {
+                    g.handle_datagram(now, from, datagram);
+                    self.drain_gossip(now);
+                }
+            }
         }
     }
 
     fn handle_timeout(&mut self, now: Instant) {
         self.discovery.handle_timeout(now);
         self.drain_discovery(now);
+        self.gossip_timeout(now);
         self.ring_timeout(now);
         let due: Vec<(NodeId, RegionId)> = self
             .recv
@@ -1208,6 +1311,11 @@ impl Driven for NodeCore {
                 len,
             });
         }
+        if let Some(g) = self.gossip.as_mut() {
+            if let Some(t) = g.poll_transmit(now, &mut buf[..budget]) {
+                return Some(t);
+            }
+        }
         if let Some(t) = self.poll_out(buf) {
             return Some(t);
         }
@@ -1224,10 +1332,12 @@ impl Driven for NodeCore {
         let holes = self.recv.values().filter_map(|s| s.window.deadline());
         let discovery = self.discovery.poll_timeout();
         let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
+        let gossip = self.gossip.as_ref().and_then(|g| g.poll_timeout());
         Some(
             states
                 .chain(holes)
                 .chain(ring)
+                .chain(gossip)
                 .fold(discovery, Instant::min),
         )
     }

@@ -393,6 +393,7 @@ enum Command {
     Stats(Sender<Stats>),
     Peers(Sender<Vec<PeerInfo>>),
     SubscribersOf(Vec<TopicId>, Sender<usize>),
+    ClusterMap(Sender<crate::core::ClusterMap>),
     Shutdown,
 }
 
@@ -533,6 +534,12 @@ impl Node {
     /// The peers this node knows.
     pub fn peers(&self) -> Result<Vec<PeerInfo>, Error> {
         self.ask(Command::Peers)
+    }
+
+    /// The cluster as this node sees it: members and their gossip state, regions and their
+    /// members, health per node, per region and for the cluster (what `qs top` shows).
+    pub fn cluster_map(&self) -> Result<crate::core::ClusterMap, Error> {
+        self.ask(Command::ClusterMap)
     }
 
     /// How many other nodes subscribe at least one of `topics`.
@@ -782,6 +789,9 @@ impl Worker {
                     .filter(|p| topics.iter().any(|t| p.signature.contains(*t)))
                     .count();
                 let _ = tx.send(n);
+            }
+            Command::ClusterMap(tx) => {
+                let _ = tx.send(self.core.cluster_map());
             }
             Command::Shutdown => return true,
         }

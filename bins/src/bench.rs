@@ -242,7 +242,10 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "ctl+rep"
     );
     for (size, raw, qs) in rows {
-        let lossless = qs.iter().find(|(l, _)| *l == 0.0).map(|(_, f)| f.msgs_per_s);
+        let lossless = qs
+            .iter()
+            .find(|(l, _)| *l == 0.0)
+            .map(|(_, f)| f.msgs_per_s);
         let named = qs.iter().map(|(loss, f)| {
             let name = if *loss == 0.0 {
                 "qs".to_string()
@@ -335,7 +338,11 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
 }
 
 fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result<Figures> {
-    let cluster = format!("bench-{}-{size}-{}", std::process::id(), (loss * 1e4) as u64);
+    let cluster = format!(
+        "bench-{}-{size}-{}",
+        std::process::id(),
+        (loss * 1e4) as u64
+    );
     let build = |loss: f64| {
         Node::builder()
             .inject_loss(loss)

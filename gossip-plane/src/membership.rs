@@ -460,6 +460,17 @@ impl Membership {
         self.probes.clear();
     }
 
+    /// Adds an address to ping while no member is known (for example a peer found by the
+    /// multicast announce bootstrap). At most 64 seeds are kept.
+    pub fn add_seed(&mut self, addr: SocketAddr) {
+        if addr != self.my_addr
+            && !self.config.seeds.contains(&addr)
+            && self.config.seeds.len() < 64
+        {
+            self.config.seeds.push(addr);
+        }
+    }
+
     /// Whether [`Membership::leave`] was called and the leave rounds are over.
     pub fn is_gone(&self) -> bool {
         self.left_at_round

@@ -322,6 +322,11 @@ impl GossipNode {
         self.pump_events();
     }
 
+    /// Adds a seed address to join through (see [`Membership::add_seed`]).
+    pub fn add_seed(&mut self, addr: SocketAddr) {
+        self.membership.add_seed(addr);
+    }
+
     /// Leaves the cluster gracefully (see [`Membership::leave`]).
     pub fn leave(&mut self, now: Instant) {
         self.membership.leave(now);

@@ -111,7 +111,7 @@ impl Intents {
 /// asked for the peer, liveness payloads first, then bulk payloads sharing what is left of the
 /// MTU. Received sections go to [`GossipObject::handle`]. Replies use the same outbox, so they
 /// bundle too.
-pub trait GossipObject {
+pub trait GossipObject: Send {
     /// The section tag on the wire (unique per node).
     fn tag(&self) -> u8;
     /// A short name for counters and reports.

@@ -401,7 +401,7 @@ impl NodeCore {
         kind: PacketKind,
         body: impl FnOnce(&mut [u8]) -> Result<usize, WireError>,
     ) {
-        let Some(addr) = self.discovery.peer(to).map(|p| p.unicast) else {
+        let Some(addr) = self.address_of(to) else {
             self.stats.drops.no_address += 1;
             return;
         };
@@ -418,13 +418,13 @@ impl NodeCore {
         match len {
             Ok(len) => {
                 buf.truncate(len);
-                self.push_out(SocketAddr::V4(addr), TrafficClass::Control, buf.freeze());
+                self.push_out(addr, TrafficClass::Control, buf.freeze());
             }
             Err(_) => self.stats.drops.malformed += 1,
         }
     }
 
-    fn push_out(&mut self, to: SocketAddr, class: TrafficClass, datagram: Bytes) {
+    pub(super) fn push_out(&mut self, to: SocketAddr, class: TrafficClass, datagram: Bytes) {
         if self.out.len() >= self.config.max_out_queue {
             self.stats.drops.out_queue_full += 1;
             return;

@@ -34,6 +34,7 @@ fn parse_any(datagram: &[u8]) -> Result<(), WireError> {
         PacketKind::TokenAck => TokenAck::parse(&body).map(drop),
         PacketKind::RepairRequest => RepairRequest::parse(&body).map(drop),
         PacketKind::SenderAck => SenderAck::parse(&body).map(drop),
+        PacketKind::Gossip => Ok(()),
     }
 }
 

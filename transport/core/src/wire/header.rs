@@ -31,6 +31,8 @@ pub enum PacketKind {
     RepairRequest = 7,
     /// A region leader's acknowledgement to a sender ([`super::SenderAck`]).
     SenderAck = 8,
+    /// A gossip-plane datagram (`qs-gossip`; its body is that crate's sections).
+    Gossip = 0x47,
 }
 
 impl PacketKind {
@@ -44,6 +46,7 @@ impl PacketKind {
             6 => PacketKind::TokenAck,
             7 => PacketKind::RepairRequest,
             8 => PacketKind::SenderAck,
+            0x47 => PacketKind::Gossip,
             other => return Err(WireError::UnknownKind(other)),
         })
     }
@@ -75,6 +78,15 @@ impl Header {
         b[16..24].copy_from_slice(&self.sender.0.to_be_bytes());
         Ok(())
     }
+}
+
+/// Header flag: this data datagram is a sender's unicast copy for a member that does not hear
+/// the region's multicast (not evidence that the multicast path works).
+pub const FLAG_UNICAST_COPY: u8 = 1;
+
+/// The flags byte of a datagram that passed [`parse`].
+pub fn flags(datagram: &[u8]) -> u8 {
+    datagram.get(4).copied().unwrap_or(0)
 }
 
 /// Seals a datagram of `len` bytes whose header was written with [`Header::write`]: stores the

@@ -26,7 +26,9 @@ pub use data::{
     DataPacket, DataWriter, Fragment, MessageIter, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN,
     MESSAGE_OVERHEAD,
 };
-pub use header::{finish, parse, Header, PacketKind, HEADER_LEN, MAGIC, VERSION};
+pub use header::{
+    finish, flags, parse, Header, PacketKind, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION,
+};
 pub use recovery::{
     RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord, MAX_PARTITIONS, TOKEN_ACK_LEN,
 };
