@@ -79,6 +79,9 @@ pub struct CoreConfig {
     /// Reliable mode: most packets a sender keeps unacknowledged per region; a full window
     /// pauses sending to that region. Must not exceed `reorder_window_packets`.
     pub send_window_packets: usize,
+    /// Reliable mode: pace senders to the slowest member's receive rate while a region falls
+    /// behind (rate control through the ring); `false` leaves only the window.
+    pub rate_control: bool,
     /// Reliable mode: most events (deliveries) waiting for the application; beyond it the
     /// receive windows stop releasing packets, so a slow application slows the senders
     /// instead of losing messages.
@@ -127,6 +130,7 @@ impl CoreConfig {
             inject_loss: 0.0,
             reliable: true,
             send_window_packets: 8192,
+            rate_control: true,
             max_pending_events: 65536,
             cache_max_bytes: 64 << 20,
             max_out_queue: 16384,
@@ -300,6 +304,10 @@ pub struct CoreStats {
     pub data_bytes_sent: u64,
     /// Slow-receiver reports.
     pub slow_receivers: u64,
+    /// Acknowledgements that set or lowered a stream's pacing rate.
+    pub pacing_engaged: u64,
+    /// Lowest pacing rate in force now, packets per second (0: no stream is paced).
+    pub pacing_rate: u64,
     /// Gossip datagrams sent.
     pub gossip_datagrams_sent: u64,
     /// Gossip bytes sent.
@@ -338,6 +346,10 @@ struct SendStream {
     base: Seq,
     /// The highest stability point the region acknowledged.
     acked: Seq,
+    /// Rate control, while the region lags (`None`: only the window limits sending).
+    pacing: Option<Pacing>,
+    /// The window was full with data queued since the last acknowledgement.
+    window_hit: bool,
     /// When to send the next stream state, if one is due.
     state_at: Option<Instant>,
     state_repeats_left: u32,
@@ -348,6 +360,42 @@ impl SendStream {
     fn highest(&self) -> Seq {
         Seq(self.next_seq.0.wrapping_sub(1))
     }
+
+    /// Refills the pacing bucket; whether a packet may go now.
+    fn pacing_allows(&mut self, now: Instant) -> bool {
+        let Some(p) = self.pacing.as_mut() else {
+            return true;
+        };
+        let dt = now.saturating_duration_since(p.at).as_secs_f64();
+        // Bursts of at most 2 ms worth (and at least a few packets).
+        let burst = (p.rate * 0.002).max(4.0);
+        p.tokens = (p.tokens + p.rate * dt).min(burst);
+        p.at = now;
+        p.tokens >= 1.0
+    }
+
+    /// When a paced stream with queued data gets its next token.
+    fn pacing_deadline(&self) -> Option<Instant> {
+        let p = self.pacing.as_ref()?;
+        if self.queue.is_empty() || p.tokens >= 1.0 {
+            return None;
+        }
+        let wait = (1.0 - p.tokens) / p.rate;
+        Some(p.at + Duration::from_secs_f64(wait.clamp(1e-6, 1.0)))
+    }
+}
+
+/// A sender's pacing of one region's stream, set from the region's acknowledgements: the
+/// rate follows the slowest member (QSM: about 1.1 times its receive rate, damped) while
+/// members fall behind, and probes upward (then lifts) while they keep up.
+#[derive(Debug, Clone, Copy)]
+struct Pacing {
+    /// Packets per second.
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+    /// Acknowledgements in a row without a full window.
+    calm: u32,
 }
 
 #[derive(Debug)]
@@ -490,6 +538,12 @@ impl NodeCore {
             discovery: self.discovery.stats(),
             ring: self.ring.as_ref().map(Ring::stats).unwrap_or_default(),
             unacked_packets: unacked,
+            pacing_rate: self
+                .send
+                .values()
+                .filter_map(|s| s.pacing.map(|p| p.rate as u64))
+                .min()
+                .unwrap_or(0),
             cached_packets: self.cache.packets as u64,
             cached_bytes: self.cache.bytes as u64,
             gossip_datagrams_sent: self.gossip.as_ref().map_or(0, |g| g.stats().datagrams_sent),
@@ -540,15 +594,6 @@ impl NodeCore {
         self.ready.is_empty()
             && self.out.is_empty()
             && self.send.values().all(|s| s.unacked.is_empty())
-    }
-
-    /// Whether a data packet could be built now (something queued, its window open).
-    pub fn can_send(&self) -> bool {
-        !self.out.is_empty()
-            || self
-                .ready
-                .iter()
-                .any(|r| self.send.get(r).is_some_and(|s| self.window_open(s)))
     }
 
     fn window_open(&self, s: &SendStream) -> bool {
@@ -730,6 +775,8 @@ impl NodeCore {
                 unacked_bytes: 0,
                 base: Seq::FIRST,
                 acked: Seq(0),
+                pacing: None,
+                window_hit: false,
                 queue: VecDeque::new(),
                 frag: None,
                 state_at: None,
@@ -1102,7 +1149,14 @@ impl NodeCore {
         let mut region = None;
         for _ in 0..self.ready.len() {
             let r = *self.ready.front()?;
-            if self.send.get(&r).is_some_and(|s| self.window_open(s)) {
+            let open = self.send.get(&r).is_some_and(|s| self.window_open(s));
+            if !open {
+                if let Some(s) = self.send.get_mut(&r) {
+                    s.window_hit = true;
+                }
+            }
+            // Paced streams also need a token (rate control through the ring).
+            if open && self.send.get_mut(&r).is_some_and(|s| s.pacing_allows(now)) {
                 region = Some(r);
                 break;
             }
@@ -1166,6 +1220,9 @@ impl NodeCore {
             len
         };
         stream.next_seq = seq.next();
+        if let Some(p) = stream.pacing.as_mut() {
+            p.tokens -= 1.0;
+        }
         if self.config.reliable {
             stream
                 .unacked
@@ -1287,6 +1344,9 @@ impl Driven for NodeCore {
         self.drain_discovery(now);
         self.gossip_timeout(now);
         self.ring_timeout(now);
+        for s in self.send.values_mut() {
+            s.pacing_allows(now); // Refill: the next poll_transmit may send.
+        }
         let due: Vec<(NodeId, RegionId)> = self
             .recv
             .iter()
@@ -1333,9 +1393,15 @@ impl Driven for NodeCore {
         let discovery = self.discovery.poll_timeout();
         let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
         let gossip = self.gossip.as_ref().and_then(|g| g.poll_timeout());
+        let paced = self
+            .send
+            .values()
+            .filter(|s| self.window_open(s))
+            .filter_map(SendStream::pacing_deadline);
         Some(
             states
                 .chain(holes)
+                .chain(paced)
                 .chain(ring)
                 .chain(gossip)
                 .fold(discovery, Instant::min),

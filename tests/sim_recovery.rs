@@ -569,13 +569,28 @@ fn slow_receiver_run(isolate: bool) -> (u32, u64, u64) {
         run.oracle.lossy.push(4);
     }
     let mut took = 0;
-    run.run(|_, ms| took = ms);
+    run.run(|run, ms| {
+        took = ms;
+        if std::env::var("QS_DEBUG_SLOW").is_ok() && ms % 25 == 0 {
+            let sent: u32 = run.next.values().sum();
+            let rates: Vec<u64> = (5..8).map(|s| run.stats(s).pacing_rate).collect();
+            let unacked: Vec<u64> = (5..8).map(|s| run.stats(s).unacked_packets).collect();
+            eprintln!(
+                "{ms} ms: published {sent}, pacing {rates:?}, unacked {unacked:?}, isolations {}",
+                run.stats(4).ring.isolations
+            );
+        }
+    });
     let isolations = run.stats(4).ring.isolations;
+    let senders = 5..run.idx.len();
     println!(
         "slow receiver, isolate={isolate}: publishing took {took} ms; slow node lost {} packets, \
-         isolated itself {isolations} times; leaders reported {} slow receivers",
+         isolated itself {isolations} times, refused {} packets beyond its window; leaders \
+         reported {} slow receivers; senders paced {} times",
         run.gaps,
-        (0..5).map(|r| run.stats(r).slow_receivers).sum::<u64>()
+        run.stats(4).drops.beyond_window,
+        (0..5).map(|r| run.stats(r).slow_receivers).sum::<u64>(),
+        senders.map(|s| run.stats(s).pacing_engaged).sum::<u64>(),
     );
     (took, run.gaps, isolations)
 }

@@ -18,6 +18,9 @@
 //!   neighbour of its own partition when it is a caretaker of `s`, else from a member of the
 //!   caretaker partition once that partition's proven prefix covers `s`; the sender
 //!   re-multicasts only what a whole caretaker partition cannot serve.
+//! * **Rates**: each member reports how fast its contiguous prefix of each stream advanced
+//!   since its previous visit; the token aggregates min/max/sum/count and the leader tells
+//!   the sender the slowest member's rate (the sender's pacing follows it, see the node core).
 //! * **Stability**: when the token returns, the leader sends each sender a [`SenderAck`]
 //!   (region-wide prefix, highest, naks); the next round carries the prefix as cleanup point.
 //! * **Token loss**: each hop is acknowledged ([`TokenAck`]) and retransmitted a few times; a
@@ -38,7 +41,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use qs_transport::wire::{
-    RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord, HEADER_LEN, MAX_PARTITIONS,
+    RateAggregate, RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord, HEADER_LEN,
+    MAX_PARTITIONS,
 };
 use qs_transport::{Instant, NodeId, RegionId, Seq};
 
@@ -178,6 +182,9 @@ pub struct Progress {
     /// Packets this member takes care of (after cleanup, at or before the cut-off) that it
     /// cannot serve: missing, or received but not cached (e.g. before a view change).
     pub cannot_serve: Vec<SeqRange>,
+    /// The application is behind: deliveries wait for it (an isolated member rejoins only
+    /// once it has caught up).
+    pub app_behind: bool,
 }
 
 /// The receive side of the node, as the ring sees it.
@@ -327,8 +334,11 @@ pub struct Ring {
     lagging: BTreeMap<NodeId, Lagging>,
     /// Per sender: since when this node itself lags (isolation policy).
     self_lag: BTreeMap<NodeId, Instant>,
-    /// Senders whose streams this node isolated itself from.
-    isolated: BTreeSet<NodeId>,
+    /// Senders whose streams this node isolated itself from, with the earliest time it may
+    /// rejoin (the wait doubles with every isolation, up to 64 × `slow_after`).
+    isolated: BTreeMap<NodeId, Instant>,
+    /// Per sender: this node's prefix and the time at its previous visit (receive rate).
+    last_prefix: BTreeMap<NodeId, (Seq, Instant)>,
     actions: VecDeque<RingAction>,
     stats: RingStats,
 }
@@ -351,7 +361,8 @@ impl Ring {
             held: None,
             lagging: BTreeMap::new(),
             self_lag: BTreeMap::new(),
-            isolated: BTreeSet::new(),
+            isolated: BTreeMap::new(),
+            last_prefix: BTreeMap::new(),
             actions: VecDeque::new(),
             stats: RingStats::default(),
         }
@@ -418,6 +429,7 @@ impl Ring {
         self.lagging.remove(&sender);
         self.self_lag.remove(&sender);
         self.isolated.remove(&sender);
+        self.last_prefix.remove(&sender);
     }
 
     /// The next action for the owner.
@@ -505,6 +517,7 @@ impl Ring {
                     partition_current: vec![None; p],
                     lack: Vec::new(),
                     naks: Vec::new(),
+                    rates: RateAggregate::default(),
                 });
             }
         }
@@ -531,6 +544,7 @@ impl Ring {
                 partition_current: vec![None; p],
                 lack: Vec::new(),
                 naks: Vec::new(),
+                rates: RateAggregate::default(),
                 ..rec.clone()
             });
         }
@@ -651,7 +665,7 @@ impl Ring {
         let mut requests: BTreeMap<(NodeId, NodeId), Vec<SeqRange>> = BTreeMap::new();
         for i in 0..token.records.len() {
             let sender = token.records[i].sender;
-            let isolated = self.isolated.contains(&sender);
+            let isolated = self.isolated.contains_key(&sender);
             let progress = if sender == self.me || !local.is_live(sender) {
                 // The sender has its whole stream; a departed sender's record is inert.
                 Progress::default()
@@ -663,7 +677,7 @@ impl Ring {
             if self.config.isolate_slow {
                 self.check_isolation(now, &token.records[i], &progress);
             }
-            let isolated = self.isolated.contains(&sender);
+            let isolated = self.isolated.contains_key(&sender);
             let room = budget.saturating_sub(token.wire_len()) / 8;
             let rec = &mut token.records[i];
             if let Some(h) = progress.highest {
@@ -672,6 +686,13 @@ impl Ring {
                 }
             }
             if let Some(prefix) = progress.prefix.filter(|_| !isolated) {
+                let previous = self.last_prefix.insert(sender, (prefix, now));
+                if let Some((then, at)) = previous.filter(|(_, at)| *at < now) {
+                    let secs = now.saturating_duration_since(at).as_secs_f64();
+                    let moved = then.distance_to(prefix).max(0) as f64;
+                    rec.rates
+                        .add((moved / secs).min(f64::from(u32::MAX)) as u32);
+                }
                 if rec.prefix.is_none_or(|q| prefix.is_before(q)) {
                     rec.prefix = Some(prefix);
                     rec.laggard = Some(self.me);
@@ -759,6 +780,7 @@ impl Ring {
                     stable,
                     highest: rec.highest,
                     naks: rec.naks.clone(),
+                    slowest_rate: rec.rates.slowest().unwrap_or(0),
                 },
             });
             self.basis.insert(
@@ -772,6 +794,7 @@ impl Ring {
                     partition_current: vec![None; p],
                     lack: Vec::new(),
                     naks: rec.naks,
+                    rates: RateAggregate::default(),
                     ..rec
                 },
             );
@@ -779,7 +802,8 @@ impl Ring {
     }
 
     /// Isolation policy: this node isolates itself from a stream it has lagged far behind
-    /// for `slow_after`, and rejoins once it is within half of `slow_lag`.
+    /// for `slow_after`, and rejoins once it is within half of `slow_lag` and its application
+    /// has caught up.
     fn check_isolation(&mut self, now: Instant, rec: &TokenRecord, progress: &Progress) {
         let Some(prefix) = progress.prefix else {
             return;
@@ -792,13 +816,21 @@ impl Ring {
         let sender = rec.sender;
         if lag >= self.config.slow_lag {
             let since = *self.self_lag.entry(sender).or_insert(now);
-            if now >= since + self.config.slow_after && self.isolated.insert(sender) {
+            if now >= since + self.config.slow_after && !self.isolated.contains_key(&sender) {
+                let backoff = 1u32 << self.stats.isolations.min(6);
+                self.isolated
+                    .insert(sender, now + self.config.slow_after * backoff);
                 self.stats.isolations += 1;
                 self.actions.push_back(RingAction::Isolated { sender, lag });
             }
-        } else if lag < self.config.slow_lag / 2 {
+        } else if lag < self.config.slow_lag / 2 && !progress.app_behind {
             self.self_lag.remove(&sender);
-            if self.isolated.remove(&sender) {
+            if self
+                .isolated
+                .get(&sender)
+                .is_some_and(|until| now >= *until)
+            {
+                self.isolated.remove(&sender);
                 self.actions.push_back(RingAction::Rejoined { sender });
             }
         }

@@ -196,7 +196,8 @@ impl<T> ReceiveWindow<T> {
         self.highest
     }
 
-    /// The holes up to and including `upto` (at most `max` sequence numbers), in order.
+    /// The holes up to and including `upto` (at most `max` sequence numbers, and only within
+    /// the room the window has now), in order.
     pub fn missing(&self, upto: Seq, max: usize) -> Vec<SeqRange> {
         let mut out: Vec<SeqRange> = Vec::new();
         let Some(next) = self.next else {
@@ -210,7 +211,9 @@ impl<T> ReceiveWindow<T> {
         } else {
             highest
         };
-        let span = next.distance_to(last) + 1;
+        // Only what the window could take now (reliable mode refuses the rest).
+        let room = self.capacity.saturating_sub(self.out.len()) as i64;
+        let span = (next.distance_to(last) + 1).min(room);
         let mut taken = 0;
         for i in 0..span.max(0) as u32 {
             if taken == max {

@@ -112,6 +112,7 @@ struct Streams<'a> {
     cache: &'a mut Cache,
     departed: &'a VecDeque<NodeId>,
     partitions: usize,
+    app_behind: bool,
     touched: Vec<(NodeId, RegionId)>,
 }
 
@@ -183,6 +184,7 @@ impl LocalStreams for Streams<'_> {
             prefix: stream.window.prefix(),
             missing,
             cannot_serve,
+            app_behind: self.app_behind,
         }
     }
 }
@@ -201,6 +203,8 @@ impl NodeCore {
             cache: &mut self.cache,
             departed: &self.departed,
             partitions: ring.view().partitions(),
+            app_behind: !self.stalled.is_empty()
+                || self.events.len() > self.config.max_pending_events / 2,
             touched: Vec::new(),
         };
         f(ring, &mut streams);
@@ -327,6 +331,36 @@ impl NodeCore {
             freed += 1;
         }
         self.stats.acked_packets += freed;
+        if self.config.rate_control && ack.slowest_rate > 0 {
+            let slowest = f64::from(ack.slowest_rate);
+            if std::mem::take(&mut stream.window_hit) {
+                // The region did not keep up with the window: follow its slowest member, with
+                // 10% headroom to probe (QSM), damped.
+                let target = (slowest * 1.1).max(MIN_PACING_RATE);
+                stream.pacing = Some(match stream.pacing {
+                    Some(p) => super::Pacing {
+                        rate: 0.5 * p.rate + 0.5 * target,
+                        calm: 0,
+                        ..p
+                    },
+                    None => super::Pacing {
+                        rate: target,
+                        tokens: 0.0,
+                        at: now,
+                        calm: 0,
+                    },
+                });
+                self.stats.pacing_engaged += 1;
+            } else if let Some(p) = stream.pacing.as_mut() {
+                // It keeps up: probe upward; after a run of calm rounds only the window limits
+                // sending again.
+                p.rate *= 1.25;
+                p.calm += 1;
+                if p.calm >= CALM_ROUNDS {
+                    stream.pacing = None;
+                }
+            }
+        }
         let mut announce = ack.stable.is_before(stream.acked);
         if stream.acked.is_before(ack.stable) && !stream.next_seq.is_before(ack.stable) {
             stream.acked = ack.stable;
@@ -483,6 +517,11 @@ impl NodeCore {
         self.out.len()
     }
 }
+
+/// The lowest pacing rate, packets per second (a sender is never paced to a halt).
+const MIN_PACING_RATE: f64 = 200.0;
+/// Acknowledgements without a full window after which pacing is lifted.
+const CALM_ROUNDS: u32 = 8;
 
 /// How many departed peers are remembered (their records are dropped from tokens).
 const DEPARTED_MEMORY: usize = 1024;

@@ -6,8 +6,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
-    self, Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RepairRequest, SenderAck,
-    SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError, HEADER_LEN,
+    self, Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate,
+    RepairRequest, SenderAck, SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError,
+    HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
@@ -67,19 +68,28 @@ fn token() -> impl Strategy<Value = Token> {
             prop::collection::vec(option_seq(), parts),
             ranges(),
             ranges(),
+            (any::<u16>(), any::<u32>(), any::<u32>(), any::<u64>()),
         )
             .prop_map(
-                |((s, h, c, prefix, lag, cl), pp, pc, lack, naks)| TokenRecord {
-                    sender: NodeId(s),
-                    highest: Seq(h),
-                    cutoff: Seq(c),
-                    prefix,
-                    laggard: prefix.map(|_| NodeId(lag)),
-                    cleanup: Seq(cl),
-                    partition_prefix: pp,
-                    partition_current: pc,
-                    lack,
-                    naks,
+                |((s, h, c, prefix, lag, cl), pp, pc, lack, naks, (rc, rmin, rmax, rsum))| {
+                    TokenRecord {
+                        sender: NodeId(s),
+                        highest: Seq(h),
+                        cutoff: Seq(c),
+                        prefix,
+                        laggard: prefix.map(|_| NodeId(lag)),
+                        cleanup: Seq(cl),
+                        partition_prefix: pp,
+                        partition_current: pc,
+                        lack,
+                        naks,
+                        rates: RateAggregate {
+                            count: rc,
+                            min: rmin,
+                            max: rmax,
+                            sum: rsum,
+                        },
+                    }
                 },
             );
         (
@@ -105,7 +115,7 @@ proptest! {
         t in token(),
         ack in (any::<u64>(), any::<u64>(), any::<u32>(), any::<u16>()),
         req in (any::<u64>(), any::<u64>(), ranges()),
-        sack in (any::<u64>(), any::<u32>(), any::<u32>(), ranges()),
+        sack in (any::<u64>(), any::<u32>(), any::<u32>(), ranges(), any::<u32>()),
     ) {
         let mut buf = vec![0u8; 8192];
         let n = t.write(&mut buf).unwrap();
@@ -117,7 +127,7 @@ proptest! {
         let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), ranges: req.2 };
         let n = r.write(&mut buf).unwrap();
         prop_assert_eq!(RepairRequest::parse(&buf[..n]).unwrap(), r);
-        let s = SenderAck { region: RegionId(sack.0), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3 };
+        let s = SenderAck { region: RegionId(sack.0), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
         let n = s.write(&mut buf).unwrap();
         prop_assert_eq!(SenderAck::parse(&buf[..n]).unwrap(), s);
     }

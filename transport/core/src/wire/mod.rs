@@ -30,7 +30,8 @@ pub use header::{
     finish, flags, parse, Header, PacketKind, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION,
 };
 pub use recovery::{
-    RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord, MAX_PARTITIONS, TOKEN_ACK_LEN,
+    RateAggregate, RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
+    MAX_PARTITIONS, TOKEN_ACK_LEN,
 };
 pub use stream::{StreamState, STREAM_STATE_LEN};
 

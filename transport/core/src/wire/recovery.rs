@@ -54,6 +54,42 @@ pub struct TokenRecord {
     pub lack: Vec<SeqRange>,
     /// What a whole caretaker partition lacked this round: the sender re-multicasts it.
     pub naks: Vec<SeqRange>,
+    /// Receive-rate aggregate over the members visited this round (packets per second each
+    /// member's contiguous prefix advanced since its previous visit).
+    pub rates: RateAggregate,
+}
+
+/// Minimum, maximum, sum and count of members' receive rates (packets per second).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateAggregate {
+    /// Members that reported a rate.
+    pub count: u16,
+    /// Lowest rate (meaningless when `count` is 0).
+    pub min: u32,
+    /// Highest rate.
+    pub max: u32,
+    /// Sum of the rates.
+    pub sum: u64,
+}
+
+impl RateAggregate {
+    /// Adds one member's rate.
+    pub fn add(&mut self, rate: u32) {
+        if self.count == 0 {
+            self.min = rate;
+            self.max = rate;
+        } else {
+            self.min = self.min.min(rate);
+            self.max = self.max.max(rate);
+        }
+        self.count = self.count.saturating_add(1);
+        self.sum += u64::from(rate);
+    }
+
+    /// The lowest rate, if any member reported one.
+    pub fn slowest(&self) -> Option<u32> {
+        (self.count > 0).then_some(self.min)
+    }
 }
 
 /// The token of one region's ring.
@@ -200,6 +236,8 @@ fn read_options(r: &mut Reader<'_>, n: usize) -> Result<Vec<Option<Seq>>, WireEr
         .collect()
 }
 
+const RATES_LEN: usize = 2 + 4 + 4 + 8;
+
 const TOKEN_FIXED_LEN: usize = 8 + 8 + 4 + 2 + 1 + 2;
 
 impl TokenRecord {
@@ -211,6 +249,7 @@ impl TokenRecord {
             + ranges_len(&self.lack)
             + ranges_len(&self.naks)
             + 1
+            + RATES_LEN
     }
 }
 
@@ -259,6 +298,10 @@ impl Token {
             put_options(buf, &mut at, &r.partition_current)?;
             put_ranges(buf, &mut at, &r.lack)?;
             put_ranges(buf, &mut at, &r.naks)?;
+            put_u16(buf, &mut at, r.rates.count)?;
+            put_u32(buf, &mut at, r.rates.min)?;
+            put_u32(buf, &mut at, r.rates.max)?;
+            put_u64(buf, &mut at, r.rates.sum)?;
         }
         Ok(at)
     }
@@ -300,6 +343,12 @@ impl Token {
                 partition_current: read_options(&mut r, partitions)?,
                 lack: r.ranges()?,
                 naks: r.ranges()?,
+                rates: RateAggregate {
+                    count: r.u16()?,
+                    min: r.u32()?,
+                    max: r.u32()?,
+                    sum: r.u64()?,
+                },
             });
         }
         r.end()?;
@@ -403,6 +452,8 @@ pub struct SenderAck {
     pub highest: Seq,
     /// Packets no member of their caretaker partition has.
     pub naks: Vec<SeqRange>,
+    /// The slowest member's receive rate in packets per second (0: unknown).
+    pub slowest_rate: u32,
 }
 
 impl SenderAck {
@@ -412,6 +463,7 @@ impl SenderAck {
         put_u64(buf, &mut at, self.region.0)?;
         put_u32(buf, &mut at, self.stable.0)?;
         put_u32(buf, &mut at, self.highest.0)?;
+        put_u32(buf, &mut at, self.slowest_rate)?;
         put_ranges(buf, &mut at, &self.naks)?;
         Ok(at)
     }
@@ -423,6 +475,7 @@ impl SenderAck {
             region: RegionId(r.u64()?),
             stable: Seq(r.u32()?),
             highest: Seq(r.u32()?),
+            slowest_rate: r.u32()?,
             naks: r.ranges()?,
         };
         r.end()?;
