@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use qs_sim::{seed_from_env, EventKind, LossModel, NodeIndex, Observation, Sim, SimConfig};
+use qs_transport::wire::{self, DataPacket, Fragment, PacketKind};
 use qs_transport::{Instant, NodeId, Prng, TopicId};
 use quicksilver::core::{CoreConfig, CoreStats, Event, NodeCore};
 
@@ -124,6 +125,9 @@ struct Run {
     slow: Option<(usize, usize)>,
     /// Gap events seen (allowed only at lossy receivers).
     gaps: u64,
+    /// When set: data packets the network dropped on their way to a receiver, by (receiver,
+    /// sender, seq), and how long each took to arrive after all (loss to repair, ns).
+    repair_clock: Option<(BTreeMap<(usize, u64, u32), Instant>, Vec<u64>)>,
     sim: Sim<NodeCore>,
     idx: Vec<NodeIndex>,
     oracle: Oracle,
@@ -144,6 +148,18 @@ fn core_config(i: usize, seed: u64) -> CoreConfig {
     c.send_queue_bytes = 1 << 20;
     c.cache_max_bytes = 8 << 20;
     c
+}
+
+/// (sender, seq) of a data datagram (packed or fragment).
+fn data_key(datagram: &Bytes) -> Option<(u64, u32)> {
+    let (h, body) = wire::parse(datagram).ok()?;
+    let body = Bytes::copy_from_slice(body);
+    let seq = match h.kind {
+        PacketKind::Data => DataPacket::parse(body).ok()?.seq,
+        PacketKind::Fragment => Fragment::parse(body).ok()?.seq,
+        _ => return None,
+    };
+    Some((h.sender.0, seq.0))
 }
 
 /// The application of node `r` takes up to `n` events.
@@ -204,6 +220,7 @@ impl Run {
             seed,
             slow: None,
             gaps: 0,
+            repair_clock: None,
             sim,
             idx,
             oracle: Oracle {
@@ -223,10 +240,29 @@ impl Run {
     fn run_for(&mut self, d: Duration) {
         let (oracle, seed, slow) = (&mut self.oracle, self.seed, self.slow);
         let gaps = &mut self.gaps;
+        let clock = &mut self.repair_clock;
         let t = self.sim.now() + d;
         self.sim
             .run_until(t, &mut |o: &mut Observation<'_, NodeCore>| {
                 let r = o.index.0;
+                if let Some((lost, samples)) = clock.as_mut() {
+                    match &o.event {
+                        EventKind::Dropped { datagram, .. } => {
+                            if let Some(k) = data_key(datagram) {
+                                lost.entry((r, k.0, k.1)).or_insert(o.now);
+                            }
+                        }
+                        EventKind::Delivered { datagram, .. } => {
+                            if let Some(k) = data_key(datagram) {
+                                if let Some(t) = lost.remove(&(r, k.0, k.1)) {
+                                    samples
+                                        .push(o.now.saturating_duration_since(t).as_nanos() as u64);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
                 if matches!(o.event, EventKind::Dropped { .. }) {
                     return;
                 }
@@ -612,6 +648,66 @@ fn a_slow_receiver_slows_the_senders_by_default_and_is_isolated_by_choice() {
     assert!(
         isolated_ms * 2 < reliable_ms,
         "isolation frees the others: {isolated_ms} ms vs {reliable_ms} ms"
+    );
+}
+
+/// Figures for the notes: caretaker memory against the sender's window as regions grow (one
+/// sender, one region of N, 1% loss), and the time from a loss to its repair.
+#[test]
+fn caretaker_memory_shrinks_with_partitions_and_repairs_come_within_rounds() {
+    let seed = seed_from_env(19);
+    let mut ratios = Vec::new();
+    for n in [5usize, 10, 25, 50] {
+        let s = Spec {
+            receivers: vec![vec![0]; n],
+            senders: vec![vec![0]],
+            messages: 4_000,
+            size: 1000,
+            per_ms: 20,
+        };
+        let mut run = Run::new(s, lossy(seed, 0.01));
+        run.repair_clock = Some((BTreeMap::new(), Vec::new()));
+        let (mut cache, mut unacked, mut samples) = (0u64, 0u64, 0u64);
+        run.run(|run, _| {
+            samples += 1;
+            cache += (0..n).map(|r| run.stats(r).cached_bytes).sum::<u64>() / n as u64;
+            unacked += run.stats(n).unacked_packets * 1000;
+        });
+        let partitions = run
+            .sim
+            .node(run.idx[0])
+            .ring()
+            .map_or(0, |r| r.view().partitions());
+        let (_, mut lat) = run.repair_clock.take().expect("clock");
+        lat.sort_unstable();
+        let pct = |q: f64| {
+            lat.get(((lat.len().max(1) - 1) as f64 * q) as usize)
+                .copied()
+                .unwrap_or(0) as f64
+                / 1e6
+        };
+        let ratio = cache as f64 / unacked.max(1) as f64;
+        println!(
+            "N={n:>2} P={partitions}: mean caretaker cache per receiver {:.0} KB, sender window \
+             {:.0} KB, ratio {ratio:.2} (5/N = {:.2}); loss to repair p50 {:.1} ms p99 {:.1} ms \
+             over {} repairs",
+            cache as f64 / samples.max(1) as f64 / 1e3,
+            unacked as f64 / samples.max(1) as f64 / 1e3,
+            5.0 / n as f64,
+            pct(0.5),
+            pct(0.99),
+            lat.len()
+        );
+        assert_eq!(partitions, (n / 5).max(1));
+        assert!(
+            pct(0.99) < 50.0,
+            "repairs take a few rounds, not more (N={n})"
+        );
+        ratios.push(ratio);
+    }
+    assert!(
+        ratios[3] * 4.0 < ratios[0],
+        "caretaker memory per receiver must shrink with the partitions: {ratios:?}"
     );
 }
 

@@ -15,9 +15,9 @@
 //!   (`lack`, intersected as the token walks the partition) and what whole caretaker partitions
 //!   lack (`naks`, for the sender).
 //! * **Repair order**: a member missing `s` (at or before the cut-off) pulls it from a
-//!   neighbour of its own partition when it is a caretaker of `s`, else from a member of the
-//!   caretaker partition once that partition's proven prefix covers `s`; the sender
-//!   re-multicasts only what a whole caretaker partition cannot serve.
+//!   neighbour of its own partition when it is a caretaker of `s`, else from the caretaker
+//!   partition (one member when that partition's proven prefix covers `s`, two while it may
+//!   not); the sender re-multicasts only what a whole caretaker partition cannot serve.
 //! * **Rates**: each member reports how fast its contiguous prefix of each stream advanced
 //!   since its previous visit; the token aggregates min/max/sum/count and the leader tells
 //!   the sender the slowest member's rate (the sender's pacing follows it, see the node core).
@@ -77,7 +77,7 @@ pub struct RingConfig {
 impl Default for RingConfig {
     fn default() -> RingConfig {
         RingConfig {
-            interval: Duration::from_millis(5),
+            interval: Duration::from_millis(2),
             idle_interval: Duration::from_millis(200),
             hop_timeout: Duration::from_millis(4),
             hop_retries: 8,
@@ -716,20 +716,29 @@ impl Ring {
             } else {
                 rec.lack = ranges(&lack, rec.cleanup, room + rec.lack.len());
             }
-            // Pull what this member misses from whoever can serve it.
+            // Pull what this member misses from whoever can serve it: a neighbour of its own
+            // partition for what the partition takes care of, else a member of the caretaker
+            // partition — one when that partition's proven prefix covers the packet (someone
+            // surely has it), two while only some of its members may (a partition whose
+            // prefix is held back by an unrelated hole must not hold this repair back). Targets
+            // rotate every round; what no caretaker has comes from the sender (naks).
             for s in progress.missing.iter().flat_map(|r| r.iter()) {
                 let q = self.view.caretaker(s);
                 let part = &self.view.partitions[q];
-                let target = if q == p {
+                let mut targets = [None, None];
+                if q == p {
                     let pos = part.iter().position(|m| *m == self.me).unwrap_or(0);
                     let t = part[(pos + 1 + round) % part.len()];
-                    (t != self.me).then_some(t)
-                } else if rec.partition_prefix[q].is_some_and(|pp| !pp.is_before(s)) {
-                    Some(part[(my_index + round) % part.len()])
+                    targets[0] = (t != self.me).then_some(t);
                 } else {
-                    None
-                };
-                if let Some(t) = target {
+                    let first = (my_index + round) % part.len();
+                    targets[0] = Some(part[first]);
+                    let proven = rec.partition_prefix[q].is_some_and(|pp| !pp.is_before(s));
+                    if !proven && part.len() > 1 {
+                        targets[1] = Some(part[(first + 1) % part.len()]);
+                    }
+                }
+                for t in targets.into_iter().flatten() {
                     let list = requests.entry((t, sender)).or_default();
                     match list.last_mut() {
                         Some(r) if r.first.advance(r.count) == s => r.count += 1,

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # bench-ns.sh: throughput across network namespaces, Quicksilver next to the physical limit.
 #
-# Usage: bench-ns.sh [--qs PATH] [--count N] [--sizes "64 1024"] [--receivers K]
+# Usage: bench-ns.sh [--qs PATH] [--count N] [--sizes "64 1024"] [--receivers K] [--loss PCT]
 #
 # Builds a LAN of 1 + K hosts (bridge + veth + namespaces, see lan.sh), then for each size:
 #   1. raw UDP multicast: `qs bench raw-recv` on hosts 2..K+1, `qs bench raw-send` on host 1
 #      (sendmmsg/recvmmsg, no protocol: the physical limit of this machine);
 #   2. Quicksilver: `qs sub --json` on hosts 2..K+1, `qs pub --rate 0` on host 1 (as fast as
 #      back-pressure allows).
+#   3. with --loss PCT: Quicksilver again with nftables dropping PCT% of the data frames arriving
+#      at every receiver (loss.sh, data port 7401): the throughput under loss next to the
+#      lossless run, and the repairs it took.
 # Prints one table row per size with per-receiver rates and the Quicksilver/raw ratio, and the
 # raw JSON lines under the results directory. Tears the LAN down on exit. Needs root.
 set -euo pipefail
@@ -19,13 +22,15 @@ qs=""
 count=300000
 sizes="64 1024"
 receivers=2
+loss=""
 while [ $# -gt 0 ]; do
     case $1 in
         --qs) qs=$2; shift 2 ;;
         --count) count=$2; shift 2 ;;
         --sizes) sizes=$2; shift 2 ;;
         --receivers) receivers=$2; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --loss) loss=$2; shift 2 ;;
+        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
         *) echo "bench-ns.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -60,6 +65,22 @@ for size in $sizes; do
     inns 1 timeout 120 "$qs" pub --json --topic bench --count "$count" --size "$size" --rate 0 \
         --subscribers "$receivers" --iface "$(addr 1)" --cluster "bench$$" > "$out/qs-$size-pub.json"
     wait
+    if [ -n "$loss" ]; then
+        for i in $(seq 2 "$hosts"); do
+            "$here/loss.sh" "$prefix" "$i" random "$loss" --dport 7401-7401 >/dev/null
+        done
+        for i in $(seq 2 "$hosts"); do
+            inns "$i" timeout 120 "$qs" sub --json --topic bench --count "$count" --timeout 3 \
+                --iface "$(addr "$i")" --cluster "lossy$$" > "$out/lossy-$size-h$i.json" &
+        done
+        inns 1 timeout 120 "$qs" pub --json --topic bench --count "$count" --size "$size" --rate 0 \
+            --subscribers "$receivers" --iface "$(addr 1)" --cluster "lossy$$" > "$out/lossy-$size-pub.json"
+        wait
+        for i in $(seq 2 "$hosts"); do
+            "$here/loss.sh" "$prefix" "$i" show > "$out/lossy-$size-h$i.loss"
+            "$here/loss.sh" "$prefix" "$i" clear >/dev/null
+        done
+    fi
 done
 
 # shellcheck disable=SC2086 # $sizes is a list on purpose
@@ -78,5 +99,13 @@ for s in sizes:
     qg = sum(q["received"] for q in qs) / len(qs) / count
     gaps = sum(q["gaps"] for q in qs)
     print(f"{s:>6} {rr:>11.0f} {rg*100:>7.1f}% {qr:>11.0f} {qr*int(s)/1e6:>8.1f} {qg*100:>7.1f}% {gaps:>6} {qr/rr:>6.2f}x")
+    lossy = [load(p) for p in sorted(glob.glob(f"{out}/lossy-{s}-h*.json"))]
+    if lossy:
+        lr = sum(q["rate_msgs_s"] for q in lossy) / len(lossy)
+        lg = sum(q["received"] for q in lossy) / len(lossy) / count
+        bad = sum(q["gaps"] + q["duplicates"] + q["out_of_order"] for q in lossy)
+        dropped = [open(p).read().split()[0] for p in sorted(glob.glob(f"{out}/lossy-{s}-h*.loss"))]
+        print(f"{s:>6} with loss: {lr:>11.0f} msg/s, got {lg*100:.1f}%, gaps+dup+ooo {bad}, "
+              f"{lr/qr*100:.1f}% of the lossless rate ({', '.join(dropped)})")
 PY
 echo "raw JSON lines: $out"
