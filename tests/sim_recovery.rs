@@ -118,6 +118,10 @@ impl Oracle {
     }
 }
 
+/// Dropped data packets by (receiver, sender, seq) with the time of the drop, and the
+/// loss-to-arrival times measured so far (ns).
+type RepairClock = (BTreeMap<(usize, u64, u32), Instant>, Vec<u64>);
+
 struct Run {
     spec: Spec,
     seed: u64,
@@ -127,7 +131,7 @@ struct Run {
     gaps: u64,
     /// When set: data packets the network dropped on their way to a receiver, by (receiver,
     /// sender, seq), and how long each took to arrive after all (loss to repair, ns).
-    repair_clock: Option<(BTreeMap<(usize, u64, u32), Instant>, Vec<u64>)>,
+    repair_clock: Option<RepairClock>,
     sim: Sim<NodeCore>,
     idx: Vec<NodeIndex>,
     oracle: Oracle,
