@@ -423,6 +423,9 @@ struct RecvStream {
     /// First sequence number of a fragmented message already counted as incomplete, so its
     /// remaining fragments are skipped without counting it again.
     skipping: Option<Seq>,
+    /// The sender is gone: the stream is removed once the application has taken what it
+    /// still holds.
+    closing: bool,
 }
 
 impl RecvStream {
@@ -936,6 +939,7 @@ impl NodeCore {
             },
             partial: None,
             skipping: None,
+            closing: false,
         });
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
@@ -989,6 +993,9 @@ impl NodeCore {
                 return;
             };
             let Some(popped) = stream.window.pop() else {
+                if stream.closing {
+                    self.recv.remove(&key);
+                }
                 return;
             };
             match popped {

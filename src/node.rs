@@ -115,6 +115,7 @@ pub struct NodeBuilder {
     peer_timeout: Duration,
     inject_loss: f64,
     reliable: bool,
+    isolate_slow: bool,
     node_id: Option<NodeId>,
     seed: Option<u64>,
 }
@@ -138,6 +139,7 @@ impl Default for NodeBuilder {
             peer_timeout: Duration::from_secs(3),
             inject_loss: 0.0,
             reliable: true,
+            isolate_slow: false,
             node_id: None,
             seed: None,
         }
@@ -248,6 +250,14 @@ impl NodeBuilder {
         self
     }
 
+    /// Opt-in slow-receiver policy: when this node falls far behind a sender for a while it
+    /// isolates itself (stops holding the region back, loses what it cannot keep up with,
+    /// reported as gaps) instead of slowing the senders down (the default).
+    pub fn isolate_slow(mut self, on: bool) -> Self {
+        self.isolate_slow = on;
+        self
+    }
+
     /// A fixed node id (default: random).
     pub fn node_id(mut self, id: NodeId) -> Self {
         self.node_id = Some(id);
@@ -308,6 +318,7 @@ impl NodeBuilder {
         config.max_message_bytes = self.max_message_bytes;
         config.inject_loss = self.inject_loss;
         config.reliable = self.reliable;
+        config.ring.isolate_slow = self.isolate_slow;
         config.discovery = DiscoveryConfig {
             announce_interval: self.announce_interval,
             peer_timeout: self.peer_timeout,
@@ -394,6 +405,7 @@ enum Command {
     Peers(Sender<Vec<PeerInfo>>),
     SubscribersOf(Vec<TopicId>, Sender<usize>),
     ClusterMap(Sender<crate::core::ClusterMap>),
+    Idle(Sender<bool>),
     Shutdown,
 }
 
@@ -540,6 +552,21 @@ impl Node {
     /// members, health per node, per region and for the cluster (what `qs top` shows).
     pub fn cluster_map(&self) -> Result<crate::core::ClusterMap, Error> {
         self.ask(Command::ClusterMap)
+    }
+
+    /// Waits until everything published so far was sent and (reliable mode) acknowledged by
+    /// every region it went to, or `timeout` passed. Returns whether it all was.
+    pub fn flush(&self, timeout: Duration) -> Result<bool, Error> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if self.ask(Command::Idle)? {
+                return Ok(true);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// How many other nodes subscribe at least one of `topics`.
@@ -792,6 +819,11 @@ impl Worker {
             }
             Command::ClusterMap(tx) => {
                 let _ = tx.send(self.core.cluster_map());
+            }
+            Command::Idle(tx) => {
+                let idle =
+                    self.core.is_idle() && self.refused.is_none() && self.publishes.is_empty();
+                let _ = tx.send(idle);
             }
             Command::Shutdown => return true,
         }

@@ -655,6 +655,61 @@ fn a_slow_receiver_slows_the_senders_by_default_and_is_isolated_by_choice() {
     );
 }
 
+/// A sender that leaves (gracefully, after its regions acknowledged everything) while a
+/// receiver's application is still behind must not take the undelivered messages with it.
+#[test]
+fn a_departing_sender_leaves_its_messages_with_a_slow_application() {
+    let seed = seed_from_env(20);
+    let mut s = spec(3, 6_000);
+    s.receivers = vec![vec![0, 1]; 3];
+    s.size = 500;
+    s.per_ms = 100;
+    let mut run = Run::new(s, lossy(seed, 0.01));
+    for i in 0..run.idx.len() {
+        let node = run.sim.node_mut(run.idx[i]);
+        let mut c = node.config().clone();
+        c.max_pending_events = 500;
+        *node = NodeCore::new(c, Instant::ZERO);
+        if i < 3 {
+            node.subscribe_all(Instant::ZERO, [topic(0), topic(1)]);
+        }
+    }
+    run.slow = Some((2, 10));
+    run.run_for(Duration::from_millis(1500));
+    while run.publish_tick() {
+        run.run_for(Duration::from_millis(1));
+    }
+    // Each sender waits for its acknowledgements (like `Node::flush`), then leaves.
+    let deadline = run.sim.now() + Duration::from_secs(30);
+    while (3..6).any(|i| !run.sim.node(run.idx[i]).is_idle()) && run.sim.now() < deadline {
+        run.run_for(Duration::from_millis(10));
+    }
+    let behind = run.outstanding();
+    assert!(
+        behind > 1_000,
+        "the slow application is still behind ({behind})"
+    );
+    for i in 3..6 {
+        let now = run.sim.now();
+        run.sim.node_mut(run.idx[i]).leave(now);
+        run.sim.poke(run.idx[i]);
+    }
+    run.run_for(Duration::from_secs(1));
+    for i in 3..6 {
+        run.sim.crash(run.idx[i]);
+        run.oracle.crashed.push(i);
+    }
+    while run.outstanding() > 0 && run.sim.now() < deadline {
+        run.run_for(Duration::from_millis(100));
+    }
+    assert_eq!(
+        run.outstanding(),
+        0,
+        "messages lost with their sender (seed {seed})"
+    );
+    assert_eq!(run.gaps, 0);
+}
+
 /// Figures for the notes: caretaker memory against the sender's window as regions grow (one
 /// sender, one region of N, 1% loss), and the time from a loss to its repair.
 #[test]

@@ -34,6 +34,10 @@ pub struct PubArgs {
     /// How long to wait for them, in seconds.
     #[arg(long, default_value_t = 15)]
     pub wait_secs: u64,
+    /// After publishing, wait up to this long for every subscriber region to acknowledge
+    /// everything (reliable mode), so that slow subscribers can still be repaired.
+    #[arg(long, default_value_t = 60)]
+    pub linger_secs: u64,
     /// Print one JSON summary line.
     #[arg(long)]
     pub json: bool,
@@ -189,8 +193,13 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
         node.publish(topic, bytes::Bytes::copy_from_slice(&buf))?;
     }
     let elapsed = start.elapsed();
-    // Let the tail and the stream states go out before leaving.
-    std::thread::sleep(Duration::from_millis(200));
+    // Stay until the regions acknowledged everything (repairs may still be needed).
+    if !node.flush(Duration::from_secs(a.linger_secs))? {
+        eprintln!(
+            "qs pub: not everything was acknowledged within {} s (--linger-secs)",
+            a.linger_secs
+        );
+    }
     let stats = node.stats()?;
     let node_id = node.id();
     node.shutdown()?;

@@ -151,6 +151,7 @@ impl LocalStreams for Streams<'_> {
             window: ReceiveWindow::reliable(capacity),
             partial: None,
             skipping: None,
+            closing: false,
         });
         // Positions up to the cleanup point are stable region-wide: a member that has not
         // heard them joined after them, or (isolated) gave them up.
@@ -496,9 +497,10 @@ impl NodeCore {
         for key in keys {
             if let Some(s) = self.recv.get_mut(&key) {
                 s.window.give_up_all(now);
+                s.closing = true;
             }
+            // Removed once drained (at once, unless the application is behind).
             self.drain_stream(key);
-            self.recv.remove(&key);
         }
         self.cache.forget(id);
         if let Some(ring) = self.ring.as_mut() {
