@@ -21,16 +21,17 @@
 //! * [`Health`] — Astrolabe-style health: per-node [`NodeHealth`] records (bounded), region
 //!   aggregates and their cluster roll-up ([`Aggregate`]).
 //!
-//! # What it does not do (yet)
+//! # How the node uses it, and what it does not do (yet)
 //!
-//! [`Health`] aggregates one level (region → cluster) and only as exactly as each region's
-//! members hold all of that region's records (`records_max`); nothing feeds it yet (the owner
-//! calls [`Health::set_local`] and [`Health::set_region`]). [`Reachability`] judges a region
-//! by data heard while the owner says senders are active: no active probing, no per-sender
-//! silence, and nothing in the data plane consumes [`Reachability::unreachable_members`] yet.
-//! No region derivation (feed [`Subscriptions::records`] to `qs-regions`), no `qs top`.
-//! Membership from the multicast announce bootstrap (`qs-membership`) keeps working beside
-//! it; the two are not yet reconciled. No encryption or authentication: any node of the
+//! The node core (`quicksilver::core`) runs a [`GossipNode`] on its unicast socket: members
+//! that [`Membership`] declares down or gone leave the region table (recovery rings re-form),
+//! [`Subscriptions`] records back up the multicast announcements (`qs-membership`, whose peers
+//! also seed gossip), the node publishes its [`NodeHealth`] every half second, and it reports
+//! fresh multicast data to [`Reachability`]; senders copy data by unicast to members reported
+//! deaf to a region. Not done: [`Health`] aggregates one level (region → cluster) and only as
+//! exactly as each region's members hold all of that region's records (`records_max`);
+//! [`Reachability`] judges a region by data heard while the owner says senders are active (no
+//! active probing, no per-sender silence). No encryption or authentication: any node of the
 //! cluster id is trusted.
 //!
 //! # Calling contract
