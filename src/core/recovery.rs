@@ -227,12 +227,10 @@ impl NodeCore {
             return;
         };
         if self.ring.as_ref().is_none_or(|r| r.region() != region) {
-            self.ring = Some(Ring::new(
-                self.config.ring.clone(),
-                self.config.id,
-                region,
-                now,
-            ));
+            let mut ring = self.config.ring.clone();
+            // Tokens must fit the datagrams this node sends.
+            ring.max_token_bytes = ring.max_token_bytes.min(self.config.max_datagram);
+            self.ring = Some(Ring::new(ring, self.config.id, region, now));
             self.cache.clear();
         }
         let members: Vec<NodeId> = self
