@@ -7,11 +7,14 @@
 //!   `qs sub --json` prints one JSON summary line for scripts and the testbed.
 //! - `qs bench`: throughput of Quicksilver next to a raw UDP multicast blaster measured in the
 //!   same run (the physical limit).
+//! - `qs top`: a live view of the cluster map (members, gossip status, regions, health) from a
+//!   node that joins the cluster; `qs top --json` prints one snapshot.
 
 mod bench;
 mod demo;
 mod pubsub;
 mod stamp;
+mod top;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -39,6 +42,8 @@ enum Command {
     Sub(pubsub::SubArgs),
     /// Measure throughput against raw UDP multicast, in one process on loopback.
     Bench(bench::BenchArgs),
+    /// Show the cluster map live: members, their gossip status and health, regions.
+    Top(top::TopArgs),
 }
 
 /// Network settings shared by every command.
@@ -63,6 +68,10 @@ pub struct NetArgs {
     /// Best-effort delivery: report losses as gaps instead of repairing them.
     #[arg(long)]
     pub best_effort: bool,
+    /// Slow-receiver policy: isolate this node when it falls far behind (it loses messages,
+    /// reported as gaps) instead of slowing the senders (default).
+    #[arg(long)]
+    pub isolate_slow: bool,
 }
 
 impl NetArgs {
@@ -75,6 +84,7 @@ impl NetArgs {
             .data_port(self.data_port)
             .inject_loss(self.inject_loss)
             .reliable(!self.best_effort)
+            .isolate_slow(self.isolate_slow)
     }
 }
 
@@ -92,6 +102,7 @@ fn main() -> ExitCode {
         Command::Pub(a) => pubsub::run_pub(a),
         Command::Sub(a) => pubsub::run_sub(a),
         Command::Bench(a) => bench::run(a),
+        Command::Top(a) => top::run(a),
     };
     match result {
         Ok(code) => code,

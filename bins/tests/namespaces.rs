@@ -51,3 +51,38 @@ fn two_percent_data_loss_at_three_subscribers_is_fully_repaired() {
     // subscriber must still report all messages, no duplicate, nothing out of order, no gap.
     ns_pubsub(&["--count", "20000", "--subs", "3", "--loss", "2"], 3);
 }
+
+/// The gossip plane's cluster map across namespaces (`testbed/scripts/ns-gossip-test.sh`): five
+/// subscribers in two regions converge in `qs top --json`; after a `kill -9` the node shows as
+/// down (or out of its region) and its region drops it within the script's bound; a new node
+/// shows up alive in its region within the bound.
+#[test]
+fn gossip_map_sees_a_kill_9_and_a_join() {
+    if !is_root() {
+        eprintln!("SKIP: network namespaces need root");
+        return;
+    }
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../testbed/scripts/ns-gossip-test.sh"
+    );
+    let out = Command::new("bash")
+        .arg(script)
+        .args(["--qs", env!("CARGO_BIN_EXE_qs")])
+        .output()
+        .expect("bash runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "gossip namespace test failed:\n{text}"
+    );
+    assert!(
+        text.contains("ns-gossip-test: 4 passed, 0 failed"),
+        "every step passed:\n{text}"
+    );
+}
