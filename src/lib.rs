@@ -47,7 +47,7 @@ pub use qs_transport::{NodeId, RegionId, TopicId};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A socket could not be set up (address in use, no such interface, ...).
-    #[error("socket setup failed: {0}")]
+    #[error("socket setup failed")]
     Io(#[from] std::io::Error),
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]

@@ -679,7 +679,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How often a delivery blocked on a full subscription queue is retried.
 const BLOCKED_RETRY: Duration = Duration::from_millis(1);
 const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
-const GOODBYE_FLUSH: Duration = Duration::from_millis(100);
+/// Long enough for the gossip goodbye's quick rounds (a quarter of the 200 ms round each) to
+/// reach peers, so they record a leave rather than a failure.
+const GOODBYE_FLUSH: Duration = Duration::from_millis(250);
 
 impl Worker {
     fn run(mut self) {

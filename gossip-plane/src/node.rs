@@ -170,6 +170,8 @@ pub struct GossipNode {
     now: Instant,
     intents: Intents,
     next_round: Instant,
+    /// `leave` was called: rounds run four times as often until the goodbye has spread.
+    leaving: bool,
     rounds: u64,
     rng: Prng,
     events: VecDeque<GossipEvent>,
@@ -237,6 +239,7 @@ impl GossipNode {
         GossipNode {
             intents: Intents::new(config.intents_max),
             next_round: now + Duration::from_nanos(phase),
+            leaving: false,
             membership,
             subscriptions,
             reachability: Reachability::new(config.id, config.reachability.clone()),
@@ -330,6 +333,9 @@ impl GossipNode {
     /// Leaves the cluster gracefully (see [`Membership::leave`]).
     pub fn leave(&mut self, now: Instant) {
         self.membership.leave(now);
+        // Spread the goodbye at once and in quick rounds: a leaving process does not linger.
+        self.leaving = true;
+        self.next_round = self.next_round.min(now);
         self.pump_events();
     }
 
@@ -618,7 +624,11 @@ impl Driven for GossipNode {
         self.membership.observe_clock(now);
         if now >= self.next_round && !self.membership.is_gone() {
             self.run_round(now);
-            let period = self.config.round * self.membership.health_multiplier();
+            let period = if self.leaving {
+                self.config.round / 4
+            } else {
+                self.config.round * self.membership.health_multiplier()
+            };
             // ±10% jitter keeps nodes from falling into lockstep.
             let span = period.as_nanos() as u64 / 5;
             let jitter = self.rng.below(span.max(1));
