@@ -861,7 +861,13 @@ impl NodeCore {
                         _ => Event::PeerChanged(id),
                     });
                 }
-                DiscoveryEvent::PeerDown { id, .. } => {
+                DiscoveryEvent::PeerDown { id, left } => {
+                    // Announcements stopped arriving: with gossip on, its failure detector
+                    // decides (a node deaf to the control group's multicast still hears its
+                    // peers by gossip). A goodbye is final either way.
+                    if !left && self.gossip_says_alive(id) {
+                        continue;
+                    }
                     self.regions.remove_member(id);
                     self.sender_gone(now, id);
                     self.events.push_back(Event::PeerDown(id));

@@ -68,6 +68,8 @@ struct Oracle {
     lossy: Vec<usize>,
     crashed: Vec<usize>,
     delivered: u64,
+    /// Multicast reachability reports seen: (observer, member, reachable).
+    reach: Vec<(usize, NodeId, bool)>,
 }
 
 impl Oracle {
@@ -186,6 +188,8 @@ fn consume(
                 );
                 *gaps += u64::from(missed);
             }
+            Event::MulticastUnreachable { member, .. } => oracle.reach.push((r, member, false)),
+            Event::MulticastReachable { member, .. } => oracle.reach.push((r, member, true)),
             _ => {}
         }
     }
@@ -235,6 +239,7 @@ impl Run {
                 lossy: Vec::new(),
                 crashed: Vec::new(),
                 delivered: 0,
+                reach: Vec::new(),
             },
             next,
             refused: 0,
@@ -609,17 +614,8 @@ fn slow_receiver_run(isolate: bool) -> (u32, u64, u64) {
         run.oracle.lossy.push(4);
     }
     let mut took = 0;
-    run.run(|run, ms| {
+    run.run(|_, ms| {
         took = ms;
-        if std::env::var("QS_DEBUG_SLOW").is_ok() && ms % 25 == 0 {
-            let sent: u32 = run.next.values().sum();
-            let rates: Vec<u64> = (5..8).map(|s| run.stats(s).pacing_rate).collect();
-            let unacked: Vec<u64> = (5..8).map(|s| run.stats(s).unacked_packets).collect();
-            eprintln!(
-                "{ms} ms: published {sent}, pacing {rates:?}, unacked {unacked:?}, isolations {}",
-                run.stats(4).ring.isolations
-            );
-        }
     });
     let isolations = run.stats(4).ring.isolations;
     let senders = 5..run.idx.len();
@@ -708,6 +704,62 @@ fn a_departing_sender_leaves_its_messages_with_a_slow_application() {
         "messages lost with their sender (seed {seed})"
     );
     assert_eq!(run.gaps, 0);
+}
+
+/// A member whose multicast path is broken (unicast still works) is reported by gossip as not
+/// hearing its region; senders then copy the region's data to it by unicast, and stop once the
+/// path works again. Nothing is lost either way.
+#[test]
+fn a_member_deaf_to_multicast_is_served_by_unicast_until_its_path_heals() {
+    let seed = seed_from_env(21);
+    let s = Spec {
+        receivers: vec![vec![0]; 4],
+        senders: vec![vec![0]],
+        messages: 36_000,
+        size: 200,
+        per_ms: 4,
+    };
+    let mut run = Run::new(s, SimConfig::with_seed(seed));
+    let deaf = 2;
+    run.sim.set_multicast_deaf(run.idx[deaf], true);
+    let mut copies_while_deaf = 0;
+    let mut copies_at_heal = 0;
+    run.run(|run, ms| {
+        if ms == 5_000 {
+            copies_while_deaf = run.stats(4).unicast_copies_sent;
+            run.sim.set_multicast_deaf(run.idx[deaf], false);
+        }
+        if ms == 8_000 {
+            copies_at_heal = run.stats(4).unicast_copies_sent;
+        }
+    });
+    let copies_end = run.stats(4).unicast_copies_sent;
+    let id = NodeId(100 + deaf as u64);
+    let sender_saw = |reachable| run.oracle.reach.contains(&(4, id, reachable));
+    println!(
+        "deaf member: unicast copies {copies_while_deaf} while deaf, {} more until 3 s after the \
+         heal, {} after; reports {:?}",
+        copies_at_heal - copies_while_deaf,
+        copies_end - copies_at_heal,
+        run.oracle.reach
+    );
+    assert!(
+        sender_saw(false),
+        "the sender learned the member does not hear the region"
+    );
+    assert!(
+        copies_while_deaf > 1_000,
+        "the sender copied the data to it by unicast"
+    );
+    assert!(sender_saw(true), "the sender learned the path healed");
+    assert_eq!(
+        copies_end, copies_at_heal,
+        "no copies once the path works again"
+    );
+    assert!(
+        run.oracle.reach.iter().all(|(_, m, _)| *m == id),
+        "nobody else was reported"
+    );
 }
 
 /// Figures for the notes: caretaker memory against the sender's window as regions grow (one

@@ -18,12 +18,15 @@ use super::{Event, NodeCore};
 const HEALTH_EVERY: Duration = Duration::from_millis(500);
 
 /// What the gossip side remembers between health updates.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct HealthClock {
     at: Option<Instant>,
     delivered: u64,
     requested: u64,
     repairs: u64,
+    /// Per stream of the own region, the highest sequence number known at the last tick
+    /// (a stream whose highest moved has an active sender).
+    highest: std::collections::BTreeMap<NodeId, qs_transport::Seq>,
 }
 
 impl NodeCore {
@@ -47,6 +50,15 @@ impl NodeCore {
             g.membership()
                 .member(id)
                 .is_some_and(|m| matches!(m.status, Status::Down | Status::Left))
+        })
+    }
+
+    /// Whether gossip knows `id` as alive or merely suspect.
+    pub(super) fn gossip_says_alive(&self, id: NodeId) -> bool {
+        self.gossip.as_ref().is_some_and(|g| {
+            g.membership()
+                .member(id)
+                .is_some_and(|m| matches!(m.status, Status::Alive | Status::Suspect))
         })
     }
 
@@ -128,7 +140,7 @@ impl NodeCore {
             return;
         }
         let stats = self.stats();
-        let clock = self.health_clock;
+        let clock = std::mem::take(&mut self.health_clock);
         let dt = clock
             .at
             .map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f32());
@@ -155,21 +167,36 @@ impl NodeCore {
             backlog: self.queued_bytes as f32,
             lag: lag as f32,
         };
+        let region = self.own_region;
+        // Senders active in the own region (their streams moved on since the last tick, as
+        // heard by any path: data, repairs, tokens): its multicast must be heard; silence is
+        // reported by the reachability object.
+        let highest: std::collections::BTreeMap<NodeId, qs_transport::Seq> = self
+            .recv
+            .iter()
+            .filter(|((_, r), _)| Some(*r) == region)
+            .filter_map(|((s, _), st)| Some((*s, st.window.highest()?)))
+            .collect();
+        let active = highest
+            .iter()
+            .filter(|(s, h)| clock.highest.get(s).is_none_or(|old| old != *h))
+            .count();
         self.health_clock = HealthClock {
             at: Some(now),
             delivered: stats.delivered,
             requested: stats.ring.requested,
             repairs,
+            highest,
         };
-        let region = self.own_region;
-        // Senders active in the own region (their streams are known): its multicast must be
-        // heard; silence is reported by the reachability object.
-        let active = self.recv.keys().filter(|(_, r)| Some(*r) == region).count();
         if let Some(g) = self.gossip.as_mut() {
             g.health_mut().set_region(now, region);
             g.health_mut().set_local(now, health);
-            if let Some(r) = region.filter(|_| active > 0) {
-                g.reachability_mut().expect(now, r, active);
+            if let Some(r) = region {
+                if active > 0 {
+                    g.reachability_mut().expect(now, r, active);
+                } else {
+                    g.reachability_mut().unexpect(now, r);
+                }
             }
         }
     }

@@ -203,6 +203,8 @@ struct Slot<N> {
     loss: Option<LossModel>,
     loss_state: LossState,
     extra_delay: Duration,
+    /// Multicast copies never reach this node (IGMP snooping gone wrong, a cloud network).
+    multicast_deaf: bool,
     side: Option<usize>,
     crashed: bool,
     frozen_until: Option<Instant>,
@@ -271,6 +273,7 @@ impl<N: Driven> Sim<N> {
             loss: None,
             loss_state: LossState::default(),
             extra_delay: Duration::ZERO,
+            multicast_deaf: false,
             side: None,
             crashed: false,
             frozen_until: None,
@@ -392,6 +395,12 @@ impl<N: Driven> Sim<N> {
     /// Lowering it while datagrams are in flight can reorder them.
     pub fn set_node_delay(&mut self, idx: NodeIndex, delay: Duration) {
         self.slots[idx.0].extra_delay = delay;
+    }
+
+    /// Makes every multicast copy addressed to this node get lost (or not): its multicast path
+    /// is broken while unicast still works. Its own multicast loopback is unaffected.
+    pub fn set_multicast_deaf(&mut self, idx: NodeIndex, deaf: bool) {
+        self.slots[idx.0].multicast_deaf = deaf;
     }
 
     /// Overrides the loss model of this receiver's link (its burst state is kept).
@@ -829,7 +838,8 @@ impl<N: Driven> Sim<N> {
         let model = slot.loss.unwrap_or(config.loss);
         let fate = if crosses {
             Fate::Partitioned
-        } else if slot.loss_state.lose(&model, &mut slot.rng)
+        } else if (!unicast && slot.multicast_deaf)
+            || slot.loss_state.lose(&model, &mut slot.rng)
             || (unicast
                 && class == TrafficClass::Control
                 && config.unicast_control_loss > 0.0
