@@ -426,6 +426,10 @@ struct RecvStream {
     /// The sender is gone: the stream is removed once the application has taken what it
     /// still holds.
     closing: bool,
+    /// A ring round has counted this node's prefix of the stream: from then on, anything the
+    /// region's stability point passes that this node lacks is a loss (a gap), not history
+    /// from before it joined.
+    synced: bool,
 }
 
 impl RecvStream {
@@ -928,6 +932,12 @@ impl NodeCore {
             return;
         }
         let key = (sender, region);
+        if self.departed.contains(&sender) && !self.recv.contains_key(&key) {
+            // A straggler (a second repair copy) of a sender declared gone whose stream was
+            // closed: delivering it would start the stream over.
+            self.stats.drops.stale += 1;
+            return;
+        }
         if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
             self.stats.drops.stream_table_full += 1;
             return;
@@ -946,6 +956,7 @@ impl NodeCore {
             partial: None,
             skipping: None,
             closing: false,
+            synced: false,
         });
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
@@ -1119,7 +1130,8 @@ impl NodeCore {
         if self.config.reliable {
             // The region acknowledged everything up to the floor: this member, if it lacks
             // any of it, was not in the region then.
-            stream.window.skip_to(now, s.floor.next(), false);
+            let synced = stream.synced;
+            stream.window.skip_to(now, s.floor.next(), synced);
         }
         stream.window.on_highest(now, s.highest);
         self.drain_stream(key);

@@ -505,7 +505,7 @@ impl Ring {
         let p = self.view.partitions();
         self.basis.retain(|s, _| local.is_live(*s));
         for s in local.senders() {
-            if s != self.me && local.is_live(s) {
+            if local.is_live(s) {
                 self.basis.entry(s).or_insert_with(|| TokenRecord {
                     sender: s,
                     highest: Seq(0),

@@ -111,6 +111,8 @@ struct Streams<'a> {
     recv: &'a mut BTreeMap<(NodeId, RegionId), RecvStream>,
     cache: &'a mut Cache,
     departed: &'a VecDeque<NodeId>,
+    /// This node, when it sends into the ring's region.
+    own_stream: Option<NodeId>,
     partitions: usize,
     app_behind: bool,
     touched: Vec<(NodeId, RegionId)>,
@@ -119,11 +121,18 @@ struct Streams<'a> {
 impl LocalStreams for Streams<'_> {
     fn senders(&self) -> Vec<NodeId> {
         let region = self.region;
-        self.recv
+        let mut senders: Vec<NodeId> = self
+            .recv
             .keys()
             .filter(|(_, r)| *r == region)
             .map(|(s, _)| *s)
-            .collect()
+            .collect();
+        // This node's own stream into its region needs rounds too (acknowledgements, repairs
+        // for the others), though it never receives it.
+        if let Some(me) = self.own_stream {
+            senders.push(me);
+        }
+        senders
     }
 
     fn is_live(&self, sender: NodeId) -> bool {
@@ -152,10 +161,14 @@ impl LocalStreams for Streams<'_> {
             partial: None,
             skipping: None,
             closing: false,
+            synced: false,
         });
         // Positions up to the cleanup point are stable region-wide: a member that has not
         // heard them joined after them, or (isolated) gave them up.
-        stream.window.skip_to(now, cleanup.next(), isolated);
+        stream
+            .window
+            .skip_to(now, cleanup.next(), isolated || stream.synced);
+        stream.synced = true;
         stream.window.on_highest(now, cutoff);
         self.cache.clean(sender, cleanup);
         self.touched.push(key);
@@ -203,6 +216,10 @@ impl NodeCore {
             recv: &mut self.recv,
             cache: &mut self.cache,
             departed: &self.departed,
+            own_stream: self
+                .send
+                .contains_key(&ring.region())
+                .then_some(self.config.id),
             partitions: ring.view().partitions(),
             app_behind: !self.stalled.is_empty()
                 || self.events.len() > self.config.max_pending_events / 2,
