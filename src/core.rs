@@ -304,6 +304,10 @@ pub struct CoreStats {
     pub data_bytes_sent: u64,
     /// Slow-receiver reports.
     pub slow_receivers: u64,
+    /// Acknowledgements refused: not from the region's leader in this node's view.
+    pub acks_refused: u64,
+    /// Naks not honoured because the packet was re-multicast moments ago.
+    pub resends_held_off: u64,
     /// Acknowledgements that set or lowered a stream's pacing rate.
     pub pacing_engaged: u64,
     /// Lowest pacing rate in force now, packets per second (0: no stream is paced).
@@ -342,6 +346,9 @@ struct SendStream {
     frag: Option<FragCursor>,
     /// Sent packets not yet acknowledged by the region, from `base` on (reliable mode).
     unacked: VecDeque<Bytes>,
+    /// When each unacknowledged packet was last re-multicast (a nak is not honoured again
+    /// within [`RESEND_HOLDOFF`]: no storm while stability is held back).
+    resent_at: VecDeque<Option<Instant>>,
     unacked_bytes: usize,
     base: Seq,
     /// The highest stability point the region acknowledged.
@@ -659,6 +666,7 @@ impl NodeCore {
                 s.unacked.iter().map(Bytes::len).sum::<usize>(),
                 "unacked byte count drifted"
             );
+            assert_eq!(s.resent_at.len(), s.unacked.len());
             assert!(
                 !self.config.reliable || s.base.advance(s.unacked.len() as u32) == s.next_seq,
                 "send window does not end at the next sequence number"
@@ -779,6 +787,7 @@ impl NodeCore {
                 group,
                 next_seq: Seq::FIRST,
                 unacked: VecDeque::new(),
+                resent_at: VecDeque::new(),
                 unacked_bytes: 0,
                 base: Seq::FIRST,
                 acked: Seq(0),
@@ -1252,6 +1261,7 @@ impl NodeCore {
             stream
                 .unacked
                 .push_back(Bytes::copy_from_slice(&buf[..len]));
+            stream.resent_at.push_back(None);
             stream.unacked_bytes += len;
             self.stats.unacked_bytes_peak = self
                 .stats
@@ -1310,6 +1320,9 @@ impl NodeCore {
     }
 }
 
+/// How long a re-multicast packet is not re-multicast again on a further nak.
+const RESEND_HOLDOFF: Duration = Duration::from_millis(20);
+
 /// Why [`NodeCore::publish`] refused a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PublishRefused {
@@ -1354,7 +1367,7 @@ impl Driven for NodeCore {
             PacketKind::Token => self.handle_token(now, header.sender, &body),
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
             PacketKind::RepairRequest => self.handle_repair_request(from, &body),
-            PacketKind::SenderAck => self.handle_sender_ack_body(now, &body),
+            PacketKind::SenderAck => self.handle_sender_ack_body(now, header.sender, &body),
             PacketKind::Gossip => {
                 if let Some(g) = self.gossip.as_mut() {
                     g.handle_datagram(now, from, datagram);

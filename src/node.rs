@@ -667,10 +667,10 @@ struct Worker {
     subscriptions: BTreeMap<TopicId, Vec<SubscriberQueue>>,
     subscriber_overflow: u64,
     /// Reliable mode: a delivery a full subscription queue did not take yet, and the
-    /// subscriber queues of its topic it still has to reach (from this index on). Until they
-    /// take it no further event is taken from the core, whose windows then stall and slow
-    /// the senders down (back-pressure instead of loss).
-    blocked: Option<(Message, TopicId, usize)>,
+    /// subscriptions of its topic that already have it. Until the others take it no further
+    /// event is taken from the core, whose windows then stall and slow the senders down
+    /// (back-pressure instead of loss).
+    blocked: Option<(Message, TopicId, Vec<u64>)>,
     /// A publish taken from the channel that the core refused (queue full): sent first.
     refused: Option<(TopicId, Bytes)>,
 }
@@ -836,8 +836,8 @@ impl Worker {
     /// (keeping the rest in the core); best-effort nodes drop into `subscriber_overflow`.
     fn route_events(&mut self) {
         let reliable = self.core.config().reliable;
-        if let Some((m, topic, from)) = self.blocked.take() {
-            if !self.offer(m, topic, from, reliable) {
+        if let Some((m, topic, served)) = self.blocked.take() {
+            if !self.offer(m, topic, served, reliable) {
                 return;
             }
         }
@@ -850,30 +850,37 @@ impl Worker {
                 topic: Arc::from(""),
                 payload: d.payload,
             };
-            if !self.offer(m, d.topic, 0, reliable) {
+            if !self.offer(m, d.topic, Vec::new(), reliable) {
                 return;
             }
         }
     }
 
-    /// Offers `m` to the queues of `topic` from index `from` on; returns `false` when a full
-    /// queue blocked it (reliable mode; it is kept in `blocked`).
-    fn offer(&mut self, m: Message, topic: TopicId, from: usize, reliable: bool) -> bool {
+    /// Offers `m` to the subscriptions of `topic` not in `served`; returns `false` when a
+    /// full queue blocked it (reliable mode; it is kept in `blocked`). Subscriptions are
+    /// tracked by id, so one that goes away meanwhile does not shift the others.
+    fn offer(&mut self, m: Message, topic: TopicId, mut served: Vec<u64>, reliable: bool) -> bool {
         let Some(list) = self.subscriptions.get(&topic) else {
             return true;
         };
-        for (k, (_, name, tx)) in list.iter().enumerate().skip(from) {
+        for (id, name, tx) in list.iter() {
+            if served.contains(id) {
+                continue;
+            }
             let copy = Message {
                 topic: name.clone(),
                 ..m.clone()
             };
             match tx.try_send(copy) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                Ok(()) | Err(TrySendError::Disconnected(_)) => served.push(*id),
                 Err(TrySendError::Full(_)) if reliable => {
-                    self.blocked = Some((m, topic, k));
+                    self.blocked = Some((m, topic, served));
                     return false;
                 }
-                Err(TrySendError::Full(_)) => self.subscriber_overflow += 1,
+                Err(TrySendError::Full(_)) => {
+                    self.subscriber_overflow += 1;
+                    served.push(*id);
+                }
             }
         }
         true

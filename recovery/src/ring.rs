@@ -196,14 +196,16 @@ pub trait LocalStreams {
     /// Brings `sender`'s stream in line with a token and reports it: positions up to
     /// `cleanup` are stable region-wide (free their cache; a stream that has not heard them
     /// starts after them), packets up to `cutoff` exist. At most `max` sequence numbers per
-    /// list. An `isolated` member gives up what it lacks up to `cleanup` as lost.
+    /// list. An `isolated` member gives up what it lacks up to `cleanup` as lost. `cleanup`
+    /// is `None` in a leader's first round of a stream (not known yet): nothing is freed or
+    /// skipped, and a member that has no stream yet does not start one.
     #[allow(clippy::too_many_arguments)]
     fn progress(
         &mut self,
         now: Instant,
         sender: NodeId,
         cutoff: Seq,
-        cleanup: Seq,
+        cleanup: Option<Seq>,
         partition: usize,
         max: usize,
         isolated: bool,
@@ -318,8 +320,9 @@ pub struct Ring {
     me: NodeId,
     region: RegionId,
     view: View,
-    /// Last round processed in this view (drops duplicates and stale rounds).
+    /// Last round processed in this view (drops duplicates and stale rounds), and when.
     last_round: Option<u32>,
+    last_token_at: Instant,
     /// Per sender, the state the next round starts from (the leader's after a completed
     /// round; a member's copy of the last token it passed, should it become leader).
     basis: BTreeMap<NodeId, TokenRecord>,
@@ -352,6 +355,7 @@ impl Ring {
             me,
             region,
             last_round: None,
+            last_token_at: now,
             basis: BTreeMap::new(),
             round: 0,
             in_flight: None,
@@ -513,6 +517,8 @@ impl Ring {
                     prefix: None,
                     laggard: None,
                     cleanup: Seq(0),
+                    // Not known until this round completes: nobody frees or skips on it.
+                    cleanup_unknown: true,
                     partition_prefix: vec![None; p],
                     partition_current: vec![None; p],
                     lack: Vec::new(),
@@ -605,14 +611,19 @@ impl Ring {
             }
             return;
         }
-        if self
-            .last_round
-            .is_some_and(|r| !Seq(r).is_before(Seq(token.round)))
+        // An old round number is stale, unless no token came for a while: then the leader
+        // may have restarted (same id, same view) and counts from scratch again.
+        let quiet = now >= self.last_token_at + self.config.round_timeout * 2;
+        if !quiet
+            && self
+                .last_round
+                .is_some_and(|r| !Seq(r).is_before(Seq(token.round)))
         {
             self.stats.tokens_ignored += 1;
             return;
         }
         self.last_round = Some(token.round);
+        self.last_token_at = now;
         self.visit(now, &mut token, local);
         self.pass_on(now, token);
     }
@@ -672,7 +683,8 @@ impl Ring {
             } else {
                 let r = &token.records[i];
                 let max = self.config.max_request;
-                local.progress(now, sender, r.cutoff, r.cleanup, p, max, isolated)
+                let cleanup = (!r.cleanup_unknown).then_some(r.cleanup);
+                local.progress(now, sender, r.cutoff, cleanup, p, max, isolated)
             };
             if self.config.isolate_slow {
                 self.check_isolation(now, &token.records[i], &progress);
@@ -758,7 +770,7 @@ impl Ring {
                 },
             );
         }
-        let max_ranges = (budget - 24) / 8;
+        let max_ranges = (budget.saturating_sub(24) / 8).max(1);
         for ((to, sender), mut list) in requests {
             list.truncate(max_ranges);
             self.actions.push_back(RingAction::Request {
@@ -797,6 +809,7 @@ impl Ring {
                 TokenRecord {
                     cutoff: rec.highest,
                     cleanup: stable,
+                    cleanup_unknown: false,
                     prefix: None,
                     laggard: None,
                     partition_prefix: rec.partition_current.clone(),
@@ -878,9 +891,18 @@ impl Ring {
     }
 }
 
-/// The sequence numbers of `ranges`, as a set.
+/// Most sequence numbers a token's lack or nak list is expanded to (a hostile or broken peer
+/// cannot make a member allocate more).
+const MAX_EXPANDED: usize = 65_536;
+
+/// The sequence numbers of `ranges`, as a set (at most [`MAX_EXPANDED`]).
 fn seqs(ranges: &[SeqRange]) -> BTreeSet<u32> {
-    ranges.iter().flat_map(|r| r.iter()).map(|s| s.0).collect()
+    ranges
+        .iter()
+        .flat_map(|r| r.iter())
+        .take(MAX_EXPANDED)
+        .map(|s| s.0)
+        .collect()
 }
 
 /// `set` as at most `max` ranges in circular order from `base`.

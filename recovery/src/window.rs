@@ -308,7 +308,9 @@ impl<T> ReceiveWindow<T> {
     fn drop_head(&mut self, n: usize) {
         let mut next = self.next.expect("started");
         let mut lost: Option<(Seq, u32)> = None;
-        for _ in 0..n {
+        // Beyond the slots everything is a hole: counted at once, not position by position.
+        let beyond = n.saturating_sub(self.slots.len());
+        for _ in 0..n - beyond {
             match self.slots.pop_front() {
                 Some(Some(item)) => {
                     if let Some((first, count)) = lost.take() {
@@ -321,6 +323,11 @@ impl<T> ReceiveWindow<T> {
                 }
             }
             next = next.next();
+        }
+        if beyond > 0 {
+            let count = u32::try_from(beyond).unwrap_or(u32::MAX);
+            lost.get_or_insert((next, 0)).1 += count;
+            next = next.advance(count);
         }
         if let Some((first, count)) = lost {
             self.push_lost(first, count);

@@ -36,9 +36,11 @@ impl Cache {
     /// Caches `datagram` (packet `seq` of `sender`) unless it is stable already, cached, or
     /// the cache is full (returns `false` then).
     pub(super) fn insert(&mut self, sender: NodeId, seq: Seq, datagram: &[u8], max: usize) -> bool {
+        // A new stream's cache starts just before its first packet (not at 0, which is
+        // after half of the sequence space once the stream has wrapped).
         let stream = self.streams.entry(sender).or_insert(CacheStream {
             entries: BTreeMap::new(),
-            cleanup: Seq(0),
+            cleanup: Seq(seq.0.wrapping_sub(1)),
         });
         if !stream.cleanup.is_before(seq) || stream.entries.contains_key(&seq.0) {
             return true;
@@ -146,12 +148,26 @@ impl LocalStreams for Streams<'_> {
         now: Instant,
         sender: NodeId,
         cutoff: Seq,
-        cleanup: Seq,
+        cleanup: Option<Seq>,
         partition: usize,
         max: usize,
         isolated: bool,
     ) -> Progress {
         let key = (sender, self.region);
+        let Some(cleanup) = cleanup else {
+            // The leader's first round of this stream: a stream this member has is reported
+            // as it is (nothing freed or skipped); one it has not heard yet is claimed from
+            // its start, so this member holds stability back until it has caught up.
+            if let Some(stream) = self.recv.get(&key) {
+                return Progress {
+                    highest: stream.window.highest(),
+                    prefix: stream.window.prefix(),
+                    app_behind: self.app_behind,
+                    ..Progress::default()
+                };
+            }
+            return self.progress(now, sender, cutoff, Some(Seq(0)), partition, max, isolated);
+        };
         if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
             return Progress::default();
         }
@@ -325,11 +341,22 @@ impl NodeCore {
         }
     }
 
-    pub(super) fn handle_sender_ack_body(&mut self, now: Instant, body: &[u8]) {
-        match SenderAck::parse(body) {
-            Ok(ack) => self.handle_sender_ack(now, ack),
-            Err(_) => self.stats.drops.malformed += 1,
+    pub(super) fn handle_sender_ack_body(&mut self, now: Instant, from: NodeId, body: &[u8]) {
+        let Ok(ack) = SenderAck::parse(body) else {
+            self.stats.drops.malformed += 1;
+            return;
+        };
+        // Only the leader of the region as this node sees it speaks for the region: a member
+        // whose view lost others (a failure-detector split) must not free what they lack.
+        let leader = self
+            .regions
+            .region(ack.region)
+            .and_then(|r| r.members.iter().next().copied());
+        if leader != Some(from) {
+            self.stats.acks_refused += 1;
+            return;
         }
+        self.handle_sender_ack(now, ack);
     }
 
     /// The region acknowledged a stream of ours: free what is stable, re-multicast what a
@@ -342,6 +369,7 @@ impl NodeCore {
         let mut freed = 0u64;
         while !stream.unacked.is_empty() && !ack.stable.is_before(stream.base) {
             let b = stream.unacked.pop_front().expect("not empty");
+            stream.resent_at.pop_front();
             stream.unacked_bytes -= b.len();
             stream.base = stream.base.next();
             freed += 1;
@@ -390,17 +418,27 @@ impl NodeCore {
         }
         let group = SocketAddr::V4(stream.group);
         let mut again = Vec::new();
+        let mut held_off = 0;
         for s in ack
             .naks
             .iter()
             .flat_map(|r| r.iter())
             .take(self.config.ring.max_request)
         {
-            let i = stream.base.distance_to(s);
-            if let Some(b) = usize::try_from(i).ok().and_then(|i| stream.unacked.get(i)) {
-                again.push(b.clone());
+            let Ok(i) = usize::try_from(stream.base.distance_to(s)) else {
+                continue;
+            };
+            let (Some(b), Some(at)) = (stream.unacked.get(i), stream.resent_at.get_mut(i)) else {
+                continue;
+            };
+            if at.is_some_and(|t| now < t + super::RESEND_HOLDOFF) {
+                held_off += 1;
+                continue;
             }
+            *at = Some(now);
+            again.push(b.clone());
         }
+        self.stats.resends_held_off += held_off;
         for b in again {
             self.stats.retransmitted += 1;
             self.push_out(group, TrafficClass::Repair, b);

@@ -79,6 +79,7 @@ fn token() -> impl Strategy<Value = Token> {
                         prefix,
                         laggard: prefix.map(|_| NodeId(lag)),
                         cleanup: Seq(cl),
+                        cleanup_unknown: cl % 3 == 0,
                         partition_prefix: pp,
                         partition_current: pc,
                         lack,

@@ -45,6 +45,9 @@ pub struct TokenRecord {
     /// Stability point of the previous round: every member had everything up to here, so
     /// caretakers free it and members that joined later start after it.
     pub cleanup: Seq,
+    /// `cleanup` is not known yet (a leader's first round of a stream it never saw a token
+    /// for): members neither free nor skip anything on it.
+    pub cleanup_unknown: bool,
     /// Per partition, the previous round's lowest contiguous prefix (pull only below it).
     pub partition_prefix: Vec<Option<Seq>>,
     /// Per partition, this round's lowest contiguous prefix so far.
@@ -293,7 +296,8 @@ impl Token {
             put_u32(buf, &mut at, r.prefix.map_or(0, |s| s.0))?;
             put_u32(buf, &mut at, r.cleanup.0)?;
             put_u64(buf, &mut at, r.laggard.map_or(0, |n| n.0))?;
-            put(buf, &mut at, &[u8::from(r.prefix.is_some())])?;
+            let flags = u8::from(r.prefix.is_some()) | u8::from(r.cleanup_unknown) << 1;
+            put(buf, &mut at, &[flags])?;
             put_options(buf, &mut at, &r.partition_prefix)?;
             put_options(buf, &mut at, &r.partition_current)?;
             put_ranges(buf, &mut at, &r.lack)?;
@@ -327,11 +331,11 @@ impl Token {
             let prefix = Seq(r.u32()?);
             let cleanup = Seq(r.u32()?);
             let laggard = r.u64()?;
-            let has_prefix = match r.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(WireError::Malformed),
-            };
+            let flags = r.u8()?;
+            if flags > 3 {
+                return Err(WireError::Malformed);
+            }
+            let has_prefix = flags & 1 == 1;
             records.push(TokenRecord {
                 sender,
                 highest,
@@ -339,6 +343,7 @@ impl Token {
                 prefix: has_prefix.then_some(prefix),
                 laggard: has_prefix.then_some(NodeId(laggard)),
                 cleanup,
+                cleanup_unknown: flags & 2 == 2,
                 partition_prefix: read_options(&mut r, partitions)?,
                 partition_current: read_options(&mut r, partitions)?,
                 lack: r.ranges()?,
