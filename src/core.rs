@@ -99,6 +99,9 @@ pub struct CoreConfig {
     pub gossip: bool,
     /// The gossip round (SWIM protocol period).
     pub gossip_round: Duration,
+    /// Unicast addresses of peers to join the gossip plane through (besides the peers the
+    /// multicast announcements find).
+    pub gossip_seeds: Vec<SocketAddr>,
     /// Probability of dropping an incoming data packet on purpose (loss injection for demos and
     /// tests; 0 in production).
     pub inject_loss: f64,
@@ -137,6 +140,7 @@ impl CoreConfig {
             ring: RingConfig::default(),
             gossip: true,
             gossip_round: Duration::from_millis(200),
+            gossip_seeds: Vec::new(),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
         }

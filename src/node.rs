@@ -7,7 +7,7 @@
 //! only when it is asleep, so a stream of publishes costs no system call per message.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -117,6 +117,7 @@ pub struct NodeBuilder {
     reliable: bool,
     isolate_slow: bool,
     node_id: Option<NodeId>,
+    gossip_seeds: Vec<SocketAddr>,
     seed: Option<u64>,
 }
 
@@ -141,6 +142,7 @@ impl Default for NodeBuilder {
             reliable: true,
             isolate_slow: false,
             node_id: None,
+            gossip_seeds: Vec::new(),
             seed: None,
         }
     }
@@ -258,6 +260,14 @@ impl NodeBuilder {
         self
     }
 
+    /// A peer's unicast address to join the gossip plane through (repeatable), for networks
+    /// where the multicast announcements do not reach (by default peers found by the
+    /// announcements are the seeds).
+    pub fn gossip_seed(mut self, addr: SocketAddr) -> Self {
+        self.gossip_seeds.push(addr);
+        self
+    }
+
     /// A fixed node id (default: random).
     pub fn node_id(mut self, id: NodeId) -> Self {
         self.node_id = Some(id);
@@ -318,6 +328,7 @@ impl NodeBuilder {
         config.max_message_bytes = self.max_message_bytes;
         config.inject_loss = self.inject_loss;
         config.reliable = self.reliable;
+        config.gossip_seeds = self.gossip_seeds.clone();
         config.ring.isolate_slow = self.isolate_slow;
         config.discovery = DiscoveryConfig {
             announce_interval: self.announce_interval,

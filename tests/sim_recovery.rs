@@ -804,6 +804,49 @@ fn a_leader_publishing_into_its_own_region_is_acknowledged_and_repaired() {
     );
 }
 
+/// No multicast at all (every node deaf to it, so no announcement arrives): nodes given one
+/// seed address still form the cluster by gossip, and learn every member and region from
+/// gossip's membership and subscription records.
+#[test]
+fn without_multicast_announcements_gossip_seeds_build_the_cluster_map() {
+    let seed = seed_from_env(23);
+    let mut sim: Sim<NodeCore> = Sim::new(SimConfig::with_seed(seed));
+    let mut idx = Vec::new();
+    for i in 0..6 {
+        let mut c = core_config(i, seed);
+        c.gossip_seeds = vec![addr(0)];
+        let mut n = NodeCore::new(c, Instant::ZERO);
+        n.subscribe(Instant::ZERO, topic(i % 2));
+        idx.push(sim.add_node(addr(i), n));
+        sim.set_multicast_deaf(idx[i], true);
+    }
+    sim.run_for(Duration::from_secs(5), &mut |o: &mut Observation<
+        '_,
+        NodeCore,
+    >| {
+        o.node.check_invariants();
+    });
+    for (i, x) in idx.iter().enumerate() {
+        let n = sim.node(*x);
+        assert_eq!(n.peers().count(), 0, "node {i}: no announcement arrived");
+        let map = n.cluster_map();
+        let alive = map
+            .members
+            .iter()
+            .filter(|m| m.status == Some(qs_gossip::Status::Alive))
+            .count();
+        assert_eq!(alive, 6, "node {i} knows every member alive by gossip");
+        let mut sizes: Vec<usize> = map.regions.iter().map(|r| r.members.len()).collect();
+        sizes.sort_unstable();
+        assert_eq!(
+            sizes,
+            vec![3, 3],
+            "node {i} derived both regions from gossip"
+        );
+        assert_eq!(n.ring().map(|r| r.view().members().len()), Some(3));
+    }
+}
+
 /// Figures for the notes: caretaker memory against the sender's window as regions grow (one
 /// sender, one region of N, 1% loss), and the time from a loss to its repair.
 #[test]

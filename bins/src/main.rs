@@ -72,19 +72,24 @@ pub struct NetArgs {
     /// reported as gaps) instead of slowing the senders (default).
     #[arg(long)]
     pub isolate_slow: bool,
+    /// A peer's unicast address (IP:PORT) to join the gossip plane through (repeatable), where
+    /// multicast announcements do not reach.
+    #[arg(long = "seed", value_name = "ADDR")]
+    pub seeds: Vec<std::net::SocketAddr>,
 }
 
 impl NetArgs {
     /// A node builder with these settings.
     pub fn builder(&self) -> quicksilver::NodeBuilder {
-        quicksilver::Node::builder()
+        let b = quicksilver::Node::builder()
             .interface(self.iface)
             .cluster(&self.cluster)
             .control_group(self.control_group)
             .data_port(self.data_port)
             .inject_loss(self.inject_loss)
             .reliable(!self.best_effort)
-            .isolate_slow(self.isolate_slow)
+            .isolate_slow(self.isolate_slow);
+        self.seeds.iter().fold(b, |b, s| b.gossip_seed(*s))
     }
 }
 

@@ -40,6 +40,7 @@ impl NodeCore {
         c.seed = self.config.seed ^ 0x6055_1b00;
         c.round = self.config.gossip_round;
         c.mtu = self.config.max_datagram;
+        c.membership.seeds = self.config.gossip_seeds.clone();
         GossipNode::new(c, now)
     }
 
