@@ -193,12 +193,16 @@ pub trait LocalStreams {
     fn senders(&self) -> Vec<NodeId>;
     /// Whether `sender` is a live peer (records of departed senders are dropped).
     fn is_live(&self, sender: NodeId) -> bool;
+    /// The highest sequence number this node knows of `sender`'s stream (its own stream's
+    /// included), if any.
+    fn highest(&self, sender: NodeId) -> Option<Seq>;
     /// Brings `sender`'s stream in line with a token and reports it: positions up to
     /// `cleanup` are stable region-wide (free their cache; a stream that has not heard them
     /// starts after them), packets up to `cutoff` exist. At most `max` sequence numbers per
     /// list. An `isolated` member gives up what it lacks up to `cleanup` as lost. `cleanup`
     /// is `None` in a leader's first round of a stream (not known yet): nothing is freed or
-    /// skipped, and a member that has no stream yet does not start one.
+    /// skipped; a member that has no stream yet claims it from its start only while the
+    /// stream is young.
     #[allow(clippy::too_many_arguments)]
     fn progress(
         &mut self,
@@ -509,11 +513,16 @@ impl Ring {
         let p = self.view.partitions();
         self.basis.retain(|s, _| local.is_live(*s));
         for s in local.senders() {
-            if local.is_live(s) {
+            // A stream new to this leader starts from what the leader knows of it (not from
+            // 0, which is half the sequence space away once a stream has wrapped).
+            let Some(h) = local.highest(s).filter(|_| local.is_live(s)) else {
+                continue;
+            };
+            {
                 self.basis.entry(s).or_insert_with(|| TokenRecord {
                     sender: s,
-                    highest: Seq(0),
-                    cutoff: Seq(0),
+                    highest: h,
+                    cutoff: h,
                     prefix: None,
                     laggard: None,
                     cleanup: Seq(0),
@@ -790,8 +799,15 @@ impl Ring {
         self.held = None;
         self.stats.rounds_completed += 1;
         let p = self.view.partitions();
+        let alone = self.view.members().len() == 1;
         for rec in token.records {
-            let stable = rec.prefix.unwrap_or(rec.cleanup);
+            // Nobody else to wait for (the ring is just this node, the stream's sender):
+            // everything is stable.
+            let stable = match rec.prefix {
+                Some(p) => p,
+                None if alone && rec.sender == self.me => rec.highest,
+                None => rec.cleanup,
+            };
             self.stats.naked += rec.naks.iter().map(|r| u64::from(r.count)).sum::<u64>();
             self.check_slow(now, &rec, stable);
             self.actions.push_back(RingAction::Ack {

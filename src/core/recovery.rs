@@ -36,11 +36,12 @@ impl Cache {
     /// Caches `datagram` (packet `seq` of `sender`) unless it is stable already, cached, or
     /// the cache is full (returns `false` then).
     pub(super) fn insert(&mut self, sender: NodeId, seq: Seq, datagram: &[u8], max: usize) -> bool {
-        // A new stream's cache starts just before its first packet (not at 0, which is
-        // after half of the sequence space once the stream has wrapped).
+        // A new stream's cache starts well before its first packet (earlier packets may
+        // still come by repair) but not at 0, which is half the sequence space away once the
+        // stream has wrapped; the first cleanup moves it to the real stability point.
         let stream = self.streams.entry(sender).or_insert(CacheStream {
             entries: BTreeMap::new(),
-            cleanup: Seq(seq.0.wrapping_sub(1)),
+            cleanup: Seq(seq.0.wrapping_sub(1 << 20)),
         });
         if !stream.cleanup.is_before(seq) || stream.entries.contains_key(&seq.0) {
             return true;
@@ -113,8 +114,9 @@ struct Streams<'a> {
     recv: &'a mut BTreeMap<(NodeId, RegionId), RecvStream>,
     cache: &'a mut Cache,
     departed: &'a VecDeque<NodeId>,
-    /// This node, when it sends into the ring's region.
+    /// This node, when it sends into the ring's region, and its stream's highest packet.
     own_stream: Option<NodeId>,
+    own_highest: Option<Seq>,
     partitions: usize,
     app_behind: bool,
     touched: Vec<(NodeId, RegionId)>,
@@ -135,6 +137,13 @@ impl LocalStreams for Streams<'_> {
             senders.push(me);
         }
         senders
+    }
+
+    fn highest(&self, sender: NodeId) -> Option<Seq> {
+        if Some(sender) == self.own_stream {
+            return self.own_highest;
+        }
+        self.recv.get(&(sender, self.region))?.window.highest()
     }
 
     fn is_live(&self, sender: NodeId) -> bool {
@@ -166,7 +175,19 @@ impl LocalStreams for Streams<'_> {
                     ..Progress::default()
                 };
             }
-            return self.progress(now, sender, cutoff, Some(Seq(0)), partition, max, isolated);
+            // A young stream (its start still within the window) is claimed from its start,
+            // so this member holds stability back until it has caught up; an old one is left
+            // for a round whose cleanup is known.
+            let young = (0..self.config.reorder_window_packets as i64)
+                .contains(&Seq::FIRST.distance_to(cutoff));
+            if !young {
+                return Progress::default();
+            }
+            let p = self.progress(now, sender, cutoff, Some(Seq(0)), partition, max, isolated);
+            if let Some(stream) = self.recv.get_mut(&key) {
+                stream.synced = false; // No round has counted it yet.
+            }
+            return p;
         };
         if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
             return Progress::default();
@@ -236,6 +257,11 @@ impl NodeCore {
                 .send
                 .contains_key(&ring.region())
                 .then_some(self.config.id),
+            own_highest: self
+                .send
+                .get(&ring.region())
+                .filter(|s| s.next_seq != Seq::FIRST)
+                .map(super::SendStream::highest),
             partitions: ring.view().partitions(),
             app_behind: !self.stalled.is_empty()
                 || self.events.len() > self.config.max_pending_events / 2,
@@ -419,12 +445,10 @@ impl NodeCore {
         let group = SocketAddr::V4(stream.group);
         let mut again = Vec::new();
         let mut held_off = 0;
-        for s in ack
-            .naks
-            .iter()
-            .flat_map(|r| r.iter())
-            .take(self.config.ring.max_request)
-        {
+        for s in ack.naks.iter().flat_map(|r| r.iter()) {
+            if again.len() >= self.config.ring.max_request {
+                break;
+            }
             let Ok(i) = usize::try_from(stream.base.distance_to(s)) else {
                 continue;
             };
