@@ -444,6 +444,22 @@ struct RecvStream {
 }
 
 impl RecvStream {
+    /// A stream nothing was heard of yet, its window in the configured mode.
+    fn new(config: &CoreConfig) -> RecvStream {
+        let capacity = config.reorder_window_packets;
+        RecvStream {
+            window: if config.reliable {
+                ReceiveWindow::reliable(capacity)
+            } else {
+                ReceiveWindow::new(capacity, config.reorder_timeout)
+            },
+            partial: None,
+            skipping: None,
+            closing: false,
+            synced: false,
+        }
+    }
+
     /// Abandons the message being reassembled; returns whether there was one.
     fn abandon(&mut self) -> bool {
         match self.partial.take() {
@@ -955,22 +971,11 @@ impl NodeCore {
             self.stats.drops.stream_table_full += 1;
             return;
         }
-        let (capacity, timeout) = (
-            self.config.reorder_window_packets,
-            self.config.reorder_timeout,
-        );
-        let reliable = self.config.reliable;
-        let stream = self.recv.entry(key).or_insert_with(|| RecvStream {
-            window: if reliable {
-                ReceiveWindow::reliable(capacity)
-            } else {
-                ReceiveWindow::new(capacity, timeout)
-            },
-            partial: None,
-            skipping: None,
-            closing: false,
-            synced: false,
-        });
+        let config = &self.config;
+        let stream = self
+            .recv
+            .entry(key)
+            .or_insert_with(|| RecvStream::new(config));
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
         let in_order = stream.window.next_expected().is_none_or(|next| next == seq);

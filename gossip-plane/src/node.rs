@@ -193,6 +193,20 @@ impl std::fmt::Debug for GossipNode {
 /// Reachability comes before health so that health, the larger, gets what is left of the MTU.
 const BUILTIN_OBJECTS: usize = 4;
 
+/// Object `i` of a node, borrowing only its object fields (so `self.intents` etc. stay free).
+macro_rules! object {
+    ($node:ident, $i:expr) => {
+        object(
+            &mut $node.membership,
+            &mut $node.subscriptions,
+            &mut $node.reachability,
+            &mut $node.health,
+            &mut $node.extras,
+            $i,
+        )
+    };
+}
+
 fn object<'a>(
     membership: &'a mut Membership,
     subscriptions: &'a mut Subscriptions,
@@ -451,14 +465,7 @@ impl GossipNode {
         self.stats.rounds += 1;
         let count = self.object_count();
         for i in 0..count {
-            let o = object(
-                &mut self.membership,
-                &mut self.subscriptions,
-                &mut self.reachability,
-                &mut self.health,
-                &mut self.extras,
-                i,
-            );
+            let o = object!(self, i);
             o.on_round(now, &mut self.intents.outbox(i));
         }
         let peers = self.membership.peers();
@@ -468,14 +475,7 @@ impl GossipNode {
         let n = peers.len();
         let mut due: Vec<(usize, PeerView)> = Vec::new();
         for i in 0..count {
-            let o = object(
-                &mut self.membership,
-                &mut self.subscriptions,
-                &mut self.reachability,
-                &mut self.health,
-                &mut self.extras,
-                i,
-            );
+            let o = object!(self, i);
             if self.rounds % u64::from(o.rate().max(1)) == 0 {
                 let v = o.view(&peers);
                 if v != PeerView::Nobody {
@@ -529,14 +529,7 @@ impl GossipNode {
         }
         for (i, p) in choices {
             let peer = peers[p];
-            let o = object(
-                &mut self.membership,
-                &mut self.subscriptions,
-                &mut self.reachability,
-                &mut self.health,
-                &mut self.extras,
-                i,
-            );
+            let o = object!(self, i);
             o.gossip_with(now, &peer, &mut self.intents.outbox(i));
         }
     }
@@ -569,18 +562,7 @@ impl GossipNode {
                 self.stats.dropped_malformed += 1;
                 break;
             };
-            let idx = (0..count).find(|&i| {
-                object(
-                    &mut self.membership,
-                    &mut self.subscriptions,
-                    &mut self.reachability,
-                    &mut self.health,
-                    &mut self.extras,
-                    i,
-                )
-                .tag()
-                    == section.tag
-            });
+            let idx = (0..count).find(|&i| object!(self, i).tag() == section.tag);
             let Some(i) = idx else {
                 self.stats.unknown_sections += 1;
                 continue;
@@ -588,14 +570,7 @@ impl GossipNode {
             let s = &mut self.stats.objects[i].1;
             s.sections_received += 1;
             s.bytes_received += (section.payload.len() + SECTION_HEADER_LEN) as u64;
-            let o = object(
-                &mut self.membership,
-                &mut self.subscriptions,
-                &mut self.reachability,
-                &mut self.health,
-                &mut self.extras,
-                i,
-            );
+            let o = object!(self, i);
             if o.handle(
                 now,
                 &peer,
@@ -636,14 +611,7 @@ impl Driven for GossipNode {
                 now + period - Duration::from_nanos(span / 2) + Duration::from_nanos(jitter);
         }
         for i in 0..self.object_count() {
-            let o = object(
-                &mut self.membership,
-                &mut self.subscriptions,
-                &mut self.reachability,
-                &mut self.health,
-                &mut self.extras,
-                i,
-            );
+            let o = object!(self, i);
             if o.poll_timeout().is_some_and(|t| t <= now) {
                 o.handle_timeout(now, &mut self.intents.outbox(i));
             }
@@ -687,14 +655,7 @@ impl Driven for GossipNode {
                         continue;
                     }
                     self.scratch.clear();
-                    let o = object(
-                        &mut self.membership,
-                        &mut self.subscriptions,
-                        &mut self.reachability,
-                        &mut self.health,
-                        &mut self.extras,
-                        i,
-                    );
+                    let o = object!(self, i);
                     o.write(
                         now,
                         &to,
@@ -729,14 +690,7 @@ impl Driven for GossipNode {
                 if wrote_mask & (1 << i) != 0 {
                     self.stats.objects[i].1.datagrams_sent += 1;
                 }
-                let o = object(
-                    &mut self.membership,
-                    &mut self.subscriptions,
-                    &mut self.reachability,
-                    &mut self.health,
-                    &mut self.extras,
-                    i,
-                );
+                let o = object!(self, i);
                 if mask & (1 << i) != 0 && o.has_more(&to) {
                     self.intents.add(addr, i);
                 }

@@ -686,8 +686,16 @@ impl Ring {
         for i in 0..token.records.len() {
             let sender = token.records[i].sender;
             let isolated = self.isolated.contains_key(&sender);
-            let progress = if sender == self.me || !local.is_live(sender) {
-                // The sender has its whole stream; a departed sender's record is inert.
+            let progress = if sender == self.me {
+                // The sender has its whole stream: its prefix is its highest.
+                let highest = local.highest(sender);
+                Progress {
+                    highest,
+                    prefix: highest,
+                    ..Progress::default()
+                }
+            } else if !local.is_live(sender) {
+                // A departed sender's record is inert.
                 Progress::default()
             } else {
                 let r = &token.records[i];
@@ -708,7 +716,9 @@ impl Ring {
             }
             if let Some(prefix) = progress.prefix.filter(|_| !isolated) {
                 let previous = self.last_prefix.insert(sender, (prefix, now));
-                if let Some((then, at)) = previous.filter(|(_, at)| *at < now) {
+                // Receive rates are the receivers' (the sender's own pace is not one).
+                let receiving = sender != self.me;
+                if let Some((then, at)) = previous.filter(|(_, at)| *at < now && receiving) {
                     let secs = now.saturating_duration_since(at).as_secs_f64();
                     let moved = then.distance_to(prefix).max(0) as f64;
                     rec.rates
@@ -799,15 +809,8 @@ impl Ring {
         self.held = None;
         self.stats.rounds_completed += 1;
         let p = self.view.partitions();
-        let alone = self.view.members().len() == 1;
         for rec in token.records {
-            // Nobody else to wait for (the ring is just this node, the stream's sender):
-            // everything is stable.
-            let stable = match rec.prefix {
-                Some(p) => p,
-                None if alone && rec.sender == self.me => rec.highest,
-                None => rec.cleanup,
-            };
+            let stable = rec.prefix.unwrap_or(rec.cleanup);
             self.stats.naked += rec.naks.iter().map(|r| u64::from(r.count)).sum::<u64>();
             self.check_slow(now, &rec, stable);
             self.actions.push_back(RingAction::Ack {

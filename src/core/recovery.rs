@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use qs_recovery::{LocalStreams, Progress, ReceiveWindow, Ring, RingAction};
+use qs_recovery::{LocalStreams, Progress, Ring, RingAction};
 use qs_transport::wire::{
     self, Header, PacketKind, RepairRequest, SenderAck, SeqRange, Token, TokenAck, WireError,
     HEADER_LEN,
@@ -192,14 +192,11 @@ impl LocalStreams for Streams<'_> {
         if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
             return Progress::default();
         }
-        let capacity = self.config.reorder_window_packets;
-        let stream = self.recv.entry(key).or_insert_with(|| RecvStream {
-            window: ReceiveWindow::reliable(capacity),
-            partial: None,
-            skipping: None,
-            closing: false,
-            synced: false,
-        });
+        let config = self.config;
+        let stream = self
+            .recv
+            .entry(key)
+            .or_insert_with(|| RecvStream::new(config));
         // Positions up to the cleanup point are stable region-wide: a member that has not
         // heard them joined after them, or (isolated) gave them up.
         stream
