@@ -411,8 +411,8 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
         }
         f.gaps += stats.core.gaps;
     }
-    // Let the last acknowledgements come back before counting recovery traffic.
-    std::thread::sleep(Duration::from_millis(300));
+    // Count recovery traffic once the subscribers acknowledged everything.
+    publisher.flush(Duration::from_secs(10))?;
     let (mut data, mut control) = (0u64, 0u64);
     for node in std::iter::once(&publisher).chain(&subscribers) {
         let s = node.stats()?.core;

@@ -10,18 +10,16 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// Runs the namespace pub/sub script with `args`; asserts `subs` subscribers passed.
-fn ns_pubsub(args: &[&str], subs: usize) {
+/// Runs `testbed/scripts/<script>` with the built `qs` and `args`; returns its output once it
+/// succeeded, `None` (skipped) without root.
+fn run_script(script: &str, args: &[&str]) -> Option<String> {
     if !is_root() {
         eprintln!("SKIP: network namespaces need root");
-        return;
+        return None;
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testbed/scripts/ns-pubsub-test.sh"
-    );
+    let path = format!("{}/../testbed/scripts/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new("bash")
-        .arg(script)
+        .arg(path)
         .args(["--qs", env!("CARGO_BIN_EXE_qs")])
         .args(args)
         .output()
@@ -32,12 +30,19 @@ fn ns_pubsub(args: &[&str], subs: usize) {
         String::from_utf8_lossy(&out.stderr)
     );
     println!("{text}");
-    assert!(out.status.success(), "namespace test failed:\n{text}");
-    assert_eq!(
-        text.matches("PASS").count(),
-        subs,
-        "every subscriber passed:\n{text}"
-    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    Some(text)
+}
+
+/// Runs the namespace pub/sub script with `args`; asserts `subs` subscribers passed.
+fn ns_pubsub(args: &[&str], subs: usize) {
+    if let Some(text) = run_script("ns-pubsub-test.sh", args) {
+        assert_eq!(
+            text.matches("PASS").count(),
+            subs,
+            "every subscriber passed:\n{text}"
+        );
+    }
 }
 
 #[test]
@@ -58,31 +63,10 @@ fn two_percent_data_loss_at_three_subscribers_is_fully_repaired() {
 /// shows up alive in its region within the bound.
 #[test]
 fn gossip_map_sees_a_kill_9_and_a_join() {
-    if !is_root() {
-        eprintln!("SKIP: network namespaces need root");
-        return;
+    if let Some(text) = run_script("ns-gossip-test.sh", &[]) {
+        assert!(
+            text.contains("ns-gossip-test: 4 passed, 0 failed"),
+            "every step passed:\n{text}"
+        );
     }
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../testbed/scripts/ns-gossip-test.sh"
-    );
-    let out = Command::new("bash")
-        .arg(script)
-        .args(["--qs", env!("CARGO_BIN_EXE_qs")])
-        .output()
-        .expect("bash runs");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    println!("{text}");
-    assert!(
-        out.status.success(),
-        "gossip namespace test failed:\n{text}"
-    );
-    assert!(
-        text.contains("ns-gossip-test: 4 passed, 0 failed"),
-        "every step passed:\n{text}"
-    );
 }

@@ -72,6 +72,27 @@ ensure_cmd() {
     command -v "$cmd" >/dev/null 2>&1 || die "'$cmd' still missing after installing $pkg"
 }
 
+# resolve_qs NAME: makes $qs the absolute path of the qs binary to test ($qs if set, else this
+# repo's target/release/qs, else target/debug/qs); if there is none, prints a FAIL line and
+# "NAME: 0 passed, 1 failed" and exits 1.
+resolve_qs() {
+    local repo
+    if [ -z "${qs:-}" ]; then
+        repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+        if [ -x "$repo/target/release/qs" ]; then
+            qs=$repo/target/release/qs
+        else
+            qs=$repo/target/debug/qs
+        fi
+    fi
+    if [ ! -x "$qs" ]; then
+        echo "FAIL: qs binary not found or not executable: $qs (build it, or pass --qs PATH)"
+        echo "$1: 0 passed, 1 failed"
+        exit 1
+    fi
+    qs=$(cd "$(dirname "$qs")" && pwd)/$(basename "$qs")
+}
+
 ensure_ip() { ensure_cmd ip iproute2; }
 ensure_nft() { ensure_cmd nft nftables; }
 

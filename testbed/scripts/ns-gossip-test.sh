@@ -70,20 +70,7 @@ if [ "$(id -u)" -ne 0 ]; then
     exit "$skip_code"
 fi
 
-if [ -z "$qs" ]; then
-    repo=$(cd "$SCRIPT_DIR/../.." && pwd)
-    if [ -x "$repo/target/release/qs" ]; then
-        qs=$repo/target/release/qs
-    else
-        qs=$repo/target/debug/qs
-    fi
-fi
-if [ ! -x "$qs" ]; then
-    echo "FAIL: qs binary not found or not executable: $qs (build it, or pass --qs PATH)"
-    echo "ns-gossip-test: 0 passed, 1 failed"
-    exit 1
-fi
-qs=$(cd "$(dirname "$qs")" && pwd)/$(basename "$qs")
+resolve_qs ns-gossip-test
 command -v python3 >/dev/null 2>&1 || ensure_cmd python3 python3
 command -v timeout >/dev/null 2>&1 || ensure_cmd timeout coreutils
 
