@@ -355,8 +355,6 @@ struct SendStream {
     resent_at: VecDeque<Option<Instant>>,
     unacked_bytes: usize,
     base: Seq,
-    /// The highest stability point the region acknowledged.
-    acked: Seq,
     /// Rate control, while the region lags (`None`: only the window limits sending).
     pacing: Option<Pacing>,
     /// The window was full with data queued since the last acknowledgement.
@@ -370,6 +368,11 @@ struct SendStream {
 impl SendStream {
     fn highest(&self) -> Seq {
         Seq(self.next_seq.0.wrapping_sub(1))
+    }
+
+    /// The highest stability point the region acknowledged: everything before the window.
+    fn acked(&self) -> Seq {
+        Seq(self.base.0.wrapping_sub(1))
     }
 
     /// Refills the pacing bucket; whether a packet may go now.
@@ -810,7 +813,6 @@ impl NodeCore {
                 resent_at: VecDeque::new(),
                 unacked_bytes: 0,
                 base: Seq::FIRST,
-                acked: Seq(0),
                 pacing: None,
                 window_hit: false,
                 queue: VecDeque::new(),
@@ -1165,7 +1167,7 @@ impl NodeCore {
         let state = StreamState {
             region: *region,
             highest: stream.highest(),
-            floor: stream.acked,
+            floor: stream.acked(),
         };
         header.write(buf).ok()?;
         let body = state.write(&mut buf[HEADER_LEN..]).ok()?;

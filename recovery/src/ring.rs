@@ -398,11 +398,6 @@ impl Ring {
             .is_some_and(|p| p == self.view.caretaker(seq))
     }
 
-    /// This node's partition, if it is in the view.
-    pub fn partition(&self) -> Option<usize> {
-        self.view.partition_of(self.me)
-    }
-
     /// Re-forms the ring on a new member list. Rounds in flight are abandoned (the leader
     /// starts a new one at once); what the last rounds established (stability, cut-offs) is
     /// kept, so messages unstable in the old view are still recovered in the new one.

@@ -389,6 +389,7 @@ impl NodeCore {
         let Some(stream) = self.send.get_mut(&ack.region) else {
             return;
         };
+        let acked_before = stream.acked();
         let mut freed = 0u64;
         while !stream.unacked.is_empty() && !ack.stable.is_before(stream.base) {
             let b = stream.unacked.pop_front().expect("not empty");
@@ -428,10 +429,7 @@ impl NodeCore {
                 }
             }
         }
-        let mut announce = ack.stable.is_before(stream.acked);
-        if stream.acked.is_before(ack.stable) && !stream.next_seq.is_before(ack.stable) {
-            stream.acked = ack.stable;
-        }
+        let mut announce = ack.stable.is_before(acked_before);
         if stream.queue.is_empty() && ack.highest.is_before(stream.highest()) {
             announce = true;
         }
