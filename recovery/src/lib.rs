@@ -16,6 +16,6 @@ mod ring;
 mod window;
 
 pub use ring::{
-    LocalStreams, Progress, Ring, RingAction, RingConfig, RingStats, SlowReceiver, View,
+    LocalStreams, Progress, Ring, RingAction, RingConfig, RingStats, SlowReceiver, View, Visit,
 };
 pub use window::{Arrival, Popped, ReceiveWindow};

@@ -196,24 +196,28 @@ pub trait LocalStreams {
     /// The highest sequence number this node knows of `sender`'s stream (its own stream's
     /// included), if any.
     fn highest(&self, sender: NodeId) -> Option<Seq>;
-    /// Brings `sender`'s stream in line with a token and reports it: positions up to
-    /// `cleanup` are stable region-wide (free their cache; a stream that has not heard them
-    /// starts after them), packets up to `cutoff` exist. At most `max` sequence numbers per
-    /// list. An `isolated` member gives up what it lacks up to `cleanup` as lost. `cleanup`
-    /// is `None` in a leader's first round of a stream (not known yet): nothing is freed or
-    /// skipped; a member that has no stream yet claims it from its start only while the
-    /// stream is young.
-    #[allow(clippy::too_many_arguments)]
-    fn progress(
-        &mut self,
-        now: Instant,
-        sender: NodeId,
-        cutoff: Seq,
-        cleanup: Option<Seq>,
-        partition: usize,
-        max: usize,
-        isolated: bool,
-    ) -> Progress;
+    /// Brings `sender`'s stream in line with a token and reports it. At most `max` sequence
+    /// numbers per
+    /// list. See [`Visit`].
+    fn progress(&mut self, now: Instant, sender: NodeId, visit: Visit) -> Progress;
+}
+
+/// What a token asks of one member about one sender's stream ([`LocalStreams::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Visit {
+    /// Packets up to here exist (the NAK cut-off).
+    pub cutoff: Seq,
+    /// Positions up to here are stable region-wide (free their cache; a stream that has not
+    /// heard them starts after them). `None` in a leader's first round of a stream (not known
+    /// yet): nothing is freed or skipped, and a member without the stream claims it from its
+    /// start only while the stream is young.
+    pub cleanup: Option<Seq>,
+    /// This member's partition (the packets whose caretaker it is).
+    pub partition: usize,
+    /// Most sequence numbers per reported list.
+    pub max: usize,
+    /// This member isolated itself: what it lacks up to `cleanup` is given up as lost.
+    pub isolated: bool,
 }
 
 /// A member kept a stream's lowest prefix far behind for longer than `slow_after`.
@@ -694,9 +698,14 @@ impl Ring {
                 Progress::default()
             } else {
                 let r = &token.records[i];
-                let max = self.config.max_request;
-                let cleanup = (!r.cleanup_unknown).then_some(r.cleanup);
-                local.progress(now, sender, r.cutoff, cleanup, p, max, isolated)
+                let visit = Visit {
+                    cutoff: r.cutoff,
+                    cleanup: (!r.cleanup_unknown).then_some(r.cleanup),
+                    partition: p,
+                    max: self.config.max_request,
+                    isolated,
+                };
+                local.progress(now, sender, visit)
             };
             if self.config.isolate_slow {
                 self.check_isolation(now, &token.records[i], &progress);

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
-use qs_recovery::{LocalStreams, Progress, Ring, RingAction};
+use qs_recovery::{LocalStreams, Progress, Ring, RingAction, Visit};
 use qs_transport::wire::{
     self, Header, PacketKind, RepairRequest, SenderAck, SeqRange, Token, TokenAck, WireError,
     HEADER_LEN,
@@ -152,21 +152,18 @@ impl LocalStreams for Streams<'_> {
         !self.departed.contains(&sender)
     }
 
-    fn progress(
-        &mut self,
-        now: Instant,
-        sender: NodeId,
-        cutoff: Seq,
-        cleanup: Option<Seq>,
-        partition: usize,
-        max: usize,
-        isolated: bool,
-    ) -> Progress {
+    fn progress(&mut self, now: Instant, sender: NodeId, visit: Visit) -> Progress {
+        let Visit {
+            cutoff,
+            cleanup,
+            partition,
+            max,
+            isolated,
+        } = visit;
         let key = (sender, self.region);
         let Some(cleanup) = cleanup else {
             // The leader's first round of this stream: a stream this member has is reported
-            // as it is (nothing freed or skipped); one it has not heard yet is claimed from
-            // its start, so this member holds stability back until it has caught up.
+            // as it is (nothing freed or skipped).
             if let Some(stream) = self.recv.get(&key) {
                 return Progress {
                     highest: stream.window.highest(),
@@ -183,7 +180,11 @@ impl LocalStreams for Streams<'_> {
             if !young {
                 return Progress::default();
             }
-            let p = self.progress(now, sender, cutoff, Some(Seq(0)), partition, max, isolated);
+            let from_start = Visit {
+                cleanup: Some(Seq(0)),
+                ..visit
+            };
+            let p = self.progress(now, sender, from_start);
             if let Some(stream) = self.recv.get_mut(&key) {
                 stream.synced = false; // No round has counted it yet.
             }
