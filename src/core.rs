@@ -6,7 +6,7 @@
 //! built in [`Driven::poll_transmit`] when the driver can send. Control traffic (announcements,
 //! stream states) goes before data.
 //!
-//! Receiving: datagrams are checked once ([`wire::parse`]), own and foreign ones are counted
+//! Receiving: datagrams are opened once ([`wire::Seal::open`]), own and foreign ones are counted
 //! and dropped, data of this node's region is delivered in per-sender order as
 //! [`Event::Delivered`] (zero-copy slices of the datagram).
 //!
@@ -28,12 +28,12 @@ use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use qs_discovery::{Discovery, DiscoveryConfig, DiscoveryEvent, DiscoveryStats, Peer};
 use qs_gossip::GossipNode;
-use qs_membership::{Discovery, DiscoveryConfig, DiscoveryEvent, DiscoveryStats, Peer};
 use qs_recovery::{Arrival, Popped, ReceiveWindow, Ring, RingConfig, RingStats};
 use qs_regions::{GroupRange, RegionTable, Signature};
 use qs_transport::wire::{
-    self, DataPacket, DataWriter, Fragment, Header, PacketKind, StreamState, HEADER_LEN,
+    self, DataPacket, DataWriter, Fragment, Header, PacketKind, Seal, StreamState, HEADER_LEN,
     MESSAGE_OVERHEAD,
 };
 use qs_transport::{
@@ -500,6 +500,8 @@ pub struct NodeCore {
     stalled: BTreeSet<(NodeId, RegionId)>,
     /// The gossip plane (when enabled).
     gossip: Option<GossipNode>,
+    /// Seals every outgoing datagram and opens every incoming one.
+    seal: Seal,
     health_clock: gossip::HealthClock,
     /// Peers discovery declared gone (most recent last, bounded): their streams are over.
     departed: VecDeque<NodeId>,
@@ -542,6 +544,7 @@ impl NodeCore {
             out: VecDeque::new(),
             departed: VecDeque::new(),
             gossip: None,
+            seal: Seal::new(),
             health_clock: gossip::HealthClock::default(),
             stalled: BTreeSet::new(),
             prng,
@@ -867,11 +870,7 @@ impl NodeCore {
     }
 
     fn header(&self, kind: PacketKind) -> Header {
-        Header {
-            kind,
-            cluster: self.config.cluster,
-            sender: self.config.id,
-        }
+        Header::new(kind, self.config.cluster, self.config.id)
     }
 
     /// Applies discovery's peer changes to the region table and the ring.
@@ -941,8 +940,10 @@ impl NodeCore {
         }
     }
 
-    fn handle_data(&mut self, now: Instant, sender: NodeId, datagram: &Bytes, fragment: bool) {
-        let body = datagram.slice(HEADER_LEN..);
+    fn handle_data(&mut self, now: Instant, header: &Header, datagram: &Bytes, body: Bytes) {
+        let (sender, fragment) = (header.sender, header.kind == PacketKind::Fragment);
+        // What caretakers keep and forward: the datagram as opened (no seal trailer).
+        let datagram = &datagram.slice(..HEADER_LEN + body.len());
         let parse = |body: Bytes| {
             if fragment {
                 Fragment::parse(body).map(|f| (f.region, f.seq, Received::Fragment(f)))
@@ -987,7 +988,7 @@ impl NodeCore {
             parse(Bytes::copy_from_slice(&body)).map_or(packet, |(_, _, copy)| copy)
         };
         let fresh = stream.window.highest().is_none_or(|h| h.is_before(seq))
-            && wire::flags(datagram) & wire::FLAG_UNICAST_COPY == 0;
+            && header.flags & wire::FLAG_UNICAST_COPY == 0;
         let arrival = stream.window.insert(now, seq, packet);
         if fresh {
             self.heard_multicast(now, region);
@@ -1160,6 +1161,8 @@ impl NodeCore {
     /// Writes a due stream state into `buf`.
     fn poll_stream_state(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         let header = self.header(PacketKind::StreamState);
+        let budget = buf.len().saturating_sub(self.seal.overhead());
+        let buf = &mut buf[..budget];
         let (region, stream) = self
             .send
             .iter_mut()
@@ -1170,8 +1173,7 @@ impl NodeCore {
             floor: stream.acked(),
         };
         header.write(buf).ok()?;
-        let body = state.write(&mut buf[HEADER_LEN..]).ok()?;
-        let len = wire::finish(buf, HEADER_LEN + body).ok()?;
+        let len = HEADER_LEN + state.write(&mut buf[HEADER_LEN..]).ok()?;
         if stream.state_repeats_left > 1 {
             stream.state_repeats_left -= 1;
             stream.state_backoff *= 4;
@@ -1210,7 +1212,7 @@ impl NodeCore {
         let region = region?;
         let header = self.header(PacketKind::Data);
         let frag_header = self.header(PacketKind::Fragment);
-        let budget = buf.len().min(self.config.max_datagram);
+        let budget = buf.len().min(self.config.max_datagram) - self.seal.overhead();
         let frag_capacity = Fragment::payload_capacity(budget);
         let stream = self.send.get_mut(&region)?;
         let seq = stream.next_seq;
@@ -1313,11 +1315,7 @@ impl NodeCore {
         }
         let members = self.regions.region(region).map(|r| r.members.clone());
         let mut copy = BytesMut::from(datagram);
-        copy[4] |= wire::FLAG_UNICAST_COPY;
-        let len = copy.len();
-        if wire::finish(&mut copy, len).is_err() {
-            return;
-        }
+        copy[wire::field::FLAGS] |= wire::FLAG_UNICAST_COPY;
         let copy = copy.freeze();
         for m in deaf {
             if !members.as_ref().is_some_and(|ms| ms.contains(&m)) {
@@ -1345,11 +1343,40 @@ pub enum PublishRefused {
     TooLarge,
 }
 
+impl NodeCore {
+    /// The next datagram to send, unsealed, highest priority first.
+    fn poll_unsealed(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let budget = buf.len().min(self.config.max_datagram) - self.seal.overhead();
+        if let Some(len) = self.discovery.poll_transmit(now, &mut buf[..budget]) {
+            self.stats.control_packets_sent += 1;
+            return Some(Transmit {
+                destination: SocketAddr::V4(self.config.control_group),
+                class: TrafficClass::Control,
+                len,
+            });
+        }
+        if let Some(g) = self.gossip.as_mut() {
+            if let Some(t) = g.poll_packet(now, &mut buf[..budget], 0) {
+                return Some(t);
+            }
+        }
+        if let Some(t) = self.poll_out(&mut buf[..budget]) {
+            return Some(t);
+        }
+        if let Some(t) = self.poll_stream_state(now, buf) {
+            self.stats.control_packets_sent += 1;
+            self.stats.control_bytes_sent += t.len as u64;
+            return Some(t);
+        }
+        self.poll_data(now, buf)
+    }
+}
+
 impl Driven for NodeCore {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
         self.stats.datagrams_received += 1;
-        let (header, kind) = match wire::parse(&datagram) {
-            Ok((h, _)) => (h, h.kind),
+        let (header, kind, body_len) = match self.seal.open(&datagram) {
+            Ok((h, body)) => (h, h.kind, body.len()),
             Err(_) => {
                 self.stats.drops.malformed += 1;
                 return;
@@ -1363,7 +1390,7 @@ impl Driven for NodeCore {
             self.stats.own_looped += 1;
             return;
         }
-        let body = datagram.slice(HEADER_LEN..);
+        let body = datagram.slice(HEADER_LEN..HEADER_LEN + body_len);
         match kind {
             PacketKind::Announce => match wire::Announce::parse(&body) {
                 Ok(a) => {
@@ -1372,8 +1399,9 @@ impl Driven for NodeCore {
                 }
                 Err(_) => self.stats.drops.malformed += 1,
             },
-            PacketKind::Data => self.handle_data(now, header.sender, &datagram, false),
-            PacketKind::Fragment => self.handle_data(now, header.sender, &datagram, true),
+            PacketKind::Data | PacketKind::Fragment => {
+                self.handle_data(now, &header, &datagram, body)
+            }
             PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
             PacketKind::Token => self.handle_token(now, header.sender, &body),
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
@@ -1381,7 +1409,7 @@ impl Driven for NodeCore {
             PacketKind::SenderAck => self.handle_sender_ack_body(now, header.sender, &body),
             PacketKind::Gossip => {
                 if let Some(g) = self.gossip.as_mut() {
-                    g.handle_datagram(now, from, datagram);
+                    g.handle_packet(now, from, &header, &body);
                     self.drain_gossip(now);
                 }
             }
@@ -1411,29 +1439,15 @@ impl Driven for NodeCore {
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let budget = buf.len().min(self.config.max_datagram);
-        if let Some(len) = self.discovery.poll_transmit(now, &mut buf[..budget]) {
-            self.stats.control_packets_sent += 1;
-            return Some(Transmit {
-                destination: SocketAddr::V4(self.config.control_group),
-                class: TrafficClass::Control,
-                len,
-            });
-        }
-        if let Some(g) = self.gossip.as_mut() {
-            if let Some(t) = g.poll_transmit(now, &mut buf[..budget]) {
-                return Some(t);
+        // Every datagram leaves through this one seal.
+        let t = self.poll_unsealed(now, buf)?;
+        match self.seal.seal(buf, t.len) {
+            Ok(len) => Some(Transmit { len, ..t }),
+            Err(_) => {
+                self.stats.drops.malformed += 1;
+                None
             }
         }
-        if let Some(t) = self.poll_out(buf) {
-            return Some(t);
-        }
-        if let Some(t) = self.poll_stream_state(now, buf) {
-            self.stats.control_packets_sent += 1;
-            self.stats.control_bytes_sent += t.len as u64;
-            return Some(t);
-        }
-        self.poll_data(now, buf)
     }
 
     fn poll_timeout(&self) -> Option<Instant> {

@@ -33,6 +33,7 @@
 //! [`core::NodeCore`] is the sans-IO node (discovery, regions, packing, fragmentation, order
 //! and gap accounting); [`Node`] runs it on one thread with the `qs-runtime` event loop. The
 //! simulator (`qs-sim`) drives the same core.
+#![forbid(unsafe_code)]
 
 pub mod core;
 mod node;

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
-use qs_membership::DiscoveryConfig;
+use qs_discovery::DiscoveryConfig;
 use qs_regions::GroupRange;
 use qs_runtime::{Runtime, RuntimeConfig, RuntimeStats, SocketBuffers};
 use qs_transport::{ClusterId, Instant, NodeId, TopicId};

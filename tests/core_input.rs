@@ -23,6 +23,7 @@ fn from() -> SocketAddr {
 fn header(kind: PacketKind, core: &NodeCore) -> Header {
     Header {
         kind,
+        flags: 0,
         cluster: core.config().cluster,
         sender: NodeId(2),
     }
@@ -35,6 +36,7 @@ fn real_packets(core: &NodeCore) -> Vec<Vec<u8>> {
     let mut w = DataWriter::new(&mut a, &header(PacketKind::Data, core), region, Seq(1)).unwrap();
     assert!(w.push(TopicId::from_name("t"), b"hello"));
     let n = w.finish().unwrap();
+    let n = wire::Seal::new().seal(&mut a, n).unwrap();
     a.truncate(n);
     let mut b = vec![0u8; 1472];
     let n = Fragment::write(
@@ -49,6 +51,7 @@ fn real_packets(core: &NodeCore) -> Vec<Vec<u8>> {
         &[7u8; 1000],
     )
     .unwrap();
+    let n = wire::Seal::new().seal(&mut b, n).unwrap();
     b.truncate(n);
     vec![a, b]
 }
@@ -77,7 +80,7 @@ proptest! {
                 3 => PacketKind::Fragment, _ => PacketKind::StreamState };
             header(kind, &c).write(&mut buf).unwrap();
             buf[HEADER_LEN..HEADER_LEN + body.len()].copy_from_slice(&body);
-            let len = wire::finish(&mut buf, HEADER_LEN + body.len()).unwrap();
+            let len = wire::Seal::new().seal(&mut buf, HEADER_LEN + body.len()).unwrap();
             c.handle_datagram(Instant::ZERO, from(), Bytes::copy_from_slice(&buf[..len]));
             c.check_invariants();
             let mut out = [0u8; 1500];

@@ -124,7 +124,7 @@ impl Cluster {
 }
 
 fn count_drop(receiver: &NodeCore, datagram: &Bytes, d: &mut Dropped) {
-    let Ok((h, body)) = wire::parse(datagram) else {
+    let Ok((h, body)) = wire::Seal::new().open(datagram) else {
         return;
     };
     if h.sender == receiver.id() {

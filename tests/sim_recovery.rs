@@ -165,7 +165,7 @@ fn core_config(i: usize, seed: u64) -> CoreConfig {
 
 /// (sender, seq) of a data datagram (packed or fragment).
 fn data_key(datagram: &Bytes) -> Option<(u64, u32)> {
-    let (h, body) = wire::parse(datagram).ok()?;
+    let (h, body) = wire::Seal::new().open(datagram).ok()?;
     let body = Bytes::copy_from_slice(body);
     let seq = match h.kind {
         PacketKind::Data => DataPacket::parse(body).ok()?.seq,

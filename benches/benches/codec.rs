@@ -7,15 +7,11 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qs_regions::{GroupRange, RegionTable, Signature};
-use qs_transport::wire::{self, DataPacket, DataWriter, Header, PacketKind, HEADER_LEN};
+use qs_transport::wire::{DataPacket, DataWriter, Header, PacketKind, Seal, HEADER_LEN};
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
 fn header() -> Header {
-    Header {
-        kind: PacketKind::Data,
-        cluster: ClusterId(1),
-        sender: NodeId(2),
-    }
+    Header::new(PacketKind::Data, ClusterId(1), NodeId(2))
 }
 
 fn pack(buf: &mut [u8], payload: &[u8]) -> (usize, u64) {
@@ -24,7 +20,8 @@ fn pack(buf: &mut [u8], payload: &[u8]) -> (usize, u64) {
     while w.push(TopicId(5), payload) {
         n += 1;
     }
-    (w.finish().expect("sealed"), n)
+    let len = w.finish().expect("complete");
+    (Seal::new().seal(buf, len).expect("sealed"), n)
 }
 
 fn codec(c: &mut Criterion) {
@@ -44,7 +41,7 @@ fn codec(c: &mut Criterion) {
             &datagram,
             |b, d| {
                 b.iter(|| {
-                    let (_, _) = wire::parse(black_box(d)).expect("valid");
+                    let (_, _) = Seal::new().open(black_box(d)).expect("valid");
                     let p = DataPacket::parse(d.slice(HEADER_LEN..)).expect("valid");
                     p.messages().map(|(_, m)| m.len()).sum::<usize>()
                 })

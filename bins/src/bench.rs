@@ -98,18 +98,6 @@ struct Figures {
 
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
 
-/// User + system CPU time of this process.
-fn cpu_time() -> Duration {
-    // SAFETY: `usage` is a valid, writable rusage; RUSAGE_SELF always exists.
-    let usage = unsafe {
-        let mut usage: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
-        usage
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
-}
-
 /// Prints a live progress line on stderr until dropped.
 struct Progress {
     done: Arc<AtomicBool>,
@@ -309,7 +297,7 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         })
         .collect::<Result<Vec<_>, _>>()
         .context("raw receivers")?;
-    let cpu = cpu_time();
+    let cpu = qs_runtime::os::cpu_time();
     let threads: Vec<_> = receivers
         .into_iter()
         .map(|r| std::thread::spawn(|| r.run()))
@@ -333,7 +321,7 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
             *l += percentile(&r.latency_nanos, q) / n;
         }
     }
-    f.cpu_us_per_msg = (cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
+    f.cpu_us_per_msg = (qs_runtime::os::cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
     Ok(f)
 }
 
@@ -390,7 +378,7 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
         delivered,
         a.json,
     );
-    let cpu = cpu_time();
+    let cpu = qs_runtime::os::cpu_time();
     let mut buf = vec![0u8; size];
     for seq in 0..a.count {
         stamp::write(&mut buf, seq, stamp::monotonic_nanos());
@@ -421,7 +409,7 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
         f.repairs += s.repairs_served + s.retransmitted;
     }
     f.overhead = control as f64 / data.max(1) as f64;
-    f.cpu_us_per_msg = (cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
+    f.cpu_us_per_msg = (qs_runtime::os::cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;
     drop(progress);
     Ok(f)
 }

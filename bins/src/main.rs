@@ -9,6 +9,7 @@
 //!   same run (the physical limit).
 //! - `qs top`: a live view of the cluster map (members, gossip status, regions, health) from a
 //!   node that joins the cluster; `qs top --json` prints one snapshot.
+#![forbid(unsafe_code)]
 
 mod bench;
 mod demo;

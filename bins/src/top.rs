@@ -16,6 +16,7 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
@@ -46,23 +47,11 @@ pub struct TopArgs {
     pub net: NetArgs,
 }
 
-/// Set by SIGINT/SIGTERM: stop at the next check.
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Set by SIGINT/SIGTERM (so the node still leaves gracefully): stop at the next check.
+static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
-extern "C" fn on_signal(_: libc::c_int) {
-    // An atomic store is async-signal-safe.
-    STOP.store(true, Ordering::SeqCst);
-}
-
-/// Routes Ctrl-C and SIGTERM to [`STOP`], so the node still leaves gracefully.
-fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(sig, handler as libc::sighandler_t);
-        }
-    }
+fn stopped() -> bool {
+    STOP.get().is_some_and(|f| f.load(Ordering::SeqCst))
 }
 
 /// A positive, finite number of seconds as a duration (`what` names the option in errors).
@@ -85,7 +74,7 @@ fn seconds(what: &str, secs: f64, allow_zero: bool) -> anyhow::Result<Duration> 
 fn sleep_unless_stopped(d: Duration) -> bool {
     let until = Instant::now() + d;
     loop {
-        if STOP.load(Ordering::SeqCst) {
+        if stopped() {
             return false;
         }
         let now = Instant::now();
@@ -103,7 +92,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<ExitCode> {
         .duration
         .map(|d| seconds("--duration", d, true))
         .transpose()?;
-    install_signal_handlers();
+    STOP.get_or_init(qs_runtime::os::interrupt_flag);
     let node = a.net.builder().build().context("starting the node")?;
     let result = if a.json {
         snapshot(&node, &a.net, wait)

@@ -5,10 +5,7 @@
 
 use std::process::Command;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use qs_runtime::os::is_root;
 
 /// Runs `testbed/scripts/<script>` with the built `qs` and `args`; returns its output once it
 /// succeeded, `None` (skipped) without root.

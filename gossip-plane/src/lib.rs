@@ -25,7 +25,7 @@
 //!
 //! The node core (`quicksilver::core`) runs a [`GossipNode`] on its unicast socket: members
 //! that [`Membership`] declares down or gone leave the region table (recovery rings re-form),
-//! [`Subscriptions`] records back up the multicast announcements (`qs-membership`, whose peers
+//! [`Subscriptions`] records back up the multicast announcements (`qs-discovery`, whose peers
 //! also seed gossip), the node publishes its [`NodeHealth`] every half second, and it reports
 //! fresh multicast data to [`Reachability`]; senders copy data by unicast to members reported
 //! deaf to a region. Not done: [`Health`] aggregates one level (region → cluster) and only as
@@ -43,8 +43,9 @@
 //!
 //! # Wire format
 //!
-//! See [`wire`]: the common 24-byte header with kind [`wire::GOSSIP_KIND`], then sections
+//! See [`wire`]: the common 24-byte header with kind `PacketKind::Gossip`, then sections
 //! `tag u8 | priority u8 | len u16 | payload`.
+#![forbid(unsafe_code)]
 
 mod epidemic;
 pub mod health;

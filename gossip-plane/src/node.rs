@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use qs_transport::wire::HEADER_LEN;
+use qs_transport::wire::{Header, PacketKind, Seal, HEADER_LEN};
 use qs_transport::{
     ClusterId, Driven, Instant, NodeId, Prng, SocketCommand, TopicId, TrafficClass, Transmit,
 };
@@ -37,6 +37,9 @@ pub struct GossipConfig {
     pub bundling: bool,
     /// Seed of the node's `Prng`.
     pub seed: u64,
+    /// Seals and opens datagrams when the node runs standalone (its [`Driven`] impl); a node
+    /// embedded in another core gets opened packets and returns unsealed ones instead.
+    pub seal: Seal,
     /// Most peers with pending sends (further requests are counted and dropped).
     pub intents_max: usize,
     /// Membership and failure detection.
@@ -61,6 +64,7 @@ impl GossipConfig {
             mtu: 1400,
             bundling: true,
             seed: id.0,
+            seal: Seal::new(),
             intents_max: 1024,
             membership: MembershipConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
@@ -534,24 +538,28 @@ impl GossipNode {
         }
     }
 
-    fn handle_datagram_inner(&mut self, now: Instant, from: SocketAddr, datagram: &[u8]) {
-        let (cluster, sender, body) = match wire::parse_datagram(datagram) {
-            Ok(x) => x,
-            Err(_) => {
-                self.stats.dropped_malformed += 1;
-                return;
-            }
-        };
-        if cluster != self.config.cluster {
+    fn handle_packet_inner(
+        &mut self,
+        now: Instant,
+        from: SocketAddr,
+        header: &Header,
+        body: &[u8],
+    ) {
+        if header.kind != PacketKind::Gossip {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        if header.cluster != self.config.cluster {
             self.stats.dropped_foreign_cluster += 1;
             return;
         }
+        let sender = header.sender;
         if sender == self.config.id {
             self.stats.dropped_own += 1;
             return;
         }
         self.stats.datagrams_received += 1;
-        self.stats.bytes_received += datagram.len() as u64;
+        self.stats.bytes_received += (HEADER_LEN + body.len()) as u64;
         let peer = Peer {
             id: Some(sender),
             addr: from,
@@ -586,15 +594,18 @@ impl GossipNode {
     }
 }
 
-impl Driven for GossipNode {
-    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+impl GossipNode {
+    /// A gossip datagram arrived from `from`, already opened (checked) by the owner's
+    /// [`qs_transport::wire::Seal`]: its header and body.
+    pub fn handle_packet(&mut self, now: Instant, from: SocketAddr, header: &Header, body: &[u8]) {
         self.now = self.now.max(now);
         self.membership.observe_clock(now);
-        self.handle_datagram_inner(now, from, &datagram);
+        self.handle_packet_inner(now, from, header, body);
         self.after_entry();
     }
 
-    fn handle_timeout(&mut self, now: Instant) {
+    /// Runs due rounds and timers (see [`GossipNode::poll_timeout`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
         self.now = self.now.max(now);
         self.membership.observe_clock(now);
         if now >= self.next_round && !self.membership.is_gone() {
@@ -619,8 +630,15 @@ impl Driven for GossipNode {
         self.after_entry();
     }
 
-    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
-        let mtu = self.config.mtu.min(buf.len());
+    /// Writes the next gossip datagram (header and body, unsealed: the owner seals it) into
+    /// `buf`, within the MTU less `reserve` bytes (the seal's trailer).
+    pub fn poll_packet(
+        &mut self,
+        now: Instant,
+        buf: &mut [u8],
+        reserve: usize,
+    ) -> Option<Transmit> {
+        let mtu = self.config.mtu.min(buf.len()).saturating_sub(reserve);
         if mtu < HEADER_LEN + SECTION_HEADER_LEN {
             return None;
         }
@@ -685,7 +703,7 @@ impl Driven for GossipNode {
             if at == HEADER_LEN {
                 continue;
             }
-            let len = wire::finish(buf, at).ok()?;
+            let len = at;
             for i in 0..count {
                 if wrote_mask & (1 << i) != 0 {
                     self.stats.objects[i].1.datagrams_sent += 1;
@@ -706,7 +724,8 @@ impl Driven for GossipNode {
         None
     }
 
-    fn poll_timeout(&self) -> Option<Instant> {
+    /// When [`GossipNode::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let mut t = if self.membership.is_gone() {
             None
         } else {
@@ -726,6 +745,32 @@ impl Driven for GossipNode {
             t = Some(t.map_or(d, |x| x.min(d)));
         }
         t
+    }
+}
+
+/// Standalone use (tests, a gossip-only process): the node seals and opens its own datagrams
+/// with [`GossipConfig::seal`].
+impl Driven for GossipNode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        match self.config.seal.open(&datagram) {
+            Ok((header, body)) => self.handle_packet(now, from, &header, body),
+            Err(_) => self.stats.dropped_malformed += 1,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: Instant) {
+        GossipNode::handle_timeout(self, now);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        let reserve = self.config.seal.overhead();
+        let t = self.poll_packet(now, buf, reserve)?;
+        let len = self.config.seal.seal(buf, t.len).ok()?;
+        Some(Transmit { len, ..t })
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        GossipNode::poll_timeout(self)
     }
 
     fn poll_command(&mut self) -> Option<SocketCommand> {

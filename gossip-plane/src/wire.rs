@@ -1,26 +1,23 @@
-//! The gossip datagram: the common Quicksilver header (kind [`GOSSIP_KIND`]) followed by
+//! The gossip datagram: the common Quicksilver header (kind [`PacketKind::Gossip`]) followed by
 //! sections, one per gossip object, liveness sections first.
 //!
 //! ```text
-//!  header (24 B, see qs_transport::wire)          kind = GOSSIP_KIND
+//!  header (24 B, see qs_transport::wire)          kind = PacketKind::Gossip
 //!  section*:  | tag u8 | priority u8 | len u16 | payload (len bytes) |
 //! ```
 //!
-//! All integers are big-endian. The header is byte-compatible with `qs_transport::wire::Header`
-//! (magic, version, kind, flags, length, cluster, CRC-32, sender); only the kind byte is not yet
-//! a `PacketKind` variant, so [`parse_datagram`] repeats the header checks here. Parsing never
+//! All integers are big-endian. Sealing and opening (length, checksum) belong to
+//! [`qs_transport::wire::Seal`]: the node that embeds the gossip plane opens a datagram once
+//! and hands the header and body to [`crate::GossipNode::handle_packet`]. Parsing never
 //! panics: every failure is a [`WireError`].
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use qs_transport::wire::{self, Header, PacketKind, WireError, HEADER_LEN, MAGIC, VERSION};
+use qs_transport::wire::{Header, PacketKind, WireError};
 use qs_transport::{ClusterId, NodeId};
 
-/// The header kind byte of gossip datagrams (to become `PacketKind::Gossip`).
-pub const GOSSIP_KIND: u8 = 0x47;
 /// Bytes of a section header (tag, priority, length).
 pub const SECTION_HEADER_LEN: usize = 4;
-const CHECKSUM_AT: usize = 12;
 
 /// Which part of a datagram's budget a payload competes for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -46,51 +43,7 @@ impl Priority {
 
 /// Writes the common header of a gossip datagram into `buf[..HEADER_LEN]`.
 pub fn write_header(buf: &mut [u8], cluster: ClusterId, sender: NodeId) -> Result<(), WireError> {
-    // Any kind will do for `Header::write`; the kind byte is overwritten below.
-    Header {
-        kind: PacketKind::Announce,
-        cluster,
-        sender,
-    }
-    .write(buf)?;
-    buf[3] = GOSSIP_KIND;
-    Ok(())
-}
-
-/// Seals a gossip datagram of `len` bytes (length and checksum), as `qs_transport::wire::finish`.
-pub fn finish(buf: &mut [u8], len: usize) -> Result<usize, WireError> {
-    wire::finish(buf, len)
-}
-
-/// Checks a whole gossip datagram and returns its cluster, sender and body.
-pub fn parse_datagram(d: &[u8]) -> Result<(ClusterId, NodeId, &[u8]), WireError> {
-    if d.len() < HEADER_LEN {
-        return Err(WireError::Truncated);
-    }
-    if u16::from_be_bytes([d[0], d[1]]) != MAGIC {
-        return Err(WireError::BadMagic);
-    }
-    if d[2] != VERSION {
-        return Err(WireError::UnsupportedVersion(d[2]));
-    }
-    if d[3] != GOSSIP_KIND {
-        return Err(WireError::UnknownKind(d[3]));
-    }
-    if usize::from(u16::from_be_bytes([d[6], d[7]])) != d.len() {
-        return Err(WireError::BadLength);
-    }
-    let mut h = crc32fast::Hasher::new();
-    h.update(&d[..CHECKSUM_AT]);
-    h.update(&d[CHECKSUM_AT + 4..]);
-    let stored = u32::from_be_bytes([d[12], d[13], d[14], d[15]]);
-    if stored != h.finalize() {
-        return Err(WireError::BadChecksum);
-    }
-    let mut r = Reader::new(&d[8..12]);
-    let cluster = ClusterId(r.u32()?);
-    let mut r = Reader::new(&d[16..24]);
-    let sender = NodeId(r.u64()?);
-    Ok((cluster, sender, &d[HEADER_LEN..]))
+    Header::new(PacketKind::Gossip, cluster, sender).write(buf)
 }
 
 /// One section of a gossip datagram.
@@ -252,6 +205,7 @@ pub fn put_addr(out: &mut Vec<u8>, a: &SocketAddr) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use qs_transport::wire::{Seal, HEADER_LEN};
 
     fn datagram(sections: &[(u8, Priority, &[u8])]) -> Vec<u8> {
         let mut buf = vec![0u8; 2000];
@@ -264,7 +218,7 @@ mod tests {
             buf[at + 4..at + 4 + payload.len()].copy_from_slice(payload);
             at += 4 + payload.len();
         }
-        let len = finish(&mut buf, at).unwrap();
+        let len = Seal::new().seal(&mut buf, at).unwrap();
         buf.truncate(len);
         buf
     }
@@ -272,8 +226,11 @@ mod tests {
     #[test]
     fn a_sealed_datagram_parses_back_into_its_sections() {
         let d = datagram(&[(0, Priority::Liveness, b"abc"), (1, Priority::Bulk, b"")]);
-        let (cluster, sender, body) = parse_datagram(&d).unwrap();
-        assert_eq!((cluster, sender), (ClusterId(7), NodeId(9)));
+        let (h, body) = Seal::new().open(&d).unwrap();
+        assert_eq!(
+            (h.kind, h.cluster, h.sender),
+            (PacketKind::Gossip, ClusterId(7), NodeId(9))
+        );
         let s: Vec<_> = Sections::new(body).collect::<Result<_, _>>().unwrap();
         assert_eq!(s.len(), 2);
         assert_eq!(s[0].payload, b"abc");
@@ -285,7 +242,7 @@ mod tests {
         let mut d = datagram(&[(0, Priority::Liveness, b"abc")]);
         let last = d.len() - 1;
         d[last] ^= 1;
-        assert_eq!(parse_datagram(&d), Err(WireError::BadChecksum));
+        assert_eq!(Seal::new().open(&d), Err(WireError::BadChecksum));
     }
 
     #[test]
@@ -302,7 +259,7 @@ mod tests {
     proptest! {
         #[test]
         fn parsing_any_bytes_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            if let Ok((_, _, body)) = parse_datagram(&bytes) {
+            if let Ok((_, body)) = Seal::new().open(&bytes) {
                 for s in Sections::new(body) { let _ = s; }
             }
             for s in Sections::new(&bytes) { let _ = s; }

@@ -263,7 +263,7 @@ mod parsing {
                 buf[at + 4..at + 4 + payload.len()].copy_from_slice(&payload);
                 at += 4 + payload.len();
             }
-            let len = qs_gossip::wire::finish(&mut buf, at).unwrap();
+            let len = qs_transport::wire::Seal::new().seal(&mut buf, at).unwrap();
             node.handle_datagram(Instant(2), from, Bytes::copy_from_slice(&buf[..len]));
             node.check_invariants();
             let mut out = vec![0u8; 65536];

@@ -11,7 +11,7 @@ use qs_gossip::health::HEALTH_TAG;
 use qs_gossip::reachability::REACHABILITY_TAG;
 use qs_gossip::wire::{self, Priority};
 use qs_gossip::GossipNode;
-use qs_transport::wire::HEADER_LEN;
+use qs_transport::wire::{Seal, HEADER_LEN};
 use qs_transport::{ClusterId, Driven, Instant, NodeId};
 
 fn datagram(tag: u8, priority: Priority, payload: &[u8]) -> Vec<u8> {
@@ -21,7 +21,9 @@ fn datagram(tag: u8, priority: Priority, payload: &[u8]) -> Vec<u8> {
     buf[HEADER_LEN + 1] = priority as u8;
     buf[HEADER_LEN + 2..HEADER_LEN + 4].copy_from_slice(&(payload.len() as u16).to_be_bytes());
     buf[HEADER_LEN + 4..].copy_from_slice(payload);
-    let len = wire::finish(&mut buf, HEADER_LEN + 4 + payload.len()).unwrap();
+    let len = Seal::new()
+        .seal(&mut buf, HEADER_LEN + 4 + payload.len())
+        .unwrap();
     buf.truncate(len);
     buf
 }

@@ -11,6 +11,7 @@
 //! Everything here is sans-IO: `now` is an argument, the owner calls `handle_timeout` at the
 //! deadline the value reports, and packets come out as values the owner encodes and sends.
 //! Sequence numbers wrap ([`qs_transport::Seq`]); every comparison is circular.
+#![forbid(unsafe_code)]
 
 mod ring;
 mod window;

@@ -12,6 +12,7 @@
 //!
 //! This crate owns the mapping and the per-region member lists derived from the nodes'
 //! signatures. It does not learn signatures (discovery and gossip do) and sends nothing.
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use qs_gossip::{GossipConfig, GossipEvent, GossipNode, MembershipEvent, NodeHealth, Status};
 use qs_regions::Signature;
-use qs_transport::{Driven, Instant, NodeId, RegionId};
+use qs_transport::{Instant, NodeId, RegionId};
 
 use super::{Event, NodeCore};
 

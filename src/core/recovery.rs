@@ -10,8 +10,7 @@ use std::net::SocketAddr;
 use bytes::{Bytes, BytesMut};
 use qs_recovery::{LocalStreams, Progress, Ring, RingAction, Visit};
 use qs_transport::wire::{
-    self, Header, PacketKind, RepairRequest, SenderAck, SeqRange, Token, TokenAck, WireError,
-    HEADER_LEN,
+    Header, PacketKind, RepairRequest, SenderAck, SeqRange, Token, TokenAck, WireError, HEADER_LEN,
 };
 use qs_transport::{Instant, NodeId, RegionId, Seq, TrafficClass, Transmit};
 
@@ -514,15 +513,11 @@ impl NodeCore {
             return;
         };
         let mut buf = BytesMut::zeroed(self.config.max_datagram.max(HEADER_LEN + 64));
-        let header = Header {
-            kind,
-            cluster: self.config.cluster,
-            sender: self.config.id,
-        };
+        let header = Header::new(kind, self.config.cluster, self.config.id);
         let len = header
             .write(&mut buf)
             .and_then(|()| body(&mut buf[HEADER_LEN..]))
-            .and_then(|n| wire::finish(&mut buf, HEADER_LEN + n));
+            .map(|n| HEADER_LEN + n);
         match len {
             Ok(len) => {
                 buf.truncate(len);

@@ -10,6 +10,7 @@
 //! or measure anything inside `qs` (it runs the `qs` binary and reads its JSON lines), run the
 //! peers (`testbed/peers` prints their lines), or simulate (that is `qs-sim`). Running needs
 //! root (network namespaces); parsing, planning and reporting do not.
+#![forbid(unsafe_code)]
 
 pub mod machine;
 pub mod report;

@@ -5,6 +5,7 @@
 //! - `qs-testbed report RESULTS.json... --out DIR [--peers FILE]...`: BENCHMARKS.md and plots.
 //! - `qs-testbed suite [--out DIR]`: every scenario of testbed/scenarios, then the report.
 //! - `qs-testbed check SCENARIO.toml...`: validate scenarios and print expected counts.
+#![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

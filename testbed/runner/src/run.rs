@@ -12,6 +12,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -46,33 +47,25 @@ pub struct RunOutcome {
     pub enforced_failures: usize,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+/// Set by SIGINT/SIGTERM: the run stops and cleans up at the next check.
+static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 fn install_signal_handlers() {
-    let handler = on_signal as extern "C" fn(libc::c_int);
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGINT, handler as libc::sighandler_t);
-        libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
-    }
+    INTERRUPTED.get_or_init(qs_runtime::os::interrupt_flag);
+}
+
+fn was_interrupted() -> bool {
+    INTERRUPTED.get().is_some_and(|f| f.load(Ordering::SeqCst))
 }
 
 fn interrupted() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
+    if was_interrupted() {
         bail!("interrupted (SIGINT/SIGTERM)");
     }
     Ok(())
 }
 
-/// True when running as root (namespaces need it).
-pub fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+pub use qs_runtime::os::is_root;
 
 /// The commands run, in order, with their time since the start of the run.
 struct Log {
@@ -232,11 +225,7 @@ impl Proc {
 
     fn kill(&mut self, signal: i32, why: &str) {
         if let Some(c) = &self.child {
-            let pid = c.id() as libc::pid_t;
-            // SAFETY: kill has no memory preconditions; pid is our own unreaped child.
-            unsafe {
-                libc::kill(pid, signal);
-            }
+            qs_runtime::os::kill(c.id(), signal);
             self.killed_by = Some(why.to_string());
         }
     }
@@ -760,7 +749,7 @@ fn supervise(
         if !procs.iter().any(Proc::running) {
             break;
         }
-        if INTERRUPTED.load(Ordering::SeqCst) {
+        if was_interrupted() {
             for p in procs.iter_mut() {
                 p.kill(libc::SIGKILL, "interrupt");
             }

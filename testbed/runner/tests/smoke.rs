@@ -6,10 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
-}
+use qs_runtime::os::is_root;
 
 /// `target/release/qs` of the target directory this test binary was built into.
 fn release_qs() -> Option<PathBuf> {

@@ -98,6 +98,7 @@
 //! assert_eq!(sim.node(b).received + lost, 100);
 //! assert!(sim.stats(b).accounted());
 //! ```
+#![forbid(unsafe_code)]
 
 mod config;
 mod sim;

@@ -7,6 +7,7 @@
 //!
 //! It does no I/O, reads no clock and draws no OS randomness: everything here is deterministic,
 //! so the simulator replays a seed bit for bit.
+#![forbid(unsafe_code)]
 
 mod driven;
 mod id;

@@ -6,15 +6,15 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
-    self, Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate,
-    RepairRequest, SenderAck, SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError,
-    HEADER_LEN,
+    Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate, RepairRequest,
+    Seal, SenderAck, SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError, HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
 fn header(kind: PacketKind, sender: u64) -> Header {
     Header {
         kind,
+        flags: 0,
         cluster: ClusterId(7),
         sender: NodeId(sender),
     }
@@ -22,7 +22,7 @@ fn header(kind: PacketKind, sender: u64) -> Header {
 
 /// Parses a datagram the way a node does, body decoder included.
 fn parse_any(datagram: &[u8]) -> Result<(), WireError> {
-    let (h, body) = wire::parse(datagram)?;
+    let (h, body) = Seal::new().open(datagram)?;
     let body = Bytes::copy_from_slice(body);
     match h.kind {
         PacketKind::Announce => Announce::parse(&body).map(drop),
@@ -156,7 +156,8 @@ proptest! {
             written.push((TopicId(*t), p.clone()));
         }
         let len = w.finish().unwrap();
-        let (h, body) = wire::parse(&buf[..len]).unwrap();
+        let len = Seal::new().seal(&mut buf, len).unwrap();
+        let (h, body) = Seal::new().open(&buf[..len]).unwrap();
         prop_assert_eq!(h.sender, NodeId(sender));
         prop_assert_eq!(h.kind, PacketKind::Data);
         let pkt = DataPacket::parse(Bytes::copy_from_slice(body)).unwrap();
@@ -174,7 +175,8 @@ proptest! {
         let mut buf = vec![0u8; 1472];
         let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), RegionId(2), Seq(3),
             index, count, TopicId(topic), total, &payload).unwrap();
-        let (_, body) = wire::parse(&buf[..len]).unwrap();
+        let len = Seal::new().seal(&mut buf, len).unwrap();
+        let (_, body) = Seal::new().open(&buf[..len]).unwrap();
         let f = Fragment::parse(Bytes::copy_from_slice(body)).unwrap();
         prop_assert_eq!((f.index, f.count, f.topic, f.total_len), (index, count, TopicId(topic), total));
         prop_assert_eq!(&f.payload[..], &payload[..]);
@@ -192,8 +194,8 @@ proptest! {
         let mut buf = vec![0u8; 1472];
         header(PacketKind::Announce, 9).write(&mut buf).unwrap();
         let n = a.write(&mut buf[HEADER_LEN..]).unwrap();
-        let len = wire::finish(&mut buf, HEADER_LEN + n).unwrap();
-        let (_, body) = wire::parse(&buf[..len]).unwrap();
+        let len = Seal::new().seal(&mut buf, HEADER_LEN + n).unwrap();
+        let (_, body) = Seal::new().open(&buf[..len]).unwrap();
         prop_assert_eq!(Announce::parse(body).unwrap(), a);
     }
 
@@ -203,8 +205,8 @@ proptest! {
         let mut buf = [0u8; 64];
         header(PacketKind::StreamState, 1).write(&mut buf).unwrap();
         let n = s.write(&mut buf[HEADER_LEN..]).unwrap();
-        let len = wire::finish(&mut buf, HEADER_LEN + n).unwrap();
-        let (_, body) = wire::parse(&buf[..len]).unwrap();
+        let len = Seal::new().seal(&mut buf, HEADER_LEN + n).unwrap();
+        let (_, body) = Seal::new().open(&buf[..len]).unwrap();
         prop_assert_eq!(StreamState::parse(body).unwrap(), s);
     }
 
@@ -224,7 +226,7 @@ proptest! {
         header(kind, 5).write(&mut buf).unwrap();
         buf[HEADER_LEN..].copy_from_slice(&body);
         let len = buf.len();
-        wire::finish(&mut buf, len).unwrap();
+        Seal::new().seal(&mut buf, len).unwrap();
         let _ = parse_any(&buf);
     }
 
@@ -234,9 +236,10 @@ proptest! {
         let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
         assert!(w.push(TopicId(4), b"hello, multicast world: some bytes"));
         let len = w.finish().unwrap();
+        let len = Seal::new().seal(&mut buf, len).unwrap();
         let flip = flip % (8 * len);
         buf[flip / 8] ^= 1 << (flip % 8);
-        prop_assert!(wire::parse(&buf[..len]).is_err());
+        prop_assert!(Seal::new().open(&buf[..len]).is_err());
     }
 }
 
@@ -247,6 +250,7 @@ fn a_packet_with_a_lying_message_length_is_malformed() {
         DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
     assert!(w.push(TopicId(4), b"abc"));
     let len = w.finish().unwrap();
+    let len = Seal::new().seal(&mut buf, len).unwrap();
     let mut body = buf[HEADER_LEN..len].to_vec();
     body[16 + 9] = 200; // the message now claims 200 bytes
     assert_eq!(

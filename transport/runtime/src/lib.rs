@@ -55,6 +55,7 @@
 //! loop flag to hide a node's own traffic.
 
 mod config;
+pub mod os;
 pub mod raw;
 mod runtime;
 mod sendq;

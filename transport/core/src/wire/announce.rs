@@ -9,8 +9,25 @@ use crate::{RegionId, TopicId};
 use super::{u16_at, u32_at, u64_at, WireError};
 
 /// Body bytes before the topic list.
-pub const ANNOUNCE_FIXED_LEN: usize = 32;
+pub const ANNOUNCE_FIXED_LEN: usize = announce_field::TOPICS;
 const FLAG_LEAVING: u8 = 1;
+
+/// Byte offsets in an announcement body.
+mod announce_field {
+    use std::ops::Range;
+    pub const INCARNATION: Range<usize> = 0..8;
+    pub const IP: Range<usize> = 8..12;
+    pub const PORT: Range<usize> = 12..14;
+    pub const FLAGS: usize = 14;
+    pub const RESERVED: usize = 15;
+    pub const TOPICS_VERSION: Range<usize> = 16..20;
+    pub const CHUNK: Range<usize> = 20..22;
+    pub const CHUNK_COUNT: Range<usize> = 22..24;
+    pub const DIGEST: Range<usize> = 24..32;
+    /// Where the topic ids (u64 each) start.
+    pub const TOPICS: usize = 32;
+}
+use announce_field as f;
 
 /// One announcement chunk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,15 +60,15 @@ impl Announce {
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, WireError> {
         let len = ANNOUNCE_FIXED_LEN + 8 * self.topics.len();
         let b = buf.get_mut(..len).ok_or(WireError::BufferTooSmall)?;
-        b[0..8].copy_from_slice(&self.incarnation.to_be_bytes());
-        b[8..12].copy_from_slice(&u32::from(*self.unicast.ip()).to_be_bytes());
-        b[12..14].copy_from_slice(&self.unicast.port().to_be_bytes());
-        b[14] = if self.leaving { FLAG_LEAVING } else { 0 };
-        b[15] = 0;
-        b[16..20].copy_from_slice(&self.topics_version.to_be_bytes());
-        b[20..22].copy_from_slice(&self.chunk.to_be_bytes());
-        b[22..24].copy_from_slice(&self.chunk_count.to_be_bytes());
-        b[24..32].copy_from_slice(&self.digest.0.to_be_bytes());
+        b[f::INCARNATION].copy_from_slice(&self.incarnation.to_be_bytes());
+        b[f::IP].copy_from_slice(&u32::from(*self.unicast.ip()).to_be_bytes());
+        b[f::PORT].copy_from_slice(&self.unicast.port().to_be_bytes());
+        b[f::FLAGS] = if self.leaving { FLAG_LEAVING } else { 0 };
+        b[f::RESERVED] = 0;
+        b[f::TOPICS_VERSION].copy_from_slice(&self.topics_version.to_be_bytes());
+        b[f::CHUNK].copy_from_slice(&self.chunk.to_be_bytes());
+        b[f::CHUNK_COUNT].copy_from_slice(&self.chunk_count.to_be_bytes());
+        b[f::DIGEST].copy_from_slice(&self.digest.0.to_be_bytes());
         for (i, t) in self.topics.iter().enumerate() {
             let at = ANNOUNCE_FIXED_LEN + 8 * i;
             b[at..at + 8].copy_from_slice(&t.0.to_be_bytes());
@@ -68,19 +85,22 @@ impl Announce {
         if list.len() % 8 != 0 {
             return Err(WireError::Malformed);
         }
-        let chunk = u16_at(body, 20);
-        let chunk_count = u16_at(body, 22);
-        if chunk_count == 0 || chunk >= chunk_count || body[14] & !FLAG_LEAVING != 0 {
+        let chunk = u16_at(body, f::CHUNK.start);
+        let chunk_count = u16_at(body, f::CHUNK_COUNT.start);
+        if chunk_count == 0 || chunk >= chunk_count || body[f::FLAGS] & !FLAG_LEAVING != 0 {
             return Err(WireError::Malformed);
         }
         Ok(Announce {
-            incarnation: u64_at(body, 0),
-            unicast: SocketAddrV4::new(Ipv4Addr::from(u32_at(body, 8)), u16_at(body, 12)),
-            leaving: body[14] & FLAG_LEAVING != 0,
-            topics_version: u32_at(body, 16),
+            incarnation: u64_at(body, f::INCARNATION.start),
+            unicast: SocketAddrV4::new(
+                Ipv4Addr::from(u32_at(body, f::IP.start)),
+                u16_at(body, f::PORT.start),
+            ),
+            leaving: body[f::FLAGS] & FLAG_LEAVING != 0,
+            topics_version: u32_at(body, f::TOPICS_VERSION.start),
             chunk,
             chunk_count,
-            digest: RegionId(u64_at(body, 24)),
+            digest: RegionId(u64_at(body, f::DIGEST.start)),
             topics: list
                 .chunks_exact(8)
                 .map(|c| TopicId(u64_at(c, 0)))

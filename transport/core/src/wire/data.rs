@@ -5,14 +5,59 @@ use bytes::Bytes;
 
 use crate::{RegionId, Seq, TopicId};
 
-use super::{header::finish, u16_at, u32_at, u64_at, Header, WireError, HEADER_LEN};
+use super::{u16_at, u32_at, u64_at, Header, WireError, HEADER_LEN};
 
 /// Body bytes of a data packet before its first message.
-pub const DATA_FIXED_LEN: usize = 16;
+pub const DATA_FIXED_LEN: usize = data_field::MESSAGES;
 /// Bytes each packed message costs besides its payload (topic id and length).
-pub const MESSAGE_OVERHEAD: usize = 10;
+pub const MESSAGE_OVERHEAD: usize = message_field::PAYLOAD;
 /// Body bytes of a fragment before its payload slice.
-pub const FRAGMENT_FIXED_LEN: usize = 28;
+pub const FRAGMENT_FIXED_LEN: usize = fragment_field::PAYLOAD;
+
+/// Byte offsets in a packed data body (after the header).
+pub mod data_field {
+    use std::ops::Range;
+    /// The stream's region, u64.
+    pub const REGION: Range<usize> = 0..8;
+    /// The packet's sequence number, u32.
+    pub const SEQ: Range<usize> = 8..12;
+    /// Messages packed, u16.
+    pub const COUNT: Range<usize> = 12..14;
+    /// Reserved, zero.
+    pub const RESERVED: Range<usize> = 14..16;
+    /// Where the first message starts.
+    pub const MESSAGES: usize = 16;
+}
+
+/// Byte offsets in one packed message (from its start).
+pub mod message_field {
+    use std::ops::Range;
+    /// The topic, u64.
+    pub const TOPIC: Range<usize> = 0..8;
+    /// The payload's length, u16.
+    pub const LEN: Range<usize> = 8..10;
+    /// Where the payload starts.
+    pub const PAYLOAD: usize = 10;
+}
+
+/// Byte offsets in a fragment body (after the header).
+pub mod fragment_field {
+    use std::ops::Range;
+    /// The stream's region, u64.
+    pub const REGION: Range<usize> = 0..8;
+    /// The packet's sequence number, u32.
+    pub const SEQ: Range<usize> = 8..12;
+    /// This fragment's index in its message, u16.
+    pub const INDEX: Range<usize> = 12..14;
+    /// Fragments in the message, u16.
+    pub const COUNT: Range<usize> = 14..16;
+    /// The message's topic, u64.
+    pub const TOPIC: Range<usize> = 16..24;
+    /// The whole message's length, u32.
+    pub const TOTAL_LEN: Range<usize> = 24..28;
+    /// Where this fragment's bytes start.
+    pub const PAYLOAD: usize = 28;
+}
 
 /// Builds a packed data packet in place, message by message.
 #[derive(Debug)]
@@ -35,9 +80,10 @@ impl<'a> DataWriter<'a> {
         }
         header.write(buf)?;
         let b = &mut buf[HEADER_LEN..HEADER_LEN + DATA_FIXED_LEN];
-        b[0..8].copy_from_slice(&region.0.to_be_bytes());
-        b[8..12].copy_from_slice(&seq.0.to_be_bytes());
-        b[12..16].fill(0);
+        b[data_field::REGION].copy_from_slice(&region.0.to_be_bytes());
+        b[data_field::SEQ].copy_from_slice(&seq.0.to_be_bytes());
+        b[data_field::COUNT].fill(0);
+        b[data_field::RESERVED].fill(0);
         Ok(DataWriter {
             buf,
             len: HEADER_LEN + DATA_FIXED_LEN,
@@ -57,11 +103,11 @@ impl<'a> DataWriter<'a> {
         if !self.fits(payload.len()) {
             return false;
         }
-        let at = self.len;
-        self.buf[at..at + 8].copy_from_slice(&topic.0.to_be_bytes());
-        self.buf[at + 8..at + 10].copy_from_slice(&(payload.len() as u16).to_be_bytes());
-        self.buf[at + 10..at + 10 + payload.len()].copy_from_slice(payload);
-        self.len = at + MESSAGE_OVERHEAD + payload.len();
+        let m = &mut self.buf[self.len..self.len + MESSAGE_OVERHEAD + payload.len()];
+        m[message_field::TOPIC].copy_from_slice(&topic.0.to_be_bytes());
+        m[message_field::LEN].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+        m[message_field::PAYLOAD..].copy_from_slice(payload);
+        self.len += MESSAGE_OVERHEAD + payload.len();
         self.count += 1;
         true
     }
@@ -71,10 +117,12 @@ impl<'a> DataWriter<'a> {
         self.count
     }
 
-    /// Seals the datagram and returns its length.
+    /// Completes the packet and returns the datagram's length (to be sealed with
+    /// [`super::Seal::seal`]).
     pub fn finish(self) -> Result<usize, WireError> {
-        self.buf[HEADER_LEN + 12..HEADER_LEN + 14].copy_from_slice(&self.count.to_be_bytes());
-        finish(self.buf, self.len)
+        let count = HEADER_LEN + data_field::COUNT.start..HEADER_LEN + data_field::COUNT.end;
+        self.buf[count].copy_from_slice(&self.count.to_be_bytes());
+        Ok(self.len)
     }
 }
 
@@ -95,20 +143,20 @@ impl DataPacket {
         if body.len() < DATA_FIXED_LEN {
             return Err(WireError::Truncated);
         }
-        let count = u16_at(&body, 12);
+        let count = u16_at(&body, data_field::COUNT.start);
         let mut at = DATA_FIXED_LEN;
         for _ in 0..count {
             if body.len() < at + MESSAGE_OVERHEAD {
                 return Err(WireError::Malformed);
             }
-            at += MESSAGE_OVERHEAD + usize::from(u16_at(&body, at + 8));
+            at += MESSAGE_OVERHEAD + usize::from(u16_at(&body, at + message_field::LEN.start));
         }
         if at != body.len() {
             return Err(WireError::Malformed);
         }
         Ok(DataPacket {
-            region: RegionId(u64_at(&body, 0)),
-            seq: Seq(u32_at(&body, 8)),
+            region: RegionId(u64_at(&body, data_field::REGION.start)),
+            seq: Seq(u32_at(&body, data_field::SEQ.start)),
             count,
             body,
         })
@@ -150,9 +198,9 @@ impl Iterator for MessageIter<'_> {
             return None;
         }
         self.left -= 1;
-        let topic = TopicId(u64_at(self.body, self.at));
-        let len = usize::from(u16_at(self.body, self.at + 8));
-        let start = self.at + MESSAGE_OVERHEAD;
+        let topic = TopicId(u64_at(self.body, self.at + message_field::TOPIC.start));
+        let len = usize::from(u16_at(self.body, self.at + message_field::LEN.start));
+        let start = self.at + message_field::PAYLOAD;
         self.at = start + len;
         Some((topic, self.body.slice(start..start + len)))
     }
@@ -185,7 +233,7 @@ impl Fragment {
     }
 
     /// Writes a whole fragment datagram (header included) into `buf`, taking the payload from
-    /// `payload`; returns the datagram length.
+    /// `payload`; returns the datagram length (to be sealed with [`super::Seal::seal`]).
     #[allow(clippy::too_many_arguments)]
     pub fn write(
         buf: &mut [u8],
@@ -204,14 +252,14 @@ impl Fragment {
         }
         header.write(buf)?;
         let b = &mut buf[HEADER_LEN..len];
-        b[0..8].copy_from_slice(&region.0.to_be_bytes());
-        b[8..12].copy_from_slice(&seq.0.to_be_bytes());
-        b[12..14].copy_from_slice(&index.to_be_bytes());
-        b[14..16].copy_from_slice(&count.to_be_bytes());
-        b[16..24].copy_from_slice(&topic.0.to_be_bytes());
-        b[24..28].copy_from_slice(&total_len.to_be_bytes());
-        b[28..].copy_from_slice(payload);
-        finish(buf, len)
+        b[fragment_field::REGION].copy_from_slice(&region.0.to_be_bytes());
+        b[fragment_field::SEQ].copy_from_slice(&seq.0.to_be_bytes());
+        b[fragment_field::INDEX].copy_from_slice(&index.to_be_bytes());
+        b[fragment_field::COUNT].copy_from_slice(&count.to_be_bytes());
+        b[fragment_field::TOPIC].copy_from_slice(&topic.0.to_be_bytes());
+        b[fragment_field::TOTAL_LEN].copy_from_slice(&total_len.to_be_bytes());
+        b[fragment_field::PAYLOAD..].copy_from_slice(payload);
+        Ok(len)
     }
 
     /// Parses a body.
@@ -219,19 +267,19 @@ impl Fragment {
         if body.len() < FRAGMENT_FIXED_LEN {
             return Err(WireError::Truncated);
         }
-        let index = u16_at(&body, 12);
-        let count = u16_at(&body, 14);
-        let total_len = u32_at(&body, 24);
+        let index = u16_at(&body, fragment_field::INDEX.start);
+        let count = u16_at(&body, fragment_field::COUNT.start);
+        let total_len = u32_at(&body, fragment_field::TOTAL_LEN.start);
         let payload = body.slice(FRAGMENT_FIXED_LEN..);
         if count < 2 || index >= count || payload.len() as u64 > u64::from(total_len) {
             return Err(WireError::Malformed);
         }
         Ok(Fragment {
-            region: RegionId(u64_at(&body, 0)),
-            seq: Seq(u32_at(&body, 8)),
+            region: RegionId(u64_at(&body, fragment_field::REGION.start)),
+            seq: Seq(u32_at(&body, fragment_field::SEQ.start)),
             index,
             count,
-            topic: TopicId(u64_at(&body, 16)),
+            topic: TopicId(u64_at(&body, fragment_field::TOPIC.start)),
             total_len,
             payload,
         })

@@ -1,8 +1,9 @@
 //! The wire format: one common header, then a body per packet kind.
 //!
-//! All integers are big-endian. Every datagram starts with a [`Header`] (24 bytes) carrying a
-//! CRC-32 over the whole datagram; [`parse`] checks magic, version, length and checksum once,
-//! after which the body decoders only bound-check.
+//! All integers are big-endian. Every datagram starts with a [`Header`] (24 bytes; offsets in
+//! [`field`]). Writers produce a header and a body; [`Seal::seal`] stores the length and the
+//! CRC-32 over the whole datagram on the way out, [`Seal::open`] checks magic, version, length
+//! and checksum once on the way in, after which the body decoders only bound-check.
 //!
 //! ```text
 //!  0      2   3    4     5     6        8         12         16               24
@@ -23,12 +24,10 @@ mod stream;
 
 pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
 pub use data::{
-    DataPacket, DataWriter, Fragment, MessageIter, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN,
-    MESSAGE_OVERHEAD,
+    data_field, fragment_field, message_field, DataPacket, DataWriter, Fragment, MessageIter,
+    DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
 };
-pub use header::{
-    finish, flags, parse, Header, PacketKind, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION,
-};
+pub use header::{field, Header, PacketKind, Seal, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
 pub use recovery::{
     RateAggregate, RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
     MAX_PARTITIONS, TOKEN_ACK_LEN,

@@ -8,7 +8,15 @@ use crate::{RegionId, Seq};
 use super::{u32_at, u64_at, WireError};
 
 /// Body bytes of a [`StreamState`].
-pub const STREAM_STATE_LEN: usize = 16;
+pub const STREAM_STATE_LEN: usize = stream_field::FLOOR.end;
+
+/// Byte offsets in a stream-state body.
+mod stream_field {
+    use std::ops::Range;
+    pub const REGION: Range<usize> = 0..8;
+    pub const HIGHEST: Range<usize> = 8..12;
+    pub const FLOOR: Range<usize> = 12..16;
+}
 
 /// The highest sequence number a sender has sent in a region.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,9 +35,9 @@ impl StreamState {
         let b = buf
             .get_mut(..STREAM_STATE_LEN)
             .ok_or(WireError::BufferTooSmall)?;
-        b[0..8].copy_from_slice(&self.region.0.to_be_bytes());
-        b[8..12].copy_from_slice(&self.highest.0.to_be_bytes());
-        b[12..16].copy_from_slice(&self.floor.0.to_be_bytes());
+        b[stream_field::REGION].copy_from_slice(&self.region.0.to_be_bytes());
+        b[stream_field::HIGHEST].copy_from_slice(&self.highest.0.to_be_bytes());
+        b[stream_field::FLOOR].copy_from_slice(&self.floor.0.to_be_bytes());
         Ok(STREAM_STATE_LEN)
     }
 
@@ -39,9 +47,9 @@ impl StreamState {
             return Err(WireError::Truncated);
         }
         Ok(StreamState {
-            region: RegionId(u64_at(body, 0)),
-            highest: Seq(u32_at(body, 8)),
-            floor: Seq(u32_at(body, 12)),
+            region: RegionId(u64_at(body, stream_field::REGION.start)),
+            highest: Seq(u32_at(body, stream_field::HIGHEST.start)),
+            floor: Seq(u32_at(body, stream_field::FLOOR.start)),
         })
     }
 }

@@ -13,13 +13,14 @@
 //! Sans-IO: the owner passes `now` into every call, pulls announcements out with
 //! [`Discovery::poll_transmit`], calls [`Discovery::handle_timeout`] at
 //! [`Discovery::poll_timeout`], and drains [`Discovery::poll_event`].
+#![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
 use qs_regions::Signature;
-use qs_transport::wire::{self, Announce, Header, PacketKind, HEADER_LEN};
+use qs_transport::wire::{Announce, Header, PacketKind, HEADER_LEN};
 use qs_transport::{ClusterId, Instant, NodeId, Prng, RegionId, TopicId};
 
 /// Discovery settings.
@@ -341,7 +342,8 @@ impl Discovery {
         expiry.map_or(self.next_announce, |e| e.min(self.next_announce))
     }
 
-    /// Writes the next announcement chunk into `buf` if one is due; returns its length.
+    /// Writes the next announcement chunk (header and body, unsealed) into `buf` if one is
+    /// due; returns its length.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<usize> {
         if now < self.next_announce {
             return None;
@@ -365,14 +367,9 @@ impl Discovery {
             digest: RegionId(self.signature.digest()),
             topics: slice.to_vec(),
         };
-        let header = Header {
-            kind: PacketKind::Announce,
-            cluster: self.cluster,
-            sender: self.id,
-        };
+        let header = Header::new(PacketKind::Announce, self.cluster, self.id);
         header.write(buf).ok()?;
-        let body = announce.write(&mut buf[HEADER_LEN..]).ok()?;
-        let len = wire::finish(buf, HEADER_LEN + body).ok()?;
+        let len = HEADER_LEN + announce.write(&mut buf[HEADER_LEN..]).ok()?;
         self.stats.announces_sent += 1;
         if usize::from(chunk) + 1 < chunk_count {
             self.sending_chunk = Some(chunk + 1);
@@ -397,6 +394,7 @@ impl Discovery {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use qs_transport::wire;
     use std::net::Ipv4Addr;
 
     fn node(id: u64, now: Instant) -> Discovery {
@@ -420,7 +418,8 @@ mod tests {
         let mut buf = [0u8; 1500];
         let mut n = 0;
         while let Some(len) = from.poll_transmit(now, &mut buf) {
-            let (h, body) = wire::parse(&buf[..len]).unwrap();
+            let len = wire::Seal::new().seal(&mut buf, len).unwrap();
+            let (h, body) = wire::Seal::new().open(&buf[..len]).unwrap();
             to.handle_announce(now, h.sender, Announce::parse(body).unwrap());
             n += 1;
         }
