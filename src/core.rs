@@ -220,7 +220,7 @@ pub enum Event {
 }
 
 /// Datagrams dropped on receipt, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DropStats {
     /// Failed the header, length or checksum checks, or a malformed body.
     pub malformed: u64,
@@ -253,7 +253,7 @@ pub struct DropStats {
 }
 
 /// Counters of a [`NodeCore`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct CoreStats {
     /// Messages accepted by `publish`.
     pub published: u64,

@@ -20,7 +20,7 @@ use qs_regions::GroupRange;
 use qs_runtime::{Runtime, RuntimeConfig, RuntimeStats, SocketBuffers};
 use qs_transport::{ClusterId, Instant, NodeId, TopicId};
 
-use crate::core::{CoreConfig, CoreStats, Event, NodeCore, PublishRefused};
+use crate::core::{CoreConfig, CoreStats, Delivery, Event, NodeCore, PublishRefused};
 use crate::Error;
 
 const MAX_TOPIC_LEN: usize = 1024;
@@ -70,7 +70,7 @@ pub enum RecvError {
 }
 
 /// A snapshot of a node's counters.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Stats {
     /// Protocol counters (sent, received, delivered, gaps, drops by reason).
     pub core: CoreStats,
@@ -86,7 +86,7 @@ pub struct Stats {
 }
 
 /// What this node knows of another.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PeerInfo {
     /// The peer's id.
     pub id: NodeId,
@@ -681,7 +681,7 @@ struct Worker {
     /// subscriptions of its topic that already have it. Until the others take it no further
     /// event is taken from the core, whose windows then stall and slow the senders down
     /// (back-pressure instead of loss).
-    blocked: Option<(Message, TopicId, Vec<u64>)>,
+    blocked: Option<(Delivery, Vec<u64>)>,
     /// A publish taken from the channel that the core refused (queue full): sent first.
     refused: Option<(TopicId, Bytes)>,
 }
@@ -845,10 +845,12 @@ impl Worker {
 
     /// Hands deliveries to the subscription queues. Reliable nodes wait for a full queue
     /// (keeping the rest in the core); best-effort nodes drop into `subscriber_overflow`.
+    /// Allocation-free per message: the topic's name is shared, and the list of
+    /// subscriptions already served is only built when a full queue blocks a delivery.
     fn route_events(&mut self) {
         let reliable = self.core.config().reliable;
-        if let Some((m, topic, served)) = self.blocked.take() {
-            if !self.offer(m, topic, served, reliable) {
+        if let Some((d, served)) = self.blocked.take() {
+            if !self.offer(d, served, reliable) {
                 return;
             }
         }
@@ -856,42 +858,44 @@ impl Worker {
             let Event::Delivered(d) = e else {
                 continue;
             };
-            let m = Message {
-                sender: d.sender,
-                topic: Arc::from(""),
-                payload: d.payload,
-            };
-            if !self.offer(m, d.topic, Vec::new(), reliable) {
+            if !self.offer(d, Vec::new(), reliable) {
                 return;
             }
         }
     }
 
-    /// Offers `m` to the subscriptions of `topic` not in `served`; returns `false` when a
+    /// Offers `d` to the subscriptions of its topic not in `served`; returns `false` when a
     /// full queue blocked it (reliable mode; it is kept in `blocked`). Subscriptions are
     /// tracked by id, so one that goes away meanwhile does not shift the others.
-    fn offer(&mut self, m: Message, topic: TopicId, mut served: Vec<u64>, reliable: bool) -> bool {
-        let Some(list) = self.subscriptions.get(&topic) else {
+    fn offer(&mut self, d: Delivery, served: Vec<u64>, reliable: bool) -> bool {
+        let Some(list) = self.subscriptions.get(&d.topic) else {
             return true;
         };
-        for (id, name, tx) in list.iter() {
+        for (i, (id, name, tx)) in list.iter().enumerate() {
             if served.contains(id) {
                 continue;
             }
-            let copy = Message {
+            let m = Message {
+                sender: d.sender,
                 topic: name.clone(),
-                ..m.clone()
+                payload: d.payload.clone(),
             };
-            match tx.try_send(copy) {
-                Ok(()) | Err(TrySendError::Disconnected(_)) => served.push(*id),
+            match tx.try_send(m) {
+                Ok(()) | Err(TrySendError::Disconnected(_)) => {}
                 Err(TrySendError::Full(_)) if reliable => {
-                    self.blocked = Some((m, topic, served));
+                    // Everyone before `i` has it now, and so has whoever had it before.
+                    let mut now_served: Vec<u64> = list[..i].iter().map(|(id, _, _)| *id).collect();
+                    now_served.extend(
+                        served
+                            .iter()
+                            .filter(|id| !now_served.contains(id))
+                            .copied()
+                            .collect::<Vec<_>>(),
+                    );
+                    self.blocked = Some((d, now_served));
                     return false;
                 }
-                Err(TrySendError::Full(_)) => {
-                    self.subscriber_overflow += 1;
-                    served.push(*id);
-                }
+                Err(TrySendError::Full(_)) => self.subscriber_overflow += 1,
             }
         }
         true

@@ -91,7 +91,7 @@ pub enum DiscoveryEvent {
 }
 
 /// Announcements dropped, by reason.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DiscoveryStats {
     /// Announcements sent (chunks).
     pub announces_sent: u64,

@@ -98,7 +98,7 @@ impl Metric {
 
 /// What a node says about itself. Values must be finite (a record with a NaN or infinity is
 /// refused locally and malformed on the wire); integral values below 2^24 are exact.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct NodeHealth {
     /// Load, e.g. the CPU fraction 0..1 of the node's Quicksilver thread.
     pub load: f32,
@@ -161,7 +161,7 @@ pub struct HealthRecord {
 }
 
 /// Summary of one metric over a set of nodes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct MetricSummary {
     /// Smallest value.
     pub min: f32,
@@ -174,7 +174,7 @@ pub struct MetricSummary {
 }
 
 /// Count and per-metric summaries of a set of nodes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Aggregate {
     /// Nodes summarised (at least one).
     pub count: u32,
@@ -293,7 +293,7 @@ impl Default for HealthConfig {
 }
 
 /// Counters of the health object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct HealthStats {
     /// Records accepted (new or newer).
     pub records_merged: u64,

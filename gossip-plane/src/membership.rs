@@ -40,7 +40,7 @@ use crate::wire::{addr_len, put_addr, Priority, Reader};
 pub const MEMBERSHIP_TAG: u8 = 0;
 
 /// What a node is, as far as the cluster knows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Status {
     /// Answering probes.
     Alive = 0,
@@ -224,7 +224,7 @@ impl Default for MembershipConfig {
 }
 
 /// Counters of the membership object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MembershipStats {
     /// Probes started.
     pub probes: u64,

@@ -86,7 +86,7 @@ pub enum GossipEvent {
 }
 
 /// Traffic counters of one object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ObjectStats {
     /// Sections written.
     pub sections_sent: u64,
@@ -103,7 +103,7 @@ pub struct ObjectStats {
 }
 
 /// Counters of a gossip node.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct NodeStats {
     /// Rounds run.
     pub rounds: u64,

@@ -107,7 +107,7 @@ impl Default for ReachabilityConfig {
 }
 
 /// Counters of the reachability object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ReachabilityStats {
     /// Reports accepted (new or newer).
     pub reports_merged: u64,

@@ -100,7 +100,7 @@ impl Default for SubscriptionsConfig {
 }
 
 /// Counters of the subscriptions object.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SubscriptionsStats {
     /// Records accepted (new or newer).
     pub records_merged: u64,

@@ -210,7 +210,7 @@ pub struct Bulk<'a> {
 }
 
 /// Counters of one synchroniser.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SyncStats {
     /// Digests sent.
     pub digests_sent: u64,

@@ -280,7 +280,7 @@ pub enum RingAction {
 }
 
 /// Counters of a [`Ring`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RingStats {
     /// Rounds this node started as leader.
     pub rounds_started: u64,

@@ -233,7 +233,7 @@ impl NodeCore {
 }
 
 /// One member as this node sees it (see [`ClusterMap`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MemberView {
     /// The node.
     pub id: NodeId,
@@ -254,7 +254,7 @@ pub struct MemberView {
 }
 
 /// One region as this node sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RegionView {
     /// The region.
     pub id: RegionId,
@@ -270,7 +270,7 @@ pub struct RegionView {
 
 /// A snapshot of the cluster from this node: members and their state, regions and their
 /// members, health per node, per region and for the cluster (`qs top`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClusterMap {
     /// This node.
     pub me: NodeId,

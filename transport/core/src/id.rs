@@ -56,6 +56,24 @@ impl ClusterId {
     }
 }
 
+/// Ids appear in reports and metrics as their hex `Display` form (cluster ids as numbers).
+macro_rules! serialize_as_display {
+    ($($t:ty),*) => {$(
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+serialize_as_display!(NodeId, TopicId, RegionId);
+
+impl serde::Serialize for ClusterId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u32(self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

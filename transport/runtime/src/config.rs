@@ -70,7 +70,7 @@ impl Default for RuntimeConfig {
 /// Sizes are what one would have to request to get them: Linux reserves (and `getsockopt`
 /// reports) twice the requested value for bookkeeping, so these are the read-back values
 /// halved, directly comparable with [`RuntimeConfig::recv_buffer_bytes`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SocketBuffers {
     /// The smallest receive buffer among the three sockets.
     pub recv_bytes: usize,

@@ -35,7 +35,7 @@ const SOCKET_NAMES: [&str; 3] = ["control", "unicast", "data"];
 const WAKER: Token = Token(3);
 
 /// Counters of one runtime, all monotonically increasing except the `*_max`/`longest` ones.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RuntimeStats {
     /// Calls to [`Runtime::turn`].
     pub iterations: u64,
