@@ -112,7 +112,7 @@ pub struct NodeBuilder {
     max_message_bytes: usize,
     subscription_queue: usize,
     announce_interval: Duration,
-    peer_timeout: Duration,
+    peer_timeout: Option<Duration>,
     inject_loss: f64,
     reliable: bool,
     isolate_slow: bool,
@@ -137,7 +137,7 @@ impl Default for NodeBuilder {
             max_message_bytes: 16 << 20,
             subscription_queue: 65_536,
             announce_interval: Duration::from_millis(500),
-            peer_timeout: Duration::from_secs(3),
+            peer_timeout: None,
             inject_loss: 0.0,
             reliable: true,
             isolate_slow: false,
@@ -231,9 +231,11 @@ impl NodeBuilder {
         self
     }
 
-    /// Silence after which a peer is declared gone. Default 3 s.
+    /// About how long a silent peer stays before the gossip plane's failure detector declares
+    /// it down (it scales the suspicion timeout). Default: the detector's own, 2–4 s on a
+    /// small cluster.
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
-        self.peer_timeout = timeout;
+        self.peer_timeout = Some(timeout);
         self
     }
 
@@ -330,9 +332,9 @@ impl NodeBuilder {
         config.reliable = self.reliable;
         config.gossip_seeds = self.gossip_seeds.clone();
         config.ring.isolate_slow = self.isolate_slow;
+        config.failure_timeout = self.peer_timeout;
         config.discovery = DiscoveryConfig {
             announce_interval: self.announce_interval,
-            peer_timeout: self.peer_timeout,
             ..DiscoveryConfig::default()
         };
         config.seed = self.seed.unwrap_or(id.0);
@@ -817,18 +819,13 @@ impl Worker {
                     .map(|p| PeerInfo {
                         id: p.id,
                         unicast: p.unicast,
-                        topics: p.signature.topics().to_vec(),
+                        topics: p.topics.to_vec(),
                     })
                     .collect();
                 let _ = tx.send(peers);
             }
             Command::SubscribersOf(topics, tx) => {
-                let n = self
-                    .core
-                    .peers()
-                    .filter(|p| topics.iter().any(|t| p.signature.contains(*t)))
-                    .count();
-                let _ = tx.send(n);
+                let _ = tx.send(self.core.subscribers_of_any(&topics));
             }
             Command::ClusterMap(tx) => {
                 let _ = tx.send(self.core.cluster_map());

@@ -234,6 +234,13 @@ impl Subscriptions {
         }
     }
 
+    /// A record learned outside gossip (a checked multicast announcement), merged like one
+    /// gossip brought: kept when newer than the one held, refused while `id` is known gone,
+    /// then spread by anti-entropy like any other.
+    pub fn learn(&mut self, id: NodeId, rec: SubscriptionRecord) {
+        self.merge(id, rec);
+    }
+
     fn merge(&mut self, id: NodeId, rec: SubscriptionRecord) {
         if id == self.me {
             return;

@@ -33,9 +33,13 @@
 //!   stability, gives up what the region has cleaned as gaps, and rejoins once it has caught
 //!   up, so one bad host cannot stall a cluster.
 //!
-//! The owner (the node core) gives the ring its receive streams through [`LocalStreams`],
-//! encodes the [`RingAction`]s it emits, and answers repair requests from its caretaker cache
-//! and send buffers.
+//! Input in, actions out: the owner (the node core) passes a read-only snapshot of its
+//! streams ([`Local`]: each receive window's [`StreamProgress`], its own stream's highest, the
+//! departed senders, its caretaker cache) into [`Ring::handle_token`] and
+//! [`Ring::handle_timeout`]; the ring never reaches into the node. What a visit decides for
+//! the node's windows and cache comes out as [`RingAction::Update`], next to the tokens,
+//! acknowledgements and requests the owner encodes and sends. The per-record arithmetic is
+//! pure and lives in [`crate::merge`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -45,6 +49,12 @@ use qs_transport::wire::{
     MAX_PARTITIONS,
 };
 use qs_transport::{Instant, NodeId, RegionId, Seq};
+
+use crate::cache::Cache;
+use crate::merge::{
+    effective_progress, merge_record, repair_targets, Position, Progress, StreamProgress,
+    StreamUpdate, VisitInput,
+};
 
 /// Settings of a [`Ring`].
 #[derive(Debug, Clone)]
@@ -143,6 +153,11 @@ impl View {
         self.partitions.len()
     }
 
+    /// The members of partition `q`, in id order (empty if there is no such partition).
+    pub fn partition(&self, q: usize) -> &[NodeId] {
+        self.partitions.get(q).map_or(&[], Vec::as_slice)
+    }
+
     /// The partition `id` belongs to.
     pub fn partition_of(&self, id: NodeId) -> Option<usize> {
         let i = self.members.binary_search(&id).ok()?;
@@ -170,54 +185,47 @@ impl View {
     }
 }
 
-/// A member's state of one sender's stream, as the token needs it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// Highest sequence number this member knows of.
-    pub highest: Option<Seq>,
-    /// Everything up to here is delivered (or was before this member's time).
-    pub prefix: Option<Seq>,
-    /// Holes at or before the cut-off.
-    pub missing: Vec<SeqRange>,
-    /// Packets this member takes care of (after cleanup, at or before the cut-off) that it
-    /// cannot serve: missing, or received but not cached (e.g. before a view change).
-    pub cannot_serve: Vec<SeqRange>,
-    /// The application is behind: deliveries wait for it (an isolated member rejoins only
-    /// once it has caught up).
+/// What the node knows, as the ring needs it at a visit or a timer: a read-only snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct Local<'a> {
+    /// The node's receive streams in the ring's region, sorted by sender.
+    pub streams: &'a [StreamProgress],
+    /// The highest packet of the node's own stream into the region (it sends there), if any
+    /// went out: that stream needs rounds too (acknowledgements, repairs for the others).
+    pub own_highest: Option<Seq>,
+    /// Senders known to be gone (left or failed), sorted: their records are dropped.
+    pub departed: &'a [NodeId],
+    /// The node's caretaker cache.
+    pub cache: &'a Cache,
+    /// Its receive windows' capacity.
+    pub window_capacity: usize,
+    /// Whether it may create another receive stream.
+    pub can_add_stream: bool,
+    /// Its application is behind (deliveries wait for it).
     pub app_behind: bool,
 }
 
-/// The receive side of the node, as the ring sees it.
-pub trait LocalStreams {
-    /// Senders whose streams this node receives in the ring's region.
-    fn senders(&self) -> Vec<NodeId>;
-    /// Whether `sender` is a live peer (records of departed senders are dropped).
-    fn is_live(&self, sender: NodeId) -> bool;
-    /// The highest sequence number this node knows of `sender`'s stream (its own stream's
-    /// included), if any.
-    fn highest(&self, sender: NodeId) -> Option<Seq>;
-    /// Brings `sender`'s stream in line with a token and reports it. At most `max` sequence
-    /// numbers per
-    /// list. See [`Visit`].
-    fn progress(&mut self, now: Instant, sender: NodeId, visit: Visit) -> Progress;
-}
+impl Local<'_> {
+    fn stream(&self, sender: NodeId) -> Option<&StreamProgress> {
+        let i = self
+            .streams
+            .binary_search_by_key(&sender, |s| s.sender)
+            .ok()?;
+        Some(&self.streams[i])
+    }
 
-/// What a token asks of one member about one sender's stream ([`LocalStreams::progress`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Visit {
-    /// Packets up to here exist (the NAK cut-off).
-    pub cutoff: Seq,
-    /// Positions up to here are stable region-wide (free their cache; a stream that has not
-    /// heard them starts after them). `None` in a leader's first round of a stream (not known
-    /// yet): nothing is freed or skipped, and a member without the stream claims it from its
-    /// start only while the stream is young.
-    pub cleanup: Option<Seq>,
-    /// This member's partition (the packets whose caretaker it is).
-    pub partition: usize,
-    /// Most sequence numbers per reported list.
-    pub max: usize,
-    /// This member isolated itself: what it lacks up to `cleanup` is given up as lost.
-    pub isolated: bool,
+    fn is_live(&self, sender: NodeId) -> bool {
+        self.departed.binary_search(&sender).is_err()
+    }
+
+    /// Senders with a stream here and the highest packet known of each (the own included).
+    fn senders(&self, me: NodeId) -> impl Iterator<Item = (NodeId, Seq)> + '_ {
+        let own = self.own_highest.map(|h| (me, h));
+        self.streams
+            .iter()
+            .filter_map(|s| Some((s.sender, s.window.as_ref()?.highest)))
+            .chain(own)
+    }
 }
 
 /// A member kept a stream's lowest prefix far behind for longer than `slow_after`.
@@ -234,6 +242,8 @@ pub struct SlowReceiver {
 /// What the ring asks its owner to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RingAction {
+    /// Bring a receive stream (and the cache) in line with a visit.
+    Update(StreamUpdate),
     /// Send the token to a member (unicast, control class).
     Token {
         /// The member.
@@ -390,6 +400,11 @@ impl Ring {
         &self.view
     }
 
+    /// Senders this ring keeps records of (for the owner's snapshot of who departed).
+    pub fn senders(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.basis.keys().copied()
+    }
+
     /// Counters.
     pub fn stats(&self) -> RingStats {
         self.stats
@@ -439,6 +454,65 @@ impl Ring {
         self.last_prefix.remove(&sender);
     }
 
+    /// Panics if the ring's state is inconsistent (the simulator calls it after every
+    /// event).
+    pub fn check_invariants(&self) {
+        let v = &self.view;
+        assert!(
+            v.members.windows(2).all(|w| w[0] < w[1]),
+            "members not sorted"
+        );
+        let p = (v.members.len() / self.config.partition_size.max(1)).clamp(1, MAX_PARTITIONS);
+        assert_eq!(v.partitions(), p, "partition count");
+        for (i, m) in v.members.iter().enumerate() {
+            assert_eq!(
+                v.partition_of(*m),
+                Some(i % p),
+                "member in the wrong partition"
+            );
+        }
+        let walked = v.partitions.iter().flatten().copied();
+        assert!(
+            walked.eq(v.order.iter().copied()),
+            "the token does not walk partition by partition"
+        );
+        assert_eq!(
+            v.order.len(),
+            v.members.len(),
+            "the token's path is not the member list"
+        );
+        if let Some((round, _)) = self.in_flight {
+            assert_eq!(
+                v.leader(),
+                Some(self.me),
+                "a round in flight at a non-leader"
+            );
+            assert!(
+                !Seq(self.round).is_before(Seq(round)),
+                "in flight ahead of the counter"
+            );
+        }
+        if let Some(h) = &self.held {
+            assert_eq!(h.token.view, v.hash(), "holding a token of another view");
+            assert!(v.order.contains(&h.to), "holding a hop to a non-member");
+            assert!(h.retries_left <= self.config.hop_retries);
+        }
+        for (s, rec) in &self.basis {
+            assert_eq!(rec.sender, *s, "record filed under another sender");
+            assert_eq!(
+                rec.partition_prefix.len(),
+                v.partitions(),
+                "record of another view"
+            );
+            assert_eq!(
+                rec.partition_current.len(),
+                v.partitions(),
+                "record of another view"
+            );
+        }
+        assert!(self.isolated.is_empty() || self.config.isolate_slow);
+    }
+
     /// The next action for the owner.
     pub fn poll_action(&mut self) -> Option<RingAction> {
         self.actions.pop_front()
@@ -468,7 +542,7 @@ impl Ring {
     }
 
     /// Retransmits unacknowledged hops; as leader, regenerates lost rounds and starts due ones.
-    pub fn handle_timeout(&mut self, now: Instant, local: &mut dyn LocalStreams) {
+    pub fn handle_timeout(&mut self, now: Instant, local: &Local<'_>) {
         if let Some(h) = &mut self.held {
             if h.retry_at <= now {
                 if h.retries_left == 0 {
@@ -508,15 +582,15 @@ impl Ring {
         }
     }
 
-    fn start_round(&mut self, now: Instant, local: &mut dyn LocalStreams) {
+    fn start_round(&mut self, now: Instant, local: &Local<'_>) {
         let p = self.view.partitions();
         self.basis.retain(|s, _| local.is_live(*s));
-        for s in local.senders() {
+        for (s, h) in local.senders(self.me) {
             // A stream new to this leader starts from what the leader knows of it (not from
             // 0, which is half the sequence space away once a stream has wrapped).
-            let Some(h) = local.highest(s).filter(|_| local.is_live(s)) else {
+            if !local.is_live(s) {
                 continue;
-            };
+            }
             {
                 self.basis.entry(s).or_insert_with(|| TokenRecord {
                     sender: s,
@@ -582,7 +656,7 @@ impl Ring {
         now: Instant,
         from: NodeId,
         mut token: Token,
-        local: &mut dyn LocalStreams,
+        local: &Local<'_>,
     ) {
         let n = self.view.order().len();
         let hop = usize::from(token.hop);
@@ -667,8 +741,9 @@ impl Ring {
         self.actions.push_back(RingAction::Token { to, token });
     }
 
-    /// This node's part of a round: merge its streams into the token, pull what it misses.
-    fn visit(&mut self, now: Instant, token: &mut Token, local: &mut dyn LocalStreams) {
+    /// This node's part of a round: merge its streams into the token, pull what it misses,
+    /// and tell the owner how its streams move on.
+    fn visit(&mut self, now: Instant, token: &mut Token, local: &Local<'_>) {
         let Some(p) = self.view.partition_of(self.me) else {
             return;
         };
@@ -678,8 +753,6 @@ impl Ring {
         let first_in_partition = hop == 0 || self.view.partition_of(order[hop - 1]) != Some(p);
         let last_in_partition =
             hop + 1 == order.len() || self.view.partition_of(order[hop + 1]) != Some(p);
-        let my_index = self.view.members().binary_search(&self.me).unwrap_or(0);
-        let round = token.round as usize;
         let budget = self.token_budget();
         let mut requests: BTreeMap<(NodeId, NodeId), Vec<SeqRange>> = BTreeMap::new();
         for i in 0..token.records.len() {
@@ -687,92 +760,55 @@ impl Ring {
             let isolated = self.isolated.contains_key(&sender);
             let progress = if sender == self.me {
                 // The sender has its whole stream: its prefix is its highest.
-                let highest = local.highest(sender);
                 Progress {
-                    highest,
-                    prefix: highest,
+                    highest: local.own_highest,
+                    prefix: local.own_highest,
                     ..Progress::default()
                 }
             } else if !local.is_live(sender) {
                 // A departed sender's record is inert.
                 Progress::default()
             } else {
-                let r = &token.records[i];
-                let visit = Visit {
-                    cutoff: r.cutoff,
-                    cleanup: (!r.cleanup_unknown).then_some(r.cleanup),
+                let input = VisitInput {
                     partition: p,
+                    partitions: self.view.partitions(),
                     max: self.config.max_request,
                     isolated,
+                    window_capacity: local.window_capacity,
+                    can_add_stream: local.can_add_stream,
+                    app_behind: local.app_behind,
+                    cache: local.cache,
                 };
-                local.progress(now, sender, visit)
+                let (progress, update) =
+                    effective_progress(&token.records[i], local.stream(sender), &input);
+                if let Some(u) = update {
+                    self.actions.push_back(RingAction::Update(u));
+                }
+                progress
             };
             if self.config.isolate_slow {
                 self.check_isolation(now, &token.records[i], &progress);
             }
             let isolated = self.isolated.contains_key(&sender);
-            let room = budget.saturating_sub(token.wire_len()) / 8;
-            let rec = &mut token.records[i];
-            if let Some(h) = progress.highest {
-                if rec.highest.is_before(h) {
-                    rec.highest = h;
-                }
-            }
-            if let Some(prefix) = progress.prefix.filter(|_| !isolated) {
-                let previous = self.last_prefix.insert(sender, (prefix, now));
+            let rate = match progress.prefix.filter(|_| !isolated) {
                 // Receive rates are the receivers' (the sender's own pace is not one).
-                let receiving = sender != self.me;
-                if let Some((then, at)) = previous.filter(|(_, at)| *at < now && receiving) {
-                    let secs = now.saturating_duration_since(at).as_secs_f64();
-                    let moved = then.distance_to(prefix).max(0) as f64;
-                    rec.rates
-                        .add((moved / secs).min(f64::from(u32::MAX)) as u32);
-                }
-                if rec.prefix.is_none_or(|q| prefix.is_before(q)) {
-                    rec.prefix = Some(prefix);
-                    rec.laggard = Some(self.me);
-                }
-                let cur = &mut rec.partition_current[p];
-                if cur.is_none_or(|q| prefix.is_before(q)) {
-                    *cur = Some(prefix);
-                }
-            }
-            let mine = seqs(&progress.cannot_serve);
-            let lack = if first_in_partition {
-                mine
-            } else {
-                seqs(&rec.lack).intersection(&mine).copied().collect()
+                Some(prefix) => self.receive_rate(now, sender, prefix),
+                None => None,
             };
-            if last_in_partition {
-                let mut naks = seqs(&rec.naks);
-                naks.extend(lack);
-                rec.naks = ranges(&naks, rec.cleanup, room + rec.naks.len());
-                rec.lack.clear();
-            } else {
-                rec.lack = ranges(&lack, rec.cleanup, room + rec.lack.len());
-            }
-            // Pull what this member misses from whoever can serve it: a neighbour of its own
-            // partition for what the partition takes care of, else a member of the caretaker
-            // partition — one when that partition's proven prefix covers the packet (someone
-            // surely has it), two while only some of its members may (a partition whose
-            // prefix is held back by an unrelated hole must not hold this repair back). Targets
-            // rotate every round; what no caretaker has comes from the sender (naks).
+            let pos = Position {
+                me: self.me,
+                partition: p,
+                first_in_partition,
+                last_in_partition,
+                room: budget.saturating_sub(token.wire_len()) / 8,
+            };
+            let rec = &mut token.records[i];
+            merge_record(rec, &progress, &pos, rate, isolated);
+            // Pull what this member misses from whoever can serve it; what no caretaker has
+            // comes from the sender (naks).
             for s in progress.missing.iter().flat_map(|r| r.iter()) {
-                let q = self.view.caretaker(s);
-                let part = &self.view.partitions[q];
-                let mut targets = [None, None];
-                if q == p {
-                    let pos = part.iter().position(|m| *m == self.me).unwrap_or(0);
-                    let t = part[(pos + 1 + round) % part.len()];
-                    targets[0] = (t != self.me).then_some(t);
-                } else {
-                    let first = (my_index + round) % part.len();
-                    targets[0] = Some(part[first]);
-                    let proven = rec.partition_prefix[q].is_some_and(|pp| !pp.is_before(s));
-                    if !proven && part.len() > 1 {
-                        targets[1] = Some(part[(first + 1) % part.len()]);
-                    }
-                }
+                let targets =
+                    repair_targets(&self.view, self.me, token.round, s, &rec.partition_prefix);
                 for t in targets.into_iter().flatten() {
                     let list = requests.entry((t, sender)).or_default();
                     match list.last_mut() {
@@ -805,6 +841,16 @@ impl Ring {
                 },
             });
         }
+    }
+
+    /// Packets per second this node's prefix of `sender`'s stream advanced since its previous
+    /// visit (none for its own stream or at the first visit).
+    fn receive_rate(&mut self, now: Instant, sender: NodeId, prefix: Seq) -> Option<u32> {
+        let previous = self.last_prefix.insert(sender, (prefix, now));
+        let (then, at) = previous.filter(|(_, at)| *at < now && sender != self.me)?;
+        let secs = now.saturating_duration_since(at).as_secs_f64();
+        let moved = then.distance_to(prefix).max(0) as f64;
+        Some((moved / secs).min(f64::from(u32::MAX)) as u32)
     }
 
     /// The round came back: acknowledge senders, set up the next round.
@@ -914,32 +960,280 @@ impl Ring {
     }
 }
 
-/// Most sequence numbers a token's lack or nak list is expanded to (a hostile or broken peer
-/// cannot make a member allocate more).
-const MAX_EXPANDED: usize = 65_536;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::ReceiveWindow;
 
-/// The sequence numbers of `ranges`, as a set (at most [`MAX_EXPANDED`]).
-fn seqs(ranges: &[SeqRange]) -> BTreeSet<u32> {
-    ranges
-        .iter()
-        .flat_map(|r| r.iter())
-        .take(MAX_EXPANDED)
-        .map(|s| s.0)
-        .collect()
-}
+    const S: NodeId = NodeId(1000); // a sender outside the region
+    const T0: Instant = Instant::ZERO;
+    const REGION: RegionId = RegionId(9);
 
-/// `set` as at most `max` ranges in circular order from `base`.
-fn ranges(set: &BTreeSet<u32>, base: Seq, max: usize) -> Vec<SeqRange> {
-    let mut sorted: Vec<Seq> = set.iter().map(|s| Seq(*s)).collect();
-    sorted.sort_by_key(|s| base.distance_to(*s));
-    let mut out: Vec<SeqRange> = Vec::new();
-    for s in sorted {
-        let full = out.len() == max;
-        match out.last_mut() {
-            Some(r) if r.first.advance(r.count) == s => r.count += 1,
-            _ if full => break,
-            _ => out.push(SeqRange { first: s, count: 1 }),
+    /// One member: its ring, its receive window of `S`'s stream, its cache.
+    struct Member {
+        ring: Ring,
+        window: Option<(ReceiveWindow<u32>, bool)>,
+        cache: Cache,
+    }
+
+    impl Member {
+        fn streams(&self) -> Vec<StreamProgress> {
+            self.window
+                .iter()
+                .map(|(w, synced)| StreamProgress {
+                    sender: S,
+                    window: w.state(512),
+                    synced: *synced,
+                })
+                .collect()
+        }
+
+        fn apply(&mut self, u: &StreamUpdate) {
+            let (w, synced) = self
+                .window
+                .get_or_insert_with(|| (ReceiveWindow::reliable(1024), false));
+            w.skip_to(T0, u.skip_to, u.as_loss);
+            *synced = u.synced;
+            w.on_highest(T0, u.highest);
+            while w.pop().is_some() {}
+            self.cache.clean(u.sender, u.clean);
         }
     }
-    out
+
+    /// Members `1..=n`, each having received `S`'s packets `1..=have(i)` except `holes(i)`;
+    /// caretakers cache their share.
+    fn region(n: u64, have: impl Fn(u64) -> u32, holes: impl Fn(u64) -> Vec<u32>) -> Vec<Member> {
+        let ids: Vec<NodeId> = (1..=n).map(NodeId).collect();
+        ids.iter()
+            .map(|id| {
+                let mut ring = Ring::new(RingConfig::default(), *id, REGION, T0);
+                ring.set_view(T0, ids.clone());
+                let mut w = ReceiveWindow::reliable(1024);
+                let mut cache = Cache::new(1 << 20);
+                for s in 1..=have(id.0) {
+                    if holes(id.0).contains(&s) {
+                        continue;
+                    }
+                    w.insert(T0, Seq(s), s);
+                    if ring.is_caretaker(Seq(s)) {
+                        cache.insert(S, Seq(s), &[0; 16]).unwrap();
+                    }
+                }
+                while w.pop().is_some() {}
+                Member {
+                    ring,
+                    window: Some((w, false)),
+                    cache,
+                }
+            })
+            .collect()
+    }
+
+    /// What left the region while tokens went round until quiet.
+    #[derive(Default)]
+    struct Log {
+        visits: Vec<NodeId>,
+        requests: Vec<(NodeId, NodeId, RepairRequest)>,
+        acks: Vec<(NodeId, SenderAck)>,
+    }
+
+    fn pump(members: &mut [Member], now: Instant, log: &mut Log) {
+        loop {
+            let mut moved = false;
+            for i in 0..members.len() {
+                let me = members[i].ring.me;
+                while let Some(a) = members[i].ring.poll_action() {
+                    moved = true;
+                    match a {
+                        RingAction::Token { to, token } => {
+                            let j = members.iter().position(|m| m.ring.me == to).unwrap();
+                            let streams = members[j].streams();
+                            let m = &mut members[j];
+                            let local = local(&streams, &m.cache);
+                            log.visits.push(to);
+                            m.ring.handle_token(now, me, token, &local);
+                        }
+                        RingAction::TokenAck { to, ack } => {
+                            let j = members.iter().position(|m| m.ring.me == to).unwrap();
+                            members[j].ring.handle_token_ack(ack);
+                        }
+                        RingAction::Update(u) => members[i].apply(&u),
+                        RingAction::Request { to, request } => log.requests.push((me, to, request)),
+                        RingAction::Ack { to, ack } => log.acks.push((to, ack)),
+                        _ => {}
+                    }
+                }
+                members[i].ring.check_invariants();
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn local<'a>(streams: &'a [StreamProgress], cache: &'a Cache) -> Local<'a> {
+        Local {
+            streams,
+            own_highest: None,
+            departed: &[],
+            cache,
+            window_capacity: 1024,
+            can_add_stream: true,
+            app_behind: false,
+        }
+    }
+
+    /// The leader starts a round at `now` and the token goes round.
+    fn round(members: &mut [Member], now: Instant) -> Log {
+        let mut log = Log::default();
+        let streams = members[0].streams();
+        let m = &mut members[0];
+        let l = local(&streams, &m.cache);
+        m.ring.on_data();
+        m.ring.handle_timeout(now, &l);
+        pump(members, now, &mut log);
+        log
+    }
+
+    fn ms(n: u64) -> Instant {
+        T0 + Duration::from_millis(n)
+    }
+
+    #[test]
+    fn the_token_walks_partition_by_partition_and_the_leader_acks_the_lowest_prefix() {
+        let mut region = region(10, |i| 40 + i as u32, |_| vec![]);
+        let first = round(&mut region, ms(0));
+        let order = region[0].ring.view().order().to_vec();
+        assert_eq!(region[0].ring.view().partitions(), 2);
+        // The first round learns the stream (cleanup unknown); it visits every member.
+        assert_eq!(
+            first.visits,
+            order[1..]
+                .iter()
+                .chain([&order[0]])
+                .copied()
+                .collect::<Vec<_>>()
+        );
+        let (to, ack) = first.acks.last().expect("acknowledged");
+        assert_eq!(
+            (*to, ack.stable),
+            (S, Seq(41)),
+            "the lowest prefix is member 1's"
+        );
+        assert_eq!(region[0].ring.stats().rounds_completed, 1);
+    }
+
+    #[test]
+    fn a_member_missing_a_packet_asks_a_caretaker_for_it() {
+        let mut region = region(5, |_| 30, |i| if i == 3 { vec![7] } else { vec![] });
+        round(&mut region, ms(0));
+        let second = round(&mut region, ms(3));
+        let asked: Vec<_> = second
+            .requests
+            .iter()
+            .filter(|(from, _, _)| *from == NodeId(3))
+            .collect();
+        assert!(!asked.is_empty(), "member 3 asks for its hole");
+        for (_, to, req) in asked {
+            assert_ne!(*to, NodeId(3));
+            assert_eq!((req.sender, req.ranges[0].first), (S, Seq(7)));
+        }
+        let (_, ack) = second.acks.last().unwrap();
+        assert_eq!(ack.stable, Seq(6), "stability waits below the hole");
+    }
+
+    #[test]
+    fn what_no_caretaker_holds_is_nakked_to_the_sender() {
+        // Nobody has packet 12: every caretaker lacks it, so the sender must resend it.
+        let mut region = region(5, |_| 20, |_| vec![12]);
+        round(&mut region, ms(0));
+        let second = round(&mut region, ms(3));
+        let (_, ack) = second.acks.last().unwrap();
+        assert!(
+            ack.naks.iter().any(|r| r.iter().any(|s| s == Seq(12))),
+            "{:?}",
+            ack.naks
+        );
+        assert!(
+            !ack.naks.iter().any(|r| r.iter().any(|s| s == Seq(11))),
+            "11 is cached"
+        );
+    }
+
+    #[test]
+    fn a_token_of_another_view_or_a_replayed_round_is_ignored() {
+        let mut region = region(3, |_| 5, |_| vec![]);
+        round(&mut region, ms(0));
+        let streams = region[1].streams();
+        let cache = Cache::new(16);
+        let l = local(&streams, &cache);
+        let token = Token {
+            region: REGION,
+            view: region[1].ring.view().hash() ^ 1,
+            round: 99,
+            hop: 1,
+            records: Vec::new(),
+        };
+        let before = region[1].ring.stats().tokens_ignored;
+        region[1]
+            .ring
+            .handle_token(ms(1), NodeId(1), token.clone(), &l);
+        let replay = Token {
+            view: region[1].ring.view().hash(),
+            round: 1,
+            ..token
+        };
+        region[1].ring.handle_token(ms(1), NodeId(1), replay, &l);
+        assert_eq!(region[1].ring.stats().tokens_ignored, before + 2);
+        // A duplicate is acknowledged again (the holder may have missed the first
+        // acknowledgement) but not visited: nothing else comes out.
+        let actions: Vec<RingAction> =
+            std::iter::from_fn(|| region[1].ring.poll_action()).collect();
+        assert!(
+            actions
+                .iter()
+                .all(|a| matches!(a, RingAction::TokenAck { .. })),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn an_unanswered_hop_is_retried_given_up_and_the_round_regenerated() {
+        let mut region = region(3, |_| 5, |_| vec![]);
+        let streams = region[0].streams();
+        let leader = &mut region[0];
+        let l = local(&streams, &leader.cache);
+        leader.ring.on_data();
+        leader.ring.handle_timeout(ms(0), &l);
+        let sent = std::iter::from_fn(|| leader.ring.poll_action())
+            .filter(|a| matches!(a, RingAction::Token { .. }))
+            .count();
+        assert_eq!(sent, 1);
+        let cfg = RingConfig::default();
+        let mut t = ms(0);
+        for _ in 0..=cfg.hop_retries {
+            t = t + cfg.hop_timeout;
+            leader.ring.handle_timeout(t, &l);
+            while leader.ring.poll_action().is_some() {}
+        }
+        let st = leader.ring.stats();
+        assert_eq!(
+            (st.hop_retransmits, st.hop_failures),
+            (u64::from(cfg.hop_retries), 1)
+        );
+        assert_eq!(st.rounds_regenerated, 0, "not before the round timeout");
+        leader.ring.handle_timeout(ms(0) + cfg.round_timeout, &l);
+        assert_eq!(leader.ring.stats().rounds_regenerated, 1);
+        assert_eq!(leader.ring.stats().rounds_started, 2);
+        leader.ring.check_invariants();
+    }
+
+    #[test]
+    fn a_lone_member_completes_every_round_at_once() {
+        let mut region = region(1, |_| 3, |_| vec![]);
+        let log = round(&mut region, ms(0));
+        assert!(log.visits.is_empty());
+        assert_eq!(region[0].ring.stats().rounds_completed, 1);
+        assert_eq!(log.acks.last().unwrap().1.stable, Seq(3));
+    }
 }

@@ -50,6 +50,33 @@ pub enum Popped<T> {
     },
 }
 
+/// A window as [`ReceiveWindow::state`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowState {
+    /// Everything up to here was handed on or given up.
+    pub prefix: Seq,
+    /// The highest sequence number known to exist (at least `prefix`).
+    pub highest: Seq,
+    /// Holes after `prefix`, in order (the first ones, when there are more than asked for).
+    pub holes: Vec<SeqRange>,
+    /// Every position from `prefix + 1` up to here was looked at: holes beyond it may exist
+    /// but are not listed. At least `highest` when the list is complete.
+    pub examined_to: Seq,
+    /// The last position the window would take a packet at now (reliable mode refuses what
+    /// lies beyond; the room shrinks while the owner has not taken released packets).
+    pub room_end: Seq,
+}
+
+fn push_seq(list: &mut Vec<SeqRange>, seq: Seq) {
+    match list.last_mut() {
+        Some(r) if r.first.advance(r.count) == seq => r.count += 1,
+        _ => list.push(SeqRange {
+            first: seq,
+            count: 1,
+        }),
+    }
+}
+
 /// Reorders one stream's packets, within a bounded window.
 ///
 /// A packet that arrives in order is handed on at once. One that arrives after a hole waits
@@ -233,6 +260,47 @@ impl<T> ReceiveWindow<T> {
             }
         }
         out
+    }
+
+    /// A read-only summary for the recovery ring: prefix, highest, the first holes (at most
+    /// `max` sequence numbers) and how far the window could take packets now. `None` before
+    /// anything was heard.
+    pub fn state(&self, max: usize) -> Option<WindowState> {
+        let next = self.next?;
+        let prefix = Seq(next.0.wrapping_sub(1));
+        let highest = match self.highest {
+            Some(h) if !h.is_before(next) => h,
+            _ => prefix,
+        };
+        let span = (next.distance_to(highest) + 1).max(0) as u64;
+        let mut holes: Vec<SeqRange> = Vec::new();
+        let mut taken = 0usize;
+        let mut examined = 0u64;
+        let in_slots = span.min(self.slots.len() as u64);
+        while examined < in_slots && taken < max {
+            if self.slots[examined as usize].is_none() {
+                push_seq(&mut holes, next.advance(examined as u32));
+                taken += 1;
+            }
+            examined += 1;
+        }
+        if examined == in_slots && in_slots < span && taken < max {
+            // Beyond the slots every position up to the highest is a hole: one run.
+            let n = (span - in_slots).min((max - taken) as u64) as u32;
+            holes.push(SeqRange {
+                first: next.advance(in_slots as u32),
+                count: n,
+            });
+            examined += u64::from(n);
+        }
+        let room = self.capacity.saturating_sub(self.out.len()) as u32;
+        Some(WindowState {
+            prefix,
+            highest,
+            holes,
+            examined_to: Seq(next.0.wrapping_add(examined as u32).wrapping_sub(1)),
+            room_end: Seq(next.0.wrapping_add(room).wrapping_sub(1)),
+        })
     }
 
     /// Moves the window on so that `to` is the next position: packets before it are handed

@@ -1,0 +1,233 @@
+//! The caretaker cache (QSM): the packets of the region's streams this member takes care of
+//! (packet `s` of every stream is kept by partition `(s - 1) mod P`), kept until the region's
+//! cleanup point passes them, and served to peers that ask.
+//!
+//! The cache does not decide what it takes care of (the [`crate::Ring`] knows the partitions)
+//! and sends nothing: the owner inserts what it should keep, looks packets up when serving a
+//! request, and applies the ring's cleanup points. Bounded in bytes; packets are copied into
+//! recycled buffers ([`crate::store::BufferPool`]), so steady state allocates nothing.
+
+use std::collections::BTreeMap;
+
+use qs_transport::{NodeId, Seq};
+
+use crate::store::BufferPool;
+
+/// Why [`Cache::insert`] did not keep a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheRefused {
+    /// The cache holds its maximum of bytes: the packet is not cached (a caretaker that
+    /// cannot serve it says so in the token, and the sender covers it).
+    Full,
+}
+
+/// Packets this node takes care of, per sender, until the region's cleanup point passes them.
+#[derive(Debug)]
+pub struct Cache {
+    streams: BTreeMap<NodeId, CacheStream>,
+    max_bytes: usize,
+    bytes: usize,
+    packets: usize,
+    peak_bytes: usize,
+    pool: BufferPool,
+}
+
+#[derive(Debug)]
+struct CacheStream {
+    entries: BTreeMap<u32, Vec<u8>>,
+    /// Everything up to here is stable region-wide and no longer cached.
+    cleanup: Seq,
+}
+
+impl CacheStream {
+    fn holds(&self, seq: Seq) -> bool {
+        self.entries.contains_key(&seq.0)
+    }
+}
+
+impl Cache {
+    /// An empty cache holding at most `max_bytes` of packets.
+    pub fn new(max_bytes: usize) -> Cache {
+        Cache {
+            streams: BTreeMap::new(),
+            max_bytes,
+            bytes: 0,
+            packets: 0,
+            peak_bytes: 0,
+            pool: BufferPool::new(4096),
+        }
+    }
+
+    /// Caches `datagram` (packet `seq` of `sender`) unless it is stable already or cached.
+    pub fn insert(
+        &mut self,
+        sender: NodeId,
+        seq: Seq,
+        datagram: &[u8],
+    ) -> Result<(), CacheRefused> {
+        // A new stream's cache starts well before its first packet (earlier packets may
+        // still come by repair) but not at 0, which is half the sequence space away once the
+        // stream has wrapped; the first cleanup moves it to the real stability point.
+        let stream = self.streams.entry(sender).or_insert(CacheStream {
+            entries: BTreeMap::new(),
+            cleanup: Seq(seq.0.wrapping_sub(1 << 20)),
+        });
+        if !stream.cleanup.is_before(seq) || stream.holds(seq) {
+            return Ok(());
+        }
+        if self.bytes + datagram.len() > self.max_bytes {
+            return Err(CacheRefused::Full);
+        }
+        stream.entries.insert(seq.0, self.pool.copy_of(datagram));
+        self.bytes += datagram.len();
+        self.packets += 1;
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
+        Ok(())
+    }
+
+    /// Packet `seq` of `sender`, if cached.
+    pub fn get(&self, sender: NodeId, seq: Seq) -> Option<&[u8]> {
+        self.streams
+            .get(&sender)?
+            .entries
+            .get(&seq.0)
+            .map(Vec::as_slice)
+    }
+
+    /// Whether packet `seq` of `sender` is cached.
+    pub fn holds(&self, sender: NodeId, seq: Seq) -> bool {
+        self.streams.get(&sender).is_some_and(|s| s.holds(seq))
+    }
+
+    /// Frees everything of `sender` up to `cleanup`.
+    pub fn clean(&mut self, sender: NodeId, cleanup: Seq) {
+        let Some(stream) = self.streams.get_mut(&sender) else {
+            return;
+        };
+        if !stream.cleanup.is_before(cleanup) {
+            return;
+        }
+        stream.cleanup = cleanup;
+        let (pool, bytes, packets) = (&mut self.pool, &mut self.bytes, &mut self.packets);
+        stream.entries.retain(|s, b| {
+            let keep = cleanup.is_before(Seq(*s));
+            if !keep {
+                *bytes -= b.len();
+                *packets -= 1;
+                pool.give_back(std::mem::take(b));
+            }
+            keep
+        });
+    }
+
+    /// Drops everything of `sender`.
+    pub fn forget(&mut self, sender: NodeId) {
+        if let Some(s) = self.streams.remove(&sender) {
+            for b in s.entries.into_values() {
+                self.bytes -= b.len();
+                self.packets -= 1;
+                self.pool.give_back(b);
+            }
+        }
+    }
+
+    /// Drops everything (a new region or view: caretaker duties start over).
+    pub fn clear(&mut self) {
+        let senders: Vec<NodeId> = self.streams.keys().copied().collect();
+        for s in senders {
+            self.forget(s);
+        }
+    }
+
+    /// Bytes cached now.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Packets cached now.
+    pub fn packets(&self) -> usize {
+        self.packets
+    }
+
+    /// Highest [`Cache::bytes`] seen.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes
+    }
+
+    /// Panics if the counts drifted from the contents or exceed the bound.
+    pub fn check_invariants(&self) {
+        let entries = self.streams.values().flat_map(|s| s.entries.values());
+        let (bytes, packets) = entries.fold((0, 0), |(b, p), e| (b + e.len(), p + 1));
+        assert_eq!(
+            (bytes, packets),
+            (self.bytes, self.packets),
+            "cache counts drifted"
+        );
+        assert!(self.bytes <= self.max_bytes, "cache over its bound");
+        for s in self.streams.values() {
+            assert!(
+                s.entries.keys().all(|k| s.cleanup.is_before(Seq(*k))),
+                "a cleaned packet is still cached"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: NodeId = NodeId(1);
+
+    #[test]
+    fn cleanup_frees_what_it_passes_and_refuses_it_afterwards() {
+        let mut c = Cache::new(1 << 20);
+        for s in 1..=10 {
+            c.insert(A, Seq(s), &[s as u8; 100]).unwrap();
+        }
+        assert_eq!((c.packets(), c.bytes()), (10, 1000));
+        c.clean(A, Seq(6));
+        assert_eq!(c.packets(), 4);
+        assert!(!c.holds(A, Seq(6)) && c.holds(A, Seq(7)));
+        assert_eq!(c.get(A, Seq(7)), Some(&[7u8; 100][..]));
+        c.insert(A, Seq(3), &[3; 100]).unwrap();
+        assert!(!c.holds(A, Seq(3)), "stable packets are not cached again");
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_full_cache_refuses_and_counts_nothing() {
+        let mut c = Cache::new(250);
+        c.insert(A, Seq(1), &[0; 100]).unwrap();
+        c.insert(A, Seq(2), &[0; 100]).unwrap();
+        assert_eq!(c.insert(A, Seq(3), &[0; 100]), Err(CacheRefused::Full));
+        assert_eq!(c.insert(A, Seq(4), &[0; 50]), Ok(()));
+        assert_eq!(c.bytes(), 250);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn cleanup_across_the_sequence_wrap_frees_the_right_packets() {
+        let mut c = Cache::new(1 << 20);
+        for s in [u32::MAX - 1, u32::MAX, 0, 1, 2] {
+            c.insert(A, Seq(s), &[1; 10]).unwrap();
+        }
+        c.clean(A, Seq(0));
+        assert!(!c.holds(A, Seq(u32::MAX)) && !c.holds(A, Seq(0)));
+        assert!(c.holds(A, Seq(1)) && c.holds(A, Seq(2)));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn forgetting_a_sender_drops_only_its_packets() {
+        let mut c = Cache::new(1 << 20);
+        c.insert(A, Seq(1), &[0; 10]).unwrap();
+        c.insert(NodeId(2), Seq(1), &[0; 20]).unwrap();
+        c.forget(A);
+        assert_eq!((c.packets(), c.bytes()), (1, 20));
+        c.clear();
+        assert_eq!((c.packets(), c.bytes()), (0, 0));
+        assert_eq!(c.peak_bytes(), 30);
+        c.check_invariants();
+    }
+}

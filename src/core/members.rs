@@ -1,0 +1,191 @@
+//! Who is in the cluster, what they subscribe and where they are: the one truth is the gossip
+//! plane. Its failure detector (SWIM/Lifeguard) decides liveness, its subscription records
+//! hold every node's signature, and the region table (hence the rings' views) changes only on
+//! its events: a member that goes down or leaves closes its streams, a subscription record
+//! that appears, changes or is forgotten moves the node in the region table.
+//!
+//! Discovery announcements only seed it: a checked announcement adds its sender as a gossip
+//! seed and hands its subscription record to gossip (which keeps it if it is newer). Answers
+//! to "who subscribes to T" ([`NodeCore::subscribers_of`]) and "which address does node X
+//! have" ([`NodeCore::address_of`]) come from here alone.
+
+use std::net::{SocketAddr, SocketAddrV4};
+
+use qs_discovery::Announced;
+use qs_gossip::{
+    GossipConfig, GossipEvent, GossipNode, MembershipEvent, ReachabilityEvent, Status,
+    SubscriptionRecord,
+};
+use qs_regions::Signature;
+use qs_transport::{Instant, NodeId, TopicId};
+
+use super::{CoreConfig, Event, NodeCore};
+
+/// A peer found by the multicast announcements that gossip holds alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer<'a> {
+    /// The node.
+    pub id: NodeId,
+    /// Its unicast address.
+    pub unicast: SocketAddrV4,
+    /// The topics it subscribes (empty while its record is unknown).
+    pub topics: &'a [TopicId],
+}
+
+/// The gossip node for a core with these settings (`seal_overhead`: bytes its datagrams must
+/// leave for the seal).
+pub(super) fn gossip_for(config: &CoreConfig, seal_overhead: usize, now: Instant) -> GossipNode {
+    let mut c = GossipConfig::new(config.cluster, config.id, SocketAddr::V4(config.unicast));
+    c.seed = config.seed ^ 0x6055_1b00;
+    c.round = config.gossip_round;
+    c.mtu = config.max_datagram - seal_overhead;
+    c.membership.seeds = config.gossip_seeds.clone();
+    // Records hold whole signatures (announcements carry up to this many topics).
+    c.subscriptions.topics_max = config.discovery.max_topics_per_peer;
+    if let Some(t) = config.failure_timeout {
+        c.membership.suspicion_mult = (t.as_secs_f64() / c.round.as_secs_f64()).max(1.0);
+    }
+    GossipNode::new(c, now)
+}
+
+impl NodeCore {
+    /// Whether the gossip plane declared `id` failed or gone.
+    pub(super) fn is_departed(&self, id: NodeId) -> bool {
+        self.gossip
+            .membership()
+            .member(id)
+            .is_some_and(|m| matches!(m.status, Status::Down | Status::Left))
+    }
+
+    /// Those of `ids` that departed, sorted, without repeats.
+    pub(super) fn departed_among(&self, ids: impl Iterator<Item = NodeId>) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = ids.filter(|id| self.is_departed(*id)).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// A unicast address for `id`: gossip's member record, else its subscription record.
+    pub(super) fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
+        if let Some(m) = self.gossip.membership().member(id) {
+            return Some(m.addr);
+        }
+        self.gossip.subscriptions().record(id).map(|r| r.addr)
+    }
+
+    /// Other nodes subscribing at least one of `topics` (as the region table has them).
+    pub fn subscribers_of_any(&self, topics: &[TopicId]) -> usize {
+        let mut nodes: Vec<NodeId> = topics
+            .iter()
+            .flat_map(|t| self.regions.regions_for_topic(*t))
+            .filter_map(|r| self.regions.region(*r))
+            .flat_map(|r| r.members.iter().copied())
+            .filter(|id| *id != self.config.id)
+            .collect();
+        nodes.sort_unstable();
+        nodes.dedup();
+        nodes.len()
+    }
+
+    /// Peers found by the multicast announcements that gossip holds alive, in id order.
+    pub fn peers(&self) -> impl Iterator<Item = Peer<'_>> {
+        self.discovery
+            .announcers()
+            .filter(|(id, _)| !self.is_departed(*id))
+            .map(|(id, unicast)| Peer {
+                id,
+                unicast,
+                topics: self
+                    .gossip
+                    .subscriptions()
+                    .record(id)
+                    .map_or(&[][..], |r| r.topics.as_slice()),
+            })
+    }
+
+    /// Hands checked announcements to the gossip plane: their senders become seeds, their
+    /// subscriptions candidate records.
+    pub(super) fn drain_announced(&mut self, now: Instant) {
+        while let Some(a) = self.discovery.poll_announced() {
+            self.seed_gossip(a);
+        }
+        self.drain_gossip(now);
+    }
+
+    fn seed_gossip(&mut self, a: Announced) {
+        let Announced {
+            id,
+            unicast,
+            version,
+            signature,
+            leaving,
+            ..
+        } = a;
+        if leaving {
+            return; // The goodbye that counts is gossip's own.
+        }
+        self.gossip.add_seed(SocketAddr::V4(unicast));
+        if let Some(sig) = signature {
+            let record = SubscriptionRecord {
+                addr: SocketAddr::V4(unicast),
+                version,
+                topics: sig.topics().to_vec(),
+            };
+            self.gossip.learn_subscriptions(id, record);
+        }
+    }
+
+    /// Applies the gossip plane's events to the region table, the ring and the application.
+    pub(super) fn drain_gossip(&mut self, now: Instant) {
+        let mut changed = false;
+        while let Some(e) = self.gossip.poll_event() {
+            match e {
+                GossipEvent::Membership(
+                    MembershipEvent::MemberDown { id } | MembershipEvent::MemberLeft { id },
+                ) if id != self.config.id => {
+                    self.sender_gone(now, id);
+                    self.discovery.forget(id);
+                    self.events.push_back(Event::PeerDown(id));
+                }
+                GossipEvent::Membership(MembershipEvent::MemberUp { id, .. })
+                    if id != self.config.id =>
+                {
+                    self.events.push_back(Event::PeerUp(id));
+                }
+                GossipEvent::SubscriptionsChanged(id) => {
+                    changed |= self.apply_record(id);
+                    if id != self.config.id {
+                        self.events.push_back(Event::PeerChanged(id));
+                    }
+                }
+                GossipEvent::Reachability(r) => {
+                    self.events.push_back(match r {
+                        ReachabilityEvent::MemberUnreachable { member, region } => {
+                            Event::MulticastUnreachable { member, region }
+                        }
+                        ReachabilityEvent::MemberReachable { member, region } => {
+                            Event::MulticastReachable { member, region }
+                        }
+                    });
+                }
+                GossipEvent::Membership(_) => {}
+            }
+        }
+        if changed {
+            self.prune_send_streams();
+            self.refresh_ring(now);
+        }
+    }
+
+    /// Puts `id` where its subscription record says (or out of the region table when gossip
+    /// holds no record of it). Returns whether the table changed.
+    fn apply_record(&mut self, id: NodeId) -> bool {
+        match self.gossip.subscriptions().record(id) {
+            Some(r) => {
+                let signature = Signature::new(r.topics.iter().copied());
+                self.regions.set_member(id, &signature)
+            }
+            None => self.regions.remove_member(id),
+        }
+    }
+}
