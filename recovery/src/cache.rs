@@ -7,7 +7,7 @@
 //! request, and applies the ring's cleanup points. Bounded in bytes; packets are copied into
 //! recycled buffers ([`crate::store::BufferPool`]), so steady state allocates nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use qs_transport::{NodeId, Seq};
 
@@ -32,16 +32,35 @@ pub struct Cache {
     pool: BufferPool,
 }
 
+/// One sender's cached packets: slot `i` holds packet `base + i` if cached (a ring of
+/// slots, so caching and freeing in steady state allocates nothing).
 #[derive(Debug)]
 struct CacheStream {
-    entries: BTreeMap<u32, Vec<u8>>,
+    base: Seq,
+    slots: VecDeque<Option<Vec<u8>>>,
     /// Everything up to here is stable region-wide and no longer cached.
     cleanup: Seq,
 }
 
+/// Most sequence numbers one sender's slots may span (far beyond any send window; a packet
+/// further out is not cached).
+const MAX_SPAN: i64 = 1 << 17;
+
 impl CacheStream {
+    fn index(&self, seq: Seq) -> Option<usize> {
+        let d = self.base.distance_to(seq);
+        (d >= 0 && (d as usize) < self.slots.len()).then_some(d as usize)
+    }
+
     fn holds(&self, seq: Seq) -> bool {
-        self.entries.contains_key(&seq.0)
+        self.index(seq).is_some_and(|i| self.slots[i].is_some())
+    }
+
+    fn entries(&self) -> impl Iterator<Item = (Seq, &Vec<u8>)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| Some((self.base.advance(i as u32), s.as_ref()?)))
     }
 }
 
@@ -54,7 +73,8 @@ impl Cache {
             bytes: 0,
             packets: 0,
             peak_bytes: 0,
-            pool: BufferPool::new(4096),
+            // Idle buffers up to the cache's own bound: a full cache in steady state recycles.
+            pool: BufferPool::bounded(usize::MAX, max_bytes),
         }
     }
 
@@ -69,7 +89,8 @@ impl Cache {
         // still come by repair) but not at 0, which is half the sequence space away once the
         // stream has wrapped; the first cleanup moves it to the real stability point.
         let stream = self.streams.entry(sender).or_insert(CacheStream {
-            entries: BTreeMap::new(),
+            base: seq,
+            slots: VecDeque::new(),
             cleanup: Seq(seq.0.wrapping_sub(1 << 20)),
         });
         if !stream.cleanup.is_before(seq) || stream.holds(seq) {
@@ -78,7 +99,27 @@ impl Cache {
         if self.bytes + datagram.len() > self.max_bytes {
             return Err(CacheRefused::Full);
         }
-        stream.entries.insert(seq.0, self.pool.copy_of(datagram));
+        if stream.slots.is_empty() {
+            stream.base = seq;
+        }
+        let d = stream.base.distance_to(seq);
+        let span = stream.slots.len() as i64;
+        if d < 0 {
+            if span - d > MAX_SPAN {
+                return Err(CacheRefused::Full);
+            }
+            for _ in 0..-d {
+                stream.slots.push_front(None);
+            }
+            stream.base = seq;
+        } else if d >= span {
+            if d + 1 > MAX_SPAN {
+                return Err(CacheRefused::Full);
+            }
+            stream.slots.resize_with(d as usize + 1, || None);
+        }
+        let i = stream.index(seq).expect("slot exists");
+        stream.slots[i] = Some(self.pool.copy_of(datagram));
         self.bytes += datagram.len();
         self.packets += 1;
         self.peak_bytes = self.peak_bytes.max(self.bytes);
@@ -87,11 +128,8 @@ impl Cache {
 
     /// Packet `seq` of `sender`, if cached.
     pub fn get(&self, sender: NodeId, seq: Seq) -> Option<&[u8]> {
-        self.streams
-            .get(&sender)?
-            .entries
-            .get(&seq.0)
-            .map(Vec::as_slice)
+        let s = self.streams.get(&sender)?;
+        s.slots[s.index(seq)?].as_deref()
     }
 
     /// Whether packet `seq` of `sender` is cached.
@@ -108,22 +146,20 @@ impl Cache {
             return;
         }
         stream.cleanup = cleanup;
-        let (pool, bytes, packets) = (&mut self.pool, &mut self.bytes, &mut self.packets);
-        stream.entries.retain(|s, b| {
-            let keep = cleanup.is_before(Seq(*s));
-            if !keep {
-                *bytes -= b.len();
-                *packets -= 1;
-                pool.give_back(std::mem::take(b));
+        while !stream.slots.is_empty() && !cleanup.is_before(stream.base) {
+            if let Some(b) = stream.slots.pop_front().flatten() {
+                self.bytes -= b.len();
+                self.packets -= 1;
+                self.pool.give_back(b);
             }
-            keep
-        });
+            stream.base = stream.base.next();
+        }
     }
 
     /// Drops everything of `sender`.
     pub fn forget(&mut self, sender: NodeId) {
         if let Some(s) = self.streams.remove(&sender) {
-            for b in s.entries.into_values() {
+            for b in s.slots.into_iter().flatten() {
                 self.bytes -= b.len();
                 self.packets -= 1;
                 self.pool.give_back(b);
@@ -156,8 +192,8 @@ impl Cache {
 
     /// Panics if the counts drifted from the contents or exceed the bound.
     pub fn check_invariants(&self) {
-        let entries = self.streams.values().flat_map(|s| s.entries.values());
-        let (bytes, packets) = entries.fold((0, 0), |(b, p), e| (b + e.len(), p + 1));
+        let entries = self.streams.values().flat_map(|s| s.entries());
+        let (bytes, packets) = entries.fold((0, 0), |(b, p), (_, e)| (b + e.len(), p + 1));
         assert_eq!(
             (bytes, packets),
             (self.bytes, self.packets),
@@ -166,9 +202,10 @@ impl Cache {
         assert!(self.bytes <= self.max_bytes, "cache over its bound");
         for s in self.streams.values() {
             assert!(
-                s.entries.keys().all(|k| s.cleanup.is_before(Seq(*k))),
+                s.entries().all(|(k, _)| s.cleanup.is_before(k)),
                 "a cleaned packet is still cached"
             );
+            assert!(s.slots.len() as i64 <= MAX_SPAN, "slots beyond their span");
         }
     }
 }
@@ -215,6 +252,21 @@ mod tests {
         c.clean(A, Seq(0));
         assert!(!c.holds(A, Seq(u32::MAX)) && !c.holds(A, Seq(0)));
         assert!(c.holds(A, Seq(1)) && c.holds(A, Seq(2)));
+        c.check_invariants();
+    }
+
+    #[test]
+    fn an_earlier_packet_is_cached_before_the_first_and_a_far_one_is_refused() {
+        let mut c = Cache::new(1 << 20);
+        c.insert(A, Seq(100), &[1; 10]).unwrap();
+        c.insert(A, Seq(90), &[2; 10]).unwrap();
+        assert_eq!(c.get(A, Seq(90)), Some(&[2u8; 10][..]));
+        assert!(c.holds(A, Seq(100)) && !c.holds(A, Seq(95)));
+        let far = Seq(90).advance(MAX_SPAN as u32);
+        assert_eq!(c.insert(A, far, &[0; 10]), Err(CacheRefused::Full));
+        assert!(c
+            .insert(A, Seq(90).advance(MAX_SPAN as u32 - 1), &[0; 10])
+            .is_ok());
         c.check_invariants();
     }
 

@@ -59,7 +59,8 @@ impl SendWindow {
             packets: VecDeque::new(),
             bytes: 0,
             peak_bytes: 0,
-            pool: BufferPool::new(capacity.min(1024)),
+            // A full window's worth, so a window in steady state allocates nothing.
+            pool: BufferPool::new(capacity),
         }
     }
 

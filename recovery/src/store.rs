@@ -8,20 +8,31 @@ pub struct BufferPool {
     free: Vec<Vec<u8>>,
     /// Most buffers kept for reuse (the rest are dropped when given back).
     keep: usize,
+    /// Most bytes of capacity kept idle.
+    keep_bytes: usize,
+    idle_bytes: usize,
 }
 
 impl BufferPool {
     /// A pool keeping at most `keep` idle buffers.
     pub fn new(keep: usize) -> BufferPool {
+        BufferPool::bounded(keep, usize::MAX)
+    }
+
+    /// A pool keeping at most `keep` idle buffers of at most `keep_bytes` capacity in all.
+    pub fn bounded(keep: usize, keep_bytes: usize) -> BufferPool {
         BufferPool {
             free: Vec::new(),
             keep,
+            keep_bytes,
+            idle_bytes: 0,
         }
     }
 
     /// A buffer holding a copy of `bytes` (recycled when one is idle).
     pub fn copy_of(&mut self, bytes: &[u8]) -> Vec<u8> {
         let mut b = self.free.pop().unwrap_or_default();
+        self.idle_bytes -= b.capacity();
         b.clear();
         b.extend_from_slice(bytes);
         b
@@ -29,7 +40,8 @@ impl BufferPool {
 
     /// Gives a buffer back for reuse.
     pub fn give_back(&mut self, buf: Vec<u8>) {
-        if self.free.len() < self.keep {
+        if self.free.len() < self.keep && self.idle_bytes + buf.capacity() <= self.keep_bytes {
+            self.idle_bytes += buf.capacity();
             self.free.push(buf);
         }
     }
@@ -54,6 +66,18 @@ mod tests {
         assert_eq!(b.as_ptr(), ptr, "same allocation");
         assert_eq!(&b[..], &[2; 10]);
         assert!(b.capacity() >= 1000);
+    }
+
+    #[test]
+    fn the_pool_keeps_only_its_bound_of_idle_bytes() {
+        let mut pool = BufferPool::bounded(100, 2500);
+        for _ in 0..5 {
+            pool.give_back(Vec::with_capacity(1000));
+        }
+        assert_eq!(pool.idle(), 2);
+        pool.copy_of(&[1]);
+        pool.give_back(Vec::with_capacity(1000));
+        assert_eq!(pool.idle(), 2);
     }
 
     #[test]
