@@ -101,6 +101,8 @@ pub struct NodeCore {
     /// Streams whose release stopped because the application is behind (reliable mode).
     stalled: BTreeSet<(NodeId, RegionId)>,
     health_clock: cluster::HealthClock,
+    /// Send streams this process started (the low bits of their epochs).
+    streams_started: u64,
     prng: Prng,
     stats: CoreStats,
 }
@@ -144,6 +146,7 @@ impl NodeCore {
             ring: None,
             stalled: BTreeSet::new(),
             health_clock: cluster::HealthClock::default(),
+            streams_started: 0,
             prng,
             stats: CoreStats::default(),
         }

@@ -31,7 +31,10 @@ fn header(kind: PacketKind, core: &NodeCore) -> Header {
 
 /// A valid data packet for `core`'s region, then a fragment of a large message.
 fn real_packets(core: &NodeCore) -> Vec<Vec<u8>> {
-    let region = core.own_region().expect("subscribed");
+    let region = wire::StreamId {
+        region: core.own_region().expect("subscribed"),
+        epoch: 1,
+    };
     let mut a = vec![0u8; 1472];
     let mut w = DataWriter::new(&mut a, &header(PacketKind::Data, core), region, Seq(1)).unwrap();
     assert!(w.push(TopicId::from_name("t"), b"hello"));

@@ -36,6 +36,8 @@ pub struct Cache {
 /// slots, so caching and freeing in steady state allocates nothing).
 #[derive(Debug)]
 struct CacheStream {
+    /// The epoch of the sender's stream held (an older one is dropped for a newer).
+    epoch: u64,
     base: Seq,
     slots: VecDeque<Option<Vec<u8>>>,
     /// Everything up to here is stable region-wide and no longer cached.
@@ -78,22 +80,29 @@ impl Cache {
         }
     }
 
-    /// Caches `datagram` (packet `seq` of `sender`) unless it is stable already or cached.
+    /// Caches `datagram` (packet `seq` of `sender`'s stream of `epoch`) unless it is stable
+    /// already or cached. A newer epoch replaces what the cache held of the sender; an older
+    /// one is not cached.
     pub fn insert(
         &mut self,
         sender: NodeId,
+        epoch: u64,
         seq: Seq,
         datagram: &[u8],
     ) -> Result<(), CacheRefused> {
+        if self.streams.get(&sender).is_some_and(|s| s.epoch < epoch) {
+            self.forget(sender);
+        }
         // A new stream's cache starts well before its first packet (earlier packets may
         // still come by repair) but not at 0, which is half the sequence space away once the
         // stream has wrapped; the first cleanup moves it to the real stability point.
         let stream = self.streams.entry(sender).or_insert(CacheStream {
+            epoch,
             base: seq,
             slots: VecDeque::new(),
             cleanup: Seq(seq.0.wrapping_sub(1 << 20)),
         });
-        if !stream.cleanup.is_before(seq) || stream.holds(seq) {
+        if stream.epoch != epoch || !stream.cleanup.is_before(seq) || stream.holds(seq) {
             return Ok(());
         }
         if self.bytes + datagram.len() > self.max_bytes {
@@ -126,20 +135,22 @@ impl Cache {
         Ok(())
     }
 
-    /// Packet `seq` of `sender`, if cached.
-    pub fn get(&self, sender: NodeId, seq: Seq) -> Option<&[u8]> {
-        let s = self.streams.get(&sender)?;
+    /// Packet `seq` of `sender`'s stream of `epoch`, if cached.
+    pub fn get(&self, sender: NodeId, epoch: u64, seq: Seq) -> Option<&[u8]> {
+        let s = self.streams.get(&sender).filter(|s| s.epoch == epoch)?;
         s.slots[s.index(seq)?].as_deref()
     }
 
-    /// Whether packet `seq` of `sender` is cached.
-    pub fn holds(&self, sender: NodeId, seq: Seq) -> bool {
-        self.streams.get(&sender).is_some_and(|s| s.holds(seq))
+    /// Whether packet `seq` of `sender`'s stream of `epoch` is cached.
+    pub fn holds(&self, sender: NodeId, epoch: u64, seq: Seq) -> bool {
+        self.streams
+            .get(&sender)
+            .is_some_and(|s| s.epoch == epoch && s.holds(seq))
     }
 
-    /// Frees everything of `sender` up to `cleanup`.
-    pub fn clean(&mut self, sender: NodeId, cleanup: Seq) {
-        let Some(stream) = self.streams.get_mut(&sender) else {
+    /// Frees everything of `sender`'s stream of `epoch` up to `cleanup`.
+    pub fn clean(&mut self, sender: NodeId, epoch: u64, cleanup: Seq) {
+        let Some(stream) = self.streams.get_mut(&sender).filter(|s| s.epoch == epoch) else {
             return;
         };
         if !stream.cleanup.is_before(cleanup) {
@@ -220,25 +231,28 @@ mod tests {
     fn cleanup_frees_what_it_passes_and_refuses_it_afterwards() {
         let mut c = Cache::new(1 << 20);
         for s in 1..=10 {
-            c.insert(A, Seq(s), &[s as u8; 100]).unwrap();
+            c.insert(A, 1, Seq(s), &[s as u8; 100]).unwrap();
         }
         assert_eq!((c.packets(), c.bytes()), (10, 1000));
-        c.clean(A, Seq(6));
+        c.clean(A, 1, Seq(6));
         assert_eq!(c.packets(), 4);
-        assert!(!c.holds(A, Seq(6)) && c.holds(A, Seq(7)));
-        assert_eq!(c.get(A, Seq(7)), Some(&[7u8; 100][..]));
-        c.insert(A, Seq(3), &[3; 100]).unwrap();
-        assert!(!c.holds(A, Seq(3)), "stable packets are not cached again");
+        assert!(!c.holds(A, 1, Seq(6)) && c.holds(A, 1, Seq(7)));
+        assert_eq!(c.get(A, 1, Seq(7)), Some(&[7u8; 100][..]));
+        c.insert(A, 1, Seq(3), &[3; 100]).unwrap();
+        assert!(
+            !c.holds(A, 1, Seq(3)),
+            "stable packets are not cached again"
+        );
         c.check_invariants();
     }
 
     #[test]
     fn a_full_cache_refuses_and_counts_nothing() {
         let mut c = Cache::new(250);
-        c.insert(A, Seq(1), &[0; 100]).unwrap();
-        c.insert(A, Seq(2), &[0; 100]).unwrap();
-        assert_eq!(c.insert(A, Seq(3), &[0; 100]), Err(CacheRefused::Full));
-        assert_eq!(c.insert(A, Seq(4), &[0; 50]), Ok(()));
+        c.insert(A, 1, Seq(1), &[0; 100]).unwrap();
+        c.insert(A, 1, Seq(2), &[0; 100]).unwrap();
+        assert_eq!(c.insert(A, 1, Seq(3), &[0; 100]), Err(CacheRefused::Full));
+        assert_eq!(c.insert(A, 1, Seq(4), &[0; 50]), Ok(()));
         assert_eq!(c.bytes(), 250);
         c.check_invariants();
     }
@@ -247,34 +261,46 @@ mod tests {
     fn cleanup_across_the_sequence_wrap_frees_the_right_packets() {
         let mut c = Cache::new(1 << 20);
         for s in [u32::MAX - 1, u32::MAX, 0, 1, 2] {
-            c.insert(A, Seq(s), &[1; 10]).unwrap();
+            c.insert(A, 1, Seq(s), &[1; 10]).unwrap();
         }
-        c.clean(A, Seq(0));
-        assert!(!c.holds(A, Seq(u32::MAX)) && !c.holds(A, Seq(0)));
-        assert!(c.holds(A, Seq(1)) && c.holds(A, Seq(2)));
+        c.clean(A, 1, Seq(0));
+        assert!(!c.holds(A, 1, Seq(u32::MAX)) && !c.holds(A, 1, Seq(0)));
+        assert!(c.holds(A, 1, Seq(1)) && c.holds(A, 1, Seq(2)));
         c.check_invariants();
     }
 
     #[test]
     fn an_earlier_packet_is_cached_before_the_first_and_a_far_one_is_refused() {
         let mut c = Cache::new(1 << 20);
-        c.insert(A, Seq(100), &[1; 10]).unwrap();
-        c.insert(A, Seq(90), &[2; 10]).unwrap();
-        assert_eq!(c.get(A, Seq(90)), Some(&[2u8; 10][..]));
-        assert!(c.holds(A, Seq(100)) && !c.holds(A, Seq(95)));
+        c.insert(A, 1, Seq(100), &[1; 10]).unwrap();
+        c.insert(A, 1, Seq(90), &[2; 10]).unwrap();
+        assert_eq!(c.get(A, 1, Seq(90)), Some(&[2u8; 10][..]));
+        assert!(c.holds(A, 1, Seq(100)) && !c.holds(A, 1, Seq(95)));
         let far = Seq(90).advance(MAX_SPAN as u32);
-        assert_eq!(c.insert(A, far, &[0; 10]), Err(CacheRefused::Full));
+        assert_eq!(c.insert(A, 1, far, &[0; 10]), Err(CacheRefused::Full));
         assert!(c
-            .insert(A, Seq(90).advance(MAX_SPAN as u32 - 1), &[0; 10])
+            .insert(A, 1, Seq(90).advance(MAX_SPAN as u32 - 1), &[0; 10])
             .is_ok());
+        c.check_invariants();
+    }
+
+    #[test]
+    fn a_newer_epoch_replaces_the_sender_and_an_older_one_is_refused() {
+        let mut c = Cache::new(1 << 20);
+        c.insert(A, 1, Seq(5), &[1; 10]).unwrap();
+        c.insert(A, 2, Seq(1), &[2; 10]).unwrap();
+        assert!(!c.holds(A, 1, Seq(5)) && c.holds(A, 2, Seq(1)));
+        c.insert(A, 1, Seq(6), &[1; 10]).unwrap();
+        assert!(!c.holds(A, 1, Seq(6)), "a stale epoch is not cached");
+        assert_eq!(c.packets(), 1);
         c.check_invariants();
     }
 
     #[test]
     fn forgetting_a_sender_drops_only_its_packets() {
         let mut c = Cache::new(1 << 20);
-        c.insert(A, Seq(1), &[0; 10]).unwrap();
-        c.insert(NodeId(2), Seq(1), &[0; 20]).unwrap();
+        c.insert(A, 1, Seq(1), &[0; 10]).unwrap();
+        c.insert(NodeId(2), 1, Seq(1), &[0; 20]).unwrap();
         c.forget(A);
         assert_eq!((c.packets(), c.bytes()), (1, 20));
         c.clear();

@@ -21,6 +21,8 @@ use crate::window::WindowState;
 pub struct StreamProgress {
     /// The stream's sender.
     pub sender: NodeId,
+    /// The stream's epoch.
+    pub epoch: u64,
     /// The window's state (`None`: nothing heard yet).
     pub window: Option<WindowState>,
     /// A ring round has counted this member's prefix of the stream: from then on, what the
@@ -54,6 +56,8 @@ pub struct Progress {
 pub struct StreamUpdate {
     /// The stream's sender.
     pub sender: NodeId,
+    /// The stream's epoch (a member holding an older epoch's stream replaces it).
+    pub epoch: u64,
     /// The window's next position from now on (at least).
     pub skip_to: Seq,
     /// Positions skipped that this member lacks are losses (else: before its time).
@@ -96,6 +100,13 @@ pub fn effective_progress(
     stream: Option<&StreamProgress>,
     input: &VisitInput<'_>,
 ) -> (Progress, Option<StreamUpdate>) {
+    // A member's stream of an older epoch is over: for this record it has none. A record of
+    // an older epoch than the member's stream is stale.
+    let stream = match stream {
+        Some(s) if s.epoch > rec.epoch => return (Progress::default(), None),
+        Some(s) if s.epoch < rec.epoch => None,
+        other => other,
+    };
     let state = stream.and_then(|s| s.window.as_ref());
     let (cleanup, young_claim) = if rec.cleanup_unknown {
         // The leader's first round of this stream: a stream this member has is reported as
@@ -219,6 +230,7 @@ pub fn effective_progress(
     };
     let update = StreamUpdate {
         sender: rec.sender,
+        epoch: rec.epoch,
         skip_to: after_cleanup,
         as_loss: input.isolated || synced_before,
         synced: !young_claim,
@@ -236,6 +248,7 @@ fn cannot_serve(rec: &TokenRecord, cleanup: Seq, input: &VisitInput<'_>) -> Vec<
     if span <= 0 {
         return out;
     }
+    let epoch = rec.epoch;
     let p = input.partitions.max(1) as u64;
     let mut off = (input.partition as u64 + 1 + p - u64::from(cleanup.0) % p) % p;
     if off == 0 {
@@ -244,7 +257,7 @@ fn cannot_serve(rec: &TokenRecord, cleanup: Seq, input: &VisitInput<'_>) -> Vec<
     let mut taken = 0;
     while off <= span as u64 && taken < input.max {
         let s = cleanup.advance(off as u32);
-        if !input.cache.holds(rec.sender, s) {
+        if !input.cache.holds(rec.sender, epoch, s) {
             taken += 1;
             out.push(SeqRange { first: s, count: 1 });
         }
@@ -417,6 +430,7 @@ mod tests {
     fn record(cutoff: u32, cleanup: Option<u32>, partitions: usize) -> TokenRecord {
         TokenRecord {
             sender: S,
+            epoch: 1,
             highest: Seq(cutoff),
             cutoff: Seq(cutoff),
             prefix: None,
@@ -479,6 +493,41 @@ mod tests {
     }
 
     #[test]
+    fn a_stream_of_an_older_epoch_is_replaced_and_a_stale_record_ignored() {
+        let cache = Cache::new(1 << 20);
+        let mut w: ReceiveWindow<u32> = ReceiveWindow::reliable(64);
+        for s in 1..=30 {
+            w.insert(T0, Seq(s), s);
+        }
+        let old = StreamProgress {
+            sender: S,
+            epoch: 0,
+            window: w.state(100),
+            synced: true,
+        };
+        let (p, u) =
+            effective_progress(&record(5, Some(0), 1), Some(&old), &input(&cache, 64, 100));
+        let u = u.expect("a new stream");
+        assert_eq!(
+            (u.epoch, u.skip_to, u.as_loss),
+            (1, Seq(1), false),
+            "starts clean"
+        );
+        assert_eq!(
+            seqs(&p.missing),
+            (1..=5).collect(),
+            "nothing of the old epoch counts"
+        );
+        let newer = StreamProgress { epoch: 2, ..old };
+        let r = effective_progress(
+            &record(5, Some(0), 1),
+            Some(&newer),
+            &input(&cache, 64, 100),
+        );
+        assert_eq!(r, (Progress::default(), None));
+    }
+
+    #[test]
     fn a_full_stream_table_creates_nothing() {
         let cache = Cache::new(1 << 20);
         let mut i = input(&cache, 64, 100);
@@ -493,7 +542,7 @@ mod tests {
     fn cached_caretaker_packets_are_served_and_the_rest_reported() {
         let mut cache = Cache::new(1 << 20);
         for s in [11u32, 13] {
-            cache.insert(S, Seq(s), &[0; 8]).unwrap();
+            cache.insert(S, 1, Seq(s), &[0; 8]).unwrap();
         }
         let mut i = input(&cache, 64, 100);
         i.partitions = 2; // partition 0 keeps the odd packets
@@ -637,7 +686,7 @@ mod tests {
             }
             let cache = Cache::new(1 << 20);
             let heard = !arrivals.is_empty();
-            let snapshot = StreamProgress { sender: S, window: w.state(max), synced };
+            let snapshot = StreamProgress { sender: S, epoch: 1, window: w.state(max), synced };
             let stream = heard.then_some(&snapshot);
             let rec = record(cutoff, cleanup, 1);
             let (p, u) = effective_progress(&rec, stream, &input(&cache, capacity, max));

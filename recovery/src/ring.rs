@@ -190,9 +190,10 @@ impl View {
 pub struct Local<'a> {
     /// The node's receive streams in the ring's region, sorted by sender.
     pub streams: &'a [StreamProgress],
-    /// The highest packet of the node's own stream into the region (it sends there), if any
-    /// went out: that stream needs rounds too (acknowledgements, repairs for the others).
-    pub own_highest: Option<Seq>,
+    /// The node's own stream into the region (it sends there) — its epoch and highest packet
+    /// — if any went out: that stream needs rounds too (acknowledgements, repairs for the
+    /// others).
+    pub own: Option<(u64, Seq)>,
     /// Senders known to be gone (left or failed), sorted: their records are dropped.
     pub departed: &'a [NodeId],
     /// The node's caretaker cache.
@@ -218,12 +219,12 @@ impl Local<'_> {
         self.departed.binary_search(&sender).is_err()
     }
 
-    /// Senders with a stream here and the highest packet known of each (the own included).
-    fn senders(&self, me: NodeId) -> impl Iterator<Item = (NodeId, Seq)> + '_ {
-        let own = self.own_highest.map(|h| (me, h));
+    /// Streams here, with epoch and the highest packet known of each (the own included).
+    fn senders(&self, me: NodeId) -> impl Iterator<Item = (NodeId, u64, Seq)> + '_ {
+        let own = self.own.map(|(e, h)| (me, e, h));
         self.streams
             .iter()
-            .filter_map(|s| Some((s.sender, s.window.as_ref()?.highest)))
+            .filter_map(|s| Some((s.sender, s.epoch, s.window.as_ref()?.highest)))
             .chain(own)
     }
 }
@@ -585,28 +586,33 @@ impl Ring {
     fn start_round(&mut self, now: Instant, local: &Local<'_>) {
         let p = self.view.partitions();
         self.basis.retain(|s, _| local.is_live(*s));
-        for (s, h) in local.senders(self.me) {
+        for (s, epoch, h) in local.senders(self.me) {
             // A stream new to this leader starts from what the leader knows of it (not from
-            // 0, which is half the sequence space away once a stream has wrapped).
-            if !local.is_live(s) {
+            // 0, which is half the sequence space away once a stream has wrapped); a newer
+            // epoch of a sender replaces its record.
+            if !local.is_live(s) || self.basis.get(&s).is_some_and(|r| r.epoch >= epoch) {
                 continue;
             }
             {
-                self.basis.entry(s).or_insert_with(|| TokenRecord {
-                    sender: s,
-                    highest: h,
-                    cutoff: h,
-                    prefix: None,
-                    laggard: None,
-                    cleanup: Seq(0),
-                    // Not known until this round completes: nobody frees or skips on it.
-                    cleanup_unknown: true,
-                    partition_prefix: vec![None; p],
-                    partition_current: vec![None; p],
-                    lack: Vec::new(),
-                    naks: Vec::new(),
-                    rates: RateAggregate::default(),
-                });
+                self.basis.insert(
+                    s,
+                    TokenRecord {
+                        sender: s,
+                        epoch,
+                        highest: h,
+                        cutoff: h,
+                        prefix: None,
+                        laggard: None,
+                        cleanup: Seq(0),
+                        // Not known until this round completes: nobody frees or skips on it.
+                        cleanup_unknown: true,
+                        partition_prefix: vec![None; p],
+                        partition_current: vec![None; p],
+                        lack: Vec::new(),
+                        naks: Vec::new(),
+                        rates: RateAggregate::default(),
+                    },
+                );
             }
         }
         self.round = self.round.wrapping_add(1);
@@ -754,15 +760,19 @@ impl Ring {
         let last_in_partition =
             hop + 1 == order.len() || self.view.partition_of(order[hop + 1]) != Some(p);
         let budget = self.token_budget();
-        let mut requests: BTreeMap<(NodeId, NodeId), Vec<SeqRange>> = BTreeMap::new();
+        let mut requests: BTreeMap<(NodeId, NodeId, u64), Vec<SeqRange>> = BTreeMap::new();
         for i in 0..token.records.len() {
             let sender = token.records[i].sender;
             let isolated = self.isolated.contains_key(&sender);
             let progress = if sender == self.me {
                 // The sender has its whole stream: its prefix is its highest.
+                let own = local
+                    .own
+                    .filter(|(e, _)| *e == token.records[i].epoch)
+                    .map(|(_, h)| h);
                 Progress {
-                    highest: local.own_highest,
-                    prefix: local.own_highest,
+                    highest: own,
+                    prefix: own,
                     ..Progress::default()
                 }
             } else if !local.is_live(sender) {
@@ -810,7 +820,7 @@ impl Ring {
                 let targets =
                     repair_targets(&self.view, self.me, token.round, s, &rec.partition_prefix);
                 for t in targets.into_iter().flatten() {
-                    let list = requests.entry((t, sender)).or_default();
+                    let list = requests.entry((t, sender, rec.epoch)).or_default();
                     match list.last_mut() {
                         Some(r) if r.first.advance(r.count) == s => r.count += 1,
                         _ => list.push(SeqRange { first: s, count: 1 }),
@@ -830,13 +840,14 @@ impl Ring {
             );
         }
         let max_ranges = (budget.saturating_sub(24) / 8).max(1);
-        for ((to, sender), mut list) in requests {
+        for ((to, sender, epoch), mut list) in requests {
             list.truncate(max_ranges);
             self.actions.push_back(RingAction::Request {
                 to,
                 request: RepairRequest {
                     region: self.region,
                     sender,
+                    epoch,
                     ranges: list,
                 },
             });
@@ -867,6 +878,7 @@ impl Ring {
                 to: rec.sender,
                 ack: SenderAck {
                     region: self.region,
+                    epoch: rec.epoch,
                     stable,
                     highest: rec.highest,
                     naks: rec.naks.clone(),
@@ -982,6 +994,7 @@ mod tests {
                 .iter()
                 .map(|(w, synced)| StreamProgress {
                     sender: S,
+                    epoch: 1,
                     window: w.state(512),
                     synced: *synced,
                 })
@@ -996,7 +1009,7 @@ mod tests {
             *synced = u.synced;
             w.on_highest(T0, u.highest);
             while w.pop().is_some() {}
-            self.cache.clean(u.sender, u.clean);
+            self.cache.clean(u.sender, u.epoch, u.clean);
         }
     }
 
@@ -1016,7 +1029,7 @@ mod tests {
                     }
                     w.insert(T0, Seq(s), s);
                     if ring.is_caretaker(Seq(s)) {
-                        cache.insert(S, Seq(s), &[0; 16]).unwrap();
+                        cache.insert(S, 1, Seq(s), &[0; 16]).unwrap();
                     }
                 }
                 while w.pop().is_some() {}
@@ -1074,7 +1087,7 @@ mod tests {
     fn local<'a>(streams: &'a [StreamProgress], cache: &'a Cache) -> Local<'a> {
         Local {
             streams,
-            own_highest: None,
+            own: None,
             departed: &[],
             cache,
             window_capacity: 1024,

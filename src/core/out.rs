@@ -31,6 +31,7 @@ pub(super) enum Intent {
     Serve {
         to: SocketAddr,
         sender: NodeId,
+        epoch: u64,
         seq: Seq,
     },
     /// One of this node's own packets for the peer that asked.
@@ -146,8 +147,13 @@ impl NodeCore {
             Intent::SenderAck { to, ack } => {
                 control(*to, PacketKind::SenderAck, &|b| ack.write(b), buf)
             }
-            Intent::Serve { to, sender, seq } => {
-                let packet = self.cache.get(*sender, *seq);
+            Intent::Serve {
+                to,
+                sender,
+                epoch,
+                seq,
+            } => {
+                let packet = self.cache.get(*sender, *epoch, *seq);
                 Ok(packet.and_then(|p| copy(p, buf, *to, TrafficClass::Repair)))
             }
             Intent::ServeOwn { to, region, seq } => {

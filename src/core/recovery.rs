@@ -79,7 +79,7 @@ impl NodeCore {
             !self.stalled.is_empty() || self.events.len() > self.config.max_pending_events / 2;
         let local = Local {
             streams: &streams,
-            own_highest: self.own_highest(region),
+            own: self.own_stream(region),
             departed: &departed,
             cache: &self.cache,
             window_capacity: self.config.reorder_window_packets,
@@ -139,7 +139,7 @@ impl NodeCore {
         let seqs = req.ranges.iter().flat_map(|r| r.iter()).take(limit);
         let mut served = 0;
         if req.sender == self.config.id {
-            if let Some(stream) = self.send.get(&req.region) {
+            if let Some(stream) = self.send.get(&req.region).filter(|s| s.epoch == req.epoch) {
                 for seq in seqs.filter(|s| stream.window.get(*s).is_some()) {
                     served += 1;
                     self.out.push(Intent::ServeOwn {
@@ -150,11 +150,12 @@ impl NodeCore {
                 }
             }
         } else if Some(req.region) == self.own_region {
-            for seq in seqs.filter(|s| self.cache.holds(req.sender, *s)) {
+            for seq in seqs.filter(|s| self.cache.holds(req.sender, req.epoch, *s)) {
                 served += 1;
                 self.out.push(Intent::Serve {
                     to: from,
                     sender: req.sender,
+                    epoch: req.epoch,
                     seq,
                 });
             }

@@ -35,6 +35,8 @@ pub(super) enum Received {
 /// One (sender, region) stream as this node receives it.
 #[derive(Debug)]
 pub(super) struct RecvStream {
+    /// The epoch of the sender's stream this is.
+    pub(super) epoch: u64,
     pub(super) window: ReceiveWindow<Received>,
     partial: Option<Reassembly>,
     /// First sequence number of a fragmented message already counted as incomplete, so its
@@ -50,10 +52,11 @@ pub(super) struct RecvStream {
 }
 
 impl RecvStream {
-    /// A stream nothing was heard of yet, its window in the configured mode.
-    pub(super) fn new(config: &CoreConfig) -> RecvStream {
+    /// A stream of `epoch` nothing was heard of yet, its window in the configured mode.
+    pub(super) fn new(config: &CoreConfig, epoch: u64) -> RecvStream {
         let capacity = config.reorder_window_packets;
         RecvStream {
+            epoch,
             window: if config.reliable {
                 ReceiveWindow::reliable(capacity)
             } else {
@@ -81,6 +84,7 @@ impl RecvStream {
     pub(super) fn progress(&self, sender: NodeId, max: usize) -> StreamProgress {
         StreamProgress {
             sender,
+            epoch: self.epoch,
             window: self.window.state(max),
             synced: self.synced,
         }
@@ -116,12 +120,12 @@ impl NodeCore {
         let datagram = &datagram.slice(..HEADER_LEN + body.len());
         let parse = |body: Bytes| {
             if fragment {
-                Fragment::parse(body).map(|f| (f.region, f.seq, Received::Fragment(f)))
+                Fragment::parse(body).map(|f| ((f.region, f.epoch), f.seq, Received::Fragment(f)))
             } else {
-                DataPacket::parse(body).map(|p| (p.region, p.seq, Received::Packed(p)))
+                DataPacket::parse(body).map(|p| ((p.region, p.epoch), p.seq, Received::Packed(p)))
             }
         };
-        let Ok((region, seq, packet)) = parse(body.clone()) else {
+        let Ok(((region, epoch), seq, packet)) = parse(body.clone()) else {
             self.stats.drops.malformed += 1;
             return;
         };
@@ -134,6 +138,15 @@ impl NodeCore {
             return;
         }
         let key = (sender, region);
+        match self.recv.get(&key).map(|s| s.epoch) {
+            Some(e) if e > epoch => {
+                // A straggler of the sender's earlier stream.
+                self.stats.drops.stale += 1;
+                return;
+            }
+            Some(e) if e < epoch => self.finish_stream(now, key),
+            _ => {}
+        }
         if !self.recv.contains_key(&key) {
             if self.is_departed(sender) {
                 // A straggler (a second repair copy) of a sender declared gone whose stream
@@ -150,7 +163,7 @@ impl NodeCore {
         let stream = self
             .recv
             .entry(key)
-            .or_insert_with(|| RecvStream::new(config));
+            .or_insert_with(|| RecvStream::new(config, epoch));
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
         let in_order = stream.window.next_expected().is_none_or(|next| next == seq);
@@ -179,7 +192,7 @@ impl NodeCore {
             // empty); the cache refuses what is already stable.
             if arrival != Arrival::Beyond
                 && ring.is_caretaker(seq)
-                && self.cache.insert(sender, seq, datagram).is_err()
+                && self.cache.insert(sender, epoch, seq, datagram).is_err()
             {
                 self.stats.drops.cache_full += 1;
             }
@@ -187,11 +200,28 @@ impl NodeCore {
         self.drain_stream(key);
     }
 
-    /// Hands on what a stream's window released, in order: messages, fragments, gaps.
+    /// Hands on what a stream's window released, in order: messages, fragments, gaps. Stops
+    /// (reliable mode) while the application is `max_pending_events` behind.
     pub(super) fn drain_stream(&mut self, key: (NodeId, RegionId)) {
+        self.drain(key, true);
+    }
+
+    /// The sender started a new stream (a new epoch): the old one is over. What it holds is
+    /// handed on now (holes reported as gaps), whatever the application's backlog, so that
+    /// the new stream's messages come after all of the old one's.
+    pub(super) fn finish_stream(&mut self, now: Instant, key: (NodeId, RegionId)) {
+        if let Some(s) = self.recv.get_mut(&key) {
+            s.close(now);
+        }
+        self.stalled.remove(&key);
+        self.drain(key, false);
+    }
+
+    fn drain(&mut self, key: (NodeId, RegionId), capped: bool) {
         let (sender, region) = key;
         loop {
-            if self.config.reliable && self.events.len() >= self.config.max_pending_events {
+            if capped && self.config.reliable && self.events.len() >= self.config.max_pending_events
+            {
                 self.stalled.insert(key);
                 return;
             }
@@ -314,8 +344,18 @@ impl NodeCore {
             return;
         }
         let key = (sender, s.region);
-        let Some(stream) = self.recv.get_mut(&key) else {
+        match self.recv.get(&key).map(|st| st.epoch) {
             // Never heard of this stream: it has nothing to claim from before we joined.
+            None => return,
+            Some(e) if e > s.epoch => return,
+            Some(e) if e < s.epoch => {
+                // The sender started a new stream: the old one is over.
+                self.finish_stream(now, key);
+                return;
+            }
+            Some(_) => {}
+        }
+        let Some(stream) = self.recv.get_mut(&key) else {
             return;
         };
         if self.config.reliable {
@@ -333,6 +373,11 @@ impl NodeCore {
             return;
         };
         let key = (u.sender, region);
+        match self.recv.get(&key).map(|s| s.epoch) {
+            Some(e) if e > u.epoch => return,
+            Some(e) if e < u.epoch => self.finish_stream(now, key),
+            _ => {}
+        }
         if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
             return;
         }
@@ -340,11 +385,11 @@ impl NodeCore {
         let stream = self
             .recv
             .entry(key)
-            .or_insert_with(|| RecvStream::new(config));
+            .or_insert_with(|| RecvStream::new(config, u.epoch));
         stream.window.skip_to(now, u.skip_to, u.as_loss);
         stream.synced = u.synced;
         stream.window.on_highest(now, u.highest);
-        self.cache.clean(u.sender, u.clean);
+        self.cache.clean(u.sender, u.epoch, u.clean);
         self.drain_stream(key);
     }
 

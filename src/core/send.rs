@@ -9,6 +9,7 @@
 //! Not here: what the region acknowledges and asks again arrives through the ring
 //! (`recovery.rs` calls [`NodeCore::handle_sender_ack`]); every datagram is sealed by the core.
 
+use std::collections::btree_map::Entry;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -16,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use qs_recovery::{PaceChange, Pacer, Resend, SendWindow};
 use qs_transport::wire::{
-    self, DataWriter, Fragment, PacketKind, SenderAck, StreamState, HEADER_LEN, MESSAGE_OVERHEAD,
+    self, DataWriter, Fragment, PacketKind, SenderAck, StreamId, StreamState, HEADER_LEN,
+    MESSAGE_OVERHEAD,
 };
 use qs_transport::{Instant, RegionId, TopicId, TrafficClass, Transmit};
 
@@ -44,6 +46,9 @@ pub(super) struct SendStream {
     group: SocketAddrV4,
     queue: VecDeque<Outgoing>,
     frag: Option<FragCursor>,
+    /// The stream's epoch: a new stream of this node into the region (after a restart, or
+    /// after the region went away and came back) has a higher one.
+    pub(super) epoch: u64,
     /// Sequence numbers, and the packets the region has not acknowledged (reliable mode).
     pub(super) window: SendWindow,
     /// Rate control, while the region lags.
@@ -55,11 +60,12 @@ pub(super) struct SendStream {
 }
 
 impl SendStream {
-    fn new(group: SocketAddrV4, window_packets: usize) -> SendStream {
+    fn new(group: SocketAddrV4, window_packets: usize, epoch: u64) -> SendStream {
         SendStream {
             group,
             queue: VecDeque::new(),
             frag: None,
+            epoch,
             window: SendWindow::new(window_packets),
             pacer: Pacer::new(),
             state_at: None,
@@ -145,10 +151,16 @@ impl NodeCore {
             }
             sent_anywhere = true;
             let group = SocketAddrV4::new(info.group, self.config.data_port);
-            let stream = self
-                .send
-                .entry(region)
-                .or_insert_with(|| SendStream::new(group, window));
+            let stream = match self.send.entry(region) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => {
+                    // Epochs grow with the incarnation, then with every stream this process
+                    // starts, so a restarted sender never reuses one.
+                    self.streams_started += 1;
+                    let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
+                    e.insert(SendStream::new(group, window, epoch))
+                }
+            };
             if stream.queue.is_empty() {
                 self.ready.push_back(region);
             }
@@ -174,12 +186,12 @@ impl NodeCore {
         self.queued_bytes == 0 || self.queued_bytes + len <= self.config.send_queue_bytes
     }
 
-    /// The highest packet of this node's own stream into `region`, if any went out.
-    pub(super) fn own_highest(&self, region: RegionId) -> Option<qs_transport::Seq> {
+    /// This node's own stream into `region` — its epoch and highest packet — if any went out.
+    pub(super) fn own_stream(&self, region: RegionId) -> Option<(u64, qs_transport::Seq)> {
         self.send
             .get(&region)
             .filter(|s| s.window.started())
-            .map(|s| s.window.highest())
+            .map(|s| (s.epoch, s.window.highest()))
     }
 
     /// Throws away send streams of regions that no longer exist (counted).
@@ -212,6 +224,7 @@ impl NodeCore {
             .find(|(_, s)| s.state_at.is_some_and(|t| t <= now))?;
         let state = StreamState {
             region: *region,
+            epoch: stream.epoch,
             highest: stream.window.highest(),
             floor: stream.window.acked(),
         };
@@ -257,12 +270,16 @@ impl NodeCore {
         let frag_capacity = Fragment::payload_capacity(budget);
         let stream = self.send.get_mut(&region)?;
         let seq = stream.window.next_seq();
+        let id = StreamId {
+            region,
+            epoch: stream.epoch,
+        };
         let head_len = stream.queue.front()?.payload.len();
         let packs = stream.frag.is_none()
             && HEADER_LEN + wire::DATA_FIXED_LEN + MESSAGE_OVERHEAD + head_len <= budget
             && head_len <= usize::from(u16::MAX);
         let len = if packs {
-            let mut w = DataWriter::new(&mut buf[..budget], &header, region, seq).ok()?;
+            let mut w = DataWriter::new(&mut buf[..budget], &header, id, seq).ok()?;
             while let Some(m) = stream.queue.front() {
                 if !w.push(m.topic, &m.payload) {
                     break;
@@ -284,7 +301,7 @@ impl NodeCore {
             let len = Fragment::write(
                 buf,
                 &frag_header,
-                region,
+                id,
                 seq,
                 cursor.index,
                 cursor.count,
@@ -343,6 +360,12 @@ impl NodeCore {
         let Some(stream) = self.send.get_mut(&ack.region) else {
             return;
         };
+        if ack.epoch != stream.epoch {
+            // About a stream of ours that no longer exists (before a restart, or an earlier
+            // stream into this region): nothing of the current one is stable by it.
+            self.stats.acks_refused += 1;
+            return;
+        }
         let acked_before = stream.window.acked();
         self.stats.acked_packets += stream.window.ack(ack.stable);
         if self.config.rate_control

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
     Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate, RepairRequest,
-    Seal, SenderAck, SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError, HEADER_LEN,
+    Seal, SenderAck, SeqRange, StreamId, StreamState, Token, TokenAck, TokenRecord, WireError,
+    DATA_FIXED_LEN, HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
@@ -74,6 +75,7 @@ fn token() -> impl Strategy<Value = Token> {
                 |((s, h, c, prefix, lag, cl), pp, pc, lack, naks, (rc, rmin, rmax, rsum))| {
                     TokenRecord {
                         sender: NodeId(s),
+                        epoch: s.rotate_left(17) ^ h as u64,
                         highest: Seq(h),
                         cutoff: Seq(c),
                         prefix,
@@ -125,10 +127,10 @@ proptest! {
         let a = TokenAck { region: RegionId(ack.0), view: ack.1, round: ack.2, hop: ack.3 };
         let n = a.write(&mut buf).unwrap();
         prop_assert_eq!(TokenAck::parse(&buf[..n]).unwrap(), a);
-        let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), ranges: req.2 };
+        let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), epoch: req.0 ^ req.1, ranges: req.2 };
         let n = r.write(&mut buf).unwrap();
         prop_assert_eq!(RepairRequest::parse(&buf[..n]).unwrap(), r);
-        let s = SenderAck { region: RegionId(sack.0), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
+        let s = SenderAck { region: RegionId(sack.0), epoch: sack.0.rotate_left(9), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
         let n = s.write(&mut buf).unwrap();
         prop_assert_eq!(SenderAck::parse(&buf[..n]).unwrap(), s);
     }
@@ -149,7 +151,7 @@ proptest! {
         msgs in prop::collection::vec((any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)), 0..20),
     ) {
         let mut buf = vec![0u8; 1472];
-        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, sender), RegionId(region), Seq(seq)).unwrap();
+        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, sender), StreamId { region: RegionId(region), epoch: region ^ 5 }, Seq(seq)).unwrap();
         let mut written = Vec::new();
         for (t, p) in &msgs {
             if !w.push(TopicId(*t), p) { break; }
@@ -161,7 +163,7 @@ proptest! {
         prop_assert_eq!(h.sender, NodeId(sender));
         prop_assert_eq!(h.kind, PacketKind::Data);
         let pkt = DataPacket::parse(Bytes::copy_from_slice(body)).unwrap();
-        prop_assert_eq!(pkt.region, RegionId(region));
+        prop_assert_eq!((pkt.region, pkt.epoch), (RegionId(region), region ^ 5));
         prop_assert_eq!(pkt.seq, Seq(seq));
         let got: Vec<(TopicId, Vec<u8>)> = pkt.messages().map(|(t, b)| (t, b.to_vec())).collect();
         prop_assert_eq!(got, written);
@@ -173,7 +175,7 @@ proptest! {
         let total = total.max(payload.len() as u32);
         let count = index + extra;
         let mut buf = vec![0u8; 1472];
-        let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), RegionId(2), Seq(3),
+        let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), StreamId { region: RegionId(2), epoch: 7 }, Seq(3),
             index, count, TopicId(topic), total, &payload).unwrap();
         let len = Seal::new().seal(&mut buf, len).unwrap();
         let (_, body) = Seal::new().open(&buf[..len]).unwrap();
@@ -201,7 +203,7 @@ proptest! {
 
     #[test]
     fn stream_states_round_trip(region: u64, seq: u32) {
-        let s = StreamState { region: RegionId(region), highest: Seq(seq), floor: Seq(seq.wrapping_sub(7)) };
+        let s = StreamState { region: RegionId(region), epoch: region.rotate_left(3), highest: Seq(seq), floor: Seq(seq.wrapping_sub(7)) };
         let mut buf = [0u8; 64];
         header(PacketKind::StreamState, 1).write(&mut buf).unwrap();
         let n = s.write(&mut buf[HEADER_LEN..]).unwrap();
@@ -233,7 +235,7 @@ proptest! {
     #[test]
     fn any_single_bit_flip_is_rejected(flip in 0usize..(8 * 60)) {
         let mut buf = vec![0u8; 1472];
-        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
+        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, 1), StreamId { region: RegionId(2), epoch: 9 }, Seq(3)).unwrap();
         assert!(w.push(TopicId(4), b"hello, multicast world: some bytes"));
         let len = w.finish().unwrap();
         let len = Seal::new().seal(&mut buf, len).unwrap();
@@ -246,13 +248,21 @@ proptest! {
 #[test]
 fn a_packet_with_a_lying_message_length_is_malformed() {
     let mut buf = vec![0u8; 200];
-    let mut w =
-        DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
+    let mut w = DataWriter::new(
+        &mut buf,
+        &header(PacketKind::Data, 1),
+        StreamId {
+            region: RegionId(2),
+            epoch: 9,
+        },
+        Seq(3),
+    )
+    .unwrap();
     assert!(w.push(TopicId(4), b"abc"));
     let len = w.finish().unwrap();
     let len = Seal::new().seal(&mut buf, len).unwrap();
     let mut body = buf[HEADER_LEN..len].to_vec();
-    body[16 + 9] = 200; // the message now claims 200 bytes
+    body[DATA_FIXED_LEN + 9] = 200; // the message now claims 200 bytes
     assert_eq!(
         DataPacket::parse(Bytes::from(body)).unwrap_err(),
         WireError::Malformed

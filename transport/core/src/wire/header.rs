@@ -13,7 +13,7 @@ use super::{u16_at, u32_at, u64_at, WireError};
 /// `"QS"`.
 pub const MAGIC: u16 = 0x5153;
 /// The wire version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes in the common header.
 pub const HEADER_LEN: usize = field::SENDER.end;
 

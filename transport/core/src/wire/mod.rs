@@ -25,7 +25,7 @@ mod stream;
 pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
 pub use data::{
     data_field, fragment_field, message_field, DataPacket, DataWriter, Fragment, MessageIter,
-    DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
+    StreamId, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
 };
 pub use header::{field, Header, PacketKind, Seal, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
 pub use recovery::{

@@ -33,6 +33,8 @@ pub const MAX_PARTITIONS: usize = 32;
 pub struct TokenRecord {
     /// The sender whose stream (in the token's region) this is about.
     pub sender: NodeId,
+    /// The stream's epoch (a restarted or recreated sender's stream is another stream).
+    pub epoch: u64,
     /// Highest sequence number any member visited so far has heard of.
     pub highest: Seq,
     /// NAK cut-off: the previous round's `highest`. Members repair only up to here, so
@@ -246,7 +248,8 @@ const TOKEN_FIXED_LEN: usize = 8 + 8 + 4 + 2 + 1 + 2;
 impl TokenRecord {
     /// Bytes this record takes on the wire.
     pub fn wire_len(&self) -> usize {
-        8 + 4 * 4
+        8 + 8
+            + 4 * 4
             + 8
             + 2 * (4 + 4 * self.partition_prefix.len())
             + ranges_len(&self.lack)
@@ -291,6 +294,7 @@ impl Token {
         )?;
         for r in &self.records {
             put_u64(buf, &mut at, r.sender.0)?;
+            put_u64(buf, &mut at, r.epoch)?;
             put_u32(buf, &mut at, r.highest.0)?;
             put_u32(buf, &mut at, r.cutoff.0)?;
             put_u32(buf, &mut at, r.prefix.map_or(0, |s| s.0))?;
@@ -322,10 +326,11 @@ impl Token {
             return Err(WireError::Malformed);
         }
         let n = usize::from(r.u16()?);
-        r.need(n * 8)?;
+        r.need(n * 16)?;
         let mut records = Vec::with_capacity(n);
         for _ in 0..n {
             let sender = NodeId(r.u64()?);
+            let epoch = r.u64()?;
             let highest = Seq(r.u32()?);
             let cutoff = Seq(r.u32()?);
             let prefix = Seq(r.u32()?);
@@ -338,6 +343,7 @@ impl Token {
             let has_prefix = flags & 1 == 1;
             records.push(TokenRecord {
                 sender,
+                epoch,
                 highest,
                 cutoff,
                 prefix: has_prefix.then_some(prefix),
@@ -417,6 +423,8 @@ pub struct RepairRequest {
     pub region: RegionId,
     /// The stream's sender.
     pub sender: NodeId,
+    /// The stream's epoch.
+    pub epoch: u64,
     /// The missing packets.
     pub ranges: Vec<SeqRange>,
 }
@@ -427,6 +435,7 @@ impl RepairRequest {
         let mut at = 0;
         put_u64(buf, &mut at, self.region.0)?;
         put_u64(buf, &mut at, self.sender.0)?;
+        put_u64(buf, &mut at, self.epoch)?;
         put_ranges(buf, &mut at, &self.ranges)?;
         Ok(at)
     }
@@ -437,6 +446,7 @@ impl RepairRequest {
         let req = RepairRequest {
             region: RegionId(r.u64()?),
             sender: NodeId(r.u64()?),
+            epoch: r.u64()?,
             ranges: r.ranges()?,
         };
         r.end()?;
@@ -451,6 +461,8 @@ impl RepairRequest {
 pub struct SenderAck {
     /// The region.
     pub region: RegionId,
+    /// The epoch of the sender's stream this is about.
+    pub epoch: u64,
     /// Every member of the region view has everything up to here.
     pub stable: Seq,
     /// The highest sequence number any member heard of.
@@ -466,6 +478,7 @@ impl SenderAck {
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, WireError> {
         let mut at = 0;
         put_u64(buf, &mut at, self.region.0)?;
+        put_u64(buf, &mut at, self.epoch)?;
         put_u32(buf, &mut at, self.stable.0)?;
         put_u32(buf, &mut at, self.highest.0)?;
         put_u32(buf, &mut at, self.slowest_rate)?;
@@ -478,6 +491,7 @@ impl SenderAck {
         let mut r = Reader { b: body, at: 0 };
         let ack = SenderAck {
             region: RegionId(r.u64()?),
+            epoch: r.u64()?,
             stable: Seq(r.u32()?),
             highest: Seq(r.u32()?),
             slowest_rate: r.u32()?,
