@@ -101,6 +101,12 @@ pub struct NodeCore {
     /// Streams whose release stopped because the application is behind (reliable mode).
     stalled: BTreeSet<(NodeId, RegionId)>,
     health_clock: cluster::HealthClock,
+    /// Senders gossip declared down, and since when: their streams stay open for
+    /// `departed_grace` (they may be paused, not dead).
+    departed_at: BTreeMap<NodeId, Instant>,
+    /// Streams closed for good, most recent last (bounded): sender and epoch. Stragglers of
+    /// them are dropped instead of starting the stream over.
+    tombstones: VecDeque<(NodeId, u64)>,
     /// Send streams this process started (the low bits of their epochs).
     streams_started: u64,
     prng: Prng,
@@ -147,6 +153,8 @@ impl NodeCore {
             stalled: BTreeSet::new(),
             health_clock: cluster::HealthClock::default(),
             streams_started: 0,
+            departed_at: BTreeMap::new(),
+            tombstones: VecDeque::new(),
             prng,
             stats: CoreStats::default(),
         }
@@ -466,6 +474,7 @@ impl Driven for NodeCore {
             s.tick(now);
         }
         self.recv_timeout(now);
+        self.departed_timeout(now);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -485,11 +494,17 @@ impl Driven for NodeCore {
         let holes = self.recv.values().filter_map(|s| s.window.deadline());
         let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
         let gossip = self.gossip.poll_timeout();
+        let grace = self
+            .departed_at
+            .values()
+            .min()
+            .map(|t| *t + self.config.departed_grace);
         Some(
             streams
                 .chain(holes)
                 .chain(ring)
                 .chain(gossip)
+                .chain(grace)
                 .fold(self.discovery.poll_timeout(), Instant::min),
         )
     }

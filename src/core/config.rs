@@ -68,6 +68,10 @@ pub struct CoreConfig {
     /// Unicast addresses of peers to join the gossip plane through (besides the peers the
     /// multicast announcements find).
     pub gossip_seeds: Vec<SocketAddr>,
+    /// How long the streams of a sender that gossip declared down are kept open (its members'
+    /// holes still waiting for it) before they are closed and what they lack reported as
+    /// gaps. A paused or falsely suspected sender that comes back within it loses nothing.
+    pub departed_grace: Duration,
     /// About how long a silent member stays before the gossip plane's failure detector
     /// declares it down (it scales SWIM's suspicion timeout); `None`: gossip's default.
     pub failure_timeout: Option<Duration>,
@@ -110,6 +114,7 @@ impl CoreConfig {
             gossip_round: Duration::from_millis(200),
             gossip_seeds: Vec::new(),
             failure_timeout: None,
+            departed_grace: Duration::from_secs(30),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
         }

@@ -21,6 +21,9 @@ use qs_transport::{Instant, NodeId, TopicId};
 
 use super::{CoreConfig, Event, NodeCore};
 
+/// Most senders waiting out their grace time at once (beyond it, streams close at once).
+const DEPARTED_MAX: usize = 4096;
+
 /// A peer found by the multicast announcements that gossip holds alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer<'a> {
@@ -57,12 +60,37 @@ impl NodeCore {
             .is_some_and(|m| matches!(m.status, Status::Down | Status::Left))
     }
 
-    /// Those of `ids` that departed, sorted, without repeats.
-    pub(super) fn departed_among(&self, ids: impl Iterator<Item = NodeId>) -> Vec<NodeId> {
-        let mut out: Vec<NodeId> = ids.filter(|id| self.is_departed(*id)).collect();
+    /// Whether `sender`'s stream of `epoch` (or a later one) was closed here for good.
+    pub(super) fn is_closed(&self, sender: NodeId, epoch: u64) -> bool {
+        self.tombstones
+            .iter()
+            .any(|(s, e)| *s == sender && *e >= epoch)
+    }
+
+    /// Those of `ids` whose streams were closed here for good, sorted, without repeats (the
+    /// ring drops their records).
+    pub(super) fn closed_among(&self, ids: impl Iterator<Item = NodeId>) -> Vec<NodeId> {
+        let mut out: Vec<NodeId> = ids
+            .filter(|id| self.tombstones.iter().any(|(s, _)| s == id))
+            .collect();
         out.sort_unstable();
         out.dedup();
         out
+    }
+
+    /// Closes the streams of senders declared down longer than `departed_grace` ago.
+    pub(super) fn departed_timeout(&mut self, now: Instant) {
+        let grace = self.config.departed_grace;
+        let due: Vec<NodeId> = self
+            .departed_at
+            .iter()
+            .filter(|(_, t)| **t + grace <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.departed_at.remove(&id);
+            self.sender_gone(now, id);
+        }
     }
 
     /// A unicast address for `id`: gossip's member record, else its subscription record.
@@ -140,17 +168,35 @@ impl NodeCore {
         let mut changed = false;
         while let Some(e) = self.gossip.poll_event() {
             match e {
-                GossipEvent::Membership(
-                    MembershipEvent::MemberDown { id } | MembershipEvent::MemberLeft { id },
-                ) if id != self.config.id => {
+                GossipEvent::Membership(MembershipEvent::MemberDown { id })
+                    if id != self.config.id =>
+                {
+                    // Failed, or only paused: its streams wait (their holes may still come
+                    // from it) until it returns or the grace time ends.
+                    if self.departed_at.len() < DEPARTED_MAX {
+                        self.departed_at.entry(id).or_insert(now);
+                    } else {
+                        self.sender_gone(now, id);
+                    }
+                    self.discovery.forget(id);
+                    self.events.push_back(Event::PeerDown(id));
+                }
+                GossipEvent::Membership(MembershipEvent::MemberLeft { id })
+                    if id != self.config.id =>
+                {
+                    // A goodbye: it waited for its streams to be acknowledged first.
+                    self.departed_at.remove(&id);
                     self.sender_gone(now, id);
                     self.discovery.forget(id);
                     self.events.push_back(Event::PeerDown(id));
                 }
-                GossipEvent::Membership(MembershipEvent::MemberUp { id, .. })
-                    if id != self.config.id =>
-                {
-                    self.events.push_back(Event::PeerUp(id));
+                GossipEvent::Membership(
+                    MembershipEvent::MemberUp { id, .. } | MembershipEvent::MemberAlive { id, .. },
+                ) if id != self.config.id => {
+                    self.departed_at.remove(&id);
+                    if matches!(e, GossipEvent::Membership(MembershipEvent::MemberUp { .. })) {
+                        self.events.push_back(Event::PeerUp(id));
+                    }
                 }
                 GossipEvent::SubscriptionsChanged(id) => {
                     changed |= self.apply_record(id);

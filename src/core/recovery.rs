@@ -68,7 +68,7 @@ impl NodeCore {
         };
         let region = ring.region();
         let streams = self.stream_progress();
-        let departed = self.departed_among(
+        let departed = self.closed_among(
             streams
                 .iter()
                 .map(|s| s.sender)
@@ -213,8 +213,20 @@ impl NodeCore {
         }
     }
 
-    /// A peer is gone: what its streams still miss can never come; report it and forget it.
+    /// A peer is gone for good: what its streams still miss can never come; report it and
+    /// forget it (its stragglers are dropped by the tombstones).
     pub(super) fn sender_gone(&mut self, now: Instant, id: NodeId) {
+        let epochs: Vec<u64> = self
+            .recv
+            .range((id, qs_transport::RegionId(0))..=(id, qs_transport::RegionId(u64::MAX)))
+            .map(|(_, s)| s.epoch)
+            .collect();
+        for epoch in epochs {
+            if self.tombstones.len() >= TOMBSTONES_MAX {
+                self.tombstones.pop_front();
+            }
+            self.tombstones.push_back((id, epoch));
+        }
         self.close_streams_of(now, id);
         self.cache.forget(id);
         if let Some(ring) = self.ring.as_mut() {
@@ -222,3 +234,6 @@ impl NodeCore {
         }
     }
 }
+
+/// Closed streams remembered (their stragglers are dropped).
+const TOMBSTONES_MAX: usize = 1024;

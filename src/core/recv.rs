@@ -148,9 +148,9 @@ impl NodeCore {
             _ => {}
         }
         if !self.recv.contains_key(&key) {
-            if self.is_departed(sender) {
-                // A straggler (a second repair copy) of a sender declared gone whose stream
-                // was closed: delivering it would start the stream over.
+            if self.is_closed(sender, epoch) {
+                // A straggler (a second repair copy) of a stream closed for good: delivering
+                // it would start the stream over.
                 self.stats.drops.stale += 1;
                 return;
             }
