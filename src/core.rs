@@ -104,9 +104,11 @@ pub struct NodeCore {
     /// Senders gossip declared down, and since when: their streams stay open for
     /// `departed_grace` (they may be paused, not dead).
     departed_at: BTreeMap<NodeId, Instant>,
-    /// Streams closed for good, most recent last (bounded): sender and epoch. Stragglers of
-    /// them are dropped instead of starting the stream over.
-    tombstones: VecDeque<(NodeId, u64)>,
+    /// Streams closed for good: per sender the latest closed epoch, sorted by sender
+    /// (bounded; the oldest closed is forgotten first, see `closed_order`). Stragglers and
+    /// ring records of them are dropped instead of starting the stream over.
+    closed: Vec<(NodeId, u64)>,
+    closed_order: VecDeque<NodeId>,
     /// Send streams this process started (the low bits of their epochs).
     streams_started: u64,
     prng: Prng,
@@ -154,7 +156,8 @@ impl NodeCore {
             health_clock: cluster::HealthClock::default(),
             streams_started: 0,
             departed_at: BTreeMap::new(),
-            tombstones: VecDeque::new(),
+            closed: Vec::new(),
+            closed_order: VecDeque::new(),
             prng,
             stats: CoreStats::default(),
         }

@@ -23,6 +23,8 @@ use super::{CoreConfig, Event, NodeCore};
 
 /// Most senders waiting out their grace time at once (beyond it, streams close at once).
 const DEPARTED_MAX: usize = 4096;
+/// Closed streams remembered (their stragglers are dropped).
+const CLOSED_MAX: usize = 1024;
 
 /// A peer found by the multicast announcements that gossip holds alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,20 +64,27 @@ impl NodeCore {
 
     /// Whether `sender`'s stream of `epoch` (or a later one) was closed here for good.
     pub(super) fn is_closed(&self, sender: NodeId, epoch: u64) -> bool {
-        self.tombstones
-            .iter()
-            .any(|(s, e)| *s == sender && *e >= epoch)
+        match self.closed.binary_search_by_key(&sender, |(s, _)| *s) {
+            Ok(i) => self.closed[i].1 >= epoch,
+            Err(_) => false,
+        }
     }
 
-    /// Those of `ids` whose streams were closed here for good, sorted, without repeats (the
-    /// ring drops their records).
-    pub(super) fn closed_among(&self, ids: impl Iterator<Item = NodeId>) -> Vec<NodeId> {
-        let mut out: Vec<NodeId> = ids
-            .filter(|id| self.tombstones.iter().any(|(s, _)| s == id))
-            .collect();
-        out.sort_unstable();
-        out.dedup();
-        out
+    /// Remembers that `sender`'s stream of `epoch` is closed for good.
+    pub(super) fn remember_closed(&mut self, sender: NodeId, epoch: u64) {
+        match self.closed.binary_search_by_key(&sender, |(s, _)| *s) {
+            Ok(i) => self.closed[i].1 = self.closed[i].1.max(epoch),
+            Err(_) => {
+                if self.closed_order.len() >= CLOSED_MAX {
+                    if let Some(old) = self.closed_order.pop_front() {
+                        self.closed.retain(|(s, _)| *s != old);
+                    }
+                }
+                let i = self.closed.partition_point(|(s, _)| *s < sender);
+                self.closed.insert(i, (sender, epoch));
+                self.closed_order.push_back(sender);
+            }
+        }
     }
 
     /// Closes the streams of senders declared down longer than `departed_grace` ago.

@@ -60,27 +60,19 @@ impl NodeCore {
             .collect()
     }
 
-    /// Runs the ring with a snapshot of this node (`extra`: senders a token names, so that
-    /// departed ones among them are known), then applies what it decided.
-    fn with_ring(&mut self, now: Instant, extra: &[NodeId], f: impl FnOnce(&mut Ring, &Local<'_>)) {
+    /// Runs the ring with a snapshot of this node, then applies what it decided.
+    fn with_ring(&mut self, now: Instant, f: impl FnOnce(&mut Ring, &Local<'_>)) {
         let Some(ring) = self.ring.as_ref() else {
             return;
         };
         let region = ring.region();
         let streams = self.stream_progress();
-        let departed = self.closed_among(
-            streams
-                .iter()
-                .map(|s| s.sender)
-                .chain(ring.senders())
-                .chain(extra.iter().copied()),
-        );
         let app_behind =
             !self.stalled.is_empty() || self.events.len() > self.config.max_pending_events / 2;
         let local = Local {
             streams: &streams,
             own: self.own_stream(region),
-            departed: &departed,
+            closed: &self.closed,
             cache: &self.cache,
             window_capacity: self.config.reorder_window_packets,
             can_add_stream: self.recv.len() < self.config.max_streams,
@@ -99,15 +91,14 @@ impl NodeCore {
             .and_then(Ring::poll_timeout)
             .is_some_and(|t| t <= now)
         {
-            self.with_ring(now, &[], |ring, local| ring.handle_timeout(now, local));
+            self.with_ring(now, |ring, local| ring.handle_timeout(now, local));
         }
     }
 
     pub(super) fn handle_token(&mut self, now: Instant, from: NodeId, body: &[u8]) {
         match Token::parse(body) {
             Ok(token) if Some(token.region) == self.own_region => {
-                let senders: Vec<NodeId> = token.records.iter().map(|r| r.sender).collect();
-                self.with_ring(now, &senders, |ring, local| {
+                self.with_ring(now, |ring, local| {
                     ring.handle_token(now, from, token, local)
                 });
             }
@@ -120,7 +111,7 @@ impl NodeCore {
         match TokenAck::parse(body) {
             Ok(ack) => {
                 if let Some(ring) = self.ring.as_mut() {
-                    ring.handle_token_ack(ack);
+                    ring.handle_token_ack(now, ack);
                 }
                 self.pump_ring(now);
             }
@@ -201,6 +192,9 @@ impl NodeCore {
                 RingAction::Rejoined { sender } => {
                     self.events.push_back(Event::Rejoined { sender });
                 }
+                RingAction::ViewMismatch { .. } => {
+                    // Gossip reconciles the views; the next rounds use the common one.
+                }
                 RingAction::Slow(s) => {
                     self.stats.slow_receivers += 1;
                     self.events.push_back(Event::SlowReceiver {
@@ -222,10 +216,7 @@ impl NodeCore {
             .map(|(_, s)| s.epoch)
             .collect();
         for epoch in epochs {
-            if self.tombstones.len() >= TOMBSTONES_MAX {
-                self.tombstones.pop_front();
-            }
-            self.tombstones.push_back((id, epoch));
+            self.remember_closed(id, epoch);
         }
         self.close_streams_of(now, id);
         self.cache.forget(id);
@@ -234,6 +225,3 @@ impl NodeCore {
         }
     }
 }
-
-/// Closed streams remembered (their stragglers are dropped).
-const TOMBSTONES_MAX: usize = 1024;

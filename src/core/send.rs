@@ -53,6 +53,9 @@ pub(super) struct SendStream {
     pub(super) window: SendWindow,
     /// Rate control, while the region lags.
     pub(super) pacer: Pacer,
+    /// Every member of the region has everything up to here (the leader's last floor): what
+    /// stream states tell receivers to start after.
+    floor: qs_transport::Seq,
     /// When to send the next stream state, if one is due.
     state_at: Option<Instant>,
     state_repeats_left: u32,
@@ -68,6 +71,7 @@ impl SendStream {
             epoch,
             window: SendWindow::new(window_packets),
             pacer: Pacer::new(),
+            floor: qs_transport::Seq(0),
             state_at: None,
             state_repeats_left: 0,
             state_backoff: Duration::ZERO,
@@ -226,7 +230,7 @@ impl NodeCore {
             region: *region,
             epoch: stream.epoch,
             highest: stream.window.highest(),
-            floor: stream.window.acked(),
+            floor: stream.floor,
         };
         header.write(buf).ok()?;
         let len = HEADER_LEN + state.write(&mut buf[HEADER_LEN..]).ok()?;
@@ -368,6 +372,9 @@ impl NodeCore {
         }
         let acked_before = stream.window.acked();
         self.stats.acked_packets += stream.window.ack(ack.stable);
+        if !ack.stable.is_before(ack.floor) && stream.floor.is_before(ack.floor) {
+            stream.floor = ack.floor;
+        }
         if self.config.rate_control
             && stream.pacer.on_ack(now, ack.slowest_rate) == PaceChange::Engaged
         {

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
     Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate, RepairRequest,
-    Seal, SenderAck, SeqRange, StreamId, StreamState, Token, TokenAck, TokenRecord, WireError,
-    DATA_FIXED_LEN, HEADER_LEN,
+    Scope, Seal, SenderAck, SeqRange, StreamId, StreamState, Token, TokenAck, TokenRecord,
+    WireError, DATA_FIXED_LEN, HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
@@ -81,7 +81,11 @@ fn token() -> impl Strategy<Value = Token> {
                         prefix,
                         laggard: prefix.map(|_| NodeId(lag)),
                         cleanup: Seq(cl),
+                        stable: Seq(cl.wrapping_add(h)),
                         cleanup_unknown: cl % 3 == 0,
+                        partial: u64::from(h).rotate_left(5),
+                        incomplete: h % 7 == 0,
+                        reported: c as u64 ^ (h as u64) << 13,
                         partition_prefix: pp,
                         partition_current: pc,
                         lack,
@@ -106,7 +110,13 @@ fn token() -> impl Strategy<Value = Token> {
                 region: RegionId(region),
                 view,
                 round,
+                scope: if round % 3 == 0 {
+                    Scope::Region
+                } else {
+                    Scope::Partition((round % 32) as u8)
+                },
                 hop,
+                skipped: view.rotate_left(7),
                 records,
             })
     })
@@ -124,13 +134,13 @@ proptest! {
         let n = t.write(&mut buf).unwrap();
         prop_assert_eq!(n, t.wire_len());
         prop_assert_eq!(Token::parse(&buf[..n]).unwrap(), t);
-        let a = TokenAck { region: RegionId(ack.0), view: ack.1, round: ack.2, hop: ack.3 };
+        let a = TokenAck { region: RegionId(ack.0), view: ack.1, round: ack.2, scope: if ack.3 % 2 == 0 { Scope::Region } else { Scope::Partition((ack.3 % 32) as u8) }, hop: ack.3 };
         let n = a.write(&mut buf).unwrap();
         prop_assert_eq!(TokenAck::parse(&buf[..n]).unwrap(), a);
         let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), epoch: req.0 ^ req.1, ranges: req.2 };
         let n = r.write(&mut buf).unwrap();
         prop_assert_eq!(RepairRequest::parse(&buf[..n]).unwrap(), r);
-        let s = SenderAck { region: RegionId(sack.0), epoch: sack.0.rotate_left(9), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
+        let s = SenderAck { region: RegionId(sack.0), epoch: sack.0.rotate_left(9), stable: Seq(sack.1), floor: Seq(sack.1.wrapping_sub(3)), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
         let n = s.write(&mut buf).unwrap();
         prop_assert_eq!(SenderAck::parse(&buf[..n]).unwrap(), s);
     }
@@ -173,7 +183,7 @@ proptest! {
     fn fragments_round_trip(index in 0u16..100, extra in 1u16..100, topic: u64, total: u32,
         payload in prop::collection::vec(any::<u8>(), 0..1400)) {
         let total = total.max(payload.len() as u32);
-        let count = index + extra;
+        let count = (index + extra).max(2); // a message of one fragment is not fragmented
         let mut buf = vec![0u8; 1472];
         let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), StreamId { region: RegionId(2), epoch: 7 }, Seq(3),
             index, count, TopicId(topic), total, &payload).unwrap();

@@ -29,7 +29,7 @@ pub use data::{
 };
 pub use header::{field, Header, PacketKind, Seal, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
 pub use recovery::{
-    RateAggregate, RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
+    RateAggregate, RepairRequest, Scope, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
     MAX_PARTITIONS, TOKEN_ACK_LEN,
 };
 pub use stream::{StreamState, STREAM_STATE_LEN};
