@@ -36,11 +36,16 @@
 #![forbid(unsafe_code)]
 
 pub mod core;
+mod events;
+pub mod metrics;
 mod node;
+mod publisher;
 
+pub use events::{Events, NodeEvent};
 pub use node::{
     Message, Node, NodeBuilder, PeerInfo, PublishError, RecvError, Stats, Subscription,
 };
+pub use publisher::Publisher;
 pub use qs_runtime::{RuntimeStats, SocketBuffers};
 pub use qs_transport::{NodeId, RegionId, TopicId};
 
