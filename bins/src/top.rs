@@ -26,7 +26,7 @@ use quicksilver::core::{ClusterMap, MemberView, RegionView};
 use quicksilver::{Node, RegionId};
 use serde_json::{json, Value};
 
-use crate::NetArgs;
+use crate::NodeOpts as NetArgs;
 
 /// `qs top` options.
 #[derive(Args, Debug)]
@@ -93,7 +93,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<ExitCode> {
         .map(|d| seconds("--duration", d, true))
         .transpose()?;
     STOP.get_or_init(qs_runtime::os::interrupt_flag);
-    let node = a.net.builder().build().context("starting the node")?;
+    let node = a.net.builder()?.build().context("starting the node")?;
     let result = if a.json {
         snapshot(&node, &a.net, wait)
     } else {
@@ -234,7 +234,7 @@ fn render(map: &ClusterMap, net: &NetArgs, up: Duration) -> String {
     let _ = writeln!(
         s,
         "qs top  cluster {:?}  node {}{}  up {:.0} s  (Ctrl-C to quit)",
-        net.cluster,
+        net.cluster_name(),
         map.me,
         me.map(|m| format!(" ({})", m.addr)).unwrap_or_default(),
         up.as_secs_f64()
@@ -428,7 +428,7 @@ fn map_json(map: &ClusterMap, net: &NetArgs) -> Value {
         .map(|(n, c)| ((*n).to_owned(), json!(c)))
         .collect();
     json!({
-        "cluster_name": net.cluster,
+        "cluster_name": net.cluster_name(),
         "me": map.me.to_string(),
         "counts": counts,
         "members": members,
