@@ -37,7 +37,7 @@ done
 need_root
 repo=$(cd "$here/../.." && pwd)
 [ -n "$qs" ] || qs=$repo/target/release/qs
-[ -x "$qs" ] || { echo "bench-ns.sh: $qs not found: cargo build --release -p qs-cli" >&2; exit 1; }
+[ -x "$qs" ] || { echo "bench-ns.sh: $qs not found: cargo build --release -p quicksilver-cli" >&2; exit 1; }
 
 prefix="qsb$$"
 prefix=${prefix:0:11}
