@@ -636,7 +636,11 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
                 last = Instant::now();
                 tally.record(&m);
                 if print {
-                    writeln!(out, "{}", printable(&m.payload))?;
+                    match writeln!(out, "{}", printable(&m.payload)) {
+                        // The reader went away (`qs sub | head`): stop like Ctrl-C.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break "closed",
+                        r => r?,
+                    }
                 }
                 if !a.delay.is_zero() {
                     consume_for(a.delay);
@@ -650,7 +654,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
             Err(RecvError::Closed) => break "closed",
         }
     };
-    out.flush()?;
+    let _ = out.flush();
     drop(out);
     let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
     let stats = node.stats()?;
