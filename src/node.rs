@@ -406,7 +406,11 @@ impl NodeBuilder {
         };
         let thread = std::thread::Builder::new()
             .name(format!("qs-node-{id}"))
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                // Every log line of the node thread names the node (a field in JSON logs).
+                let _span = tracing::info_span!("qs_node", node = %id).entered();
+                worker.run()
+            })?;
         let mut node = Node {
             id,
             local_addr,

@@ -637,11 +637,11 @@ mod tests {
             me: NodeId(1),
             members: vec![
                 member(1, Some(Status::Alive), None),
-                member(2, Some(Status::Alive), Some(RegionId(0xabcdef12_3456))),
-                member(3, Some(Status::Down), Some(RegionId(0xabcdef12_3456))),
+                member(2, Some(Status::Alive), Some(RegionId(0xabcd_ef12_3456))),
+                member(3, Some(Status::Down), Some(RegionId(0xabcd_ef12_3456))),
             ],
             regions: vec![RegionView {
-                id: RegionId(0xabcdef12_3456),
+                id: RegionId(0xabcd_ef12_3456),
                 group: "239.255.16.7".parse().unwrap(),
                 topics: 1,
                 members: vec![NodeId(2), NodeId(3)],
