@@ -254,6 +254,16 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     bar.finish();
+    if plain {
+        let delivered: u64 = subscribers
+            .iter()
+            .map(|s| s.delivered.load(Ordering::Relaxed))
+            .sum();
+        println!(
+            "  delivered {delivered} / {total_expected} messages in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
     for p in publishers {
         p.join().expect("publisher thread")?;
     }
