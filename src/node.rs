@@ -764,15 +764,22 @@ impl std::fmt::Debug for Subscription {
 impl Subscription {
     /// Waits for the next message.
     pub fn recv(&self) -> Result<Message, RecvError> {
-        self.rx.recv().map_err(|_| RecvError::Closed)
+        match recv_spinning(&self.rx) {
+            Some(r) => r,
+            None => self.rx.recv().map_err(|_| RecvError::Closed),
+        }
     }
 
     /// Waits at most `timeout` for the next message.
     pub fn recv_timeout(&self, timeout: Duration) -> Result<Message, RecvError> {
-        self.rx.recv_timeout(timeout).map_err(|e| match e {
-            flume::RecvTimeoutError::Timeout => RecvError::Empty,
-            flume::RecvTimeoutError::Disconnected => RecvError::Closed,
-        })
+        let deadline = std::time::Instant::now() + timeout;
+        match recv_spinning(&self.rx) {
+            Some(r) => r,
+            None => self.rx.recv_deadline(deadline).map_err(|e| match e {
+                flume::RecvTimeoutError::Timeout => RecvError::Empty,
+                flume::RecvTimeoutError::Disconnected => RecvError::Closed,
+            }),
+        }
     }
 
     /// The next message if one is waiting.
@@ -1071,14 +1078,49 @@ impl Worker {
 }
 
 /// Queues a publish for the node thread, blocking while the channel is full.
+///
+/// Like crossbeam's channels (and unlike flume's blocking `send`, which parks at once) it
+/// spins and yields briefly first: the node thread drains a full channel continuously, so the
+/// slot usually frees within microseconds, and parking would cost two context switches per
+/// message. Measured with a publisher against a 4,096-slot channel drained by another thread:
+/// flume's `send` alone made ~15,700 voluntary context switches per 2 M messages and took 1.7×
+/// the time of crossbeam's; with this backoff, 2 and the same time.
 pub(crate) fn send_publish(
     tx: &flume::Sender<(TopicId, Bytes)>,
     shared: &Shared,
-    msg: (TopicId, Bytes),
+    mut msg: (TopicId, Bytes),
 ) -> Result<(), PublishError> {
-    tx.send(msg).map_err(|_| PublishError::Closed)?;
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        match tx.try_send(msg) {
+            Ok(()) => break,
+            Err(flume::TrySendError::Full(m)) if !backoff.is_completed() => {
+                msg = m;
+                backoff.snooze();
+            }
+            Err(flume::TrySendError::Full(m)) => {
+                tx.send(m).map_err(|_| PublishError::Closed)?;
+                break;
+            }
+            Err(flume::TrySendError::Disconnected(_)) => return Err(PublishError::Closed),
+        }
+    }
     shared.nudge();
     Ok(())
+}
+
+/// The receive side of the same backoff: a message (or the queue's end) if one comes while
+/// spinning and yielding briefly, `None` when the caller should block.
+fn recv_spinning<T>(rx: &flume::Receiver<T>) -> Option<Result<T, RecvError>> {
+    let backoff = crossbeam_utils::Backoff::new();
+    loop {
+        match rx.try_recv() {
+            Ok(m) => return Some(Ok(m)),
+            Err(flume::TryRecvError::Disconnected) => return Some(Err(RecvError::Closed)),
+            Err(flume::TryRecvError::Empty) if !backoff.is_completed() => backoff.snooze(),
+            Err(flume::TryRecvError::Empty) => return None,
+        }
+    }
 }
 
 /// Queues a publish for the node thread if the channel has room.
