@@ -36,23 +36,24 @@ use ratatui::widgets::{Block, Paragraph, Row, Table as TuiTable};
 use ratatui::Frame;
 use serde::Serialize;
 
+use crate::config::parse_duration;
 use crate::NodeOpts;
 
 /// `qs top` options.
 #[derive(Args, Debug)]
 pub struct TopArgs {
-    /// Seconds between redraws of the live view.
-    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
-    pub interval: f64,
-    /// Stop the live view after this many seconds (default: run until Ctrl-C).
-    #[arg(long, value_name = "SECS")]
-    pub duration: Option<f64>,
-    /// Print one JSON snapshot after `--wait-secs` and exit (no live view).
+    /// Time between redraws of the live view (`500ms`, or bare seconds).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DURATION")]
+    pub interval: Duration,
+    /// Stop the live view after this long [default: run until q or Ctrl-C]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub duration: Option<Duration>,
+    /// Print one JSON snapshot after `--wait` and exit (no live view).
     #[arg(long)]
     pub json: bool,
-    /// With `--json`: seconds to let discovery and gossip converge before the snapshot.
-    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
-    pub wait_secs: f64,
+    /// With `--json`: how long to let discovery and gossip converge before the snapshot.
+    #[arg(long, alias = "wait-secs", default_value = "3s", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Duration,
     #[command(flatten)]
     pub net: NodeOpts,
 }
@@ -62,22 +63,6 @@ static STOP: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
 fn stopped() -> bool {
     STOP.get().is_some_and(|f| f.load(Ordering::SeqCst))
-}
-
-/// A positive, finite number of seconds as a duration (`what` names the option in errors).
-fn seconds(what: &str, secs: f64, allow_zero: bool) -> anyhow::Result<Duration> {
-    let ok = secs.is_finite() && (secs > 0.0 || (allow_zero && secs == 0.0));
-    match Duration::try_from_secs_f64(secs) {
-        Ok(d) if ok => Ok(d),
-        _ => bail!(
-            "{what} must be a {} number of seconds, not {secs}",
-            if allow_zero {
-                "non-negative"
-            } else {
-                "positive"
-            }
-        ),
-    }
 }
 
 /// Sleeps `d` in short steps; returns `false` early when a stop signal arrived.
@@ -96,12 +81,10 @@ fn sleep_unless_stopped(d: Duration) -> bool {
 }
 
 pub fn run(a: TopArgs) -> anyhow::Result<ExitCode> {
-    let interval = seconds("--interval", a.interval, false)?;
-    let wait = seconds("--wait-secs", a.wait_secs, true)?;
-    let duration = a
-        .duration
-        .map(|d| seconds("--duration", d, true))
-        .transpose()?;
+    if a.interval.is_zero() {
+        bail!("--interval must be longer than zero");
+    }
+    let (interval, wait, duration) = (a.interval, a.wait, a.duration);
     STOP.get_or_init(qs_runtime::os::interrupt_flag);
     let node = a.net.builder()?.build().context("starting the node")?;
     let cluster = a.net.cluster_name().to_owned();
