@@ -221,7 +221,11 @@ impl futures_core::Stream for Events {
     }
 }
 
-/// The node thread's side: one bounded sender per [`Events`] handed out.
+/// Event queues a node feeds at once; a queue asked for beyond these is closed at once.
+pub(crate) const MAX_LISTENERS: usize = 64;
+
+/// The node thread's side: one bounded sender per [`Events`] handed out (at most
+/// [`MAX_LISTENERS`]).
 #[derive(Default)]
 pub(crate) struct Listeners {
     senders: Vec<flume::Sender<NodeEvent>>,
@@ -230,9 +234,15 @@ pub(crate) struct Listeners {
 }
 
 impl Listeners {
-    /// Adds a listener.
+    /// Adds a listener, unless [`MAX_LISTENERS`] live ones exist: then `tx` is dropped, which
+    /// closes its queue (its receiver sees [`RecvError::Closed`]).
     pub(crate) fn add(&mut self, tx: flume::Sender<NodeEvent>) {
-        self.senders.push(tx);
+        if self.senders.len() >= MAX_LISTENERS {
+            self.senders.retain(|s| !s.is_disconnected());
+        }
+        if self.senders.len() < MAX_LISTENERS {
+            self.senders.push(tx);
+        }
     }
 
     /// Logs the core event and hands it to every listener (listeners that went away are
@@ -301,6 +311,27 @@ mod tests {
         assert_eq!(rx_a.len(), 1, "the one-slot queue kept the first");
         assert_eq!(rx_b.len(), 2, "the roomy queue got both");
         assert_eq!(l.dropped, 1, "exactly the event the full queue refused");
+    }
+
+    #[test]
+    fn listeners_beyond_the_maximum_are_closed_until_one_goes_away() {
+        let mut l = Listeners::default();
+        let mut rxs: Vec<_> = (0..MAX_LISTENERS)
+            .map(|_| {
+                let (tx, rx) = flume::bounded(1);
+                l.add(tx);
+                rx
+            })
+            .collect();
+        let (tx, extra) = flume::bounded::<NodeEvent>(1);
+        l.add(tx);
+        assert!(extra.is_disconnected(), "one too many: closed at once");
+        drop(rxs.pop());
+        let (tx, late) = flume::bounded::<NodeEvent>(1);
+        l.add(tx);
+        assert!(!late.is_disconnected(), "a freed place is taken");
+        l.offer(&gap());
+        assert_eq!(late.len(), 1);
     }
 
     #[test]

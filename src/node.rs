@@ -577,7 +577,9 @@ impl Node {
     /// down, slow receivers, isolation, multicast reachability). Each call makes a new queue
     /// that gets every event; it holds [`NodeBuilder::event_queue`] events, and events a full
     /// queue cannot take are dropped and counted in [`Stats::events_dropped`] (the node never
-    /// waits for a listener). Dropping the queue stops its feed.
+    /// waits for a listener). Dropping the queue stops its feed. A node feeds at most 64
+    /// queues at once; a queue asked for beyond that is closed at once
+    /// ([`RecvError::Closed`]).
     pub fn events(&self) -> Result<Events, Error> {
         let (tx, rx) = flume::bounded(self.event_queue);
         self.command(Command::Events(tx))?;

@@ -82,6 +82,48 @@ fn lines_piped_into_qs_pub_are_printed_by_qs_sub_in_order() {
 }
 
 #[test]
+fn qs_sub_timeout_counts_silence_after_the_latest_message() {
+    let net = cluster_args("timeout", 5);
+    let sub = qs()
+        .args([
+            "sub",
+            "--topic",
+            "once",
+            "--json",
+            "--timeout",
+            "1s",
+            "--wait",
+            "30s",
+        ])
+        .args(&net)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let p = qs()
+        .args([
+            "pub",
+            "--topic",
+            "once",
+            "--message",
+            "only one",
+            "--wait",
+            "30s",
+        ])
+        .args(&net)
+        .output()
+        .unwrap();
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let out = sub.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "quiet after a message is a normal end"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["received"], 1);
+    assert_eq!(v["ended"], "timeout");
+}
+
+#[test]
 fn qs_pub_without_a_subscriber_says_so_and_exits_with_code_3() {
     let out = qs()
         .args(["pub", "--topic", "nobody", "--message", "x", "--wait", "1s"])
