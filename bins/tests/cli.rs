@@ -97,6 +97,7 @@ fn qs_sub_timeout_counts_silence_after_the_latest_message() {
         ])
         .args(&net)
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let p = qs()
