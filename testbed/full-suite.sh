@@ -13,7 +13,7 @@ out=$(realpath -m "${1:-$repo/testbed-results/full}")
 [ "$(id -u)" -eq 0 ] || { echo "full-suite.sh: needs root (network namespaces)" >&2; exit 2; }
 mkdir -p "$out"
 cd "$repo"
-cargo build --release -p qs-cli -p qs-testbed
+cargo build --release -p quicksilver-cli -p qs-testbed
 # NORM at the notes' 400 Mbit/s overruns loaded receivers here; 200 Mbit/s completes.
 PEERS_OPTS_norm="--rate-mbit 200" testbed/peers/matrix.sh --results "$out/peers.jsonl" \
     || echo "full-suite.sh: peer matrix exited $? (its table says which runs failed)"

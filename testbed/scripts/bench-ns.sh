@@ -37,7 +37,7 @@ done
 need_root
 repo=$(cd "$here/../.." && pwd)
 [ -n "$qs" ] || qs=$repo/target/release/qs
-[ -x "$qs" ] || { echo "bench-ns.sh: $qs not found: cargo build --release -p qs-cli" >&2; exit 1; }
+[ -x "$qs" ] || { echo "bench-ns.sh: $qs not found: cargo build --release -p quicksilver-cli" >&2; exit 1; }
 
 prefix="qsb$$"
 prefix=${prefix:0:11}
@@ -63,7 +63,7 @@ for size in $sizes; do
             --iface "$(addr "$i")" --cluster "bench$$" > "$out/qs-$size-h$i.json" &
     done
     inns 1 timeout 120 "$qs" pub --json --topic bench --count "$count" --size "$size" --rate 0 \
-        --subscribers "$receivers" --iface "$(addr 1)" --cluster "bench$$" > "$out/qs-$size-pub.json"
+        --subscribers "$receivers" --wait-secs 30 --iface "$(addr 1)" --cluster "bench$$" > "$out/qs-$size-pub.json"
     wait
     if [ -n "$loss" ]; then
         for i in $(seq 2 "$hosts"); do
@@ -74,7 +74,7 @@ for size in $sizes; do
                 --iface "$(addr "$i")" --cluster "lossy$$" > "$out/lossy-$size-h$i.json" &
         done
         inns 1 timeout 120 "$qs" pub --json --topic bench --count "$count" --size "$size" --rate 0 \
-            --subscribers "$receivers" --iface "$(addr 1)" --cluster "lossy$$" > "$out/lossy-$size-pub.json"
+            --subscribers "$receivers" --wait-secs 30 --iface "$(addr 1)" --cluster "lossy$$" > "$out/lossy-$size-pub.json"
         wait
         for i in $(seq 2 "$hosts"); do
             "$here/loss.sh" "$prefix" "$i" show > "$out/lossy-$size-h$i.loss"
