@@ -100,6 +100,9 @@ pub struct NodeCore {
     out: Outbox,
     /// Streams whose release stopped because the application is behind (reliable mode).
     stalled: BTreeSet<(NodeId, RegionId)>,
+    /// The stream served first when the stalled streams last resumed (the next pass starts
+    /// after it).
+    resume_after: Option<(NodeId, RegionId)>,
     health_clock: cluster::HealthClock,
     /// Senders gossip declared down, and since when: their streams stay open for
     /// `departed_grace` (they may be paused, not dead).
@@ -153,6 +156,7 @@ impl NodeCore {
             events: VecDeque::new(),
             ring: None,
             stalled: BTreeSet::new(),
+            resume_after: None,
             health_clock: cluster::HealthClock::default(),
             streams_started: 0,
             departed_at: BTreeMap::new(),
@@ -378,9 +382,7 @@ impl NodeCore {
     pub fn poll_event(&mut self) -> Option<Event> {
         let e = self.events.pop_front();
         if !self.stalled.is_empty() && self.events.len() <= self.config.max_pending_events / 2 {
-            for key in std::mem::take(&mut self.stalled) {
-                self.drain_stream(key);
-            }
+            self.resume_stalled();
         }
         e
     }

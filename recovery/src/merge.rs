@@ -436,7 +436,6 @@ mod tests {
             prefix: None,
             laggard: None,
             cleanup: Seq(cleanup.unwrap_or(0)),
-            stable: Seq(cleanup.unwrap_or(0)),
             cleanup_unknown: cleanup.is_none(),
             partial: 0,
             incomplete: false,

@@ -633,10 +633,6 @@ impl Ring {
                 v.partitions(),
                 "record of another view"
             );
-            assert!(
-                rec.cleanup_unknown || !rec.stable.is_before(rec.cleanup),
-                "stable behind cleanup"
-            );
         }
         assert!(self.isolated.is_empty() || self.config.isolate_slow);
     }
@@ -1041,15 +1037,11 @@ impl Ring {
         }
         self.held.remove(&token.scope);
         self.stats.partition_rounds_completed += 1;
-        let partial = u64::from(token.skipped != 0);
+        let partial = u32::from(token.skipped != 0);
         for rec in &mut token.records {
-            // A walk cut short before its last member: what the visited ones lack counts.
-            if !rec.lack.is_empty() {
-                let mut naks = RangeSet::from_ranges(rec.cleanup, &rec.naks);
-                naks.union_with(&RangeSet::from_ranges(rec.cleanup, &rec.lack));
-                rec.naks = naks.to_ranges(usize::MAX);
-                rec.lack.clear();
-            }
+            // A walk cut short before its last member: what the visited ones lack may still
+            // be with the skipped one, so it is not asked of the sender (the next round sees).
+            rec.lack.clear();
             rec.partial = partial;
         }
         // The region leader merges its own partition's result in its next round: when it
@@ -1297,7 +1289,6 @@ impl Ring {
                 TokenRecord {
                     cutoff: rec.highest,
                     cleanup,
-                    stable,
                     cleanup_unknown: false,
                     partial: 0,
                     incomplete: false,
@@ -1394,7 +1385,6 @@ fn fresh_record(sender: NodeId, epoch: u64, highest: Seq, partitions: usize) -> 
         prefix: None,
         laggard: None,
         cleanup: Seq(0),
-        stable: Seq(0),
         cleanup_unknown: true,
         partial: 0,
         incomplete: false,

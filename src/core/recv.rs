@@ -201,9 +201,45 @@ impl NodeCore {
     }
 
     /// Hands on what a stream's window released, in order: messages, fragments, gaps. Stops
-    /// (reliable mode) while the application is `max_pending_events` behind.
+    /// (reliable mode) while the application is `max_pending_events` behind. While other
+    /// streams wait for the application, this one waits behind them (reliable mode): a
+    /// stream whose packets happen to arrive as room frees up must not take all of it.
     pub(super) fn drain_stream(&mut self, key: (NodeId, RegionId)) {
+        if self.config.reliable && !self.stalled.is_empty() && !self.stalled.contains(&key) {
+            self.stalled.insert(key);
+            return;
+        }
         self.drain(key, true);
+    }
+
+    /// The application made room: the waiting streams take turns, one packet each, until the
+    /// backlog is full again or none has anything ready. Those still holding packets keep
+    /// waiting, in turn order from where this pass stopped.
+    pub(super) fn resume_stalled(&mut self) {
+        let mut turn: Vec<(NodeId, RegionId)> =
+            std::mem::take(&mut self.stalled).into_iter().collect();
+        // Start after the stream served first last time, so that no stream is always first.
+        if let Some(last) = self.resume_after {
+            let at = turn.partition_point(|k| *k <= last);
+            turn.rotate_left(at);
+        }
+        let mut k = 0;
+        while !turn.is_empty() {
+            if self.events.len() >= self.config.max_pending_events {
+                break;
+            }
+            k %= turn.len();
+            let key = turn[k];
+            if self.drain_one(key) {
+                k += 1;
+            } else {
+                turn.remove(k);
+            }
+        }
+        if let Some(first) = turn.first() {
+            self.resume_after = Some(*first);
+        }
+        self.stalled.extend(turn);
     }
 
     /// The sender started a new stream (a new epoch): the old one is over. What it holds is
@@ -218,21 +254,30 @@ impl NodeCore {
     }
 
     fn drain(&mut self, key: (NodeId, RegionId), capped: bool) {
-        let (sender, region) = key;
         loop {
             if capped && self.config.reliable && self.events.len() >= self.config.max_pending_events
             {
                 self.stalled.insert(key);
                 return;
             }
-            let Some(stream) = self.recv.get_mut(&key) else {
+            if !self.drain_one(key) {
                 return;
+            }
+        }
+    }
+
+    /// Hands on one packet (or gap) the stream's window releases; false when it has none.
+    fn drain_one(&mut self, key: (NodeId, RegionId)) -> bool {
+        let (sender, region) = key;
+        {
+            let Some(stream) = self.recv.get_mut(&key) else {
+                return false;
             };
             let Some(popped) = stream.window.pop() else {
                 if stream.closing {
                     self.recv.remove(&key);
                 }
-                return;
+                return false;
             };
             match popped {
                 Popped::Lost { count, .. } => {
@@ -268,6 +313,7 @@ impl NodeCore {
                 }
             }
         }
+        true
     }
 
     fn handle_fragment(&mut self, sender: NodeId, key: (NodeId, RegionId), f: Fragment) {

@@ -60,6 +60,8 @@ pub(super) struct SendStream {
     state_at: Option<Instant>,
     state_repeats_left: u32,
     state_backoff: Duration,
+    /// When the last stream state went out.
+    state_sent: Option<Instant>,
 }
 
 impl SendStream {
@@ -75,6 +77,7 @@ impl SendStream {
             state_at: None,
             state_repeats_left: 0,
             state_backoff: Duration::ZERO,
+            state_sent: None,
         }
     }
 
@@ -234,6 +237,7 @@ impl NodeCore {
         };
         header.write(buf).ok()?;
         let len = HEADER_LEN + state.write(&mut buf[HEADER_LEN..]).ok()?;
+        stream.state_sent = Some(now);
         if stream.state_repeats_left > 1 {
             stream.state_repeats_left -= 1;
             stream.state_backoff *= 4;
@@ -371,7 +375,8 @@ impl NodeCore {
             return;
         }
         let acked_before = stream.window.acked();
-        self.stats.acked_packets += stream.window.ack(ack.stable);
+        let freed = stream.window.ack(ack.stable);
+        self.stats.acked_packets += freed;
         if !ack.stable.is_before(ack.floor) && stream.floor.is_before(ack.floor) {
             stream.floor = ack.floor;
         }
@@ -380,8 +385,15 @@ impl NodeCore {
         {
             self.stats.pacing_engaged += 1;
         }
-        let announce = ack.stable.is_before(acked_before)
-            || (stream.queue.is_empty() && ack.highest.is_before(stream.window.highest()));
+        // The region knows less than we freed: tell it the floor at once. It knows less than
+        // we sent while nothing is queued: tell it the tail, but not on every acknowledgement
+        // (they lag the stream by a round or two by design), only once a while has passed
+        // since the last state.
+        let quiet = self.config.stream_state_delay * 4;
+        let tail_unknown = stream.queue.is_empty()
+            && ack.highest.is_before(stream.window.highest())
+            && stream.state_sent.is_none_or(|t| now >= t + quiet);
+        let announce = ack.stable.is_before(acked_before) || tail_unknown;
         if announce {
             stream.state_at = Some(now);
             stream.state_repeats_left = stream.state_repeats_left.max(1);

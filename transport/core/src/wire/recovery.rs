@@ -48,22 +48,19 @@ pub struct TokenRecord {
     /// Stability point of the previous round: every member had everything up to here, so
     /// caretakers free it and members that joined later start after it.
     pub cleanup: Seq,
-    /// What the sender was told is stable (at least `cleanup`; more while a member that does
-    /// not answer was skipped: caches keep what only it may lack, evictable when full).
-    pub stable: Seq,
     /// `cleanup` is not known yet (a leader's first round of a stream it never saw a token
     /// for): members neither free nor skip anything on it.
     pub cleanup_unknown: bool,
     /// Results that miss a member (skipped: it did not answer), whose prefixes do not count
     /// for cleanup: in a partition token any bit; in the region token bit `q` for partition
     /// `q`'s result.
-    pub partial: u64,
+    pub partial: u32,
     /// Added part-way through a walk (a member held a stream the token did not list): the
     /// members before it did not see it, so its prefix counts for nothing yet.
     pub incomplete: bool,
     /// Region token: partitions whose complete results were merged into this record this
     /// round (bit `q`); for the others their last proven prefix stands in.
-    pub reported: u64,
+    pub reported: u32,
     /// Per partition, the previous round's lowest contiguous prefix (pull only below it).
     pub partition_prefix: Vec<Option<Seq>>,
     /// Per partition, this round's lowest contiguous prefix so far.
@@ -309,10 +306,10 @@ impl TokenRecord {
     /// Bytes this record takes on the wire.
     pub fn wire_len(&self) -> usize {
         8 + 8
-            + 5 * 4
+            + 4 * 4
             + 8
-            + 8
-            + 8
+            + 4
+            + 4
             + 2 * (4 + 4 * self.partition_prefix.len())
             + ranges_len(&self.lack)
             + ranges_len(&self.naks)
@@ -363,10 +360,9 @@ impl Token {
             put_u32(buf, &mut at, r.cutoff.0)?;
             put_u32(buf, &mut at, r.prefix.map_or(0, |s| s.0))?;
             put_u32(buf, &mut at, r.cleanup.0)?;
-            put_u32(buf, &mut at, r.stable.0)?;
             put_u64(buf, &mut at, r.laggard.map_or(0, |n| n.0))?;
-            put_u64(buf, &mut at, r.reported)?;
-            put_u64(buf, &mut at, r.partial)?;
+            put_u32(buf, &mut at, r.reported)?;
+            put_u32(buf, &mut at, r.partial)?;
             let flags = u8::from(r.prefix.is_some())
                 | u8::from(r.cleanup_unknown) << 1
                 | u8::from(r.incomplete) << 2;
@@ -406,10 +402,9 @@ impl Token {
             let cutoff = Seq(r.u32()?);
             let prefix = Seq(r.u32()?);
             let cleanup = Seq(r.u32()?);
-            let stable = Seq(r.u32()?);
             let laggard = r.u64()?;
-            let reported = r.u64()?;
-            let partial = r.u64()?;
+            let reported = r.u32()?;
+            let partial = r.u32()?;
             let flags = r.u8()?;
             if flags > 7 {
                 return Err(WireError::Malformed);
@@ -423,7 +418,6 @@ impl Token {
                 prefix: has_prefix.then_some(prefix),
                 laggard: has_prefix.then_some(NodeId(laggard)),
                 cleanup,
-                stable,
                 cleanup_unknown: flags & 2 == 2,
                 partial,
                 incomplete: flags & 4 == 4,
