@@ -43,8 +43,10 @@ pub struct RuntimeStats {
     pub wakeups: u64,
     /// Time spent working (not waiting) in turns, in nanoseconds.
     pub busy_nanos: u64,
-    /// Time spent waiting in `epoll_wait`, in nanoseconds.
+    /// Time spent waiting in `epoll_wait`, in nanoseconds (busy-polling included).
     pub poll_wait_nanos: u64,
+    /// Busy-poll mode: empty non-blocking polls (each one a spin of the wait loop).
+    pub spins: u64,
     /// The longest busy time of one turn, in nanoseconds.
     pub longest_turn_nanos: u64,
     /// Turns busy for more than [`SLOW_TURN_NANOS`] (stalls).
@@ -368,7 +370,12 @@ impl Runtime {
         let mut sent = self.pull_and_send(core, pre_now);
         let poll_start = self.now();
         let timeout = self.wait_timeout(core, max_wait, poll_start);
-        match self.poll.poll(&mut self.events, timeout) {
+        let polled = if self.cfg.busy_poll {
+            self.spin_poll(timeout)
+        } else {
+            self.poll.poll(&mut self.events, timeout)
+        };
+        match polled {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => self.events.clear(),
             Err(e) => return Err(e),
@@ -426,6 +433,20 @@ impl Runtime {
             sent,
             timer_fired,
         })
+    }
+
+    /// The busy-poll wait ([`RuntimeConfig::busy_poll`]): non-blocking polls until an event
+    /// or the end of `timeout` (`None`: until an event).
+    fn spin_poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            self.poll.poll(&mut self.events, Some(Duration::ZERO))?;
+            if !self.events.is_empty() || timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Ok(());
+            }
+            self.stats.spins += 1;
+            std::hint::spin_loop();
+        }
     }
 
     /// How long the next wait may last.
