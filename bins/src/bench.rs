@@ -530,10 +530,15 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
     let mut buf = vec![0u8; size];
     let start = stamp::monotonic_nanos();
     for seq in 0..a.count {
-        if a.rate > 0 {
-            // Precise pacing (sleep, then spin the last 100 µs): the stamp is the time the
-            // message was due, so a late wake-up of the publisher is not hidden.
-            raw::pause_until(start + seq * 1_000_000_000 / a.rate);
+        if let Some(gap) = (1_000_000_000u64).checked_div(a.rate) {
+            // Sleep (never spin: a spinning publisher would take a core from the node threads
+            // it measures); the stamp is taken after the wake-up, so the publisher's own
+            // timer slack is not counted as Quicksilver's latency.
+            let due = start + seq * gap;
+            let now = stamp::monotonic_nanos();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
         }
         stamp::write(&mut buf, seq, stamp::monotonic_nanos());
         fill_payload(&mut buf, seq);

@@ -33,6 +33,12 @@ pub(crate) const UNICAST: usize = 1;
 pub(crate) const DATA: usize = 2;
 const SOCKET_NAMES: [&str; 3] = ["control", "unicast", "data"];
 const WAKER: Token = Token(3);
+const TIMER: Token = Token(4);
+
+/// Waits shorter than this use the precise timer ([`sys::TimerFd`]) instead of
+/// `epoll_wait`'s millisecond timeout: rounding a 300 µs pacing deadline up to 1 ms triples
+/// it, while a 20 ms round timer loses nothing worth a system call.
+const PRECISE_WAIT: Duration = Duration::from_millis(1);
 
 /// Counters of one runtime, all monotonically increasing except the `*_max`/`longest` ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -87,6 +93,8 @@ pub struct RuntimeStats {
     pub send_budget_exhausted: u64,
     /// Transmits the core got wrong (IPv6 destination, length beyond the buffer), dropped.
     pub invalid_transmits: u64,
+    /// Waits that armed the precise timer (deadlines under 10 ms).
+    pub precise_waits: u64,
     /// Multicast groups joined.
     pub joins: u64,
     /// Multicast groups left.
@@ -146,7 +154,12 @@ pub struct Runtime {
     /// Known (or possibly) readable: an edge was seen and the socket is not drained yet.
     readable: [bool; 3],
     /// The unicast socket accepted the last send (false after `WouldBlock`, until an edge).
+    /// Writability is only watched while this is false: every datagram sent raises a new
+    /// `EPOLLOUT` edge on a UDP socket, which would otherwise cost one idle turn per send.
     writable: bool,
+    /// Precise wake-ups for short deadlines, and whether it is armed.
+    timer: sys::TimerFd,
+    timer_armed: bool,
     /// The last send phase stopped on its budget with the core perhaps holding more.
     send_pending: bool,
     /// After `ENOBUFS` no writable edge will come: sending resumes at this time.
@@ -263,13 +276,15 @@ impl Runtime {
         ];
         let poll = Poll::new()?;
         for (i, socket) in sockets.iter_mut().enumerate() {
-            let interest = if i == UNICAST {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            poll.registry().register(socket, Token(i), interest)?;
+            poll.registry()
+                .register(socket, Token(i), Interest::READABLE)?;
         }
+        let timer = sys::TimerFd::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&timer.raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let batch = cfg.batch;
         Ok(Runtime {
@@ -280,6 +295,8 @@ impl Runtime {
             // Datagrams may have arrived between bind and register: look once.
             readable: [true; 3],
             writable: true,
+            timer,
+            timer_armed: false,
             send_pending: false,
             send_backoff_until: None,
             local_addr,
@@ -373,6 +390,7 @@ impl Runtime {
         let polled = if self.cfg.busy_poll {
             self.spin_poll(timeout)
         } else {
+            let timeout = self.arm_timer(timeout);
             self.poll.poll(&mut self.events, timeout)
         };
         match polled {
@@ -384,19 +402,27 @@ impl Runtime {
         self.stats.poll_wait_nanos += now.0.saturating_sub(poll_start.0);
 
         let mut woken = false;
+        let mut writable_again = false;
         for event in self.events.iter() {
             match event.token() {
                 WAKER => woken = true,
+                TIMER => {
+                    self.timer.clear();
+                    self.timer_armed = false;
+                }
                 Token(i) if i < 3 => {
                     if event.is_readable() || event.is_error() || event.is_read_closed() {
                         self.readable[i] = true;
                     }
-                    if i == UNICAST && (event.is_writable() || event.is_error()) {
-                        self.writable = true;
+                    if i == UNICAST && !self.writable && (event.is_writable() || event.is_error()) {
+                        writable_again = true;
                     }
                 }
                 Token(_) => {}
             }
+        }
+        if writable_again {
+            self.watch_writable(false);
         }
         if woken {
             self.stats.wakeups += 1;
@@ -433,6 +459,50 @@ impl Runtime {
             sent,
             timer_fired,
         })
+    }
+
+    /// Arms the precise timer for a short wait and returns the timeout to give `epoll_wait`
+    /// (none: the timer or an event ends the wait); disarms a timer a longer wait no longer
+    /// needs. A timer that fails to arm leaves the millisecond timeout in charge.
+    fn arm_timer(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+        match timeout {
+            Some(t) if !t.is_zero() && t < PRECISE_WAIT => {
+                if self.timer.set(t).is_ok() {
+                    self.timer_armed = true;
+                    self.stats.precise_waits += 1;
+                    // The millisecond timeout stays as a backstop, a little later.
+                    return Some(t + Duration::from_millis(1));
+                }
+                timeout
+            }
+            _ => {
+                if self.timer_armed && self.timer.set(Duration::ZERO).is_ok() {
+                    self.timer_armed = false;
+                }
+                timeout
+            }
+        }
+    }
+
+    /// Starts (after `WouldBlock`) or stops (after the writable edge) watching the unicast
+    /// socket's writability. `EPOLL_CTL_MOD` re-checks readiness, so a socket that became
+    /// writable in between still reports it.
+    fn watch_writable(&mut self, watch: bool) {
+        let interest = if watch {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let registry = self.poll.registry();
+        match registry.reregister(&mut self.sockets[UNICAST], Token(UNICAST), interest) {
+            Ok(()) => self.writable = !watch,
+            Err(e) => {
+                // Without the registration no edge would come: carry on as if writable, the
+                // next send tells the truth.
+                tracing::warn!("cannot watch the unicast socket's writability: {e}");
+                self.writable = true;
+            }
+        }
     }
 
     /// The busy-poll wait ([`RuntimeConfig::busy_poll`]): non-blocking polls until an event
@@ -705,7 +775,7 @@ impl Runtime {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.sendq.complete(0);
-                self.writable = false;
+                self.watch_writable(true);
                 self.stats.send_would_block += 1;
                 0
             }
