@@ -7,12 +7,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use qs_transport::{Driven, Instant, SocketCommand};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::arena::RecvArenas;
 use crate::config::{RuntimeConfig, SocketBuffers};
 use crate::sendq::SendQueues;
 use crate::sys::{self, BufferDir, MmsgScratch, RecvMeta};
@@ -71,6 +71,11 @@ pub struct RuntimeStats {
     pub recv_errors: u64,
     /// Times a socket used its whole receive budget and stayed readable.
     pub recv_budget_exhausted: u64,
+    /// Receive arenas (`batch * recv_slot_bytes` bytes each) allocated because every kept
+    /// one still had a live slice; 0 growth in steady state means receiving allocates nothing.
+    pub recv_arena_allocations: u64,
+    /// Receive arenas taken back for reuse once no slice of them was alive.
+    pub recv_arena_reuses: u64,
     /// Datagrams larger than [`RuntimeConfig::recv_slot_bytes`], dropped.
     pub truncated_drops: u64,
     /// Datagrams from a non-IPv4 source, dropped.
@@ -166,8 +171,9 @@ pub struct Runtime {
     send_backoff_until: Option<Instant>,
     local_addr: SocketAddrV4,
     epoch: std::time::Instant,
-    /// Receive memory: datagrams are received into it, then split off and frozen.
-    arena: BytesMut,
+    /// Receive memory: datagrams are received into it, then split off and frozen; reused once
+    /// no slice of it is alive.
+    arenas: RecvArenas,
     recv_scratch: MmsgScratch,
     send_scratch: MmsgScratch,
     recv_meta: Vec<RecvMeta>,
@@ -301,7 +307,7 @@ impl Runtime {
             send_backoff_until: None,
             local_addr,
             epoch: std::time::Instant::now(),
-            arena: BytesMut::new(),
+            arenas: RecvArenas::new(batch * cfg.recv_slot_bytes),
             recv_scratch: MmsgScratch::new(batch),
             send_scratch: MmsgScratch::new(batch),
             recv_meta: Vec::with_capacity(batch),
@@ -562,16 +568,14 @@ impl Runtime {
                 self.stats.recv_budget_exhausted += 1;
                 break;
             }
-            // Fresh memory when the arena cannot hold a quarter batch: one allocation per
-            // full batch, far fewer when datagrams trickle in one at a time.
-            if self.arena.len() / slot < (batch / 4).max(1) {
-                self.arena = BytesMut::zeroed(batch * slot);
-            }
-            let room = self.arena.len() / slot;
+            // Another arena when this one cannot hold a quarter batch: a reclaimed one whose
+            // slices are all gone, or fresh memory (counted).
+            let arena = self.arenas.with_room((batch / 4).max(1) * slot);
+            let room = arena.len() / slot;
             let result = sys::recv_batch(
                 fd,
                 libc::MSG_DONTWAIT,
-                &mut self.arena[..room * slot],
+                &mut arena[..room * slot],
                 slot,
                 &mut self.recv_scratch,
                 &mut meta,
@@ -581,7 +585,7 @@ impl Runtime {
                     batches += 1;
                     self.stats.recv_batches += 1;
                     // The received prefix leaves the arena; the core may keep slices of it.
-                    let filled = self.arena.split_to(k * slot).freeze();
+                    let filled = self.arenas.with_room(0).split_to(k * slot).freeze();
                     for (i, m) in meta.iter().enumerate() {
                         if m.truncated {
                             self.stats.truncated_drops += 1;
@@ -630,6 +634,8 @@ impl Runtime {
             }
         }
         self.recv_meta = meta;
+        self.stats.recv_arena_allocations = self.arenas.allocations;
+        self.stats.recv_arena_reuses = self.arenas.reuses;
         delivered
     }
 
