@@ -1,5 +1,13 @@
 //! `results.md` of one run, and `qs-testbed report`: plots and `BENCHMARKS.md` from results
 //! files (and peer result lines). Every number comes from those files; none is typed in.
+//!
+//! Besides the peers' throughput lines, the `--peers` files may carry summary lines with a
+//! `kind` (written by `testbed/scripts/bench-ns.sh --jsonl` and `benches/instructions.sh
+//! --json`) and peer ping-pong lines (`"role": "ping"`, `run-peer.sh --ping`):
+//! `raw-limit` (blast and paced sweep), `throughput` (Quicksilver against that limit),
+//! `paced-latency`, `ping` and `instructions`. Each kind gets its section; a Quicksilver/raw
+//! ratio above 1.0 where Quicksilver sends one message per datagram is marked as a
+//! measurement fault wherever it appears.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -486,7 +494,8 @@ pub fn results_md(r: &Value) -> String {
     s
 }
 
-/// Peer result lines (`{"peer": ..., "role": "recv", "rate_msgs_s": ..., ...}`).
+/// Peer result lines (`{"peer": ..., "role": "recv", "rate_msgs_s": ..., ...}`) and summary
+/// lines (`{"kind": "raw-limit" | "throughput" | "paced-latency" | "ping" | "instructions", ...}`).
 pub fn load_peers(path: &Path) -> anyhow::Result<Vec<Value>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -498,7 +507,8 @@ pub fn load_peers(path: &Path) -> anyhow::Result<Vec<Value>> {
         }
         let j: Value = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not JSON", path.display(), i + 1))?;
-        if j["peer"].is_string() {
+        // Peer lines name a peer; summary lines (bench-ns.sh, instructions.sh) a kind.
+        if j["peer"].is_string() || j["kind"].is_string() {
             v.push(j);
         }
     }
@@ -946,12 +956,16 @@ pub fn report(
     for p in peer_files {
         peers.extend(load_peers(p)?);
     }
+    // Summary lines (a `kind`) and ping-pong lines have their own sections.
+    let (kinded, peers): (Vec<Value>, Vec<Value>) = peers
+        .into_iter()
+        .partition(|p| p.get("kind").is_some() || p["role"] == "ping");
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let all: Vec<CaseSummary> = results.iter().flat_map(|(_, v)| summarize(v)).collect();
     let font = register_plot_font();
     let mut figures = Vec::new();
     if font {
-        for c in charts(&all) {
+        for c in charts(&all).into_iter().chain(latency_charts(&kinded)) {
             let files = write_chart(&c, out, formats)?;
             figures.push((c.title.clone(), files));
         }
@@ -1020,7 +1034,7 @@ pub fn report(
                 Some(r) if r > 0 => format!("{} (paced {r}/s)", rate(c.qs_rate())),
                 _ => rate(c.qs_rate()),
             },
-            ratio(c.qs_rate(), c.raw_rate()),
+            fault_mark(c.size, c.rate, ratio(c.qs_rate(), c.raw_rate())),
             c.delivered()
                 .map_or("–".into(), |d| format!("{:.2}%", d * 100.0)),
             c.gaps(),
@@ -1094,6 +1108,7 @@ pub fn report(
             );
         }
     }
+    extra_sections(&kinded, &all, &mut s);
     if !figures.is_empty() {
         let _ = writeln!(s, "\n## Plots\n");
         for (title, files) in &figures {
@@ -1134,6 +1149,299 @@ pub fn report(
     let path = out.join("BENCHMARKS.md");
     std::fs::write(&path, s).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
+}
+
+/// Quicksilver sends one message per datagram at this size (two do not fit its default
+/// 1472-byte datagram with their headers).
+fn one_per_datagram(size: u64) -> bool {
+    2 * (size + 16) + 40 > 1472
+}
+
+/// The ratio cell, marked when an unpaced ratio above 1.0 at one message per datagram shows
+/// that the raw baseline did not reach the path's limit.
+fn fault_mark(size: Option<u64>, rate: Option<u64>, ratio: String) -> String {
+    let unpaced = rate.is_none_or(|r| r == 0);
+    match ratio.parse::<f64>() {
+        Ok(r) if r > 1.0 && unpaced && size.is_some_and(one_per_datagram) => {
+            format!("{ratio} ⚠ measurement fault")
+        }
+        _ => ratio,
+    }
+}
+
+const PCTS: [(&str, f64); 5] = [
+    ("p50", 50.0),
+    ("p90", 90.0),
+    ("p99", 99.0),
+    ("p999", 99.9),
+    ("max", 100.0),
+];
+
+/// The one-way percentiles of a ping or paced-latency line.
+fn one_way(p: &Value) -> Option<[f64; 5]> {
+    let o = &p["one_way_us"];
+    let mut v = [0.0; 5];
+    for (slot, (k, _)) in v.iter_mut().zip(PCTS) {
+        *slot = f(&o[k])?;
+    }
+    Some(v)
+}
+
+fn system_name(p: &Value) -> String {
+    p["system"]
+        .as_str()
+        .or_else(|| p["peer"].as_str())
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// Lines of `kind` (ping lines also from `"role": "ping"`).
+fn of_kind<'a>(lines: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    lines
+        .iter()
+        .filter(|p| p["kind"] == kind || (kind == "ping" && p["role"] == "ping"))
+        .collect()
+}
+
+/// The sections of the summary lines: honest raw limit, ping-pong, paced and unpaced latency,
+/// instructions per message.
+fn extra_sections(lines: &[Value], all: &[CaseSummary], s: &mut String) {
+    let limits = of_kind(lines, "raw-limit");
+    let thr = of_kind(lines, "throughput");
+    if !limits.is_empty() {
+        let _ = writeln!(s, "\n## The honest raw limit: blast and paced sweep\n");
+        let _ = writeln!(
+            s,
+            "`testbed/scripts/bench-ns.sh` in the same suite run, across namespaces. The blast \
+             sends as fast as the socket takes datagrams and on 2 cores overruns its receivers; \
+             the sweep paces short runs at rising rates, and the limit is the highest \
+             per-receiver rate whose worst receiver lost at most 0.1 % (or the blast, if it lost \
+             no more). `qs/limit` divides Quicksilver's unpaced rate of the same run by it; above \
+             1.0 at one message per datagram it is a measurement fault (marked).\n"
+        );
+        let _ = writeln!(s, "| size B | receivers | blast msg/s | blast delivered | sweep (pacing/s: msg/s, worst loss) | best paced msg/s | limit msg/s | Quicksilver msg/s | qs/limit | qs/blast |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|");
+        for l in &limits {
+            let size = u(&l["size"]);
+            let sweep: Vec<String> = l["sweep"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|st| {
+                    format!(
+                        "{}: {} ({:.2} %)",
+                        st["target_per_sec"],
+                        rate(f(&st["recv_per_sec"])),
+                        f(&st["loss_max"]).unwrap_or(0.0) * 100.0
+                    )
+                })
+                .collect();
+            let q = thr.iter().find(|t| u(&t["size"]) == size);
+            let qr = q.and_then(|t| f(&t["msgs_s"]));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                size.map_or("–".into(), |x| x.to_string()),
+                l["receivers"],
+                rate(f(&l["blast_msgs_s"])),
+                opt(f(&l["blast_delivered"]).map(|d| d * 100.0), 2) + " %",
+                if sweep.is_empty() {
+                    "–".into()
+                } else {
+                    sweep.join("; ")
+                },
+                rate(f(&l["best_paced"]["recv_per_sec"])),
+                rate(f(&l["limit_msgs_s"])),
+                rate(qr),
+                fault_mark(size, None, ratio(qr, f(&l["limit_msgs_s"]))),
+                ratio(qr, f(&l["blast_msgs_s"])),
+            );
+        }
+    }
+    let pings = of_kind(lines, "ping");
+    if !pings.is_empty() {
+        let _ = writeln!(s, "\n## Ping-pong latency (one-way = RTT/2)\n");
+        let _ = writeln!(
+            s,
+            "One message at a time between host 1 and host 2 of a namespace LAN: raw UDP \
+             multicast and Quicksilver from `qs bench ping --role ping/pong` \
+             (`bench-ns.sh --ping`), Aeron and Zenoh from `run-peer.sh --ping`. Quicksilver's \
+             figure runs from the application's publish to the application's receipt of the \
+             echo (node-thread hand-offs included). Aeron's media driver yields when idle \
+             (shared thread); Zenoh is TCP (unicast). Ratios divide by raw of the same size. \
+             The machine has 2 cores shared with other work: tails are scheduling noise.\n"
+        );
+        let _ = writeln!(s, "| system | size B | samples | lost | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | p50/raw | p99/raw |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for p in &pings {
+            let Some(o) = one_way(p) else {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | – | – | {} | | | | | | |",
+                    system_name(p),
+                    p["size"],
+                    p["error"].as_str().unwrap_or("no figures")
+                );
+                continue;
+            };
+            let raw = pings
+                .iter()
+                .find(|r| r["system"] == "raw" && r["size"] == p["size"])
+                .and_then(|r| one_way(r));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
+                system_name(p),
+                p["size"],
+                p["samples"],
+                p["lost"],
+                o[0],
+                o[1],
+                o[2],
+                o[3],
+                o[4],
+                ratio(Some(o[0]), raw.map(|r| r[0])),
+                ratio(Some(o[2]), raw.map(|r| r[2])),
+            );
+        }
+    }
+    let paced = of_kind(lines, "paced-latency");
+    if !paced.is_empty() {
+        let _ = writeln!(s, "\n## Paced one-way latency\n");
+        let _ = writeln!(
+            s,
+            "1 -> K receivers across namespaces, `qs bench raw-send --rate R` beside `qs pub \
+             --rate R` (`bench-ns.sh --rate R`); one-way from the send call to the application, \
+             mean of the receivers' percentiles. The aim (issue 13) is p50 <= 2x and p99 <= 3x \
+             raw at 10,000/s.\n"
+        );
+        let _ = writeln!(s, "| system | size B | rate/s | p50 µs | p90 µs | p99 µs | p99.9 µs | max µs | p50/raw | p99/raw |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for p in &paced {
+            let Some(o) = one_way(p) else { continue };
+            let raw = paced
+                .iter()
+                .find(|r| r["system"] == "raw" && r["size"] == p["size"] && r["rate"] == p["rate"])
+                .and_then(|r| one_way(r));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                system_name(p),
+                p["size"],
+                p["rate"],
+                o[0],
+                o[1],
+                o[2],
+                o[3],
+                o[4],
+                ratio(Some(o[0]), raw.map(|r| r[0])),
+                ratio(Some(o[2]), raw.map(|r| r[2])),
+            );
+        }
+    }
+    let unpaced: Vec<&CaseSummary> = all
+        .iter()
+        .filter(|c| c.skipped.is_none() && c.rate == Some(0) && c.latency().is_some())
+        .collect();
+    if !unpaced.is_empty() {
+        let _ = writeln!(s, "\n## Unpaced latency (at saturation)\n");
+        let _ = writeln!(
+            s,
+            "The unpaced cases above, as fast as back-pressure allows: one-way latency is then \
+             mostly time in the send queue (its bound, by bytes today, sets it).\n"
+        );
+        let _ = writeln!(s, "| scenario | case | size B | loss | Quicksilver p50/p99/p99.9 µs | raw blast p50/p99 µs |");
+        let _ = writeln!(s, "|---|---|---:|---|---:|---:|");
+        for c in unpaced {
+            let l = c.latency().unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {:.0}/{:.0}/{:.0} | {} |",
+                c.scenario,
+                c.case,
+                c.size.map_or("–".into(), |x| x.to_string()),
+                c.loss,
+                l[0],
+                l[2],
+                l[3],
+                c.raw_latency()
+                    .map_or("–".into(), |r| format!("{:.0}/{:.0}", r.0, r.1)),
+            );
+        }
+    }
+    let instr = of_kind(lines, "instructions");
+    if !instr.is_empty() {
+        let _ = writeln!(s, "\n## Instructions per message\n");
+        let _ = writeln!(
+            s,
+            "`benches/instructions.sh`: the sans-IO `NodeCore` of a publisher and its subscribers \
+             driven in one process (no sockets, virtual clock) under `valgrind --tool=callgrind`; \
+             the difference between two message counts divided by the extra messages. Counts do \
+             not move with the machine's load: a change here is a change of the code.\n"
+        );
+        let _ = writeln!(
+            s,
+            "| size B | path | instructions/message | messages/packet | subscribers | counts |"
+        );
+        let _ = writeln!(s, "|---:|---|---:|---:|---:|---|");
+        for p in instr {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} |",
+                p["size"],
+                p["path"].as_str().unwrap_or("?"),
+                p["instructions_per_msg"],
+                opt(f(&p["messages_per_packet"]), 2),
+                p["subscribers"],
+                p["counts"]
+            );
+        }
+    }
+}
+
+/// Latency CDFs (percentile against one-way latency, log scale) of the ping-pong and paced
+/// lines, each system beside raw.
+fn latency_charts(lines: &[Value]) -> Vec<Chart> {
+    let mut charts = Vec::new();
+    for (kind, file, title) in [
+        (
+            "ping",
+            "latency-cdf-ping",
+            "Ping-pong one-way latency (RTT/2), CDF",
+        ),
+        (
+            "paced-latency",
+            "latency-cdf-paced",
+            "Paced one-way latency, CDF",
+        ),
+    ] {
+        let series: Vec<(String, Vec<(f64, f64)>)> = of_kind(lines, kind)
+            .iter()
+            .filter_map(|p| {
+                let o = one_way(p)?;
+                let pts = o
+                    .iter()
+                    .zip(PCTS)
+                    .map(|(v, (_, q))| (v.max(0.1), q))
+                    .collect();
+                Some((format!("{} {} B", system_name(p), p["size"]), pts))
+            })
+            .collect();
+        if series.is_empty() {
+            continue;
+        }
+        charts.push(Chart {
+            file: file.into(),
+            title: title.into(),
+            x_label: "one-way latency µs (log)".into(),
+            y_label: "percentile".into(),
+            x_log: true,
+            y_log: false,
+            x_cats: None,
+            series: color(series),
+        });
+    }
+    charts
 }
 
 #[cfg(test)]
@@ -1227,5 +1535,89 @@ mod tests {
         assert!(out.join("latency-percentiles.svg").exists());
         assert!(out.join("latency-percentiles.png").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn summary_lines() -> String {
+        [
+            json!({"kind": "raw-limit", "size": 1024, "receivers": 3, "blast_msgs_s": 50000.0,
+                   "blast_delivered": 0.97, "limit_msgs_s": 80000.0, "max_loss": 0.001,
+                   "best_paced": {"target_per_sec": 80000, "recv_per_sec": 80000.0, "loss_max": 0.0},
+                   "sweep": [{"target_per_sec": 80000, "recv_per_sec": 80000.0, "loss_max": 0.0},
+                             {"target_per_sec": 100000, "recv_per_sec": 90000.0, "loss_max": 0.02}]}),
+            json!({"kind": "throughput", "system": "quicksilver", "size": 1024, "msgs_s": 84000.0}),
+            json!({"kind": "ping", "system": "raw", "size": 64, "samples": 10, "lost": 0,
+                   "one_way_us": {"p50": 10.0, "p90": 12.0, "p99": 20.0, "p999": 30.0, "max": 40.0}}),
+            json!({"peer": "aeron", "role": "ping", "size": 64, "samples": 10, "lost": 1,
+                   "one_way_us": {"p50": 25.0, "p90": 30.0, "p99": 50.0, "p999": 60.0, "max": 70.0}}),
+            json!({"kind": "paced-latency", "system": "raw", "size": 1024, "rate": 10000,
+                   "one_way_us": {"p50": 20.0, "p90": 25.0, "p99": 40.0, "p999": 50.0, "max": 60.0}}),
+            json!({"kind": "paced-latency", "system": "quicksilver", "size": 1024, "rate": 10000,
+                   "one_way_us": {"p50": 38.0, "p90": 45.0, "p99": 130.0, "p999": 150.0, "max": 160.0}}),
+            json!({"kind": "instructions", "size": 64, "path": "send", "instructions_per_msg": 1081,
+                   "messages_per_packet": 16.0, "subscribers": 2, "counts": [2000, 12000]}),
+        ]
+        .iter()
+        .map(|v| v.to_string() + "\n")
+        .collect()
+    }
+
+    #[test]
+    fn summary_lines_get_their_sections_and_stay_out_of_the_peer_table() {
+        let dir = std::env::temp_dir().join(format!("qs-testbed-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let rp = dir.join("results.json");
+        std::fs::write(&rp, sample().to_string()).unwrap();
+        let pp = dir.join("lines.jsonl");
+        std::fs::write(&pp, summary_lines()).unwrap();
+        let out = dir.join("out");
+        let text =
+            std::fs::read_to_string(report(&[rp], &[pp], &out, &[Format::Svg]).unwrap()).unwrap();
+        // The limit is the sweep's clean step, not the overrun blast nor the lossy step.
+        assert!(
+            text.contains("| 1024 | 3 | 50000 | 97.00 % | 80000: 80000 (0.00 %); 100000: 90000 (2.00 %) | 80000 | 80000 | 84000 | 1.05 ⚠ measurement fault | 1.68 |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| aeron | 64 | 10 | 1 | 25.0 | 30.0 | 50.0 | 60.0 | 70.0 | 2.50 | 2.50 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| quicksilver | 1024 | 10000 | 38 | 45 | 130 | 150 | 160 | 1.90 | 3.25 |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| 64 | send | 1081 | 16.00 | 2 | [2000,12000] |"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("## Peers"),
+            "summary lines are no peer lines: {text}"
+        );
+        if register_plot_font() {
+            assert!(out.join("latency-cdf-ping.svg").exists());
+            assert!(out.join("latency-cdf-paced.svg").exists());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_ratio_above_one_is_a_fault_only_unpaced_at_one_message_per_datagram() {
+        let fault = |size, rate, r: &str| fault_mark(Some(size), rate, r.into()).contains("fault");
+        assert!(fault(1024, Some(0), "1.01"));
+        assert!(!fault(1024, Some(0), "1.00"));
+        assert!(
+            !fault(1024, Some(20_000), "1.01"),
+            "paced: both run at the pacing rate"
+        );
+        assert!(
+            !fault(64, Some(0), "13.76"),
+            "64 B packs several messages per datagram"
+        );
+        // The packing threshold: 700 B is the largest size two of which fit a datagram.
+        assert!(!one_per_datagram(700) && one_per_datagram(701));
     }
 }
