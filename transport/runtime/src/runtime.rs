@@ -162,9 +162,10 @@ pub struct Runtime {
     /// Writability is only watched while this is false: every datagram sent raises a new
     /// `EPOLLOUT` edge on a UDP socket, which would otherwise cost one idle turn per send.
     writable: bool,
-    /// Precise wake-ups for short deadlines, and whether it is armed.
+    /// Precise wake-ups for short deadlines, and the deadline it is armed for (a wait for
+    /// the same deadline after an early wake-up re-arms nothing).
     timer: sys::TimerFd,
-    timer_armed: bool,
+    timer_armed: Option<Instant>,
     /// The last send phase stopped on its budget with the core perhaps holding more.
     send_pending: bool,
     /// After `ENOBUFS` no writable edge will come: sending resumes at this time.
@@ -302,7 +303,7 @@ impl Runtime {
             readable: [true; 3],
             writable: true,
             timer,
-            timer_armed: false,
+            timer_armed: None,
             send_pending: false,
             send_backoff_until: None,
             local_addr,
@@ -396,7 +397,7 @@ impl Runtime {
         let polled = if self.cfg.busy_poll {
             self.spin_poll(timeout)
         } else {
-            let timeout = self.arm_timer(timeout);
+            let timeout = self.arm_timer(timeout, poll_start);
             self.poll.poll(&mut self.events, timeout)
         };
         match polled {
@@ -414,7 +415,7 @@ impl Runtime {
                 WAKER => woken = true,
                 TIMER => {
                     self.timer.clear();
-                    self.timer_armed = false;
+                    self.timer_armed = None;
                 }
                 Token(i) if i < 3 => {
                     if event.is_readable() || event.is_error() || event.is_read_closed() {
@@ -470,11 +471,15 @@ impl Runtime {
     /// Arms the precise timer for a short wait and returns the timeout to give `epoll_wait`
     /// (none: the timer or an event ends the wait); disarms a timer a longer wait no longer
     /// needs. A timer that fails to arm leaves the millisecond timeout in charge.
-    fn arm_timer(&mut self, timeout: Option<Duration>) -> Option<Duration> {
+    fn arm_timer(&mut self, timeout: Option<Duration>, now: Instant) -> Option<Duration> {
         match timeout {
             Some(t) if !t.is_zero() && t < PRECISE_WAIT => {
+                let deadline = now + t;
+                if self.timer_armed == Some(deadline) {
+                    return Some(t + Duration::from_millis(1));
+                }
                 if self.timer.set(t).is_ok() {
-                    self.timer_armed = true;
+                    self.timer_armed = Some(deadline);
                     self.stats.precise_waits += 1;
                     // The millisecond timeout stays as a backstop, a little later.
                     return Some(t + Duration::from_millis(1));
@@ -482,8 +487,8 @@ impl Runtime {
                 timeout
             }
             _ => {
-                if self.timer_armed && self.timer.set(Duration::ZERO).is_ok() {
-                    self.timer_armed = false;
+                if self.timer_armed.is_some() && self.timer.set(Duration::ZERO).is_ok() {
+                    self.timer_armed = None;
                 }
                 timeout
             }
