@@ -121,7 +121,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let qs = qs.unwrap_or_else(|| workspace().join("target/release/qs"));
             if !qs.exists() {
                 anyhow::bail!(
-                    "{} not found: cargo build --release -p qs-cli, or pass --qs PATH",
+                    "{} not found: cargo build --release -p quicksilver-cli, or pass --qs PATH",
                     qs.display()
                 );
             }
@@ -247,7 +247,7 @@ fn suite(
     let qs = qs.unwrap_or_else(|| workspace().join("target/release/qs"));
     if !qs.exists() {
         anyhow::bail!(
-            "{} not found: cargo build --release -p qs-cli, or pass --qs PATH",
+            "{} not found: cargo build --release -p quicksilver-cli, or pass --qs PATH",
             qs.display()
         );
     }
