@@ -30,13 +30,16 @@
 //!
 //! # Adaptive rate of fire
 //! Each node estimates its own loss rate (an exponential average over packets: holes reported by
-//! [`Lec::on_missing`] and packets rebuilt before they were reported count as losses) and the
-//! mean length of its loss bursts, and carries both in every repair it sends. The region's loss
+//! [`Lec::on_missing`] and packets rebuilt before they were reported count as losses) and how
+//! many packets it misses, on average, of the repairs it receives that miss any (about 1 under
+//! independent loss; more under bursts, which XOR cannot undo), and carries both in every
+//! repair it sends. The region's loss
 //! is the largest of its own and its peers' fresh reports (plus any the node feeds in through
 //! [`Lec::on_loss_report`], e.g. from the health gossip). A bin that fills fires to
 //! `c × min(1, loss / full_rate_loss)` members on average (a deterministic credit, not a coin),
 //! so a clean region sends no repairs at all, and a lossy member, which fires on its own loss,
-//! wakes its peers with its first repairs.
+//! wakes its peers with its first repairs. Bins carry `m` Reed–Solomon parity shards instead of
+//! one XOR while the region's missing count is at least [`LecConfig::parity_from_missing`].
 //!
 //! Everything is sans-IO: `now` is an argument, randomness (the targets) comes from the
 //! core's seeded [`Prng`], and every table is bounded with counted overflow.
@@ -65,12 +68,17 @@ pub struct LecConfig {
     /// Bins filled round-robin, so a burst of up to this many consecutive losses lands in
     /// different repairs (Ricochet's stagger). Each bin fills this much more slowly.
     pub stagger: usize,
-    /// `m`: Reed–Solomon parity shards per bin when bursts are seen (1: XOR only). Each
-    /// parity bin goes to `ceil(c / m)` members with all `m` shards, about the same datagrams
-    /// per bin as XOR.
+    /// `m`: Reed–Solomon parity shards per bin when bursts are seen (1: XOR only).
     pub parity_shards: usize,
-    /// Mean loss burst length (packets) in the region from which bins carry parity shards.
-    pub parity_from_burst: f64,
+    /// Members a parity bin goes to at the full rate of fire, each with all `m` shards (a
+    /// member needs as many shards of one bin as it lost of it). 0: `c`. Fewer targets cost
+    /// fewer bytes but reach the member that lost the burst less often (see the sweep,
+    /// `qs-testbed sim-lec`: one target per bin rebuilds about 60% of bursts of 5 where `c`
+    /// targets rebuild over 90%).
+    pub parity_targets: usize,
+    /// Bins carry parity shards while members miss at least this many packets, on average, of
+    /// the repairs they receive that miss any (1: every loss is alone in its bin).
+    pub parity_from_missing: f64,
     /// Scale the rate of fire with the region's loss (off: always `c` per bin).
     pub adaptive: bool,
     /// Region loss rate at and above which every bin fires to `c` members.
@@ -123,9 +131,10 @@ impl Default for LecConfig {
         LecConfig {
             bin_packets: 8,
             targets: 3,
-            stagger: 1,
-            parity_shards: 1,
-            parity_from_burst: 3.0,
+            stagger: 2,
+            parity_shards: 3,
+            parity_targets: 0,
+            parity_from_missing: 2.0,
             adaptive: true,
             full_rate_loss: 0.0005,
             idle_fraction: 0.0,
@@ -280,6 +289,8 @@ enum Source {
 #[derive(Debug, Default)]
 struct Bin {
     opened: Instant,
+    /// Packets at which this bin fires (`r`; fixed when the bin opens).
+    size: usize,
     packets: Vec<(PacketId, Bytes)>,
     streams: Vec<(NodeId, u32)>,
     longest: usize,
@@ -342,7 +353,7 @@ enum Waiter {
 #[derive(Debug, Clone, Copy)]
 struct Report {
     loss: f64,
-    burst: f64,
+    missing: f64,
     at: Instant,
 }
 
@@ -453,9 +464,8 @@ pub struct Lec {
     missing_order: VecDeque<(Instant, PacketId)>,
 
     own_loss: f64,
-    burst_losses: f64,
-    burst_runs: f64,
-    last_missing: BTreeMap<(NodeId, u32), u32>,
+    /// Mean packets missing from received repairs that miss any.
+    missing_mean: f64,
     reports: BTreeMap<NodeId, Report>,
     gap_nanos: f64,
     last_heard: Option<Instant>,
@@ -496,9 +506,7 @@ impl Lec {
             missing: BTreeMap::new(),
             missing_order: VecDeque::new(),
             own_loss: 0.0,
-            burst_losses: 0.0,
-            burst_runs: 0.0,
-            last_missing: BTreeMap::new(),
+            missing_mean: 1.0,
             reports: BTreeMap::new(),
             gap_nanos: 0.0,
             last_heard: None,
@@ -557,7 +565,7 @@ impl Lec {
         while self.missing_order.len() > 2 * self.config.missing_max.max(1) {
             self.forget_oldest_missing();
         }
-        self.note_loss(id);
+        self.note_loss();
     }
 
     /// Whether `id` was reported missing and has not arrived or been rebuilt since.
@@ -566,14 +574,15 @@ impl Lec {
     }
 
     /// A loss report about `member` from elsewhere (e.g. the health gossip): its loss rate
-    /// (fraction) and mean burst length (packets), as a repair from it would carry.
-    pub fn on_loss_report(&mut self, now: Instant, member: NodeId, loss: f64, burst: f64) {
+    /// (fraction) and how many packets it misses of the repairs that miss any, as a repair
+    /// from it would carry.
+    pub fn on_loss_report(&mut self, now: Instant, member: NodeId, loss: f64, missing: f64) {
         if self.is_member(member) {
             self.reports.insert(
                 member,
                 Report {
                     loss: loss.clamp(0.0, 1.0),
-                    burst: burst.max(1.0),
+                    missing: missing.max(1.0),
                     at: now,
                 },
             );
@@ -592,7 +601,7 @@ impl Lec {
             from,
             Report {
                 loss: f64::from(repair.head.loss) / 65536.0,
-                burst: f64::from(repair.head.burst).max(1.0),
+                missing: (f64::from(repair.head.missing) / 16.0).max(1.0),
                 at: now,
             },
         );
@@ -642,7 +651,7 @@ impl Lec {
     /// The code words are computed here, at the moment of sending, once per bin.
     pub fn encode(&mut self, intent: &RepairIntent, buf: &mut [u8]) -> Result<usize, LecError> {
         let head_loss = (self.own_loss() * 65536.0) as u16;
-        let head_burst = self.own_burst().round().min(255.0) as u8;
+        let head_missing = (self.missing_mean * 16.0).round().min(255.0) as u8;
         let mut pool = std::mem::take(&mut self.word_pool);
         let codec = {
             let f = self
@@ -673,7 +682,7 @@ impl Lec {
             bin: f.bin,
             code,
             loss: head_loss,
-            burst: head_burst,
+            missing: head_missing,
         };
         let word = &f.words[usize::from(intent.shard)];
         let written = LecRepair::write(buf, &head, &f.entries, word);
@@ -801,16 +810,18 @@ impl Lec {
         (self.own_loss * 65536.0).floor().min(65535.0) / 65536.0
     }
 
-    /// The region's mean loss burst length (packets) as this node sees it.
-    pub fn region_burst(&self, now: Instant) -> f64 {
+    /// How many packets members miss, on average, of the repairs they receive that miss any:
+    /// the largest of this node's own figure and its peers' fresh reports (1 when nobody
+    /// loses).
+    pub fn region_missing(&self, now: Instant) -> f64 {
         let own = if self.own_loss() > 0.0 {
-            self.own_burst()
+            self.missing_mean
         } else {
             1.0
         };
         self.fresh_reports(now)
             .filter(|r| r.loss > 0.0)
-            .map(|r| r.burst)
+            .map(|r| r.missing)
             .fold(own, f64::max)
     }
 
@@ -844,7 +855,7 @@ impl Lec {
         assert!(self.store_bytes <= self.config.store_bytes_max.max(self.largest_packet()));
         for b in &self.bins {
             assert!(
-                b.packets.len() < self.config.bin_len(),
+                b.packets.is_empty() || b.packets.len() < b.size,
                 "a full bin did not fire"
             );
             assert!(
@@ -919,12 +930,9 @@ impl Lec {
         self.reports.values().filter(move |r| r.at + ttl > now)
     }
 
-    fn own_burst(&self) -> f64 {
-        if self.burst_runs > 0.0 {
-            (self.burst_losses / self.burst_runs).max(1.0)
-        } else {
-            1.0
-        }
+    /// A received repair missed `n ≥ 1` packets.
+    fn note_missing(&mut self, n: usize) {
+        self.missing_mean += (n as f64 - self.missing_mean) / 32.0;
     }
 
     // ---- intake -------------------------------------------------------------------------
@@ -946,7 +954,7 @@ impl Lec {
             Source::Rebuilt => {
                 if !was_missing {
                     self.stats.rebuilt_unreported += 1;
-                    self.note_loss(id);
+                    self.note_loss();
                 }
             }
         }
@@ -1006,22 +1014,9 @@ impl Lec {
         self.last_heard = Some(now);
     }
 
-    fn note_loss(&mut self, id: PacketId) {
+    fn note_loss(&mut self) {
         let w = f64::from(self.config.loss_memory_packets.max(1));
         self.own_loss += (1.0 - self.own_loss) / w;
-        // Mean burst = losses / runs, both decayed so the estimate follows recent losses.
-        const DECAY: f64 = 1.0 - 1.0 / 64.0;
-        self.burst_losses = self.burst_losses * DECAY + 1.0;
-        let key = (id.sender, id.epoch);
-        let continues = self
-            .last_missing
-            .get(&key)
-            .is_some_and(|&s| s.wrapping_add(1) == id.seq.0);
-        self.burst_runs = self.burst_runs * DECAY + if continues { 0.0 } else { 1.0 };
-        if !self.last_missing.contains_key(&key) && self.last_missing.len() >= 64 {
-            self.last_missing.pop_first();
-        }
-        self.last_missing.insert(key, id.seq.0);
     }
 
     // ---- bins and firing ----------------------------------------------------------------
@@ -1040,16 +1035,19 @@ impl Lec {
         if self.bins[i].datagram_len_with(&id, bytes.len()) > self.config.max_datagram {
             self.close_bin(now, i);
         }
-        let b = &mut self.bins[i];
-        if b.packets.is_empty() {
+        if self.bins[i].packets.is_empty() {
+            let size = self.config.bin_len();
+            let b = &mut self.bins[i];
             b.opened = now;
+            b.size = size;
         }
+        let b = &mut self.bins[i];
         if !b.streams.contains(&(id.sender, id.epoch)) {
             b.streams.push((id.sender, id.epoch));
         }
         b.longest = b.longest.max(bytes.len());
         b.packets.push((id, bytes));
-        if b.packets.len() >= self.config.bin_len() {
+        if b.packets.len() >= b.size {
             self.close_bin(now, i);
         }
     }
@@ -1076,9 +1074,13 @@ impl Lec {
         let parity = m > 1
             && packets >= 2
             && packets + m <= 256
-            && self.region_burst(now) >= self.config.parity_from_burst;
+            && self.region_missing(now) >= self.config.parity_from_missing;
         let (members, shards) = if parity {
-            (n.div_ceil(m).min(self.members.len()), m)
+            let t = match self.config.parity_targets {
+                0 => n,
+                t => (t as f64 * n as f64 / targets as f64).ceil() as usize,
+            };
+            (t.clamp(1, LEC_MAX_TARGETS).min(self.members.len()), m)
         } else {
             (n, 1)
         };
@@ -1212,6 +1214,7 @@ impl Lec {
             self.stats.repairs_redundant += 1;
             return;
         }
+        self.note_missing(unknown);
         let mut word = self.word_pool.pop().unwrap_or_default();
         word.clear();
         word.extend_from_slice(repair.payload);
@@ -1289,6 +1292,7 @@ impl Lec {
                     self.stats.repairs_redundant += 1;
                     return;
                 }
+                self.note_missing(unknown);
                 let Some(slot) = self.kept_parity.alloc() else {
                     self.stats.kept_full += 1;
                     return;
@@ -1585,6 +1589,8 @@ mod tests {
         LecConfig {
             bin_packets: 4,
             targets: 1,
+            stagger: 1,
+            parity_shards: 1,
             adaptive: false,
             ..LecConfig::default()
         }
@@ -1641,7 +1647,7 @@ mod tests {
             bin,
             code: LecCode::Xor,
             loss: 0,
-            burst: 1,
+            missing: 16,
         };
         let mut buf = vec![0u8; LecRepair::wire_len(&entries, longest)];
         LecRepair::write(&mut buf, &head, &entries, &word).unwrap();
@@ -1853,7 +1859,7 @@ mod tests {
             bin_packets: 8,
             targets: m,
             parity_shards: m,
-            parity_from_burst: 0.0,
+            parity_from_missing: 0.0,
             ..config()
         }
     }
@@ -1872,7 +1878,7 @@ mod tests {
                 }
             }
             let out = drain(&mut a);
-            assert_eq!(out.len(), 3, "m = 3 shards to ceil(c / m) = 1 member");
+            assert_eq!(out.len(), 3, "m = 3 shards to the one member there is");
             assert_eq!(a.stats().bins_parity, 1);
             for (_, body) in &out {
                 deliver(T0, NodeId(1), &mut b, body);
@@ -1895,34 +1901,56 @@ mod tests {
     }
 
     #[test]
-    fn bins_use_parity_only_once_bursts_reach_the_threshold() {
+    fn bins_use_parity_only_while_repairs_arrive_missing_several_packets() {
         let c = LecConfig {
-            parity_from_burst: 3.0,
+            parity_from_missing: 1.5,
             ..parity_config(2)
         };
         let mut a = node(&c, 1, &[1, 2]);
-        // Isolated losses: mean burst 1.
-        for q in (1..=40).step_by(4) {
-            a.on_missing(T0, id(5, q));
-        }
-        for q in 1..=8 {
-            let p = pkt(9, q, 50);
-            a.on_packet(T0, p.0, p.1);
-        }
-        assert!(a.region_burst(T0) < 3.0);
-        assert_eq!(a.stats().bins_parity, 0);
-        // Bursts of 5.
-        for start in (100..1000).step_by(20) {
-            for q in start..start + 5 {
-                a.on_missing(T0, id(5, q));
+        a.on_missing(T0, id(5, 1)); // some loss, so the own figure counts
+        let fill = |a: &mut Lec, from: u32| {
+            for q in from..from + 8 {
+                let p = pkt(9, q, 50);
+                a.on_packet(T0, p.0, p.1);
             }
+        };
+        // Repairs missing one packet each: XOR is enough.
+        for k in 0..40u32 {
+            let ps: Vec<_> = (0..4).map(|q| pkt(7, k * 4 + q, 60)).collect();
+            for p in &ps[1..] {
+                a.on_packet(T0, p.0, p.1.clone());
+            }
+            deliver(T0, NodeId(2), &mut a, &xor_repair(k, &ps));
         }
-        assert!(a.region_burst(T0) >= 3.0, "{}", a.region_burst(T0));
-        for q in 9..=16 {
-            let p = pkt(9, q, 50);
-            a.on_packet(T0, p.0, p.1);
+        assert!(a.region_missing(T0) < 1.5, "{}", a.region_missing(T0));
+        drain(&mut a);
+        let parity = a.stats().bins_parity;
+        fill(&mut a, 1000);
+        assert_eq!(a.stats().bins_parity, parity);
+        // Repairs missing three packets each: parity.
+        for k in 40..80u32 {
+            let ps: Vec<_> = (0..4).map(|q| pkt(7, k * 4 + q, 60)).collect();
+            a.on_packet(T0, ps[0].0, ps[0].1.clone());
+            deliver(T0, NodeId(2), &mut a, &xor_repair(k, &ps));
         }
-        assert_eq!(a.stats().bins_parity, 1);
+        assert!(a.region_missing(T0) >= 1.5, "{}", a.region_missing(T0));
+        drain(&mut a);
+        fill(&mut a, 2000);
+        assert!(a.stats().bins_parity > parity);
+    }
+
+    #[test]
+    fn a_peers_missing_report_switches_parity_on_only_while_fresh() {
+        let c = LecConfig {
+            parity_from_missing: 2.0,
+            ..parity_config(2)
+        };
+        let mut a = node(&c, 1, &[1, 2]);
+        a.on_loss_report(T0, NodeId(2), 0.01, 1.9);
+        assert!(a.region_missing(T0) < 2.0);
+        a.on_loss_report(T0, NodeId(2), 0.01, 2.0);
+        assert!(a.region_missing(T0) >= 2.0);
+        assert_eq!(a.region_missing(T0 + c.report_ttl), 1.0);
     }
 
     #[test]
@@ -2291,7 +2319,7 @@ mod tests {
                 fired_max: 2,
                 stagger: 3,
                 parity_shards: 2,
-                parity_from_burst: 1.0,
+                parity_from_missing: 1.0,
                 targets: 2,
                 ..config()
             };

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //!  0        8     12    13      14      15      17     18       19
-//!  | region | bin | code | parity | index | loss | burst | groups |
+//!  | region | bin | code | parity | index | loss | missing | groups |
 //!  then per group (one per (sender, epoch), in increasing order):
 //!  | sender u64 | epoch u32 | count u8 |  then per entry:  | seq u32 | len u16 | digest u32 |
 //!  then the payload: the code word, exactly as long as the longest entry
@@ -123,8 +123,10 @@ pub struct LecHead {
     /// The repairer's observed loss rate in the region, as a fraction × 65536 (saturating): the
     /// input of its peers' adaptive rate of fire.
     pub loss: u16,
-    /// The repairer's observed mean loss burst length in packets (saturating).
-    pub burst: u8,
+    /// How many packets the repairer misses of the repairs it receives that miss any, on
+    /// average, in sixteenths of a packet (saturating): above one, losses come in bursts or
+    /// thick enough to defeat XOR, and its peers add parity shards.
+    pub missing: u8,
 }
 
 /// A parsed repair body, borrowing the datagram.
@@ -182,7 +184,7 @@ impl<'a> LecRepair<'a> {
         b[13] = parity;
         b[14] = index;
         b[15..17].copy_from_slice(&head.loss.to_be_bytes());
-        b[17] = head.burst;
+        b[17] = head.missing;
         b[18] = groups as u8;
         let mut at = LEC_FIXED_LEN;
         let mut i = 0;
@@ -227,7 +229,7 @@ impl<'a> LecRepair<'a> {
             bin: u32_at(body, 8),
             code,
             loss: u16_at(body, 15),
-            burst: body[17],
+            missing: body[17],
         };
         let groups = usize::from(body[18]);
         if groups == 0 {
@@ -383,7 +385,7 @@ mod tests {
             bin: 77,
             code,
             loss: 655,
-            burst: 3,
+            missing: 3,
         }
     }
 
