@@ -63,8 +63,8 @@ fn reed_solomon(c: &mut Criterion) {
     g.finish();
 }
 
-/// The core per packet at the full rate of fire: store, bin, fire to c = 3, encode each
-/// repair into a buffer. 1 KB packets from 4 senders.
+/// The core per packet at the full rate of fire: store, bin, fire (XOR to c = 3 members, or
+/// m = 3 parity shards to one), encode each repair into a buffer. 1 KB packets from 4 senders.
 fn core(c: &mut Criterion) {
     let mut g = c.benchmark_group("lec_core");
     let packets: Vec<(PacketId, Bytes)> = (0..4096u32)
@@ -81,8 +81,10 @@ fn core(c: &mut Criterion) {
     for (name, parity) in [("xor_r8_c3", 1usize), ("parity_r8_m3", 3)] {
         let config = LecConfig {
             adaptive: false,
+            stagger: 1,
             parity_shards: parity,
-            parity_from_burst: 0.0,
+            parity_targets: 1,
+            parity_from_missing: 0.0,
             ..LecConfig::default()
         };
         g.throughput(Throughput::Elements(packets.len() as u64));
