@@ -467,13 +467,15 @@ fn canonical(id: PacketId, len: usize, seed: u64) -> Bytes {
     Bytes::from(v)
 }
 
-/// The default sweep: every loss × burst × scheme.
+/// The default sweep's schemes: Ricochet-like XOR, stagger, parity to one member (`p1`) or to
+/// `c` (the default), a larger bin, and the fixed rate of fire.
 pub fn default_schemes() -> Vec<Scheme> {
     [
         "r8c3s1m1",
         "r8c3s4m1",
         "r8c3s2m3",
-        "r8c3s2m3p3",
+        "r8c3s2m3p1",
+        "r8c3s8m1",
         "r16c4s1m1",
         "r8c3s1m1-fixed",
     ]
