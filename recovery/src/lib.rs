@@ -15,6 +15,9 @@
 //!   per-record arithmetic is the pure functions of [`merge`].
 //! * [`RangeSet`] — runs of sequence numbers (NAK and lack lists) without per-number
 //!   expansion.
+//! * [`Lec`] — lateral error correction (Ricochet, design section 4): per region, every `r`
+//!   packets received become one XOR (or Reed–Solomon) repair for `c` random members, so most
+//!   losses are rebuilt by peers within a bin's fill time; the ring stays the backstop.
 //!
 //! Everything here is sans-IO: `now` is an argument, the owner calls `handle_timeout` at the
 //! deadline the value reports, and packets come out as values the owner encodes and sends.
@@ -23,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+pub mod lec;
 pub mod merge;
 mod pacing;
 mod ranges;
@@ -32,8 +36,10 @@ mod store;
 mod window;
 
 pub use cache::{Cache, CacheRefused};
+pub use lec::{xor_into, Lec, LecConfig, LecError, LecStats, RepairIntent, LEC_MAX_TARGETS};
 pub use merge::{Progress, StreamProgress, StreamUpdate};
 pub use pacing::{PaceChange, Pacer, CALM_ROUNDS, MIN_PACING_RATE};
+pub use qs_transport::wire::PacketId;
 pub use ranges::RangeSet;
 pub use ring::{Local, Ring, RingAction, RingConfig, RingStats, SlowReceiver, View};
 pub use send_window::{Resend, SendWindow};

@@ -6,6 +6,9 @@
 //! scenario, `results.json` / `results.md`, and the benchmark report (`BENCHMARKS.md` and
 //! plots, [`report`]) from results files and peer result lines.
 //!
+//! Also a standalone sweep of lateral error correction over a small deterministic model
+//! ([`sim_lec`], `qs-testbed sim-lec`).
+//!
 //! Does not: build the LAN or inject loss itself (the scripts in `testbed/scripts` do), build
 //! or measure anything inside `qs` (it runs the `qs` binary and reads its JSON lines), run the
 //! peers (`testbed/peers` prints their lines), or simulate (that is `qs-sim`). Running needs
@@ -16,3 +19,4 @@ pub mod machine;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod sim_lec;

@@ -5,6 +5,7 @@
 //! - `qs-testbed report RESULTS.json... --out DIR [--peers FILE]...`: BENCHMARKS.md and plots.
 //! - `qs-testbed suite [--out DIR]`: every scenario of testbed/scenarios, then the report.
 //! - `qs-testbed check SCENARIO.toml...`: validate scenarios and print expected counts.
+//! - `qs-testbed sim-lec [...]`: the lateral error correction sweep (a table; no root needed).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qs_testbed::report::{self, Format};
 use qs_testbed::run::{self, RunOptions};
 use qs_testbed::scenario::Scenario;
+use qs_testbed::sim_lec::{self, Model, Scheme};
 
 #[derive(Parser)]
 #[command(
@@ -84,6 +86,33 @@ enum Cmd {
         /// Peer result lines for the report (repeatable).
         #[arg(long = "peers")]
         peers: Vec<PathBuf>,
+    },
+    /// Sweep lateral error correction over a deterministic model and print a table.
+    SimLec {
+        /// Receivers in the region.
+        #[arg(long, default_value_t = 8)]
+        receivers: usize,
+        /// Senders (round-robin, outside the region).
+        #[arg(long, default_value_t = 2)]
+        senders: usize,
+        /// Data packets per case.
+        #[arg(long, default_value_t = 40_000)]
+        packets: u32,
+        /// Aggregate data rate, packets per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Loss rates (fractions).
+        #[arg(long, value_delimiter = ',', default_values = ["0", "0.001", "0.01", "0.05", "0.1"])]
+        loss: Vec<f64>,
+        /// Burst lengths.
+        #[arg(long, value_delimiter = ',', default_values = ["1", "5", "10", "20"])]
+        burst: Vec<u32>,
+        /// Schemes as rRcCsSmM[-fixed] (default: a set comparing stagger and parity).
+        #[arg(long, value_delimiter = ',')]
+        scheme: Vec<String>,
     },
     /// Validate scenario files and print each case's processes and expected counts.
     Check {
@@ -175,6 +204,35 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 .collect();
             let p = report::report(&results, &peers, &out, &formats)?;
             println!("wrote {}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SimLec {
+            receivers,
+            senders,
+            packets,
+            rate,
+            seed,
+            loss,
+            burst,
+            scheme,
+        } => {
+            let schemes = if scheme.is_empty() {
+                sim_lec::default_schemes()
+            } else {
+                scheme
+                    .iter()
+                    .map(|s| Scheme::parse(s).with_context(|| format!("bad scheme {s:?}")))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let model = Model {
+                receivers,
+                senders,
+                packets,
+                rate_pps: rate,
+                seed,
+                ..Model::default()
+            };
+            print!("{}", sim_lec::sweep(&model, &schemes, &loss, &burst));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { scenarios } => {

@@ -6,9 +6,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
-    Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate, RepairRequest,
-    Scope, Seal, SenderAck, SeqRange, StreamId, StreamState, Token, TokenAck, TokenRecord,
-    WireError, DATA_FIXED_LEN, HEADER_LEN,
+    Announce, DataPacket, DataWriter, Fragment, Header, LecRepair, PacketKind, RateAggregate,
+    RepairRequest, Scope, Seal, SenderAck, SeqRange, StreamId, StreamState, Token, TokenAck,
+    TokenRecord, WireError, DATA_FIXED_LEN, HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
@@ -36,6 +36,9 @@ fn parse_any(datagram: &[u8]) -> Result<(), WireError> {
         PacketKind::TokenAck => TokenAck::parse(&body).map(drop),
         PacketKind::RepairRequest => RepairRequest::parse(&body).map(drop),
         PacketKind::SenderAck => SenderAck::parse(&body).map(drop),
+        PacketKind::LecRepair => {
+            LecRepair::parse(&body).map(|r| assert_eq!(r.entries().count(), r.len()))
+        }
         PacketKind::Gossip => Ok(()),
     }
 }
@@ -228,11 +231,12 @@ proptest! {
 
     /// Random bytes almost never pass the checksum, so also fuzz bodies behind a valid header.
     #[test]
-    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=8,
+    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=9,
         body in prop::collection::vec(any::<u8>(), 0..1500)) {
         let kind = match kind { 1 => PacketKind::Announce, 2 => PacketKind::Data,
             3 => PacketKind::Fragment, 4 => PacketKind::StreamState, 5 => PacketKind::Token,
-            6 => PacketKind::TokenAck, 7 => PacketKind::RepairRequest, _ => PacketKind::SenderAck };
+            6 => PacketKind::TokenAck, 7 => PacketKind::RepairRequest, 8 => PacketKind::SenderAck,
+            _ => PacketKind::LecRepair };
         let mut buf = vec![0u8; HEADER_LEN + body.len()];
         header(kind, 5).write(&mut buf).unwrap();
         buf[HEADER_LEN..].copy_from_slice(&body);

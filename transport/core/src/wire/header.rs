@@ -65,6 +65,8 @@ pub enum PacketKind {
     RepairRequest = 7,
     /// A region leader's acknowledgement to a sender ([`super::SenderAck`]).
     SenderAck = 8,
+    /// A lateral repair between receivers ([`super::LecRepair`]).
+    LecRepair = 9,
     /// A gossip-plane datagram (`qs-gossip`; its body is that crate's sections).
     Gossip = 0x47,
 }
@@ -80,6 +82,7 @@ impl PacketKind {
             6 => PacketKind::TokenAck,
             7 => PacketKind::RepairRequest,
             8 => PacketKind::SenderAck,
+            9 => PacketKind::LecRepair,
             0x47 => PacketKind::Gossip,
             other => return Err(WireError::UnknownKind(other)),
         })
