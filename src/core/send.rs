@@ -190,7 +190,8 @@ impl NodeCore {
 
     /// Whether a message of `len` bytes can be queued now (back-pressure check).
     pub fn can_publish(&self, len: usize) -> bool {
-        self.queued_bytes == 0 || self.queued_bytes + len <= self.config.send_queue_bytes
+        self.queued_bytes == 0
+            || self.queued_bytes + len + MESSAGE_OVERHEAD <= self.config.send_queue_bytes
     }
 
     /// This node's own stream into `region` — its epoch and highest packet — if any went out.
