@@ -127,6 +127,7 @@ pub struct NodeBuilder {
     metrics: Option<SocketAddr>,
     announce_interval: Duration,
     peer_timeout: Option<Duration>,
+    sender_grace: Duration,
     inject_loss: f64,
     reliable: bool,
     isolate_slow: bool,
@@ -155,6 +156,7 @@ impl Default for NodeBuilder {
             metrics: None,
             announce_interval: Duration::from_millis(500),
             peer_timeout: None,
+            sender_grace: Duration::from_secs(30),
             inject_loss: 0.0,
             reliable: true,
             isolate_slow: false,
@@ -280,6 +282,17 @@ impl NodeBuilder {
         self
     }
 
+    /// How long the streams of a sender declared down stay open before they end. Within it
+    /// the region's surviving members keep repairing each other (so they all deliver the same
+    /// messages of it), and a sender that was only paused or falsely suspected and comes back
+    /// loses nothing. Then the stream ends with [`NodeEvent::SenderLost`](crate::NodeEvent)
+    /// (what no member had reported as a gap first). A sender that leaves (shuts down) ends
+    /// its streams at once. Default 30 s.
+    pub fn sender_grace(mut self, grace: Duration) -> Self {
+        self.sender_grace = grace;
+        self
+    }
+
     /// Drops this fraction of incoming data packets on purpose (loss injection for demos and
     /// tests). Default 0.
     pub fn inject_loss(mut self, fraction: f64) -> Self {
@@ -379,6 +392,7 @@ impl NodeBuilder {
         config.gossip_seeds = self.gossip_seeds.clone();
         config.ring.isolate_slow = self.isolate_slow;
         config.failure_timeout = self.peer_timeout;
+        config.departed_grace = self.sender_grace;
         config.discovery = DiscoveryConfig {
             announce_interval: self.announce_interval,
             ..DiscoveryConfig::default()

@@ -79,6 +79,16 @@ fn config(i: usize, seed: u64, incarnation: u64) -> CoreConfig {
 
 impl World {
     fn new(sim: SimConfig, nodes: usize, size: usize) -> World {
+        World::with(sim, nodes, size, |_, _| {})
+    }
+
+    /// Like [`World::new`], each node's config changed by `tweak(index, config)` first.
+    fn with(
+        sim: SimConfig,
+        nodes: usize,
+        size: usize,
+        tweak: impl Fn(usize, &mut CoreConfig),
+    ) -> World {
         let seed = sim.seed;
         let mut w = World {
             sim: Sim::new(sim),
@@ -90,7 +100,9 @@ impl World {
             by_id: BTreeMap::new(),
         };
         for i in 0..nodes {
-            w.add(i, config(i, seed, 1));
+            let mut c = config(i, seed, 1);
+            tweak(i, &mut c);
+            w.add(i, c);
         }
         w
     }
@@ -357,4 +369,76 @@ fn a_new_lowest_id_member_joining_after_the_last_publish_leaves_the_sender_idle(
         "the sender is acknowledged; {}",
         w.hint("joiner")
     );
+}
+
+#[test]
+fn survivors_of_a_member_sender_crash_deliver_the_same_messages() {
+    for seed in 51..61 {
+        let seed = seed_from_env(seed);
+        // Nodes 0..4 all subscribe; node 3 (a region member) publishes under 2% loss and
+        // crashes mid-stream, right after a publish, with packets still being repaired.
+        // A short grace, so that the stream's end is seen within the run.
+        let mut w = World::with(lossy(seed, 0.02), 4, 200, |_, c| {
+            c.departed_grace = Duration::from_secs(2);
+        });
+        for r in 0..4 {
+            w.subscribe(r, &[1]);
+        }
+        w.run(Duration::from_secs(2));
+        w.publish(3, 1, 500, 100);
+        // The last messages reach node 0 only half the time: it depends on the others.
+        w.sim.set_node_loss(w.idx[0], LossModel::Bernoulli(0.5));
+        w.publish(3, 1, 100, 100);
+        // Mid-burst: some of the last packets are out, some reached only some members.
+        w.sim.run_for(Duration::from_micros(150), &mut |_| {});
+        w.sim.crash(w.idx[3]);
+        w.sim.clear_node_loss(w.idx[0]);
+        w.run(Duration::from_secs(8));
+        let sets: Vec<&[u32]> = (0..3).map(|r| w.got(r, 3)).collect();
+        println!(
+            "seed {seed}: survivors delivered {:?} of 600",
+            sets.iter().map(|s| s.len()).collect::<Vec<_>>()
+        );
+        for r in 1..3 {
+            assert_eq!(
+                sets[r],
+                sets[0],
+                "survivors 0 and {r} disagree on the crashed sender's messages; {}",
+                w.hint("sim_membership survivors")
+            );
+        }
+        let sender = w.core(3).id();
+        for (r, set) in sets.iter().enumerate() {
+            let lost: Vec<(u64, u64)> = w
+                .oracle
+                .events
+                .get(&r)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| match e {
+                    Event::SenderLost {
+                        sender: s,
+                        delivered,
+                        missed,
+                        ..
+                    } if *s == sender => Some((*delivered, *missed)),
+                    _ => None,
+                })
+                .collect();
+            let gaps: u64 = w
+                .oracle
+                .gaps
+                .get(&r)
+                .into_iter()
+                .flatten()
+                .map(|g| u64::from(g.1))
+                .sum();
+            assert_eq!(
+                lost,
+                vec![(set.len() as u64, gaps)],
+                "node {r}: the stream's end is reported once, with what it delivered; {}",
+                w.hint("sim_membership survivors")
+            );
+        }
+    }
 }

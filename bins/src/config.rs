@@ -172,6 +172,11 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_PEER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub peer_timeout: Option<Duration>,
+    /// How long a failed sender's streams stay open (survivors repair each other; a paused
+    /// sender that returns loses nothing) before they end with "sender lost" [default: 30s]
+    #[arg(long, env = "QS_SENDER_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub sender_grace: Option<Duration>,
     /// A fixed node id, in hex [default: random]
     #[arg(long, env = "QS_NODE_ID", value_name = "HEX", value_parser = parse_node_id)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -200,7 +205,7 @@ impl NodeOpts {
         fill!(o, file: iface, cluster, control_group, data_port, unicast_port, group_range,
             best_effort, isolate_slow, inject_loss, recv_buffer_bytes, send_buffer_bytes,
             max_datagram, send_queue_bytes, max_message_bytes, subscription_queue, publish_queue,
-            event_queue, announce_interval, peer_timeout, node_id, rng_seed, metrics);
+            event_queue, announce_interval, peer_timeout, sender_grace, node_id, rng_seed, metrics);
         if o.seeds.is_empty() {
             o.seeds = file.seeds.clone();
         }
@@ -233,6 +238,7 @@ impl NodeOpts {
             max_message_bytes => max_message_bytes, subscription_queue => subscription_queue,
             publish_queue => publish_queue, event_queue => event_queue,
             announce_interval => announce_interval, peer_timeout => peer_timeout,
+            sender_grace => sender_grace,
             rng_seed => seed, metrics => metrics);
         if let Some(c) = &self.cluster {
             b = b.cluster(c);
