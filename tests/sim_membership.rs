@@ -442,3 +442,94 @@ fn survivors_of_a_member_sender_crash_deliver_the_same_messages() {
         }
     }
 }
+
+/// Alternating topics: message n goes to topic 1 + n % 2.
+fn publish_alternating(w: &mut World, i: usize, count: u32) -> std::ops::Range<u32> {
+    let first = *w.next.entry(i).or_insert(0);
+    for n in first..first + count {
+        let t = 1 + n % 2;
+        loop {
+            let p = payload(i, n, t, w.size);
+            let node = w.sim.node_mut(w.idx[i]);
+            if node.publish(topic(t), p).is_ok() {
+                w.sim.poke(w.idx[i]);
+                break;
+            }
+            w.run(Duration::from_millis(1));
+        }
+        if n % 20 == 19 {
+            w.run(Duration::from_millis(1));
+        }
+    }
+    w.next.insert(i, first + count);
+    first..first + count
+}
+
+#[test]
+#[ignore = "open (issue 10, point 4): on its own region change a receiver drops the old \
+            region's streams (held-back packets included) and the sender keeps using its old \
+            view until it learns the move, so ~30 messages of a kept topic around the change \
+            are lost without a gap; the handover needs a per-sender publish order across \
+            regions to cut over without duplicates"]
+fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_once() {
+    for seed in [61, 62, 63] {
+        let seed = seed_from_env(seed);
+        // Receivers 0..3 subscribe topics 1 and 2; node 3 publishes to both, alternating.
+        // Mid-stream node 0 drops topic 2 (it moves to another region), later takes it back.
+        let mut w = World::new(lossy(seed, 0.01), 4, 200);
+        for r in 0..3 {
+            w.subscribe(r, &[1, 2]);
+        }
+        w.run(Duration::from_secs(2));
+        let a = publish_alternating(&mut w, 3, 1000);
+        let now = w.sim.now();
+        w.sim.node_mut(w.idx[0]).unsubscribe(now, topic(2));
+        w.sim.poke(w.idx[0]);
+        let b = publish_alternating(&mut w, 3, 1000);
+        w.run(Duration::from_millis(500));
+        w.subscribe(0, &[2]);
+        let c = publish_alternating(&mut w, 3, 1000);
+        w.run(Duration::from_secs(5));
+        for r in 1..3 {
+            w.expect_exactly(r, 3, 0..3000, "sim_membership drops_and_adds");
+        }
+        // Node 0 keeps every topic-1 message; topic 2 only before it dropped it and after it
+        // took it back (around each change, either side may own a message: not both).
+        let got = w.got(0, 3);
+        let ones: Vec<u32> = got.iter().copied().filter(|n| n % 2 == 0).collect();
+        let want: Vec<u32> = (0..3000).filter(|n| n % 2 == 0).collect();
+        let missing: Vec<u32> = want
+            .iter()
+            .copied()
+            .filter(|n| ones.binary_search(n).is_err())
+            .collect();
+        assert_eq!(
+            ones.len(),
+            want.len(),
+            "node 0 lost topic-1 messages {missing:?} across its region changes (b {b:?}, \
+             c {c:?}; gap events {:?}); {}",
+            w.oracle.gaps.get(&0),
+            w.hint("sim_membership drops_and_adds")
+        );
+        assert_eq!(ones, want);
+        let twos_mid = got
+            .iter()
+            .filter(|n| *n % 2 == 1 && b.start + 100 <= **n && **n < b.end - 100)
+            .count();
+        assert_eq!(twos_mid, 0, "topic 2 delivered while unsubscribed");
+        let twos_late = got
+            .iter()
+            .filter(|n| *n % 2 == 1 && c.start + 200 <= **n)
+            .count();
+        assert!(twos_late > 0, "topic 2 comes again after resubscribing");
+        assert!(
+            w.core(3).is_idle(),
+            "{}",
+            w.hint("sim_membership drops_and_adds")
+        );
+        let _ = a;
+        for r in 0..3 {
+            assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
+        }
+    }
+}
