@@ -533,3 +533,36 @@ fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_onc
         }
     }
 }
+
+#[test]
+fn thirty_two_senders_into_one_region_are_all_acknowledged_and_delivered() {
+    let seed = seed_from_env(71);
+    // Receivers 0..3; nodes 3..35 publish 200 messages each, interleaved, under 1% loss: more
+    // senders than one token carries records for, so they must take turns in the token.
+    let mut w = World::new(lossy(seed, 0.01), 35, 200);
+    for r in 0..3 {
+        w.subscribe(r, &[1]);
+    }
+    w.run(Duration::from_secs(3));
+    for _round in 0..10 {
+        for s in 3..35 {
+            w.publish(s, 1, 20, 20);
+        }
+    }
+    w.run(Duration::from_secs(8));
+    for r in 0..3 {
+        for s in 3..35 {
+            w.expect_exactly(r, s, 0..200, "sim_membership thirty_two");
+        }
+    }
+    for s in 3..35 {
+        assert!(
+            w.core(s).is_idle(),
+            "sender {s} is acknowledged; {}",
+            w.hint("sim_membership thirty_two")
+        );
+    }
+    for r in 0..3 {
+        assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
+    }
+}
