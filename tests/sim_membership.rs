@@ -566,3 +566,32 @@ fn thirty_two_senders_into_one_region_are_all_acknowledged_and_delivered() {
         assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
     }
 }
+
+/// The figure of issue 10: the region round time against the region's size, with a token per
+/// partition and a ring of partition leaders (100 µs links, 1 sender, steady traffic). Not a
+/// CI test (it asserts nothing beyond completion); run with `--ignored --nocapture`.
+#[test]
+#[ignore = "measurement: cargo test --release --test sim_membership round_time -- --ignored --nocapture"]
+fn round_time_against_region_size() {
+    for n in [5usize, 25, 100, 500] {
+        let seed = seed_from_env(81);
+        let mut w = World::new(lossy(seed, 0.0), n + 1, 200);
+        for r in 0..n {
+            w.subscribe(r, &[1]);
+        }
+        w.run(Duration::from_secs(4));
+        w.publish(n, 1, 2000, 10);
+        w.run(Duration::from_secs(2));
+        let leader = (0..n).min_by_key(|r| w.core(*r).id()).unwrap();
+        let ring = w.core(leader).ring().unwrap().stats();
+        println!(
+            "region of {n}: round {} µs, hop rtt {} µs, rounds {} completed / {} regenerated, \
+             sender idle {}",
+            ring.round_time_us,
+            ring.hop_rtt_us,
+            ring.rounds_completed,
+            ring.rounds_regenerated,
+            w.core(n).is_idle()
+        );
+    }
+}
