@@ -1100,6 +1100,7 @@ fn a_receiver_crash_and_a_late_joiner_do_not_cost_survivors_anything() {
 fn a_receiver_crash_stalls_acknowledgements_well_under_a_second() {
     let CrashRun { run, .. } = crash_and_join();
     let stall = run.stalls.longest(run.sim.now());
+    println!("longest acknowledgement stall around the receiver crash: {stall:?}");
     assert!(
         stall < Duration::from_millis(500),
         "acknowledgements stood still {stall:?}; SIM_SEED={} cargo test --release --test \
