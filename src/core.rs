@@ -53,6 +53,7 @@ pub use cluster::{ClusterMap, MemberView, RegionView};
 pub use config::{CoreConfig, SEND_QUEUE_FLOOR};
 pub use events::{Delivery, Event, PublishRefused};
 pub use members::Peer;
+use members::UNVOUCHED_AFTER;
 pub use stats::{CoreStats, DropStats};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -109,6 +110,9 @@ pub struct NodeCore {
     /// Senders gossip declared down, and since when: their streams stay open for
     /// `departed_grace` (they may be paused, not dead).
     departed_at: BTreeMap<NodeId, Instant>,
+    /// Nodes whose subscription records came from announcements while the gossip plane did
+    /// not know them as live members, since when (see `members.rs`).
+    unvouched: BTreeMap<NodeId, Instant>,
     /// Streams closed for good: per sender the latest closed epoch, sorted by sender
     /// (bounded; the oldest closed is forgotten first, see `closed_order`). Stragglers and
     /// ring records of them are dropped instead of starting the stream over.
@@ -163,6 +167,7 @@ impl NodeCore {
             health_clock: cluster::HealthClock::default(),
             streams_started: 0,
             departed_at: BTreeMap::new(),
+            unvouched: BTreeMap::new(),
             closed: Vec::new(),
             closed_order: VecDeque::new(),
             prng,
@@ -510,12 +515,14 @@ impl Driven for NodeCore {
             .values()
             .min()
             .map(|t| *t + self.config.departed_grace);
+        let unvouched = self.unvouched.values().min().map(|t| *t + UNVOUCHED_AFTER);
         Some(
             streams
                 .chain(holes)
                 .chain(ring)
                 .chain(gossip)
                 .chain(grace)
+                .chain(unvouched)
                 .fold(self.discovery.poll_timeout(), Instant::min),
         )
     }

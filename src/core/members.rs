@@ -10,6 +10,7 @@
 //! have" ([`NodeCore::address_of`]) come from here alone.
 
 use std::net::{SocketAddr, SocketAddrV4};
+use std::time::Duration;
 
 use qs_discovery::Announced;
 use qs_gossip::{
@@ -25,6 +26,11 @@ use super::{CoreConfig, Event, NodeCore};
 const DEPARTED_MAX: usize = 4096;
 /// Closed streams remembered (their stragglers are dropped).
 const CLOSED_MAX: usize = 1024;
+/// How long a subscription record that only announcements vouch for is kept while the gossip
+/// plane never knows its node as a live member: a node that crashed (or left unheard) before
+/// gossip reached it would otherwise stay in its region, and hold its senders, for ever.
+/// Far longer than a join takes (a gossip round or two).
+pub(super) const UNVOUCHED_AFTER: Duration = Duration::from_secs(10);
 
 /// A peer found by the multicast announcements that gossip holds alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +93,21 @@ impl NodeCore {
         }
     }
 
-    /// Closes the streams of senders declared down longer than `departed_grace` ago.
+    /// Closes the streams of senders declared down longer than `departed_grace` ago, and
+    /// forgets records that only announcements ever vouched for (`UNVOUCHED_AFTER`).
     pub(super) fn departed_timeout(&mut self, now: Instant) {
+        if self.unvouched.values().any(|t| *t + UNVOUCHED_AFTER <= now) {
+            let ids: Vec<NodeId> = self.unvouched.keys().copied().collect();
+            for id in ids {
+                if self.is_live_member(id) {
+                    self.unvouched.remove(&id);
+                } else if self.unvouched[&id] + UNVOUCHED_AFTER <= now {
+                    self.unvouched.remove(&id);
+                    self.gossip.left_unknown(id);
+                }
+            }
+            self.drain_gossip(now);
+        }
         let grace = self.config.departed_grace;
         let due: Vec<NodeId> = self
             .departed_at
@@ -144,12 +163,12 @@ impl NodeCore {
     /// subscriptions candidate records.
     pub(super) fn drain_announced(&mut self, now: Instant) {
         while let Some(a) = self.discovery.poll_announced() {
-            self.seed_gossip(a);
+            self.seed_gossip(now, a);
         }
         self.drain_gossip(now);
     }
 
-    fn seed_gossip(&mut self, a: Announced) {
+    fn seed_gossip(&mut self, now: Instant, a: Announced) {
         let Announced {
             id,
             unicast,
@@ -172,7 +191,18 @@ impl NodeCore {
                 topics: sig.topics().to_vec(),
             };
             self.gossip.learn_subscriptions(id, record);
+            if !self.is_live_member(id) && self.unvouched.len() < DEPARTED_MAX {
+                self.unvouched.entry(id).or_insert(now);
+            }
         }
+    }
+
+    /// Whether the gossip plane knows `id` as a live member.
+    fn is_live_member(&self, id: NodeId) -> bool {
+        self.gossip
+            .membership()
+            .member(id)
+            .is_some_and(|m| m.status.is_live())
     }
 
     /// Applies the gossip plane's events to the region table, the ring and the application.
