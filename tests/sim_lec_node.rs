@@ -21,7 +21,7 @@ use qs_sim::{
 };
 use qs_transport::wire::{self, Header, LecCode, LecEntry, LecHead, LecRepair, PacketKind, Seal};
 use qs_transport::{Driven, Instant, NodeId, Seq, TopicId, TrafficClass};
-use quicksilver::core::{CoreConfig, CoreStats, Event, NodeCore};
+use quicksilver::core::{default_lec, CoreConfig, CoreStats, Event, NodeCore};
 
 const TEST: &str = "--release --test sim_lec_node";
 
@@ -115,8 +115,8 @@ fn core_config(i: usize, seed: u64, lec: bool) -> CoreConfig {
     c.send_window_packets = 2048;
     c.reorder_window_packets = 4096;
     c.send_queue_bytes = 1 << 20;
-    if !lec {
-        c.lec = None;
+    if lec {
+        c.lec = Some(default_lec());
     }
     c
 }

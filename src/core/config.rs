@@ -82,9 +82,9 @@ pub struct CoreConfig {
     pub inject_loss: f64,
     /// Lateral error correction (Ricochet LEC, issue 12) of the regions this node is in:
     /// receivers send each other XOR repairs of the packets they got, so most losses are
-    /// rebuilt within a bin's fill time, before the ring would ask for them. `None`: off
-    /// (every hole waits for the ring). Senders build data datagrams no longer than
-    /// [`LecConfig::max_canonical_len`] while it is on.
+    /// rebuilt within a bin's fill time, before the ring would ask for them. `None` (the
+    /// default): off, every hole waits for the ring; [`default_lec`] turns it on. Senders
+    /// build data datagrams no longer than [`LecConfig::max_canonical_len`] while it is on.
     pub lec: Option<LecConfig>,
     /// Per-region exceptions to `lec` (`None`: off in that region).
     pub lec_regions: BTreeMap<RegionId, Option<LecConfig>>,
@@ -125,7 +125,7 @@ impl CoreConfig {
             gossip_seeds: Vec::new(),
             failure_timeout: None,
             departed_grace: Duration::from_secs(30),
-            lec: Some(default_lec()),
+            lec: None,
             lec_regions: BTreeMap::new(),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
