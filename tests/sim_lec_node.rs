@@ -491,6 +491,8 @@ fn forged_and_garbled_repairs_are_counted_and_change_nothing() {
         n.check_invariants();
     }
     run.sim.poke(target);
+    // Repairs are decoded when the node's timer runs, at once.
+    run.run_for(Duration::from_millis(1));
     let after = run.sim.node(target).stats();
     assert_eq!(
         after.drops.malformed - before.drops.malformed,

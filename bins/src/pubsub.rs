@@ -516,6 +516,8 @@ pub struct SubSummary {
     /// How this subscriber's lost packets were repaired: laterally (LEC), by a peer (the
     /// ring), by the sender.
     repaired: quicksilver::core::RepairSplit,
+    /// Lateral error correction counters.
+    lec: quicksilver::core::LecCounters,
     /// Why it stopped: `count`, `timeout`, `wait`, `interrupted` or `closed`.
     ended: &'static str,
 }
@@ -691,6 +693,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         subscriber_overflow: stats.subscriber_overflow,
         socket_rcvbuf: stats.socket_buffers.recv_bytes,
         repaired: stats.core.repaired,
+        lec: stats.core.lec,
         ended,
     };
     if a.json {

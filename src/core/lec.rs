@@ -21,6 +21,7 @@
 //! build data datagrams no longer than [`LecConfig::max_canonical_len`] so a full bin fits one
 //! repair datagram.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 
 use bytes::{Bytes, BytesMut};
@@ -71,6 +72,14 @@ pub struct LecCounters {
     /// Rebuilt packets that did not re-enter the receive path (not a data packet of this
     /// node's region and cluster).
     pub rebuilt_refused: u64,
+    /// Rebuilt packets that were not known holes yet (after their stream's highest), parked
+    /// for a moment in case the original was only behind the repair.
+    pub rebuilt_parked: u64,
+    /// Parked packets whose original arrived meanwhile (dropped as duplicates: a repair
+    /// overtook the data it covers).
+    pub rebuilt_overtaken: u64,
+    /// Rebuilt packets dropped because the parking was full.
+    pub parked_full: u64,
 }
 
 impl LecCounters {
@@ -109,7 +118,21 @@ pub(super) struct LecState {
     has_peers: bool,
     /// Per lost packet, how it was repaired.
     pub(super) repaired: RepairSplit,
+    /// Rebuilt packets after their stream's highest, waiting a moment before they enter the
+    /// receive path (see [`NodeCore::pump_lec`]), oldest first.
+    parked: VecDeque<(Instant, PacketId, Bytes)>,
+    /// Repair datagrams received and not yet decoded (bodies), oldest first: they wait for
+    /// the data received in the same driver iteration (see [`NodeCore::handle_lec_repair`]).
+    deferred: VecDeque<(Instant, NodeId, Bytes)>,
 }
+
+/// Most repair datagrams waiting for their iteration's data (beyond it they are decoded at
+/// once).
+const DEFERRED_MAX: usize = 1024;
+
+/// Most rebuilt packets parked at once (beyond it they are dropped, counted: the original or
+/// the ring brings them).
+const PARKED_MAX: usize = 256;
 
 /// The canonical bytes of a data datagram (`datagram`: header and body, no seal trailer):
 /// flags, length and checksum zeroed, the fields the path (unicast copy flag) and the seal
@@ -173,6 +196,8 @@ impl NodeCore {
             self.lec.retired.add(&lec.stats());
         }
         self.lec.has_peers = false;
+        self.lec.parked.clear();
+        self.lec.deferred.clear();
     }
 
     /// The LEC counters (all regions so far).
@@ -224,25 +249,50 @@ impl NodeCore {
         }
     }
 
-    /// A lateral repair datagram (its body, opened).
-    pub(super) fn handle_lec_repair(&mut self, now: Instant, from: NodeId, body: &[u8]) {
-        let repair = match LecRepair::parse(body) {
-            Ok(r) => r,
-            Err(_) => {
-                self.stats.drops.malformed += 1;
-                return;
-            }
-        };
-        let Some((_, lec)) = self.lec.core.as_mut() else {
+    /// A lateral repair datagram (its body, opened). It is decoded at the end of the
+    /// driver's iteration (the timer is due at once): the runtime reads the unicast socket
+    /// (repairs) before the multicast one (data), and a repair decoded before the data of the
+    /// same batch would rebuild packets that are only waiting in the socket.
+    pub(super) fn handle_lec_repair(&mut self, now: Instant, from: NodeId, body: &Bytes) {
+        if LecRepair::parse(body).is_err() {
+            self.stats.drops.malformed += 1;
+            return;
+        }
+        if self.lec.core.is_none() {
             self.lec.retired.foreign += 1;
             return;
-        };
-        lec.handle_repair(now, from, &repair);
-        self.pump_lec(now);
+        }
+        if self.lec.deferred.len() >= DEFERRED_MAX {
+            self.decode_deferred(now);
+        }
+        self.lec.deferred.push_back((now, from, body.clone()));
+    }
+
+    /// Decodes the deferred repairs received at or before `now`.
+    fn decode_deferred(&mut self, now: Instant) {
+        while self.lec.deferred.front().is_some_and(|(t, _, _)| *t <= now) {
+            let (_, from, body) = self.lec.deferred.pop_front().expect("checked");
+            let Some((_, lec)) = self.lec.core.as_mut() else {
+                self.lec.retired.foreign += 1;
+                continue;
+            };
+            if let Ok(repair) = LecRepair::parse(&body) {
+                lec.handle_repair(now, from, &repair);
+            }
+            self.pump_lec(now);
+        }
     }
 
     /// Feeds the packets LEC rebuilt into the receive path, as if received (not by
     /// multicast). Rebuilt packets are not handed back to LEC (it stored them already).
+    ///
+    /// A rebuilt packet its stream does not know as a hole yet (after the highest) may merely
+    /// be behind the repair that rebuilt it: the runtime reads unicast (repairs) before
+    /// multicast (data), so a receiver that was descheduled for a moment finds repairs
+    /// covering packets still in its multicast socket. Such a packet waits a repair's trip
+    /// ([`LecConfig::hold_off_slack`], at least one driver iteration) before it enters the
+    /// receive path; if the original came meanwhile, it is dropped. Otherwise it would open
+    /// holes the originals then fill, counted as losses that never were.
     pub(super) fn pump_lec(&mut self, now: Instant) {
         while let Some((id, bytes)) = self
             .lec
@@ -250,40 +300,95 @@ impl NodeCore {
             .as_mut()
             .and_then(|(_, lec)| lec.poll_rebuilt())
         {
-            let header = match Header::peek(&bytes) {
-                Ok(h)
-                    if h.sender == id.sender
-                        && h.cluster == self.config.cluster
-                        && matches!(h.kind, PacketKind::Data | PacketKind::Fragment) =>
-                {
-                    h
-                }
-                _ => {
-                    self.lec.retired.rebuilt_refused += 1;
-                    continue;
-                }
-            };
-            let body = bytes.slice(HEADER_LEN..);
-            self.receive_data(now, &header, &bytes, body, Via::Rebuilt);
+            if self.is_known_hole(id) {
+                self.enter_rebuilt(now, id, bytes);
+                continue;
+            }
+            self.lec.retired.rebuilt_parked += 1;
+            if self.lec.parked.len() >= PARKED_MAX {
+                self.lec.retired.parked_full += 1;
+                continue;
+            }
+            let wait = self
+                .lec
+                .core
+                .as_ref()
+                .map_or(std::time::Duration::ZERO, |(_, l)| {
+                    l.config().hold_off_slack
+                });
+            let due = now + wait.max(std::time::Duration::from_micros(1));
+            self.lec.parked.push_back((due, id, bytes));
         }
+    }
+
+    /// Whether `id` lies at or before its stream's highest known packet (a hole, if it is
+    /// missing at all).
+    fn is_known_hole(&self, id: PacketId) -> bool {
+        let Some(region) = self.own_region else {
+            return false;
+        };
+        self.recv
+            .get(&(id.sender, region))
+            .filter(|s| s.epoch == id.epoch)
+            .and_then(|s| s.window.highest())
+            .is_some_and(|h| !h.is_before(id.seq))
+    }
+
+    /// Releases the parked rebuilt packets that are due: those whose original arrived
+    /// meanwhile are dropped.
+    fn release_parked(&mut self, now: Instant) {
+        while self.lec.parked.front().is_some_and(|(t, _, _)| *t <= now) {
+            let (_, id, bytes) = self.lec.parked.pop_front().expect("checked");
+            // The window drops it as stale if the original came meanwhile.
+            let stale = self.stats.drops.stale;
+            self.enter_rebuilt(now, id, bytes);
+            if self.stats.drops.stale > stale {
+                self.lec.retired.rebuilt_overtaken += 1;
+            }
+        }
+    }
+
+    /// A rebuilt packet enters the receive path.
+    fn enter_rebuilt(&mut self, now: Instant, id: PacketId, bytes: Bytes) {
+        let header = match Header::peek(&bytes) {
+            Ok(h)
+                if h.sender == id.sender
+                    && h.cluster == self.config.cluster
+                    && matches!(h.kind, PacketKind::Data | PacketKind::Fragment) =>
+            {
+                h
+            }
+            _ => {
+                self.lec.retired.rebuilt_refused += 1;
+                return;
+            }
+        };
+        let body = bytes.slice(HEADER_LEN..);
+        self.receive_data(now, &header, &bytes, body, Via::Rebuilt);
     }
 
     /// LEC's timers.
     pub(super) fn lec_timeout(&mut self, now: Instant) {
+        self.decode_deferred(now);
         if let Some((_, lec)) = self.lec.core.as_mut() {
             if lec.poll_timeout().is_some_and(|t| t <= now) {
                 lec.handle_timeout(now);
             }
         }
         self.pump_lec(now);
+        self.release_parked(now);
     }
 
-    /// When LEC's timers are due.
+    /// When LEC's timers are due (its core's, and the parked rebuilt packets').
     pub(super) fn lec_poll_timeout(&self) -> Option<Instant> {
-        self.lec
+        let parked = self.lec.parked.front().map(|(t, _, _)| *t);
+        let deferred = self.lec.deferred.front().map(|(t, _, _)| *t);
+        let core = self
+            .lec
             .core
             .as_ref()
-            .and_then(|(_, lec)| lec.poll_timeout())
+            .and_then(|(_, lec)| lec.poll_timeout());
+        parked.into_iter().chain(deferred).chain(core).min()
     }
 
     /// Builds the next lateral repair (unsealed) into `buf`: Repair class, to the target's
@@ -326,5 +431,13 @@ impl NodeCore {
             assert_eq!(Some(*region), self.own_region, "LEC core of another region");
             lec.check_invariants();
         }
+        assert!(
+            self.lec.parked.len() <= PARKED_MAX,
+            "parking over its bound"
+        );
+        assert!(
+            self.lec.deferred.len() <= DEFERRED_MAX,
+            "deferred repairs over their bound"
+        );
     }
 }

@@ -302,12 +302,12 @@ impl NodeCore {
             return;
         };
         let (sender, _) = key;
-        if via == Via::Rebuilt && highest.next() == seq {
-            // Rebuilt before anything after it arrived: lost all the same.
-            self.lec.repaired.lateral += 1;
-            return;
-        }
         if highest.is_before(seq) {
+            if via == Via::Rebuilt {
+                // Rebuilt after the stream's highest: LEC parked it for a moment first (see
+                // `lec.rs`), so the original did not come in time: lost all the same.
+                self.lec.repaired.lateral += 1;
+            }
             let first = highest.next();
             if first == seq {
                 return;

@@ -58,7 +58,8 @@ inns() { local i=$1; shift; ip netns exec "$(ns_name "$prefix" "$i")" "$@"; }
 
 # qs_run TAG LEC COUNT RATE: qs sub on hosts 2.., qs pub on host 1.
 qs_run() {
-    local tag=$1 lec=$2 n=$3 r=$4 i cluster="lec$$$tag"
+    local tag=$1 lec=$2 n=$3 r=$4 i cluster
+    cluster="lec$$-$tag"
     for i in $(seq 2 "$hosts"); do
         inns "$i" timeout 180 "$qs" sub --json --topic bench --count "$n" --timeout 5 --lec "$lec" \
             --iface "$(addr "$i")" --cluster "$cluster" > "$out/$tag-h$i.json" &
