@@ -622,3 +622,97 @@ impl NodeCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::Duration;
+
+    use qs_transport::wire::{DataWriter, StreamId};
+    use qs_transport::ClusterId;
+
+    use super::*;
+
+    fn packet(seq: u32) -> Received {
+        let mut buf = vec![0u8; 256];
+        let header = Header::new(PacketKind::Data, ClusterId(1), NodeId(7));
+        let id = StreamId {
+            region: RegionId(3),
+            epoch: 1,
+        };
+        let mut w = DataWriter::new(&mut buf, &header, id, Seq(seq)).unwrap();
+        assert!(w.push(TopicId(5), b"x"));
+        let len = w.finish().unwrap();
+        let body = Bytes::copy_from_slice(&buf[HEADER_LEN..len]);
+        Received::Packed(DataPacket::parse(body).unwrap())
+    }
+
+    fn stream() -> RecvStream {
+        let c = CoreConfig::new(NodeId(1), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+        RecvStream::new(&c, 1)
+    }
+
+    /// Packets 1..=3 and 6 arrived at `t0`: 4 and 5 are holes, young until `t0 + hold`.
+    fn with_holes(t0: Instant, hold: Duration) -> RecvStream {
+        let mut s = stream();
+        for q in [1, 2, 3, 6] {
+            s.window.insert(t0, Seq(q), packet(q));
+        }
+        s.note_holes(t0, Seq(4), Seq(6), t0 + hold);
+        s
+    }
+
+    fn holes(p: &StreamProgress) -> Vec<(u32, u32)> {
+        let w = p.window.as_ref().unwrap();
+        w.holes.iter().map(|r| (r.first.0, r.count)).collect()
+    }
+
+    #[test]
+    fn a_young_hole_is_hidden_from_the_ring_until_its_hold_off_and_shown_from_then_on() {
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let hold = Duration::from_millis(2);
+        let s = with_holes(t0, hold);
+        // Just before the hold-off ends: the ring sees neither hole, nor anything examined
+        // past the prefix (so it claims no tail either).
+        let p = s.progress(NodeId(7), 64, t0 + hold - Duration::from_nanos(1));
+        assert!(holes(&p).is_empty());
+        let w = p.window.as_ref().unwrap();
+        assert_eq!(
+            (w.prefix, w.examined_to, w.highest),
+            (Seq(3), Seq(3), Seq(6))
+        );
+        // At the hold-off: both holes, examined up to the highest.
+        let p = s.progress(NodeId(7), 64, t0 + hold);
+        assert_eq!(holes(&p), vec![(4, 2)]);
+        assert_eq!(p.window.as_ref().unwrap().examined_to, Seq(6));
+    }
+
+    #[test]
+    fn an_older_hole_stays_visible_while_a_younger_one_after_it_is_held() {
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let hold = Duration::from_millis(2);
+        let mut s = with_holes(t0, hold);
+        // Later, 7 and 9 arrive: 8 is a new hole, young while 4 and 5 are old.
+        let t1 = t0 + hold;
+        s.window.insert(t1, Seq(7), packet(7));
+        s.window.insert(t1, Seq(9), packet(9));
+        s.note_holes(t1, Seq(8), Seq(9), t1 + hold);
+        let p = s.progress(NodeId(7), 64, t1 + Duration::from_micros(1));
+        assert_eq!(holes(&p), vec![(4, 2)]);
+        assert_eq!(p.window.as_ref().unwrap().examined_to, Seq(7));
+        // A filled hole no longer holds anything back.
+        s.hole_filled(Seq(8));
+        let p = s.progress(NodeId(7), 64, t1 + Duration::from_micros(1));
+        assert_eq!(holes(&p), vec![(4, 2), (8, 1)]);
+    }
+
+    #[test]
+    fn young_holes_are_bounded() {
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let mut s = stream();
+        s.window.insert(t0, Seq(1), packet(1));
+        let far = Seq(2 + 2 * YOUNG_HOLES_MAX as u32);
+        s.note_holes(t0, Seq(2), far, t0 + Duration::from_millis(2));
+        assert_eq!(s.young.len(), YOUNG_HOLES_MAX);
+    }
+}

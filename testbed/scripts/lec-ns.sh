@@ -66,7 +66,8 @@ qs_run() {
     done
     inns 1 timeout 180 "$qs" pub --json --topic bench --count "$n" --size "$size" --rate "$r" \
         --lec "$lec" --subscribers "$receivers" --wait-secs 30 --linger 5s --iface "$(addr 1)" \
-        --cluster "$cluster" > "$out/$tag-pub.json"
+        --cluster "$cluster" > "$out/$tag-pub.json" ||
+        echo "lec-ns.sh: $tag: qs pub exited with $? (see its stderr above)" >&2
     wait
 }
 
