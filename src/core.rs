@@ -52,7 +52,7 @@ mod send;
 mod stats;
 
 pub use cluster::{ClusterMap, MemberView, RegionView};
-pub use config::{default_lec, CoreConfig};
+pub use config::{default_lec, CoreConfig, SEND_QUEUE_FLOOR};
 pub use events::{Delivery, Event, PublishRefused};
 pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
@@ -92,6 +92,8 @@ pub struct NodeCore {
     /// Regions with queued data, in the round-robin order they are served.
     ready: VecDeque<RegionId>,
     queued_bytes: usize,
+    /// How fast the send queue drains (it is bounded by time as well as bytes).
+    drain: qs_recovery::DrainRate,
     recv: BTreeMap<(NodeId, RegionId), RecvStream>,
     commands: VecDeque<SocketCommand>,
     events: VecDeque<Event>,
@@ -156,6 +158,7 @@ impl NodeCore {
             send: BTreeMap::new(),
             ready: VecDeque::new(),
             queued_bytes: 0,
+            drain: qs_recovery::DrainRate::new(),
             recv: BTreeMap::new(),
             commands,
             events: VecDeque::new(),

@@ -16,7 +16,7 @@ use crate::RecvError;
 
 /// Something that happened to the node or the cluster, as the application sees it.
 ///
-/// New variants will be added (sender lost, region changes); match with a `_` arm.
+/// New variants will be added (region changes); match with a `_` arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 #[non_exhaustive]
@@ -31,6 +31,23 @@ pub enum NodeEvent {
         region: RegionId,
         /// Packets lost.
         missed: u32,
+    },
+    /// `sender` is gone (failed or left) and its stream into `region` is over. Every member of
+    /// the region that survived delivers the same messages of it: whatever any of them held was
+    /// repaired among them before the stream closed; what none had was reported as
+    /// [`NodeEvent::Gap`] first. Comes after the stream's last message.
+    SenderLost {
+        /// The sender.
+        sender: NodeId,
+        /// The stream's region.
+        region: RegionId,
+        /// Messages of the stream this node delivered.
+        delivered: u64,
+        /// Packets of the stream lost for good.
+        missed: u64,
+        /// Sequence number of the stream's last packet this node delivered or reported lost
+        /// (`None`: none).
+        last_seq: Option<u32>,
     },
     /// A peer was discovered.
     PeerUp {
@@ -103,6 +120,20 @@ impl NodeEvent {
                 region,
                 missed,
             },
+            Event::SenderLost {
+                sender,
+                region,
+                last,
+                delivered,
+                missed,
+                ..
+            } => NodeEvent::SenderLost {
+                sender,
+                region,
+                delivered,
+                missed,
+                last_seq: last.map(|s| s.0),
+            },
             Event::PeerUp(peer) => NodeEvent::PeerUp { peer },
             Event::PeerChanged(peer) => NodeEvent::PeerChanged { peer },
             Event::PeerDown(peer) => NodeEvent::PeerDown { peer },
@@ -135,6 +166,13 @@ impl NodeEvent {
                 region,
                 missed,
             } => tracing::warn!(%sender, %region, missed, "messages lost (gap)"),
+            NodeEvent::SenderLost {
+                sender,
+                region,
+                delivered,
+                missed,
+                ..
+            } => tracing::info!(%sender, %region, delivered, missed, "sender lost"),
             NodeEvent::PeerUp { peer } => tracing::info!(%peer, "peer up"),
             NodeEvent::PeerChanged { peer } => tracing::debug!(%peer, "peer changed"),
             NodeEvent::PeerDown { peer } => tracing::info!(%peer, "peer down"),

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -120,13 +120,16 @@ pub struct NodeBuilder {
     send_buffer_bytes: usize,
     max_datagram: usize,
     send_queue_bytes: usize,
+    send_queue_time: Duration,
     max_message_bytes: usize,
     subscription_queue: usize,
     publish_queue: usize,
+    publish_queue_bytes: usize,
     event_queue: usize,
     metrics: Option<SocketAddr>,
     announce_interval: Duration,
     peer_timeout: Option<Duration>,
+    sender_grace: Duration,
     inject_loss: f64,
     reliable: bool,
     isolate_slow: bool,
@@ -149,13 +152,16 @@ impl Default for NodeBuilder {
             send_buffer_bytes: 4 << 20,
             max_datagram: 1472,
             send_queue_bytes: 16 << 20,
+            send_queue_time: Duration::from_millis(5),
             max_message_bytes: 16 << 20,
             subscription_queue: 65_536,
             publish_queue: 4096,
+            publish_queue_bytes: 256 << 10,
             event_queue: 1024,
             metrics: None,
             announce_interval: Duration::from_millis(500),
             peer_timeout: None,
+            sender_grace: Duration::from_secs(30),
             inject_loss: 0.0,
             reliable: true,
             isolate_slow: false,
@@ -230,6 +236,16 @@ impl NodeBuilder {
         self
     }
 
+    /// The send queue is also bounded by time: publishing blocks once it holds more than this
+    /// long's worth at the rate it has been draining (never less than 64 KiB), so that a
+    /// publisher faster than the network waits rather than queueing far ahead of the wire
+    /// (latency at saturation is then about this, not `send_queue_bytes` / rate).
+    /// `Duration::ZERO`: bounded by [`NodeBuilder::send_queue_bytes`] alone. Default 5 ms.
+    pub fn send_queue_time(mut self, time: Duration) -> Self {
+        self.send_queue_time = time;
+        self
+    }
+
     /// Largest message published or accepted. Default 16 MiB.
     pub fn max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
@@ -250,6 +266,18 @@ impl NodeBuilder {
     /// returns [`PublishError::WouldBlock`]. Default 4,096.
     pub fn publish_queue(mut self, messages: usize) -> Self {
         self.publish_queue = messages;
+        self
+    }
+
+    /// Payload bytes that may wait between the application and the node thread (besides the
+    /// [`NodeBuilder::publish_queue`] count): a blocking publish waits, and
+    /// [`Node::try_publish`] returns [`PublishError::WouldBlock`], while more than this waits
+    /// (a single larger message always gets through). With the time-bounded send queue
+    /// ([`NodeBuilder::send_queue_time`]) it keeps a saturating publisher's messages a few
+    /// milliseconds from the wire instead of 4,096 messages away. `publish_async` is bounded
+    /// by the count only. Default 256 KiB.
+    pub fn publish_queue_bytes(mut self, bytes: usize) -> Self {
+        self.publish_queue_bytes = bytes;
         self
     }
 
@@ -279,6 +307,17 @@ impl NodeBuilder {
     /// small cluster.
     pub fn peer_timeout(mut self, timeout: Duration) -> Self {
         self.peer_timeout = Some(timeout);
+        self
+    }
+
+    /// How long the streams of a sender declared down stay open before they end. Within it
+    /// the region's surviving members keep repairing each other (so they all deliver the same
+    /// messages of it), and a sender that was only paused or falsely suspected and comes back
+    /// loses nothing. Then the stream ends with [`NodeEvent::SenderLost`](crate::NodeEvent)
+    /// (what no member had reported as a gap first). A sender that leaves (shuts down) ends
+    /// its streams at once. Default 30 s.
+    pub fn sender_grace(mut self, grace: Duration) -> Self {
+        self.sender_grace = grace;
         self
     }
 
@@ -391,6 +430,7 @@ impl NodeBuilder {
         config.group_range = group_range;
         config.max_datagram = self.max_datagram;
         config.send_queue_bytes = self.send_queue_bytes;
+        config.send_queue_time = self.send_queue_time;
         config.max_message_bytes = self.max_message_bytes;
         config.inject_loss = self.inject_loss;
         config.reliable = self.reliable;
@@ -398,6 +438,7 @@ impl NodeBuilder {
         config.ring.isolate_slow = self.isolate_slow;
         config.lec = self.lec.clone();
         config.failure_timeout = self.peer_timeout;
+        config.departed_grace = self.sender_grace;
         config.discovery = DiscoveryConfig {
             announce_interval: self.announce_interval,
             ..DiscoveryConfig::default()
@@ -410,6 +451,8 @@ impl NodeBuilder {
         let shared = Arc::new(Shared {
             waker: runtime.waker(),
             sleeping: AtomicBool::new(false),
+            channel_bytes: AtomicUsize::new(0),
+            channel_bytes_max: self.publish_queue_bytes.max(1),
             next_subscription: AtomicU64::new(0),
         });
         let local_addr = runtime.local_addr();
@@ -470,9 +513,19 @@ pub(crate) struct Shared {
     /// Set by the node thread before it blocks; a publisher that sees it wakes the thread.
     sleeping: AtomicBool,
     next_subscription: AtomicU64,
+    /// Payload bytes in the publish channel (added by publishers, taken off by the node
+    /// thread), and the most that may wait there.
+    channel_bytes: AtomicUsize,
+    channel_bytes_max: usize,
 }
 
 impl Shared {
+    /// Whether `len` more payload bytes may enter the publish channel now.
+    fn channel_has_room(&self, len: usize) -> bool {
+        let queued = self.channel_bytes.load(Ordering::Relaxed);
+        queued == 0 || queued + len <= self.channel_bytes_max
+    }
+
     pub(crate) fn nudge(&self) {
         if self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed wake only delays the node until its next timer.
@@ -947,11 +1000,13 @@ impl Worker {
 
     fn take_publishes(&mut self) {
         loop {
-            let Some((topic, payload)) = self
-                .refused
-                .take()
-                .or_else(|| self.publishes.try_recv().ok())
-            else {
+            let Some((topic, payload)) = self.refused.take().or_else(|| {
+                let m = self.publishes.try_recv().ok()?;
+                self.shared
+                    .channel_bytes
+                    .fetch_sub(m.1.len(), Ordering::Relaxed);
+                Some(m)
+            }) else {
                 return;
             };
             match self.core.publish(topic, payload.clone()) {
@@ -1109,6 +1164,24 @@ pub(crate) fn send_publish(
     mut msg: (TopicId, Bytes),
 ) -> Result<(), PublishError> {
     let backoff = crossbeam_utils::Backoff::new();
+    // The byte bound first: the node thread takes messages off continuously, so room comes
+    // within microseconds unless the core's queue is full too; then wait in short sleeps.
+    while !shared.channel_has_room(msg.1.len()) {
+        if tx.is_disconnected() {
+            return Err(PublishError::Closed);
+        }
+        if backoff.is_completed() {
+            shared.nudge();
+            std::thread::sleep(Duration::from_micros(50));
+        } else {
+            backoff.snooze();
+        }
+    }
+    shared
+        .channel_bytes
+        .fetch_add(msg.1.len(), Ordering::Relaxed);
+    let len = msg.1.len();
+    let backoff = crossbeam_utils::Backoff::new();
     loop {
         match tx.try_send(msg) {
             Ok(()) => break,
@@ -1117,10 +1190,16 @@ pub(crate) fn send_publish(
                 backoff.snooze();
             }
             Err(flume::TrySendError::Full(m)) => {
-                tx.send(m).map_err(|_| PublishError::Closed)?;
+                if tx.send(m).is_err() {
+                    shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
+                    return Err(PublishError::Closed);
+                }
                 break;
             }
-            Err(flume::TrySendError::Disconnected(_)) => return Err(PublishError::Closed),
+            Err(flume::TrySendError::Disconnected(_)) => {
+                shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
+                return Err(PublishError::Closed);
+            }
         }
     }
     shared.nudge();
@@ -1147,17 +1226,35 @@ pub(crate) fn try_send_publish(
     shared: &Shared,
     msg: (TopicId, Bytes),
 ) -> Result<(), PublishError> {
+    let len = msg.1.len();
+    if !shared.channel_has_room(len) {
+        shared.nudge();
+        return Err(PublishError::WouldBlock);
+    }
+    shared.channel_bytes.fetch_add(len, Ordering::Relaxed);
     match tx.try_send(msg) {
         Ok(()) => {
             shared.nudge();
             Ok(())
         }
-        Err(flume::TrySendError::Full(_)) => {
+        Err(e) => {
+            shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
+            try_send_failed(shared, e)
+        }
+    }
+}
+
+fn try_send_failed(
+    shared: &Shared,
+    e: flume::TrySendError<(TopicId, Bytes)>,
+) -> Result<(), PublishError> {
+    match e {
+        flume::TrySendError::Full(_) => {
             // The node thread may be asleep with the channel full of work for it.
             shared.nudge();
             Err(PublishError::WouldBlock)
         }
-        Err(flume::TrySendError::Disconnected(_)) => Err(PublishError::Closed),
+        flume::TrySendError::Disconnected(_) => Err(PublishError::Closed),
     }
 }
 
@@ -1171,7 +1268,12 @@ pub(crate) async fn send_publish_async(
     if tx.is_full() {
         shared.nudge();
     }
-    tx.send_async(msg).await.map_err(|_| PublishError::Closed)?;
+    let len = msg.1.len();
+    shared.channel_bytes.fetch_add(len, Ordering::Relaxed);
+    if tx.send_async(msg).await.is_err() {
+        shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
+        return Err(PublishError::Closed);
+    }
     shared.nudge();
     Ok(())
 }

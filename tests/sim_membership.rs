@@ -79,6 +79,16 @@ fn config(i: usize, seed: u64, incarnation: u64) -> CoreConfig {
 
 impl World {
     fn new(sim: SimConfig, nodes: usize, size: usize) -> World {
+        World::with(sim, nodes, size, |_, _| {})
+    }
+
+    /// Like [`World::new`], each node's config changed by `tweak(index, config)` first.
+    fn with(
+        sim: SimConfig,
+        nodes: usize,
+        size: usize,
+        tweak: impl Fn(usize, &mut CoreConfig),
+    ) -> World {
         let seed = sim.seed;
         let mut w = World {
             sim: Sim::new(sim),
@@ -90,7 +100,9 @@ impl World {
             by_id: BTreeMap::new(),
         };
         for i in 0..nodes {
-            w.add(i, config(i, seed, 1));
+            let mut c = config(i, seed, 1);
+            tweak(i, &mut c);
+            w.add(i, c);
         }
         w
     }
@@ -357,4 +369,200 @@ fn a_new_lowest_id_member_joining_after_the_last_publish_leaves_the_sender_idle(
         "the sender is acknowledged; {}",
         w.hint("joiner")
     );
+}
+
+#[test]
+fn survivors_of_a_member_sender_crash_deliver_the_same_messages() {
+    for seed in 51..61 {
+        let seed = seed_from_env(seed);
+        // Nodes 0..4 all subscribe; node 3 (a region member) publishes under 2% loss and
+        // crashes mid-stream, right after a publish, with packets still being repaired.
+        // A short grace, so that the stream's end is seen within the run.
+        let mut w = World::with(lossy(seed, 0.02), 4, 200, |_, c| {
+            c.departed_grace = Duration::from_secs(2);
+        });
+        for r in 0..4 {
+            w.subscribe(r, &[1]);
+        }
+        w.run(Duration::from_secs(2));
+        w.publish(3, 1, 500, 100);
+        // The last messages reach node 0 only half the time: it depends on the others.
+        w.sim.set_node_loss(w.idx[0], LossModel::Bernoulli(0.5));
+        w.publish(3, 1, 100, 100);
+        // Mid-burst: some of the last packets are out, some reached only some members.
+        w.sim.run_for(Duration::from_micros(150), &mut |_| {});
+        w.sim.crash(w.idx[3]);
+        w.sim.clear_node_loss(w.idx[0]);
+        w.run(Duration::from_secs(8));
+        let sets: Vec<&[u32]> = (0..3).map(|r| w.got(r, 3)).collect();
+        println!(
+            "seed {seed}: survivors delivered {:?} of 600",
+            sets.iter().map(|s| s.len()).collect::<Vec<_>>()
+        );
+        for r in 1..3 {
+            assert_eq!(
+                sets[r],
+                sets[0],
+                "survivors 0 and {r} disagree on the crashed sender's messages; {}",
+                w.hint("sim_membership survivors")
+            );
+        }
+        let sender = w.core(3).id();
+        for (r, set) in sets.iter().enumerate() {
+            let lost: Vec<(u64, u64)> = w
+                .oracle
+                .events
+                .get(&r)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| match e {
+                    Event::SenderLost {
+                        sender: s,
+                        delivered,
+                        missed,
+                        ..
+                    } if *s == sender => Some((*delivered, *missed)),
+                    _ => None,
+                })
+                .collect();
+            let gaps: u64 = w
+                .oracle
+                .gaps
+                .get(&r)
+                .into_iter()
+                .flatten()
+                .map(|g| u64::from(g.1))
+                .sum();
+            assert_eq!(
+                lost,
+                vec![(set.len() as u64, gaps)],
+                "node {r}: the stream's end is reported once, with what it delivered; {}",
+                w.hint("sim_membership survivors")
+            );
+        }
+    }
+}
+
+/// Alternating topics: message n goes to topic 1 + n % 2.
+fn publish_alternating(w: &mut World, i: usize, count: u32) -> std::ops::Range<u32> {
+    let first = *w.next.entry(i).or_insert(0);
+    for n in first..first + count {
+        let t = 1 + n % 2;
+        loop {
+            let p = payload(i, n, t, w.size);
+            let node = w.sim.node_mut(w.idx[i]);
+            if node.publish(topic(t), p).is_ok() {
+                w.sim.poke(w.idx[i]);
+                break;
+            }
+            w.run(Duration::from_millis(1));
+        }
+        if n % 20 == 19 {
+            w.run(Duration::from_millis(1));
+        }
+    }
+    w.next.insert(i, first + count);
+    first..first + count
+}
+
+#[test]
+#[ignore = "open (issue 10, point 4): on its own region change a receiver drops the old \
+            region's streams (held-back packets included) and the sender keeps using its old \
+            view until it learns the move, so ~30 messages of a kept topic around the change \
+            are lost without a gap; the handover needs a per-sender publish order across \
+            regions to cut over without duplicates"]
+fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_once() {
+    for seed in [61, 62, 63] {
+        let seed = seed_from_env(seed);
+        // Receivers 0..3 subscribe topics 1 and 2; node 3 publishes to both, alternating.
+        // Mid-stream node 0 drops topic 2 (it moves to another region), later takes it back.
+        let mut w = World::new(lossy(seed, 0.01), 4, 200);
+        for r in 0..3 {
+            w.subscribe(r, &[1, 2]);
+        }
+        w.run(Duration::from_secs(2));
+        let a = publish_alternating(&mut w, 3, 1000);
+        let now = w.sim.now();
+        w.sim.node_mut(w.idx[0]).unsubscribe(now, topic(2));
+        w.sim.poke(w.idx[0]);
+        let b = publish_alternating(&mut w, 3, 1000);
+        w.run(Duration::from_millis(500));
+        w.subscribe(0, &[2]);
+        let c = publish_alternating(&mut w, 3, 1000);
+        w.run(Duration::from_secs(5));
+        for r in 1..3 {
+            w.expect_exactly(r, 3, 0..3000, "sim_membership drops_and_adds");
+        }
+        // Node 0 keeps every topic-1 message; topic 2 only before it dropped it and after it
+        // took it back (around each change, either side may own a message: not both).
+        let got = w.got(0, 3);
+        let ones: Vec<u32> = got.iter().copied().filter(|n| n % 2 == 0).collect();
+        let want: Vec<u32> = (0..3000).filter(|n| n % 2 == 0).collect();
+        let missing: Vec<u32> = want
+            .iter()
+            .copied()
+            .filter(|n| ones.binary_search(n).is_err())
+            .collect();
+        assert_eq!(
+            ones.len(),
+            want.len(),
+            "node 0 lost topic-1 messages {missing:?} across its region changes (b {b:?}, \
+             c {c:?}; gap events {:?}); {}",
+            w.oracle.gaps.get(&0),
+            w.hint("sim_membership drops_and_adds")
+        );
+        assert_eq!(ones, want);
+        let twos_mid = got
+            .iter()
+            .filter(|n| *n % 2 == 1 && b.start + 100 <= **n && **n < b.end - 100)
+            .count();
+        assert_eq!(twos_mid, 0, "topic 2 delivered while unsubscribed");
+        let twos_late = got
+            .iter()
+            .filter(|n| *n % 2 == 1 && c.start + 200 <= **n)
+            .count();
+        assert!(twos_late > 0, "topic 2 comes again after resubscribing");
+        assert!(
+            w.core(3).is_idle(),
+            "{}",
+            w.hint("sim_membership drops_and_adds")
+        );
+        let _ = a;
+        for r in 0..3 {
+            assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
+        }
+    }
+}
+
+#[test]
+fn thirty_two_senders_into_one_region_are_all_acknowledged_and_delivered() {
+    let seed = seed_from_env(71);
+    // Receivers 0..3; nodes 3..35 publish 200 messages each, interleaved, under 1% loss: more
+    // senders than one token carries records for, so they must take turns in the token.
+    let mut w = World::new(lossy(seed, 0.01), 35, 200);
+    for r in 0..3 {
+        w.subscribe(r, &[1]);
+    }
+    w.run(Duration::from_secs(3));
+    for _round in 0..10 {
+        for s in 3..35 {
+            w.publish(s, 1, 20, 20);
+        }
+    }
+    w.run(Duration::from_secs(8));
+    for r in 0..3 {
+        for s in 3..35 {
+            w.expect_exactly(r, s, 0..200, "sim_membership thirty_two");
+        }
+    }
+    for s in 3..35 {
+        assert!(
+            w.core(s).is_idle(),
+            "sender {s} is acknowledged; {}",
+            w.hint("sim_membership thirty_two")
+        );
+    }
+    for r in 0..3 {
+        assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
+    }
 }

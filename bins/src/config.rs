@@ -161,6 +161,11 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_SEND_QUEUE_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub send_queue_bytes: Option<usize>,
+    /// Time's worth of data the send queue may hold at its drain rate before publishing
+    /// blocks (0s: bytes only) [default: 5ms]
+    #[arg(long, env = "QS_SEND_QUEUE_TIME", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub send_queue_time: Option<Duration>,
     /// Largest message published or accepted [default: 16777216]
     #[arg(long, env = "QS_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -174,6 +179,11 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_PUBLISH_QUEUE", value_name = "MESSAGES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_queue: Option<usize>,
+    /// Payload bytes that may wait for the node thread before publishing blocks
+    /// [default: 262144]
+    #[arg(long, env = "QS_PUBLISH_QUEUE_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_queue_bytes: Option<usize>,
     /// Node events an event queue holds [default: 1024]
     #[arg(long, env = "QS_EVENT_QUEUE", value_name = "EVENTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -186,6 +196,11 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_PEER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub peer_timeout: Option<Duration>,
+    /// How long a failed sender's streams stay open (survivors repair each other; a paused
+    /// sender that returns loses nothing) before they end with "sender lost" [default: 30s]
+    #[arg(long, env = "QS_SENDER_GRACE", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub sender_grace: Option<Duration>,
     /// A fixed node id, in hex [default: random]
     #[arg(long, env = "QS_NODE_ID", value_name = "HEX", value_parser = parse_node_id)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -213,8 +228,9 @@ impl NodeOpts {
         let o = &mut self;
         fill!(o, file: iface, cluster, control_group, data_port, unicast_port, group_range,
             best_effort, isolate_slow, inject_loss, lec, recv_buffer_bytes, send_buffer_bytes,
-            max_datagram, send_queue_bytes, max_message_bytes, subscription_queue, publish_queue,
-            event_queue, announce_interval, peer_timeout, node_id, rng_seed, metrics);
+            max_datagram, send_queue_bytes, send_queue_time, max_message_bytes, subscription_queue,
+            publish_queue, publish_queue_bytes, event_queue, announce_interval, peer_timeout,
+            sender_grace, node_id, rng_seed, metrics);
         if o.seeds.is_empty() {
             o.seeds = file.seeds.clone();
         }
@@ -244,9 +260,12 @@ impl NodeOpts {
             isolate_slow => isolate_slow, inject_loss => inject_loss, lec => lec,
             recv_buffer_bytes => recv_buffer_bytes, send_buffer_bytes => send_buffer_bytes,
             max_datagram => max_datagram, send_queue_bytes => send_queue_bytes,
+            send_queue_time => send_queue_time,
             max_message_bytes => max_message_bytes, subscription_queue => subscription_queue,
-            publish_queue => publish_queue, event_queue => event_queue,
+            publish_queue => publish_queue, publish_queue_bytes => publish_queue_bytes,
+            event_queue => event_queue,
             announce_interval => announce_interval, peer_timeout => peer_timeout,
+            sender_grace => sender_grace,
             rng_seed => seed, metrics => metrics);
         if let Some(c) = &self.cluster {
             b = b.cluster(c);

@@ -500,6 +500,8 @@ pub struct SubSummary {
     gaps: u64,
     /// Gap events the node reported (each with its sender and count; see `NodeEvent::Gap`).
     gap_events: u64,
+    /// Senders whose streams ended because they failed or left (`NodeEvent::SenderLost`).
+    senders_lost: u64,
     bytes: u64,
     per_sender: BTreeMap<String, u64>,
     checksums: BTreeMap<String, String>,
@@ -616,6 +618,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
     }
     let mut tally = Tally::default();
     let mut gap_events = 0u64;
+    let mut senders_lost = 0u64;
     let start = Instant::now();
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
@@ -628,11 +631,28 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
             break "interrupted";
         }
         while let Ok(e) = events.try_recv() {
-            if let NodeEvent::Gap { sender, missed, .. } = e {
-                gap_events += 1;
-                if print {
-                    eprintln!("qs sub: {missed} packet(s) from {sender} lost (gap)");
+            match e {
+                NodeEvent::Gap { sender, missed, .. } => {
+                    gap_events += 1;
+                    if print {
+                        eprintln!("qs sub: {missed} packet(s) from {sender} lost (gap)");
+                    }
                 }
+                NodeEvent::SenderLost {
+                    sender,
+                    delivered,
+                    missed,
+                    ..
+                } => {
+                    senders_lost += 1;
+                    if print {
+                        eprintln!(
+                            "qs sub: sender {sender} is gone; its stream ended after {delivered} \
+                             message(s) here, {missed} packet(s) lost"
+                        );
+                    }
+                }
+                _ => {}
             }
         }
         match sub.recv_timeout(Duration::from_millis(100)) {
@@ -661,6 +681,14 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
     };
     let _ = out.flush();
     drop(out);
+    // Events that came with the last messages (a sender lost right at the end).
+    while let Ok(e) = events.try_recv() {
+        match e {
+            NodeEvent::Gap { .. } => gap_events += 1,
+            NodeEvent::SenderLost { .. } => senders_lost += 1,
+            _ => {}
+        }
+    }
     let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
     let stats = node.stats()?;
     drop(sub);
@@ -672,6 +700,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         out_of_order: tally.out_of_order,
         gaps: stats.core.gaps,
         gap_events,
+        senders_lost,
         bytes: tally.bytes,
         per_sender: tally
             .per_sender

@@ -158,6 +158,7 @@ fn qs_sub_json_keeps_its_summary_fields_and_says_why_it_ended() {
         "missed_on_join",
         "subscriber_overflow",
         "socket_rcvbuf",
+        "senders_lost",
     ] {
         assert!(v.get(field).is_some(), "{field} in {v}");
     }
@@ -294,4 +295,46 @@ fn an_interrupted_subscriber_exits_cleanly() {
     assert!(out.status.success(), "{:?}", out.status);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ended"], "interrupted");
+}
+
+/// A publisher killed mid-stream: the subscriber hears that the sender is gone (after the
+/// failure detection and the grace it is given) and reports it.
+#[test]
+fn a_killed_publisher_is_reported_as_a_lost_sender() {
+    let net = cluster_args("killed", 6);
+    let fast = ["--peer-timeout", "1s", "--sender-grace", "1s"];
+    let sub = qs()
+        .args([
+            "sub",
+            "--topic",
+            "k",
+            "--json",
+            "--timeout",
+            "8s",
+            "--wait",
+            "30s",
+        ])
+        .args(fast)
+        .args(&net)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut publisher = qs()
+        .args(["pub", "--topic", "k", "--count", "1000000", "--rate", "200"])
+        .args(["--wait", "30s"])
+        .args(fast)
+        .args(&net)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    publisher.kill().unwrap(); // SIGKILL: no goodbye.
+    publisher.wait().unwrap();
+    let out = sub.wait_with_output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["received"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["senders_lost"], 1, "{v}");
+    assert_eq!(v["duplicates"], 0, "{v}");
 }

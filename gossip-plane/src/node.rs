@@ -345,6 +345,23 @@ impl GossipNode {
         self.pump_events();
     }
 
+    /// `id` said goodbye outside gossip (a checked multicast announcement). When the
+    /// membership never knew it as a live member (it left before gossip reached it) no gossip
+    /// `Left` will come, so the subscription record an announcement brought is forgotten now;
+    /// otherwise membership's own goodbye handling decides.
+    pub fn left_unknown(&mut self, id: NodeId) {
+        if id == self.config.id
+            || self
+                .membership
+                .member(id)
+                .is_some_and(|m| m.status.is_live())
+        {
+            return;
+        }
+        self.subscriptions.forget(id);
+        self.pump_events();
+    }
+
     /// Replaces our subscribed topics (spread by gossip from the next round).
     pub fn set_topics(&mut self, topics: impl IntoIterator<Item = TopicId>) {
         self.subscriptions.set_topics(topics);

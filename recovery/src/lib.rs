@@ -26,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 mod cache;
+pub mod drain;
 pub mod lec;
 pub mod merge;
 mod pacing;
@@ -36,6 +37,7 @@ mod store;
 mod window;
 
 pub use cache::{Cache, CacheRefused};
+pub use drain::DrainRate;
 pub use lec::{xor_into, Lec, LecConfig, LecError, LecStats, RepairIntent, LEC_MAX_TARGETS};
 pub use merge::{Progress, StreamProgress, StreamUpdate};
 pub use pacing::{PaceChange, Pacer, CALM_ROUNDS, MIN_PACING_RATE};

@@ -1114,8 +1114,14 @@ impl Ring {
                 self.check_isolation(now, &token.records[i], &progress);
             }
             let isolated = self.isolated.contains_key(&sender);
+            // A member that holds everything the sender had sent when the round began is not
+            // what limits the stream: its rate only says how little the sender published, and
+            // a zero from it would hide the slow member's rate.
+            let highest = token.records[i].highest;
             let rate = match progress.prefix.filter(|_| !isolated) {
-                Some(prefix) => self.receive_rate(now, sender, prefix),
+                Some(prefix) => self
+                    .receive_rate(now, sender, prefix)
+                    .filter(|_| prefix.is_before(highest)),
                 None => None,
             };
             let pos = Position {

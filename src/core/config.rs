@@ -12,6 +12,10 @@ use qs_recovery::{LecConfig, RingConfig};
 use qs_regions::GroupRange;
 use qs_transport::{ClusterId, NodeId, RegionId};
 
+/// The least a time-bounded send queue may hold (bytes): enough for a burst of datagrams
+/// however slowly the queue drained lately.
+pub const SEND_QUEUE_FLOOR: usize = 64 << 10;
+
 /// Settings of a [`NodeCore`].
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -33,6 +37,11 @@ pub struct CoreConfig {
     pub max_datagram: usize,
     /// Most bytes queued for sending over all regions; beyond it `publish` refuses.
     pub send_queue_bytes: usize,
+    /// The send queue is also bounded by time: once it holds more than this long's worth at
+    /// the rate it has been draining (and at least [`SEND_QUEUE_FLOOR`] bytes), `publish`
+    /// refuses, so a saturating publisher waits instead of queueing hundreds of milliseconds
+    /// ahead of the wire. Zero: bounded by `send_queue_bytes` alone.
+    pub send_queue_time: Duration,
     /// Largest message accepted (sent or reassembled).
     pub max_message_bytes: usize,
     /// Most (sender, region) streams tracked at once.
@@ -107,6 +116,7 @@ impl CoreConfig {
             group_range: GroupRange::default(),
             max_datagram: 1472,
             send_queue_bytes: 16 << 20,
+            send_queue_time: Duration::from_millis(5),
             max_message_bytes: 16 << 20,
             max_streams: 4096,
             reorder_window_packets: 16384,

@@ -30,6 +30,24 @@ pub enum Event {
         /// Packets lost.
         missed: u32,
     },
+    /// A sender is gone (failed or left) and its stream into `region` is over: everything the
+    /// region's surviving members held of it was delivered first (the ring keeps repairing
+    /// among them for `departed_grace`), what none of them had was reported as [`Event::Gap`].
+    /// Comes after the stream's last delivery and gap.
+    SenderLost {
+        /// The sender.
+        sender: NodeId,
+        /// The stream's region.
+        region: RegionId,
+        /// The stream's epoch.
+        epoch: u64,
+        /// The last packet of the stream this node delivered or reported (`None`: none).
+        last: Option<qs_transport::Seq>,
+        /// Messages of the stream delivered to this node's application.
+        delivered: u64,
+        /// Packets of the stream reported lost.
+        missed: u64,
+    },
     /// A peer was discovered.
     PeerUp(NodeId),
     /// A peer changed its subscriptions or address.

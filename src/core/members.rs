@@ -159,7 +159,10 @@ impl NodeCore {
             ..
         } = a;
         if leaving {
-            return; // The goodbye that counts is gossip's own.
+            // The goodbye that counts is gossip's own, unless gossip never knew the node as a
+            // member (it left before gossip reached it): then only this one says so.
+            self.gossip.left_unknown(id);
+            return;
         }
         self.gossip.add_seed(SocketAddr::V4(unicast));
         if let Some(sig) = signature {

@@ -61,6 +61,14 @@ pub(super) struct RecvStream {
     /// The sender is gone: the stream is removed once the application has taken what it
     /// still holds.
     closing: bool,
+    /// Closed because the sender is gone (not replaced by a newer epoch): its end is
+    /// reported as [`Event::SenderLost`].
+    sender_lost: bool,
+    /// Messages of this stream delivered or handed to reassembly, and packets reported lost.
+    delivered: u64,
+    missed: u64,
+    /// The last packet popped from the window (delivered or reported).
+    last: Option<Seq>,
     /// A ring round has counted this node's prefix of the stream: from then on, anything the
     /// region's stability point passes that this node lacks is a loss (a gap), not history
     /// from before it joined.
@@ -84,6 +92,10 @@ impl RecvStream {
             partial: None,
             skipping: None,
             closing: false,
+            sender_lost: false,
+            delivered: 0,
+            missed: 0,
+            last: None,
             synced: false,
             young: VecDeque::new(),
         }
@@ -418,12 +430,24 @@ impl NodeCore {
             };
             let Some(popped) = stream.window.pop() else {
                 if stream.closing {
+                    if stream.sender_lost {
+                        self.events.push_back(Event::SenderLost {
+                            sender,
+                            region,
+                            epoch: stream.epoch,
+                            last: stream.last,
+                            delivered: stream.delivered,
+                            missed: stream.missed,
+                        });
+                    }
                     self.recv.remove(&key);
                 }
                 return false;
             };
             match popped {
-                Popped::Lost { count, .. } => {
+                Popped::Lost { first, count } => {
+                    stream.missed += u64::from(count);
+                    stream.last = Some(first.advance(count.saturating_sub(1)));
                     if stream.abandon() {
                         self.stats.drops.incomplete_message += 1;
                     }
@@ -437,20 +461,27 @@ impl NodeCore {
                 Popped::NotHeard { count } => {
                     self.stats.missed_on_join += u64::from(count);
                 }
-                Popped::Packet(_, Received::Packed(p)) => {
+                Popped::Packet(seq, Received::Packed(p)) => {
+                    stream.last = Some(seq);
                     self.stats.data_packets_received += 1;
                     if stream.abandon() {
                         self.stats.drops.incomplete_message += 1;
                     }
+                    let mut delivered = 0;
                     for (topic, payload) in p.messages() {
                         if self.subscriptions.contains(&topic) {
+                            delivered += 1;
                             self.deliver(sender, topic, payload);
                         } else {
                             self.stats.drops.unsubscribed += 1;
                         }
                     }
+                    if let Some(s) = self.recv.get_mut(&key) {
+                        s.delivered += delivered;
+                    }
                 }
-                Popped::Packet(_, Received::Fragment(f)) => {
+                Popped::Packet(seq, Received::Fragment(f)) => {
+                    stream.last = Some(seq);
                     self.stats.data_packets_received += 1;
                     self.handle_fragment(sender, key, f);
                 }
@@ -515,6 +546,7 @@ impl NodeCore {
             return;
         }
         if self.subscriptions.contains(&done.topic) {
+            stream.delivered += 1;
             self.deliver(sender, done.topic, done.buf.freeze());
         } else {
             self.stats.drops.unsubscribed += 1;
@@ -593,6 +625,7 @@ impl NodeCore {
         for key in keys {
             if let Some(s) = self.recv.get_mut(&key) {
                 s.close(now);
+                s.sender_lost = true;
             }
             self.drain_stream(key);
         }

@@ -190,7 +190,17 @@ impl NodeCore {
 
     /// Whether a message of `len` bytes can be queued now (back-pressure check).
     pub fn can_publish(&self, len: usize) -> bool {
-        self.queued_bytes == 0 || self.queued_bytes + len <= self.config.send_queue_bytes
+        self.queued_bytes == 0 || self.queued_bytes + len + MESSAGE_OVERHEAD <= self.queue_limit()
+    }
+
+    /// The send queue's limit now: `send_queue_bytes`, or less when that would hold more than
+    /// `send_queue_time` at the queue's drain rate.
+    pub fn queue_limit(&self) -> usize {
+        self.drain.limit(
+            self.config.send_queue_time,
+            super::config::SEND_QUEUE_FLOOR,
+            self.config.send_queue_bytes,
+        )
     }
 
     /// This node's own stream into `region` — its epoch and highest packet — if any went out.
@@ -255,6 +265,7 @@ impl NodeCore {
 
     /// Builds the next data packet (unsealed) of the next ready region into `buf`.
     pub(super) fn poll_data(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
+        self.drain.on_poll(now, self.queued_bytes);
         // The first ready region whose send window is open (full windows wait for the ring's
         // acknowledgement; their queues push back on publishers) and, when paced, that has a
         // token (rate control through the ring).
@@ -295,6 +306,7 @@ impl NodeCore {
                 }
                 let m = stream.queue.pop_front().expect("front exists");
                 self.queued_bytes -= m.payload.len() + MESSAGE_OVERHEAD;
+                self.drain.on_drained(m.payload.len() + MESSAGE_OVERHEAD);
                 self.stats.messages_sent += 1;
                 self.stats.payload_bytes_sent += m.payload.len() as u64;
             }
@@ -323,6 +335,7 @@ impl NodeCore {
                 stream.frag = None;
                 let m = stream.queue.pop_front().expect("front exists");
                 self.queued_bytes -= m.payload.len() + MESSAGE_OVERHEAD;
+                self.drain.on_drained(m.payload.len() + MESSAGE_OVERHEAD);
                 self.stats.messages_sent += 1;
                 self.stats.payload_bytes_sent += m.payload.len() as u64;
             } else {
