@@ -15,6 +15,7 @@
 //! | `recovery.rs` | the region's ring: snapshots in, actions out; repair requests; acknowledgements |
 //! | `out.rs` | the out queue of control and repair intents, encoded at `poll_transmit` |
 //! | `cluster.rs` | health and reachability published by gossip, unicast copies, the cluster map |
+//! | `lec.rs` | lateral error correction of the own region: repairs in and out, rebuilt packets |
 //!
 //! # Calling contract
 //! [`Driven`]'s: feed datagrams ([`Driven::handle_datagram`]), run due timers, apply
@@ -42,6 +43,7 @@
 mod cluster;
 mod config;
 mod events;
+mod lec;
 mod members;
 mod out;
 mod recovery;
@@ -50,8 +52,9 @@ mod send;
 mod stats;
 
 pub use cluster::{ClusterMap, MemberView, RegionView};
-pub use config::{CoreConfig, SEND_QUEUE_FLOOR};
+pub use config::{default_lec, CoreConfig, SEND_QUEUE_FLOOR};
 pub use events::{Delivery, Event, PublishRefused};
+pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
 use members::UNVOUCHED_AFTER;
 pub use stats::{CoreStats, DropStats};
@@ -122,6 +125,8 @@ pub struct NodeCore {
     streams_started: u64,
     prng: Prng,
     stats: CoreStats,
+    /// Lateral error correction of the own region.
+    lec: lec::LecState,
 }
 
 impl NodeCore {
@@ -172,6 +177,7 @@ impl NodeCore {
             closed_order: VecDeque::new(),
             prng,
             stats: CoreStats::default(),
+            lec: lec::LecState::default(),
         }
     }
 
@@ -210,6 +216,8 @@ impl NodeCore {
             cached_bytes_peak: self.cache.peak_bytes() as u64,
             gossip_datagrams_sent: g.datagrams_sent,
             gossip_bytes_sent: g.bytes_sent,
+            lec: self.lec_counters(),
+            repaired: self.lec.repaired,
             drops,
             ..self.stats
         }
@@ -312,6 +320,7 @@ impl NodeCore {
         if let Some(ring) = &self.ring {
             ring.check_invariants();
         }
+        self.check_lec_invariants();
     }
 
     /// Subscribes `topic`; this node's region changes and peers are told at once.
@@ -377,6 +386,7 @@ impl NodeCore {
         self.drain_gossip(now);
         self.prune_send_streams();
         self.refresh_ring(now);
+        self.refresh_lec();
     }
 
     /// Starts a graceful leave: peers are told at once. Queued data still goes out.
@@ -427,6 +437,9 @@ impl NodeCore {
         if let Some(t) = self.poll_out(buf) {
             return Some(t);
         }
+        if let Some(t) = self.poll_lec(buf) {
+            return Some(t);
+        }
         if let Some(t) = self.poll_stream_state(now, buf) {
             self.stats.control_packets_sent += 1;
             self.stats.control_bytes_sent += t.len as u64;
@@ -464,16 +477,14 @@ impl Driven for NodeCore {
                 Err(_) => self.stats.drops.malformed += 1,
             },
             PacketKind::Data | PacketKind::Fragment => {
-                self.handle_data(now, &header, &datagram, body)
+                self.handle_data(now, &header, &datagram, body, from)
             }
             PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
             PacketKind::Token => self.handle_token(now, header.sender, &body),
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
             PacketKind::RepairRequest => self.handle_repair_request(from, &body),
             PacketKind::SenderAck => self.handle_sender_ack_body(now, header.sender, &body),
-            // Lateral repairs are not wired into the node yet (issue 12): counted as before
-            // the kind existed, when the header check refused them.
-            PacketKind::LecRepair => self.stats.drops.malformed += 1,
+            PacketKind::LecRepair => self.handle_lec_repair(now, header.sender, &body),
             PacketKind::Gossip => {
                 self.gossip.handle_packet(now, from, &header, &body);
                 self.drain_gossip(now);
@@ -491,6 +502,7 @@ impl Driven for NodeCore {
         }
         self.recv_timeout(now);
         self.departed_timeout(now);
+        self.lec_timeout(now);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -510,6 +522,7 @@ impl Driven for NodeCore {
         let holes = self.recv.values().filter_map(|s| s.window.deadline());
         let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
         let gossip = self.gossip.poll_timeout();
+        let lec = self.lec_poll_timeout();
         let grace = self
             .departed_at
             .values()
@@ -523,6 +536,7 @@ impl Driven for NodeCore {
                 .chain(gossip)
                 .chain(grace)
                 .chain(unvouched)
+                .chain(lec)
                 .fold(self.discovery.poll_timeout(), Instant::min),
         )
     }

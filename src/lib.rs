@@ -78,6 +78,7 @@ pub use node::{
     Message, Node, NodeBuilder, PeerInfo, PublishError, RecvError, Stats, Subscription,
 };
 pub use publisher::Publisher;
+pub use qs_recovery::LecConfig;
 pub use qs_runtime::{RuntimeStats, SocketBuffers};
 pub use qs_transport::{NodeId, RegionId, TopicId};
 

@@ -133,6 +133,7 @@ pub struct NodeBuilder {
     inject_loss: f64,
     reliable: bool,
     isolate_slow: bool,
+    lec: Option<qs_recovery::LecConfig>,
     node_id: Option<NodeId>,
     gossip_seeds: Vec<SocketAddr>,
     seed: Option<u64>,
@@ -164,6 +165,7 @@ impl Default for NodeBuilder {
             inject_loss: 0.0,
             reliable: true,
             isolate_slow: false,
+            lec: None,
             node_id: None,
             gossip_seeds: Vec::new(),
             seed: None,
@@ -342,6 +344,22 @@ impl NodeBuilder {
         self
     }
 
+    /// Lateral error correction (default off): receivers of a region send each other XOR
+    /// repairs of the packets they got, so most losses are rebuilt within about a millisecond
+    /// instead of waiting for the recovery ring. Adaptive: a region without loss sends no
+    /// repairs. `false` leaves every repair to the ring.
+    pub fn lec(mut self, on: bool) -> Self {
+        self.lec = on.then(|| self.lec.take().unwrap_or_else(crate::core::default_lec));
+        self
+    }
+
+    /// The lateral error correction settings (packets per repair, targets, stagger, parity,
+    /// adaptive rate; see [`qs_recovery::LecConfig`]); turns it on.
+    pub fn lec_config(mut self, config: qs_recovery::LecConfig) -> Self {
+        self.lec = Some(config);
+        self
+    }
+
     /// A peer's unicast address to join the gossip plane through (repeatable), for networks
     /// where the multicast announcements do not reach (by default peers found by the
     /// announcements are the seeds).
@@ -418,6 +436,7 @@ impl NodeBuilder {
         config.reliable = self.reliable;
         config.gossip_seeds = self.gossip_seeds.clone();
         config.ring.isolate_slow = self.isolate_slow;
+        config.lec = self.lec.clone();
         config.failure_timeout = self.peer_timeout;
         config.departed_grace = self.sender_grace;
         config.discovery = DiscoveryConfig {

@@ -68,6 +68,9 @@ pub struct BenchArgs {
     /// Messages per step of the raw paced sweep (0: no sweep; the blast alone is the limit).
     #[arg(long, default_value_t = 50_000)]
     sweep_count: u64,
+    /// Lateral error correction in the Quicksilver runs [default: the library's, off].
+    #[arg(long, value_name = "on|off", value_parser = crate::config::parse_on_off)]
+    lec: Option<bool>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -119,6 +122,8 @@ struct Figures {
     overhead: f64,
     /// Packets repaired by peers plus packets the sender re-multicast.
     repairs: u64,
+    /// How the receivers' lost packets were repaired (summed over receivers).
+    repaired: quicksilver::core::RepairSplit,
 }
 
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
@@ -175,6 +180,7 @@ impl Figures {
             "cpu_us_per_msg": self.cpu_us_per_msg,
             "control_and_repair_over_data": self.overhead,
             "repairs": self.repairs,
+            "repaired": self.repaired,
         })
     }
 }
@@ -270,7 +276,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
     );
     println!(
-        "{:>6} {:>9} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8}",
+        "{:>6} {:>9} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8} {:>14}",
         "size",
         "",
         "msg/s",
@@ -284,7 +290,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "gaps",
         "ratio",
         "repairs",
-        "ctl+rep"
+        "ctl+rep",
+        "lat/peer/snd"
     );
     let mut faults = Vec::new();
     for row in &rows {
@@ -309,7 +316,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 faults.push((size, name.clone(), ratio));
             }
             println!(
-                "{:>6} {:>9} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x {:>8} {:>7.2}%",
+                "{:>6} {:>9} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x {:>8} {:>7.2}% {:>14}",
                 size,
                 name,
                 f.msgs_per_s,
@@ -323,7 +330,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 f.gaps,
                 ratio,
                 f.repairs,
-                f.overhead * 100.0
+                f.overhead * 100.0,
+                format!(
+                    "{}/{}/{}",
+                    f.repaired.lateral, f.repaired.peer, f.repaired.sender
+                )
             );
         }
         if let Some(best) = raw::best_paced(&row.sweep) {
@@ -352,7 +363,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("(per receiver; ratio: message rate over the raw limit of the same size, the better of the blast and the paced sweep's best rate with <= 0.1% loss; cpu: whole process per message sent; latency includes queueing at full load unless paced; repairs: packets served by peers or re-multicast by the sender; ctl+rep: control and repair bytes of all nodes over data bytes)");
+    println!("(per receiver; ratio: message rate over the raw limit of the same size, the better of the blast and the paced sweep's best rate with <= 0.1% loss; cpu: whole process per message sent; latency includes queueing at full load unless paced; repairs: packets served by peers or re-multicast by the sender; ctl+rep: control and repair bytes of all nodes over data bytes; lat/peer/snd: lost packets repaired laterally (LEC), by a peer, by the sender)");
     for (size, name, ratio) in faults {
         println!(
             "MEASUREMENT FAULT: {name} at {size} B sends one message per datagram yet measured \
@@ -480,8 +491,12 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
         (loss * 1e4) as u64
     );
     let build = |loss: f64| {
-        Node::builder()
-            .inject_loss(loss)
+        let b = Node::builder();
+        let b = match a.lec {
+            Some(on) => b.lec(on),
+            None => b,
+        };
+        b.inject_loss(loss)
             .cluster(&cluster)
             .control_group(SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), a.port + 1))
             .data_port(a.port + 2)
@@ -557,6 +572,9 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
             *l += tally.latency_us(q) / n;
         }
         f.gaps += stats.core.gaps;
+        f.repaired.lateral += stats.core.repaired.lateral;
+        f.repaired.peer += stats.core.repaired.peer;
+        f.repaired.sender += stats.core.repaired.sender;
     }
     // Count recovery traffic once the subscribers acknowledged everything.
     publisher.flush(Duration::from_secs(10))?;

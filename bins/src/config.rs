@@ -65,6 +65,15 @@ fn parse_node_id(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// `on` / `off` (also `true` / `false`).
+pub fn parse_on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        other => Err(format!("{other:?}: expected on or off")),
+    }
+}
+
 /// A block of multicast addresses, `BASE/PREFIX`.
 fn parse_group_range(s: &str) -> Result<String, String> {
     let (base, len) = s
@@ -129,6 +138,11 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_INJECT_LOSS", value_name = "FRACTION")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inject_loss: Option<f64>,
+    /// Lateral error correction: receivers repair each other's losses with XOR repairs
+    /// before the recovery ring asks (adaptive: nothing is sent without loss) [default: off]
+    #[arg(long, env = "QS_LEC", value_name = "on|off", value_parser = parse_on_off)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lec: Option<bool>,
     /// Requested socket receive buffer; the kernel may cap it (`qs doctor` tells)
     /// [default: 8388608]
     #[arg(long, env = "QS_RECV_BUFFER_BYTES", value_name = "BYTES")]
@@ -213,7 +227,7 @@ impl NodeOpts {
     pub fn or(mut self, file: &NodeOpts) -> NodeOpts {
         let o = &mut self;
         fill!(o, file: iface, cluster, control_group, data_port, unicast_port, group_range,
-            best_effort, isolate_slow, inject_loss, recv_buffer_bytes, send_buffer_bytes,
+            best_effort, isolate_slow, inject_loss, lec, recv_buffer_bytes, send_buffer_bytes,
             max_datagram, send_queue_bytes, send_queue_time, max_message_bytes, subscription_queue,
             publish_queue, publish_queue_bytes, event_queue, announce_interval, peer_timeout,
             sender_grace, node_id, rng_seed, metrics);
@@ -243,7 +257,7 @@ impl NodeOpts {
             ($($f:ident => $m:ident),* $(,)?) => { $( if let Some(v) = self.$f.clone() { b = b.$m(v); } )* };
         }
         set!(control_group => control_group, data_port => data_port, unicast_port => unicast_port,
-            isolate_slow => isolate_slow, inject_loss => inject_loss,
+            isolate_slow => isolate_slow, inject_loss => inject_loss, lec => lec,
             recv_buffer_bytes => recv_buffer_bytes, send_buffer_bytes => send_buffer_bytes,
             max_datagram => max_datagram, send_queue_bytes => send_queue_bytes,
             send_queue_time => send_queue_time,

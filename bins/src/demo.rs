@@ -48,6 +48,11 @@ pub struct DemoArgs {
         value_name = "FRACTION"
     )]
     pub loss: f64,
+    /// Lateral error correction: subscribers repair each other's losses before the ring asks
+    /// (the table's lateral / peer / sender columns say how each loss was repaired)
+    /// [default: the library's, off]
+    #[arg(long, value_name = "on|off", value_parser = crate::config::parse_on_off)]
+    pub lec: Option<bool>,
     /// Control (discovery) multicast group and port, as for every command.
     #[arg(long, default_value = "239.255.0.1:7400", value_name = "GROUP:PORT")]
     pub control_group: SocketAddrV4,
@@ -116,8 +121,12 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let cluster = format!("demo-{}", std::process::id());
     let nodes: Vec<Arc<Node>> = (0..a.nodes)
         .map(|_| {
-            Node::builder()
-                .cluster(&cluster)
+            let b = Node::builder();
+            let b = match a.lec {
+                Some(on) => b.lec(on),
+                None => b,
+            };
+            b.cluster(&cluster)
                 .interface(Ipv4Addr::LOCALHOST)
                 .control_group(a.control_group)
                 .data_port(a.data_port)
@@ -280,6 +289,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         "dups",
         "order",
         "dropped",
+        "lateral",
+        "peer",
+        "sender",
         "p50 µs",
         "p99 µs",
     ]);
@@ -296,6 +308,9 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
             tally.duplicates.to_string(),
             tally.out_of_order.to_string(),
             stats.core.drops.injected_loss.to_string(),
+            stats.core.repaired.lateral.to_string(),
+            stats.core.repaired.peer.to_string(),
+            stats.core.repaired.sender.to_string(),
             format!("{:.0}", tally.latency_us(0.5)),
             format!("{:.0}", tally.latency_us(0.99)),
         ]);
@@ -303,7 +318,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
         ok &= tally.duplicates == 0 && tally.out_of_order == 0 && gaps == 0;
         ok &= tally.received == s.expected;
     }
-    for i in 2..9 {
+    for i in 2..12 {
         if let Some(c) = table.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
         }

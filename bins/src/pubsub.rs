@@ -515,6 +515,11 @@ pub struct SubSummary {
     held_back: u64,
     subscriber_overflow: u64,
     socket_rcvbuf: usize,
+    /// How this subscriber's lost packets were repaired: laterally (LEC), by a peer (the
+    /// ring), by the sender.
+    repaired: quicksilver::core::RepairSplit,
+    /// Lateral error correction counters.
+    lec: quicksilver::core::LecCounters,
     /// Why it stopped: `count`, `timeout`, `wait`, `interrupted` or `closed`.
     ended: &'static str,
 }
@@ -716,6 +721,8 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         held_back: stats.core.held_back,
         subscriber_overflow: stats.subscriber_overflow,
         socket_rcvbuf: stats.socket_buffers.recv_bytes,
+        repaired: stats.core.repaired,
+        lec: stats.core.lec,
         ended,
     };
     if a.json {

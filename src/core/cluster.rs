@@ -48,7 +48,10 @@ impl NodeCore {
                 0.0
             }
         };
-        let repairs = stats.repairs_served + stats.retransmitted;
+        // Lateral repairs count as repairs, and the losses they rebuilt (never requested from
+        // the ring) as losses.
+        let repairs = stats.repairs_served + stats.retransmitted + stats.lec.repairs_sent;
+        let lost = stats.ring.requested + stats.repaired.lateral;
         let lag = self
             .recv
             .values()
@@ -59,7 +62,7 @@ impl NodeCore {
         let health = NodeHealth {
             load: self.events.len() as f32 / self.config.max_pending_events.max(1) as f32,
             recv_rate: rate(stats.delivered, clock.delivered),
-            loss: rate(stats.ring.requested, clock.requested),
+            loss: rate(lost, clock.requested),
             repairs: rate(repairs, clock.repairs),
             backlog: self.queued_bytes as f32,
             lag: lag as f32,
@@ -81,7 +84,7 @@ impl NodeCore {
         self.health_clock = HealthClock {
             at: Some(now),
             delivered: stats.delivered,
-            requested: stats.ring.requested,
+            requested: lost,
             repairs,
             highest,
         };

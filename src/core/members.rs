@@ -262,6 +262,7 @@ impl NodeCore {
         if changed {
             self.prune_send_streams();
             self.refresh_ring(now);
+            self.refresh_lec();
         }
     }
 

@@ -48,7 +48,7 @@ impl NodeCore {
     }
 
     /// The receive streams of the ring's region as the ring sees them, in sender order.
-    fn stream_progress(&self) -> Vec<StreamProgress> {
+    fn stream_progress(&self, now: Instant) -> Vec<StreamProgress> {
         let Some(region) = self.own_region else {
             return Vec::new();
         };
@@ -56,7 +56,7 @@ impl NodeCore {
         self.recv
             .iter()
             .filter(|((_, r), _)| *r == region)
-            .map(|((s, _), st)| st.progress(*s, max))
+            .map(|((s, _), st)| st.progress(*s, max, now))
             .collect()
     }
 
@@ -66,7 +66,7 @@ impl NodeCore {
             return;
         };
         let region = ring.region();
-        let streams = self.stream_progress();
+        let streams = self.stream_progress(now);
         let app_behind =
             !self.stalled.is_empty() || self.events.len() > self.config.max_pending_events / 2;
         let local = Local {

@@ -5,14 +5,30 @@
 //! after `reorder_timeout`. A full application queue stalls the windows (back-pressure reaches
 //! the senders through the ring) instead of dropping.
 //!
-//! Not here: how holes get repaired (`recovery.rs`), which senders are live (`members.rs`).
+//! With lateral error correction on, each stream remembers its young holes (at most
+//! [`YOUNG_HOLES_MAX`]) and hides them from the ring for [`qs_recovery::Lec::hold_off`], so a
+//! lateral repair gets its chance before the token path asks a peer; every data packet of the
+//! region (refused ones too) is handed to LEC, and holes are reported to it.
+//!
+//! Not here: how holes get repaired (`recovery.rs`, `lec.rs`), which senders are live
+//! (`members.rs`).
+
+use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
-use qs_recovery::{Arrival, Popped, ReceiveWindow, StreamProgress, StreamUpdate};
+use qs_recovery::{Arrival, PacketId, Popped, ReceiveWindow, StreamProgress, StreamUpdate};
 use qs_transport::wire::{self, DataPacket, Fragment, Header, PacketKind, StreamState, HEADER_LEN};
 use qs_transport::{Instant, NodeId, RegionId, Seq, TopicId};
 
+use super::lec::Via;
 use super::{CoreConfig, Event, NodeCore};
+
+/// Most young holes a stream remembers (beyond it the oldest is forgotten: the ring may ask
+/// for it at once, which costs a repair, not a loss).
+pub(super) const YOUNG_HOLES_MAX: usize = 256;
+/// Most holes one arrival reports to LEC (a jump of thousands is a join or a long outage,
+/// which the ring handles).
+const HOLES_REPORTED_MAX: u32 = 64;
 
 #[derive(Debug)]
 struct Reassembly {
@@ -57,6 +73,9 @@ pub(super) struct RecvStream {
     /// region's stability point passes that this node lacks is a loss (a gap), not history
     /// from before it joined.
     synced: bool,
+    /// Holes found recently, in sequence order, with the time until which the ring does not
+    /// see them (they wait for a lateral repair).
+    young: VecDeque<(Seq, Instant)>,
 }
 
 impl RecvStream {
@@ -78,6 +97,7 @@ impl RecvStream {
             missed: 0,
             last: None,
             synced: false,
+            young: VecDeque::new(),
         }
     }
 
@@ -92,13 +112,55 @@ impl RecvStream {
         }
     }
 
-    /// The stream as the recovery ring sees it.
-    pub(super) fn progress(&self, sender: NodeId, max: usize) -> StreamProgress {
+    /// The stream as the recovery ring sees it at `now`: holes still waiting for a lateral
+    /// repair are left out, with everything after them (the state then says it did not
+    /// examine them, so the ring neither requests them nor takes them as received).
+    pub(super) fn progress(&self, sender: NodeId, max: usize, now: Instant) -> StreamProgress {
+        let mut window = self.window.state(max);
+        let held = self.young.iter().find(|(_, until)| *until > now);
+        if let (Some(w), Some(&(cut, _))) = (window.as_mut(), held) {
+            if w.prefix.is_before(cut) && cut.is_before(w.examined_to.next()) {
+                let last = Seq(cut.0.wrapping_sub(1));
+                w.holes.retain(|r| r.first.is_before(cut));
+                if let Some(r) = w.holes.last_mut() {
+                    r.count = r.count.min(r.first.distance_to(cut) as u32);
+                }
+                w.examined_to = last;
+            }
+        }
         StreamProgress {
             sender,
             epoch: self.epoch,
-            window: self.window.state(max),
+            window,
             synced: self.synced,
+        }
+    }
+
+    /// Remembers the holes between the previous highest and `seq` (exclusive) as young until
+    /// `until`; forgets those the window has moved past or whose wait is over.
+    fn note_holes(&mut self, now: Instant, first: Seq, seq: Seq, until: Instant) {
+        let next = self.window.next_expected();
+        while self
+            .young
+            .front()
+            .is_some_and(|(s, t)| *t <= now || next.is_some_and(|n| s.is_before(n)))
+        {
+            self.young.pop_front();
+        }
+        let mut s = first;
+        while s.is_before(seq) {
+            if self.young.len() >= YOUNG_HOLES_MAX {
+                self.young.pop_front();
+            }
+            self.young.push_back((s, until));
+            s = s.next();
+        }
+    }
+
+    /// A hole was filled: it no longer holds the ring back.
+    fn hole_filled(&mut self, seq: Seq) {
+        if let Some(i) = self.young.iter().rposition(|(s, _)| *s == seq) {
+            self.young.remove(i);
         }
     }
 
@@ -118,14 +180,29 @@ impl RecvStream {
 }
 
 impl NodeCore {
-    /// A data packet or fragment of `header.sender`'s stream (`body`: the opened datagram's
-    /// body; `datagram`: the whole opened datagram).
+    /// A data packet or fragment of `header.sender`'s stream from the network, sent from
+    /// `from` (`body`: the opened datagram's body; `datagram`: the whole opened datagram);
+    /// then what LEC rebuilt meanwhile.
     pub(super) fn handle_data(
         &mut self,
         now: Instant,
         header: &Header,
         datagram: &Bytes,
         body: Bytes,
+        from: std::net::SocketAddr,
+    ) {
+        self.receive_data(now, header, datagram, body, Via::Net(from));
+        self.pump_lec(now);
+    }
+
+    /// A data packet or fragment, from the network or rebuilt by LEC.
+    pub(super) fn receive_data(
+        &mut self,
+        now: Instant,
+        header: &Header,
+        datagram: &Bytes,
+        body: Bytes,
+        via: Via,
     ) {
         let (sender, fragment) = (header.sender, header.kind == PacketKind::Fragment);
         // What caretakers keep and forward: the datagram as opened (no seal trailer).
@@ -148,6 +225,10 @@ impl NodeCore {
         if self.config.inject_loss > 0.0 && self.prng.chance(self.config.inject_loss) {
             self.stats.drops.injected_loss += 1;
             return;
+        }
+        if via != Via::Rebuilt {
+            // Every packet of the region is repair input, whatever the window makes of it.
+            self.lec_on_packet(now, PacketId { sender, epoch, seq }, datagram);
         }
         let key = (sender, region);
         match self.recv.get(&key).map(|s| s.epoch) {
@@ -184,9 +265,14 @@ impl NodeCore {
         } else {
             parse(Bytes::copy_from_slice(&body)).map_or(packet, |(_, _, copy)| copy)
         };
-        let fresh = stream.window.highest().is_none_or(|h| h.is_before(seq))
-            && header.flags & wire::FLAG_UNICAST_COPY == 0;
+        let highest_before = stream.window.highest();
+        let fresh = highest_before.is_none_or(|h| h.is_before(seq))
+            && header.flags & wire::FLAG_UNICAST_COPY == 0
+            && via != Via::Rebuilt;
         let arrival = stream.window.insert(now, seq, packet);
+        if arrival == Arrival::Accepted {
+            self.on_accepted(now, key, epoch, seq, highest_before, via);
+        }
         if fresh {
             self.heard_multicast(now, region);
         }
@@ -210,6 +296,63 @@ impl NodeCore {
             }
         }
         self.drain_stream(key);
+    }
+
+    /// After an accepted packet: a packet after the highest opens holes (young, reported to
+    /// LEC); one before it fills a hole, a lost packet repaired laterally, by a peer or by its
+    /// sender.
+    fn on_accepted(
+        &mut self,
+        now: Instant,
+        key: (NodeId, RegionId),
+        epoch: u64,
+        seq: Seq,
+        highest_before: Option<Seq>,
+        via: Via,
+    ) {
+        let Some(highest) = highest_before else {
+            return;
+        };
+        let (sender, _) = key;
+        if highest.is_before(seq) {
+            if via == Via::Rebuilt {
+                // Rebuilt after the stream's highest: LEC parked it for a moment first (see
+                // `lec.rs`), so the original did not come in time: lost all the same.
+                self.lec.repaired.lateral += 1;
+            }
+            let first = highest.next();
+            if first == seq {
+                return;
+            }
+            let hold = self.lec_hold_off();
+            if hold.is_zero() {
+                return;
+            }
+            let Some(stream) = self.recv.get_mut(&key) else {
+                return;
+            };
+            stream.note_holes(now, first, seq, now + hold);
+            let n = (first.distance_to(seq) as u32).min(HOLES_REPORTED_MAX);
+            for i in 0..n {
+                let id = PacketId {
+                    sender,
+                    epoch,
+                    seq: first.advance(i),
+                };
+                self.lec_on_missing(now, id);
+            }
+            return;
+        }
+        if let Some(stream) = self.recv.get_mut(&key) {
+            stream.hole_filled(seq);
+        }
+        match via {
+            Via::Rebuilt => self.lec.repaired.lateral += 1,
+            Via::Net(from) if Some(from) == self.address_of(sender) => {
+                self.lec.repaired.sender += 1;
+            }
+            Via::Net(_) => self.lec.repaired.peer += 1,
+        }
     }
 
     /// Hands on what a stream's window released, in order: messages, fragments, gaps. Stops
@@ -510,5 +653,99 @@ impl NodeCore {
             }
             self.drain_stream(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::time::Duration;
+
+    use qs_transport::wire::{DataWriter, StreamId};
+    use qs_transport::ClusterId;
+
+    use super::*;
+
+    fn packet(seq: u32) -> Received {
+        let mut buf = vec![0u8; 256];
+        let header = Header::new(PacketKind::Data, ClusterId(1), NodeId(7));
+        let id = StreamId {
+            region: RegionId(3),
+            epoch: 1,
+        };
+        let mut w = DataWriter::new(&mut buf, &header, id, Seq(seq)).unwrap();
+        assert!(w.push(TopicId(5), b"x"));
+        let len = w.finish().unwrap();
+        let body = Bytes::copy_from_slice(&buf[HEADER_LEN..len]);
+        Received::Packed(DataPacket::parse(body).unwrap())
+    }
+
+    fn stream() -> RecvStream {
+        let c = CoreConfig::new(NodeId(1), SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9));
+        RecvStream::new(&c, 1)
+    }
+
+    /// Packets 1..=3 and 6 arrived at `t0`: 4 and 5 are holes, young until `t0 + hold`.
+    fn with_holes(t0: Instant, hold: Duration) -> RecvStream {
+        let mut s = stream();
+        for q in [1, 2, 3, 6] {
+            s.window.insert(t0, Seq(q), packet(q));
+        }
+        s.note_holes(t0, Seq(4), Seq(6), t0 + hold);
+        s
+    }
+
+    fn holes(p: &StreamProgress) -> Vec<(u32, u32)> {
+        let w = p.window.as_ref().unwrap();
+        w.holes.iter().map(|r| (r.first.0, r.count)).collect()
+    }
+
+    #[test]
+    fn a_young_hole_is_hidden_from_the_ring_until_its_hold_off_and_shown_from_then_on() {
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let hold = Duration::from_millis(2);
+        let s = with_holes(t0, hold);
+        // Just before the hold-off ends: the ring sees neither hole, nor anything examined
+        // past the prefix (so it claims no tail either).
+        let p = s.progress(NodeId(7), 64, t0 + hold - Duration::from_nanos(1));
+        assert!(holes(&p).is_empty());
+        let w = p.window.as_ref().unwrap();
+        assert_eq!(
+            (w.prefix, w.examined_to, w.highest),
+            (Seq(3), Seq(3), Seq(6))
+        );
+        // At the hold-off: both holes, examined up to the highest.
+        let p = s.progress(NodeId(7), 64, t0 + hold);
+        assert_eq!(holes(&p), vec![(4, 2)]);
+        assert_eq!(p.window.as_ref().unwrap().examined_to, Seq(6));
+    }
+
+    #[test]
+    fn an_older_hole_stays_visible_while_a_younger_one_after_it_is_held() {
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let hold = Duration::from_millis(2);
+        let mut s = with_holes(t0, hold);
+        // Later, 7 and 9 arrive: 8 is a new hole, young while 4 and 5 are old.
+        let t1 = t0 + hold;
+        s.window.insert(t1, Seq(7), packet(7));
+        s.window.insert(t1, Seq(9), packet(9));
+        s.note_holes(t1, Seq(8), Seq(9), t1 + hold);
+        let p = s.progress(NodeId(7), 64, t1 + Duration::from_micros(1));
+        assert_eq!(holes(&p), vec![(4, 2)]);
+        assert_eq!(p.window.as_ref().unwrap().examined_to, Seq(7));
+        // A filled hole no longer holds anything back.
+        s.hole_filled(Seq(8));
+        let p = s.progress(NodeId(7), 64, t1 + Duration::from_micros(1));
+        assert_eq!(holes(&p), vec![(4, 2), (8, 1)]);
+    }
+
+    #[test]
+    fn young_holes_are_bounded() {
+        let t0 = Instant::ZERO + Duration::from_secs(1);
+        let mut s = stream();
+        s.window.insert(t0, Seq(1), packet(1));
+        let far = Seq(2 + 2 * YOUNG_HOLES_MAX as u32);
+        s.note_holes(t0, Seq(2), far, t0 + Duration::from_millis(2));
+        assert_eq!(s.young.len(), YOUNG_HOLES_MAX);
     }
 }

@@ -285,7 +285,8 @@ impl NodeCore {
         let region = region?;
         let header = self.header(PacketKind::Data);
         let frag_header = self.header(PacketKind::Fragment);
-        let budget = buf.len().min(self.config.max_datagram) - self.seal.overhead();
+        let budget = (buf.len().min(self.config.max_datagram) - self.seal.overhead())
+            .min(self.lec_data_budget(region));
         let frag_capacity = Fragment::payload_capacity(budget);
         let stream = self.send.get_mut(&region)?;
         let seq = stream.window.next_seq();
@@ -365,6 +366,17 @@ impl NodeCore {
             if let Some(ring) = self.ring.as_mut() {
                 ring.on_data();
             }
+            let me = self.config.id;
+            let epoch = id.epoch;
+            self.lec_on_packet(
+                now,
+                qs_recovery::PacketId {
+                    sender: me,
+                    epoch,
+                    seq,
+                },
+                &buf[..len],
+            );
         }
         self.unicast_copies(region, seq, &buf[..len]);
         Some(Transmit {

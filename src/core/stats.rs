@@ -4,6 +4,8 @@
 use qs_discovery::DiscoveryStats;
 use qs_recovery::RingStats;
 
+use super::lec::{LecCounters, RepairSplit};
+
 /// Datagrams dropped on receipt, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DropStats {
@@ -112,6 +114,10 @@ pub struct CoreStats {
     pub unicast_copies_sent: u64,
     /// The recovery ring's counters.
     pub ring: RingStats,
+    /// Lateral error correction counters.
+    pub lec: LecCounters,
+    /// How the packets this node lost were repaired: laterally, by a peer, by the sender.
+    pub repaired: RepairSplit,
     /// Drops by reason.
     pub drops: DropStats,
     /// Discovery counters.

@@ -117,6 +117,11 @@ impl Net {
             .map(|(i, a)| {
                 let mut cfg = CoreConfig::new(NodeId(0x1000 + i as u64), *a);
                 cfg.seed = 42 + i as u64;
+                // `QS_LEC=on`: lateral error correction in every core (its cost per message
+                // without loss: the canonical copy, the store, the bins).
+                if std::env::var("QS_LEC").is_ok_and(|v| v == "on") {
+                    cfg.lec = Some(quicksilver::core::default_lec());
+                }
                 NodeCore::new(cfg, now)
             })
             .collect();
