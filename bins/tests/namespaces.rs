@@ -54,6 +54,18 @@ fn two_percent_data_loss_at_three_subscribers_is_fully_repaired() {
     ns_pubsub(&["--count", "20000", "--subs", "3", "--loss", "2"], 3);
 }
 
+#[test]
+fn a_publisher_frozen_for_eight_seconds_under_loss_loses_and_duplicates_nothing() {
+    // `kill -STOP` of `qs pub` two seconds after it starts (mid-stream at 10,000/s), `kill
+    // -CONT` eight seconds later, past failure detection; 1% data loss at each subscriber.
+    ns_pubsub(
+        &[
+            "--count", "40000", "--rate", "10000", "--subs", "2", "--loss", "1", "--pause", "2:8",
+        ],
+        2,
+    );
+}
+
 /// The gossip plane's cluster map across namespaces (`testbed/scripts/ns-gossip-test.sh`): five
 /// subscribers in two regions converge in `qs top --json`; after a `kill -9` the node shows as
 /// down (or out of its region) and its region drops it within the script's bound; a new node

@@ -3,7 +3,7 @@
 #
 # Usage:
 #   ns-pubsub-test.sh [--qs PATH] [--count N] [--subs K] [--loss PERCENT] [--loss-all]
-#                     [--size B] [--rate R] [--skip-code C] [--keep-logs]
+#                     [--size B] [--rate R] [--pause AT:SECS] [--skip-code C] [--keep-logs]
 #
 #   Builds a (K+1)-host LAN (lan.sh, unique prefix qst<pid>), starts in hosts 2..K+1
 #     qs sub --json --topic t1 --topic t2 --count N --timeout 20 --iface <host addr>
@@ -22,6 +22,9 @@
 #                   subscriber (loss.sh); the check is unchanged: recovery must repair it all
 #   --loss-all      apply --loss to every UDP frame (tokens, requests, discovery too)
 #   --size B, --rate R   publisher payload size (default 256) and rate (default 20000/s)
+#   --pause AT:SECS freeze the publisher (SIGSTOP) AT seconds after it is started, for SECS s,
+#                   then resume it (SIGCONT): a pause past failure detection; the check is
+#                   unchanged (nothing lost, nothing duplicated, and the publisher exits 0)
 #   --skip-code C   exit code when not root (default 0); the line "SKIP: needs root for network
 #                   namespaces" is printed either way
 #   --keep-logs     keep the directory with the qs outputs (its path is printed)
@@ -46,6 +49,7 @@ size=256
 rate=20000
 skip_code=0
 keep_logs=0
+pause=""
 while [ $# -gt 0 ]; do
     case $1 in
     --qs) [ $# -ge 2 ] || usage; qs=$2; shift 2 ;;
@@ -55,6 +59,7 @@ while [ $# -gt 0 ]; do
     --loss-all) loss_all=1; shift ;;
     --size) [ $# -ge 2 ] || usage; size=$2; shift 2 ;;
     --rate) [ $# -ge 2 ] || usage; rate=$2; shift 2 ;;
+    --pause) [ $# -ge 2 ] || usage; pause=$2; shift 2 ;;
     --skip-code) [ $# -ge 2 ] || usage; skip_code=$2; shift 2 ;;
     --keep-logs) keep_logs=1; shift ;;
     -h | --help) usage 0 ;;
@@ -63,6 +68,7 @@ while [ $# -gt 0 ]; do
 done
 [[ $count =~ ^[1-9][0-9]*$ ]] || die "bad --count '$count'"
 [[ $subs =~ ^[1-9][0-9]?$ ]] || die "bad --subs '$subs'"
+[ -z "$pause" ] || [[ $pause =~ ^[0-9]+(\.[0-9]+)?:[0-9]+(\.[0-9]+)?$ ]] || die "bad --pause '$pause' (AT:SECS)"
 hosts=$((subs + 1))
 if ! [[ $skip_code =~ ^[0-9]+$ ]] || [ "$skip_code" -gt 255 ]; then die "bad --skip-code '$skip_code'"; fi
 limit=${NS_PUBSUB_TIMEOUT:-120}
@@ -80,6 +86,15 @@ prefix="qst$$"
 logs=$(mktemp -d "${TMPDIR:-/tmp}/ns-pubsub.XXXXXX")
 pids=()
 lan_up=0
+
+# Every descendant process of $1 (timeout -> ip netns exec -> qs).
+descendants() {
+    local child
+    for child in $(ps -o pid= --ppid "$1"); do
+        echo "$child"
+        descendants "$child"
+    done
+}
 
 cleanup() {
     local rc=$? pid
@@ -128,6 +143,17 @@ timeout "$limit" ip netns exec "$(ns_name "$prefix" 1)" "$qs" pub \
     --iface "$a1" >"$logs/pub.out" 2>"$logs/pub.err" &
 pub_pid=$!
 pids+=("$pub_pid")
+if [ -n "$pause" ]; then
+    # AT counts from the publisher's start (it waits for its subscribers first, about a second).
+    sleep "${pause%%:*}"
+    echo "ns-pubsub-test: freezing qs pub for ${pause##*:} s"
+    frozen=$(descendants "$pub_pid")
+    # shellcheck disable=SC2086 # a list of pids
+    kill -STOP $frozen 2>/dev/null || true
+    sleep "${pause##*:}"
+    # shellcheck disable=SC2086
+    kill -CONT $frozen 2>/dev/null || true
+fi
 pub_rc=0
 wait "$pub_pid" || pub_rc=$?
 
