@@ -728,7 +728,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
-        let line = format!(
+        let mut line = format!(
             "received {} messages ({} B) in {:.2} s; duplicates {}, out of order {}, gaps {}",
             tally.received,
             tally.bytes,
@@ -737,6 +737,9 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
             tally.out_of_order,
             stats.core.gaps
         );
+        if senders_lost > 0 {
+            line.push_str(&format!("; senders lost {senders_lost}"));
+        }
         // Printed messages own stdout (for pipes); the tally then goes to stderr.
         if print {
             eprintln!("qs sub: {line}");
