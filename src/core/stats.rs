@@ -11,6 +11,12 @@ pub struct DropStats {
     pub malformed: u64,
     /// Another cluster's datagram.
     pub foreign_cluster: u64,
+    /// Keyed cluster: a datagram without a valid MAC under a key this node holds (a forgery,
+    /// an outsider, a node with another key, or a keyed datagram at a keyless node).
+    pub auth: u64,
+    /// Keyed cluster: an authentic control datagram seen before (a replay) or older than the
+    /// replay window.
+    pub replay: u64,
     /// Data for a region this node is not in (group address collision or a stale region).
     pub foreign_region: u64,
     /// A duplicate or late packet (at or before one already accepted).
