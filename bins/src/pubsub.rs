@@ -513,8 +513,29 @@ pub struct SubSummary {
     held_back: u64,
     subscriber_overflow: u64,
     socket_rcvbuf: usize,
+    /// Datagrams without a valid MAC under the cluster key (forgeries, outsiders).
+    drops_auth: u64,
+    /// Authentic control datagrams refused as replays.
+    drops_replay: u64,
+    /// Datagrams that failed the header or checksum checks, or had a malformed body.
+    drops_malformed: u64,
+    /// Resident memory at the end, in KiB (Linux; 0 where unknown): scripts check it stays
+    /// flat under hostile input.
+    rss_kb: u64,
     /// Why it stopped: `count`, `timeout`, `wait`, `interrupted` or `closed`.
     ended: &'static str,
+}
+
+/// This process's resident set size in KiB, from `/proc/self/status` (0 where unknown).
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Tally {
@@ -687,6 +708,10 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         held_back: stats.core.held_back,
         subscriber_overflow: stats.subscriber_overflow,
         socket_rcvbuf: stats.socket_buffers.recv_bytes,
+        drops_auth: stats.core.drops.auth,
+        drops_replay: stats.core.drops.replay,
+        drops_malformed: stats.core.drops.malformed,
+        rss_kb: rss_kb(),
         ended,
     };
     if a.json {

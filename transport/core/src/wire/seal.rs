@@ -398,7 +398,9 @@ impl Seal {
         }
         let keyed = header.flags & FLAG_KEYED != 0;
         let Some(keys) = &self.keys else {
-            if keyed {
+            // A keyed datagram (flag set, no checksum) is another cluster's or a keyed peer's;
+            // a flag bit flipped on the way still fails the checksum as corruption.
+            if keyed && u32_at(datagram, field::CHECKSUM.start) == 0 {
                 return Err(WireError::Unauthenticated);
             }
             if u32_at(datagram, field::CHECKSUM.start) != checksum(datagram) {
@@ -549,6 +551,13 @@ mod tests {
                 "a flipped byte {i} still opened"
             );
         }
+    }
+
+    #[test]
+    fn a_flipped_flag_bit_at_a_keyless_node_is_corruption_not_a_key() {
+        let mut d = datagram(PacketKind::Token, 9, b"body", &mut Seal::new());
+        d[field::FLAGS] ^= FLAG_KEYED;
+        assert_eq!(Seal::new().open(&d), Err(WireError::BadChecksum));
     }
 
     #[test]
