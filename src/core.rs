@@ -497,7 +497,7 @@ impl Driven for NodeCore {
             PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
             PacketKind::Token => self.handle_token(now, header.sender, &body),
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
-            PacketKind::RepairRequest => self.handle_repair_request(from, &body),
+            PacketKind::RepairRequest => self.handle_repair_request(header.sender, &body),
             PacketKind::SenderAck => self.handle_sender_ack_body(now, header.sender, &body),
             // Lateral repairs are not wired into the node yet (issue 12): counted as before
             // the kind existed, when the header check refused them.

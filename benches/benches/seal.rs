@@ -49,6 +49,15 @@ fn seal(c: &mut Criterion) {
             })
         });
 
+        let hmac = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7; 32]);
+        g.bench_function(BenchmarkId::new("hmac_sha256_ring_seal", size), |b| {
+            b.iter(|| ring::hmac::sign(&hmac, black_box(&buf[..size])))
+        });
+        let bkey = [7u8; 32];
+        g.bench_function(BenchmarkId::new("blake3_raw", size), |b| {
+            b.iter(|| blake3::keyed_hash(&bkey, black_box(&buf[..size])))
+        });
+
         let plain = datagram(size, PacketKind::Data, &mut Seal::new());
         g.bench_function(BenchmarkId::new("crc32_open", size), |b| {
             let mut rx = Seal::new();

@@ -305,10 +305,12 @@ fn a_key_file_from_qs_keygen_lets_keyed_nodes_talk_and_a_node_without_it_hears_n
     std::fs::write(&key, &out.stdout).unwrap();
     let sub = |keyed: bool, wait: &str| {
         let mut c = qs();
-        c.args(["sub", "--topic", "k", "--json", "--count", "20", "--wait", wait])
-            .args(&net)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        c.args([
+            "sub", "--topic", "k", "--json", "--count", "20", "--wait", wait,
+        ])
+        .args(&net)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
         if keyed {
             // The environment variable, as a deployment would set it.
             c.env("QS_KEY_FILE", &key);
@@ -318,7 +320,9 @@ fn a_key_file_from_qs_keygen_lets_keyed_nodes_talk_and_a_node_without_it_hears_n
     let keyed = sub(true, "30s");
     let outsider = sub(false, "6s");
     let p = qs()
-        .args(["pub", "--topic", "k", "--count", "20", "--wait", "30s", "--linger", "20s"])
+        .args([
+            "pub", "--topic", "k", "--count", "20", "--wait", "30s", "--linger", "20s",
+        ])
         .arg("--key-file")
         .arg(&key)
         .args(&net)

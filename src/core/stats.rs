@@ -41,6 +41,9 @@ pub struct DropStats {
     pub out_queue_full: u64,
     /// Control or repair datagrams for a peer whose address is unknown.
     pub no_address: u64,
+    /// Requests refused because their sender is not a member of the region they name (or
+    /// its address is unknown): repairs only go to members' known addresses.
+    pub not_member: u64,
 }
 
 /// Counters of a [`NodeCore`].
