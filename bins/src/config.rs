@@ -396,8 +396,7 @@ mod tests {
         };
         let e = bad
             .builder()
-            .err()
-            .expect("a bad key file is refused")
+            .expect_err("a bad key file is refused")
             .to_string();
         std::fs::remove_file(&dir).unwrap();
         assert!(e.contains("key file"), "{e}");
