@@ -127,3 +127,84 @@ fn a_spoofed_source_repair_request_is_answered_only_at_the_members_known_address
     assert_eq!(sim.node(idx[0]).stats().drops.not_member, refused + 1);
     sim.node(idx[0]).check_invariants();
 }
+
+/// A stream state of the publisher's stream, claiming `highest`, into node `at`'s view.
+fn stream_state(
+    sim: &Sim<NodeCore>,
+    at: NodeIndex,
+    region: RegionId,
+    epoch: u64,
+    floor: Seq,
+    highest: Seq,
+) -> Bytes {
+    let cluster = sim.node(at).config().cluster;
+    let mut buf = vec![0u8; 256];
+    Header::new(PacketKind::StreamState, cluster, NodeId(100))
+        .write(&mut buf)
+        .unwrap();
+    let state = wire::StreamState {
+        region,
+        epoch,
+        highest,
+        floor,
+    };
+    let n = HEADER_LEN + state.write(&mut buf[HEADER_LEN..]).unwrap();
+    let n = wire::Seal::new().seal(&mut buf, n).unwrap();
+    Bytes::copy_from_slice(&buf[..n])
+}
+
+#[test]
+fn a_stream_state_beyond_the_windows_is_refused_and_one_at_the_bound_is_not() {
+    let seed = seed_from_env(32);
+    let hint = replay_hint(seed, "--release --test sim_hostile");
+    let (mut sim, idx) = cluster(seed);
+    let mut stream = None;
+    let mut top = Seq(0);
+    let mut observe = |o: &mut qs_sim::Observation<'_, NodeCore>| {
+        if let EventKind::Delivered { datagram, .. } = &o.event {
+            if Header::peek(datagram).is_ok_and(|h| h.kind == PacketKind::Data) {
+                if let Ok(p) = DataPacket::parse(datagram.slice(HEADER_LEN..datagram.len())) {
+                    stream = Some((p.region, p.epoch));
+                    top = Seq(top.0.max(p.seq.0));
+                }
+            }
+        }
+        while o.node.poll_event().is_some() {}
+    };
+    sim.run_for(Duration::from_secs(2), &mut observe);
+    for s in 0..200u32 {
+        let _ = sim
+            .node_mut(idx[0])
+            .publish(topic(), Bytes::from(s.to_be_bytes().to_vec()));
+    }
+    sim.poke(idx[0]);
+    sim.run_for(Duration::from_secs(2), &mut observe);
+    let (region, epoch) = stream.expect("data reached a subscriber");
+    let c = sim.node(idx[1]).config().clone();
+    let bound = (c.send_window_packets + c.reorder_window_packets) as u32;
+    let next = top.0 + 1;
+    let now = sim.now();
+    let gaps = sim.node(idx[1]).stats().gaps;
+    // One past the bound: refused, counted, nothing skipped or reported lost.
+    let d = stream_state(&sim, idx[1], region, epoch, top, Seq(next + bound + 1));
+    sim.node_mut(idx[1]).handle_datagram(now, addr(0), d);
+    let s = sim.node(idx[1]).stats();
+    assert_eq!(s.drops.out_of_bounds, 1, "{hint}");
+    assert_eq!(s.gaps, gaps);
+    // A floor far ahead (the forgery that skipped 25,000 messages): refused too.
+    let d = stream_state(
+        &sim,
+        idx[1],
+        region,
+        epoch,
+        Seq(next + 25_000),
+        Seq(next + 25_000),
+    );
+    sim.node_mut(idx[1]).handle_datagram(now, addr(0), d);
+    assert_eq!(sim.node(idx[1]).stats().drops.out_of_bounds, 2, "{hint}");
+    // Exactly at the bound: taken (a lagging member may be that far behind).
+    let d = stream_state(&sim, idx[1], region, epoch, top, Seq(next + bound));
+    sim.node_mut(idx[1]).handle_datagram(now, addr(0), d);
+    assert_eq!(sim.node(idx[1]).stats().drops.out_of_bounds, 2, "{hint}");
+    sim.node(idx[1]).check_invariants();
+}

@@ -44,6 +44,9 @@ pub struct DropStats {
     /// Requests refused because their sender is not a member of the region they name (or
     /// its address is unknown): repairs only go to members' known addresses.
     pub not_member: u64,
+    /// Stream states claiming a position further ahead than the sender's window and this
+    /// node's reorder window together allow (refused: they would skip or invent losses).
+    pub out_of_bounds: u64,
 }
 
 /// Counters of a [`NodeCore`].
