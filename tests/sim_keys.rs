@@ -158,9 +158,17 @@ fn a_keyed_cluster_under_loss_delivers_everything_and_nodes_without_its_key_see_
     }
     // Loss was repaired by forwarded copies (re-sealed by whoever served them), all verified.
     let served: u64 = (0..3).map(|i| w.core(i).stats().repairs_served).sum();
-    assert!(served > 0, "no repair was served ({})", replay_hint(seed, "sim_keys"));
+    assert!(
+        served > 0,
+        "no repair was served ({})",
+        replay_hint(seed, "sim_keys")
+    );
     for i in 0..3 {
-        assert_eq!(w.core(i).stats().drops.auth, 0, "a keyed node refused its own cluster");
+        assert_eq!(
+            w.core(i).stats().drops.auth,
+            0,
+            "a keyed node refused its own cluster"
+        );
     }
     // The keyless node cannot open the keyed traffic: auth drops, no peers of the cluster.
     let s3 = w.core(3).stats();
