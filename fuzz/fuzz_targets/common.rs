@@ -58,7 +58,10 @@ pub fn run(data: &[u8], key: Option<KeyRing>, seal: bool) {
         } else {
             body.to_vec()
         };
-        let from = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2 + sender % 4), 9000));
+        let from = SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::new(10, 0, 0, 2 + sender % 4),
+            9000,
+        ));
         core.handle_datagram(now, from, Bytes::from(datagram));
         now = Instant(now.0 + u64::from(kind) * 1_000_000);
         core.handle_timeout(now);
