@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# instructions.sh [--json FILE] [--sizes "64 1024"] [--counts "2000 12000"] [--subscribers K]
+# instructions.sh [--json FILE] [--sizes "64 1024"] [--counts "2000 12000"] [--subscribers K] [--keyed]
 #
 # Instructions per message of the sans-IO node core, counted by valgrind's callgrind (an
 # instruction count does not move with the load of a shared machine, unlike time): builds
@@ -9,6 +9,7 @@
 # divides the difference between the two runs by the extra messages (and subscribers), which
 # cancels discovery, warm-up and setup. Prints a table; with --json also one JSON line per
 # size and path into FILE (the suite report reads them).
+# --keyed: every core holds a cluster key (QS_INSTRUCTIONS_KEYED=1), to compare with a keyless run.
 # Needs valgrind (apt-get install valgrind); runs in about a minute per size.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -20,7 +21,8 @@ while [ $# -gt 0 ]; do
     --sizes) sizes=$2; shift 2 ;;
     --counts) counts=$2; shift 2 ;;
     --subscribers) subs=$2; shift 2 ;;
-    -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --keyed) export QS_INSTRUCTIONS_KEYED=1; shift ;;
+    -h | --help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "instructions.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done

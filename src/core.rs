@@ -25,7 +25,9 @@
 //!
 //! Every datagram leaves through one seal ([`wire::Seal::seal`], in `poll_transmit`) and
 //! enters through one open (at the top of `handle_datagram`); nothing below those two points
-//! computes or checks a checksum.
+//! computes or checks a checksum or MAC. With a cluster key ([`CoreConfig::key`]) a datagram
+//! that does not verify is counted (`drops.auth`, `drops.replay`) and dropped there, before
+//! any body is parsed; forwarded repairs and re-multicasts are copies re-sealed on the way out.
 //!
 //! Sending is pull-based: [`NodeCore::publish`] only queues `(topic, payload)` per region;
 //! packets are built in [`Driven::poll_transmit`] when the driver can send. Control traffic
@@ -53,7 +55,7 @@ mod stats;
 
 pub use cluster::{ClusterMap, MemberView, RegionView};
 pub use config::{default_lec, CoreConfig, SEND_QUEUE_FLOOR};
-pub use events::{Delivery, Event, PublishRefused};
+pub use events::{Delivery, Event, KeysRefused, PublishRefused};
 pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
 use members::UNVOUCHED_AFTER;
@@ -131,9 +133,17 @@ pub struct NodeCore {
 
 impl NodeCore {
     /// A node that starts announcing itself at `now`.
-    pub fn new(config: CoreConfig, now: Instant) -> NodeCore {
+    pub fn new(mut config: CoreConfig, now: Instant) -> NodeCore {
         let mut prng = Prng::new(config.seed);
-        let seal = Seal::new();
+        let seal = match &config.key {
+            Some(keys) => {
+                // The key file names the cluster; control counters start from the
+                // incarnation so a restarted node's are above those it sent before.
+                config.cluster = keys.cluster;
+                Seal::keyed(keys.clone(), config.incarnation.wrapping_shl(20))
+            }
+            None => Seal::new(),
+        };
         let discovery = Discovery::new(
             DiscoveryConfig {
                 max_datagram: config.max_datagram - seal.overhead(),
@@ -189,6 +199,21 @@ impl NodeCore {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// Replaces the cluster keys of a keyed node (a key-rotation step: see the README's
+    /// threat model). Refused, changing nothing, for a keyless node or keys of another
+    /// cluster.
+    pub fn set_keys(&mut self, keys: wire::KeyRing) -> Result<(), KeysRefused> {
+        if self.seal.keys().is_none() {
+            return Err(KeysRefused::Keyless);
+        }
+        if keys.cluster != self.config.cluster {
+            return Err(KeysRefused::OtherCluster);
+        }
+        self.config.key = Some(keys.clone());
+        self.seal.set_keys(keys);
+        Ok(())
     }
 
     /// The configuration.
@@ -452,10 +477,21 @@ impl NodeCore {
 impl Driven for NodeCore {
     fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
         self.stats.datagrams_received += 1;
+        if self.seal.keys().is_some()
+            && Header::peek(&datagram).is_ok_and(|h| h.cluster != self.config.cluster)
+        {
+            // Another cluster's traffic on a shared network: not worth a MAC, not an attack.
+            self.stats.drops.foreign_cluster += 1;
+            return;
+        }
         let (header, body_len) = match self.seal.open(&datagram) {
             Ok((h, body)) => (h, body.len()),
-            Err(_) => {
-                self.stats.drops.malformed += 1;
+            Err(e) => {
+                match e {
+                    wire::WireError::Unauthenticated => self.stats.drops.auth += 1,
+                    wire::WireError::Replayed => self.stats.drops.replay += 1,
+                    _ => self.stats.drops.malformed += 1,
+                }
                 return;
             }
         };
@@ -482,7 +518,7 @@ impl Driven for NodeCore {
             PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
             PacketKind::Token => self.handle_token(now, header.sender, &body),
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
-            PacketKind::RepairRequest => self.handle_repair_request(from, &body),
+            PacketKind::RepairRequest => self.handle_repair_request(header.sender, &body),
             PacketKind::SenderAck => self.handle_sender_ack_body(now, header.sender, &body),
             PacketKind::LecRepair => self.handle_lec_repair(now, header.sender, &body),
             PacketKind::Gossip => {

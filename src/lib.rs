@@ -80,6 +80,7 @@ pub use node::{
 pub use publisher::Publisher;
 pub use qs_recovery::LecConfig;
 pub use qs_runtime::{RuntimeStats, SocketBuffers};
+pub use qs_transport::wire::{ClusterKey, KeyFileError, KeyRing};
 pub use qs_transport::{NodeId, RegionId, TopicId};
 
 /// Errors starting or talking to a node.

@@ -24,6 +24,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use qs_discovery::DiscoveryConfig;
 use qs_regions::GroupRange;
 use qs_runtime::{Runtime, RuntimeConfig, RuntimeStats, SocketBuffers};
+use qs_transport::wire::KeyRing;
 use qs_transport::{ClusterId, Instant, NodeId, TopicId};
 
 use crate::core::{CoreConfig, CoreStats, Delivery, Event, NodeCore, PublishRefused};
@@ -137,6 +138,7 @@ pub struct NodeBuilder {
     node_id: Option<NodeId>,
     gossip_seeds: Vec<SocketAddr>,
     seed: Option<u64>,
+    key: Option<KeyRing>,
 }
 
 impl Default for NodeBuilder {
@@ -169,6 +171,7 @@ impl Default for NodeBuilder {
             node_id: None,
             gossip_seeds: Vec::new(),
             seed: None,
+            key: None,
         }
     }
 }
@@ -374,6 +377,27 @@ impl NodeBuilder {
         self
     }
 
+    /// The cluster keys: every datagram is authenticated (a keyed MAC; control traffic also
+    /// against replay), and the cluster id is the key file's, not [`NodeBuilder::cluster`]'s.
+    /// Nodes without the key (or with another) see nothing of this node, nor it of them.
+    /// Default: none (a checksum only). See [`qs_transport::wire::Seal`] and the README's
+    /// threat model.
+    pub fn key(mut self, keys: KeyRing) -> Self {
+        self.key = Some(keys);
+        self
+    }
+
+    /// Reads the cluster keys from a key file (as written by `qs keygen`); see
+    /// [`NodeBuilder::key`].
+    pub fn key_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read key file {}: {e}", path.display())))?;
+        let keys = KeyRing::parse(&text)
+            .map_err(|e| Error::Config(format!("key file {}: {e}", path.display())))?;
+        Ok(self.key(keys))
+    }
+
     /// The seed of the node's protocol randomness (default: from the node id).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -425,6 +449,7 @@ impl NodeBuilder {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         config.cluster = ClusterId::from_name(&self.cluster);
+        config.key = self.key.clone();
         config.control_group = self.control_group;
         config.data_port = self.data_port;
         config.group_range = group_range;
@@ -549,6 +574,7 @@ enum Command {
     Peers(Sender<Vec<PeerInfo>>),
     SubscribersOf(Vec<TopicId>, Sender<usize>),
     ClusterMap(Sender<crate::core::ClusterMap>),
+    SetKeys(KeyRing, Sender<Result<(), crate::core::KeysRefused>>),
     Idle(Sender<bool>),
     Shutdown,
 }
@@ -765,6 +791,14 @@ impl Node {
     /// members, health per node, per region and for the cluster (what `qs top` shows).
     pub fn cluster_map(&self) -> Result<crate::core::ClusterMap, Error> {
         self.ask(Command::ClusterMap)
+    }
+
+    /// Replaces the cluster keys while the node runs (one step of a key rotation: see the
+    /// README's threat model). Only for a node started with a key, and only keys of its
+    /// cluster.
+    pub fn set_keys(&self, keys: KeyRing) -> Result<(), Error> {
+        let tx = |tx| Command::SetKeys(keys, tx);
+        self.ask(tx)?.map_err(|e| Error::Config(e.to_string()))
     }
 
     /// Waits until everything published so far was sent and (reliable mode) acknowledged by
@@ -1075,6 +1109,9 @@ impl Worker {
             }
             Command::ClusterMap(tx) => {
                 let _ = tx.send(self.core.cluster_map());
+            }
+            Command::SetKeys(keys, tx) => {
+                let _ = tx.send(self.core.set_keys(keys));
             }
             Command::Idle(tx) => {
                 let idle =

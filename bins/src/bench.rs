@@ -53,7 +53,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     receivers: usize,
     /// First of the ports used (raw group port, then control and data ports).
-    #[arg(long, default_value_t = 7450)]
+    #[arg(long, default_value_t = 7450, value_parser = clap::value_parser!(u16).range(1..=65533))]
     port: u16,
     /// Print one JSON document instead of the table.
     #[arg(long)]
@@ -71,6 +71,10 @@ pub struct BenchArgs {
     /// Lateral error correction in the Quicksilver runs [default: the library's, off].
     #[arg(long, value_name = "on|off", value_parser = crate::config::parse_on_off)]
     lec: Option<bool>,
+    /// Also measure every lossless Quicksilver run with a cluster key (a fresh one, in
+    /// memory), right after the keyless one: prints the keyed rate and its ratio to keyless.
+    #[arg(long)]
+    with_key: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -226,13 +230,25 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }
         let mut qs = Vec::new();
         for &loss in &a.loss {
-            qs.push((loss, quicksilver_loopback(&a, size, loss)?));
+            qs.push((loss, quicksilver_loopback(&a, size, loss, None)?));
         }
+        let keyed = if a.with_key {
+            if !a.json {
+                eprintln!("qs bench: {size} B: Quicksilver with a cluster key ...");
+            }
+            let mut key = [0u8; 32];
+            getrandom::getrandom(&mut key).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+            let ring = quicksilver::KeyRing::generate(key);
+            Some(quicksilver_loopback(&a, size, 0.0, Some(&ring))?)
+        } else {
+            None
+        };
         rows.push(Row {
             size,
             raw,
             sweep,
             qs,
+            keyed,
         });
     }
     if a.json {
@@ -240,6 +256,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             .iter()
             .flat_map(|row| {
                 let limit = row.limit();
+                let lossless = row.lossless();
+                let keyed = row.keyed;
                 row.qs.iter().map(move |(loss, qs)| {
                     let ratio = qs.msgs_per_s / limit;
                     json!({
@@ -258,6 +276,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                         "packets_ratio": qs.packets_per_s / limit,
                         "one_message_per_datagram": one_per_datagram(row.size),
                         "measurement_fault": is_fault(row.size, ratio),
+                        "quicksilver_keyed": keyed.map(|k| k.to_json(row.size)),
+                        "keyed_ratio": keyed.zip(lossless).map(|(k, base)| k.msgs_per_s / base),
                     })
                 })
             })
@@ -297,11 +317,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     for row in &rows {
         let size = row.size;
         let limit = row.limit();
-        let lossless = row
-            .qs
-            .iter()
-            .find(|(l, _)| *l == 0.0)
-            .map(|(_, f)| f.msgs_per_s);
+        let lossless = row.lossless();
         let named = row.qs.iter().map(|(loss, f)| {
             let name = if *loss == 0.0 {
                 "qs".to_string()
@@ -310,6 +326,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             };
             (name, *f)
         });
+        let named = named.chain(row.keyed.map(|k| ("qs+key".to_string(), k)));
         for (name, f) in std::iter::once(("raw blast".to_string(), row.raw)).chain(named) {
             let ratio = f.msgs_per_s / limit;
             if name.starts_with("qs") && is_fault(size, ratio) {
@@ -353,6 +370,12 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         } else if !row.sweep.is_empty() {
             println!("{size:>6} raw paced: no step of the sweep lost at most 0.1%");
         }
+        if let (Some(base), Some(k)) = (lossless, row.keyed) {
+            println!(
+                "{size:>6} B with a cluster key: {:.1}% of the keyless rate (same run)",
+                100.0 * k.msgs_per_s / base
+            );
+        }
         if let Some(base) = lossless {
             for (loss, f) in row.qs.iter().filter(|(l, _)| *l > 0.0) {
                 println!(
@@ -379,9 +402,19 @@ struct Row {
     raw: Figures,
     sweep: Vec<raw::SweepStep>,
     qs: Vec<(f64, Figures)>,
+    /// The lossless Quicksilver run with a cluster key (`--with-key`).
+    keyed: Option<Figures>,
 }
 
 impl Row {
+    /// The lossless keyless Quicksilver rate, if measured.
+    fn lossless(&self) -> Option<f64> {
+        self.qs
+            .iter()
+            .find(|(l, _)| *l == 0.0)
+            .map(|(_, f)| f.msgs_per_s)
+    }
+
     /// The honest raw limit: the better of the blast (if it lost at most 0.1 %) and the
     /// sweep's best clean step.
     fn limit(&self) -> f64 {
@@ -484,7 +517,12 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
     Ok(f)
 }
 
-fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result<Figures> {
+fn quicksilver_loopback(
+    a: &BenchArgs,
+    size: usize,
+    loss: f64,
+    key: Option<&quicksilver::KeyRing>,
+) -> anyhow::Result<Figures> {
     let cluster = format!(
         "bench-{}-{size}-{}",
         std::process::id(),
@@ -494,6 +532,10 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
         let b = Node::builder();
         let b = match a.lec {
             Some(on) => b.lec(on),
+            None => b,
+        };
+        let b = match key {
+            Some(k) => b.key(k.clone()),
             None => b,
         };
         b.inject_loss(loss)

@@ -95,6 +95,12 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_IFACE", value_name = "NAME|ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
+    /// Cluster key file (from `qs keygen`): every datagram is authenticated with it and the
+    /// cluster id is the file's; nodes without the key see nothing of the cluster [default:
+    /// none, a checksum only]
+    #[arg(long, env = "QS_KEY_FILE", value_name = "FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<std::path::PathBuf>,
     /// Cluster name; nodes only talk within their cluster [default: quicksilver]
     #[arg(long, env = "QS_CLUSTER", value_name = "NAME")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -226,11 +232,12 @@ impl NodeOpts {
     /// These options with what is unset taken from `file` (flags and variables win).
     pub fn or(mut self, file: &NodeOpts) -> NodeOpts {
         let o = &mut self;
-        fill!(o, file: iface, cluster, control_group, data_port, unicast_port, group_range,
-            best_effort, isolate_slow, inject_loss, lec, recv_buffer_bytes, send_buffer_bytes,
-            max_datagram, send_queue_bytes, send_queue_time, max_message_bytes, subscription_queue,
-            publish_queue, publish_queue_bytes, event_queue, announce_interval, peer_timeout,
-            sender_grace, node_id, rng_seed, metrics);
+        fill!(o, file: iface, key_file, cluster, control_group, data_port, unicast_port,
+            group_range, best_effort, isolate_slow, inject_loss, lec, recv_buffer_bytes,
+            send_buffer_bytes, max_datagram, send_queue_bytes, send_queue_time,
+            max_message_bytes, subscription_queue, publish_queue, publish_queue_bytes,
+            event_queue, announce_interval, peer_timeout, sender_grace, node_id, rng_seed,
+            metrics);
         if o.seeds.is_empty() {
             o.seeds = file.seeds.clone();
         }
@@ -269,6 +276,9 @@ impl NodeOpts {
             rng_seed => seed, metrics => metrics);
         if let Some(c) = &self.cluster {
             b = b.cluster(c);
+        }
+        if let Some(path) = &self.key_file {
+            b = b.key_file(path)?;
         }
         if let Some(be) = self.best_effort {
             b = b.reliable(!be);
@@ -394,6 +404,36 @@ mod tests {
             o.control_group, None,
             "neither source set it: the default stays"
         );
+    }
+
+    #[test]
+    fn a_key_file_comes_from_the_flag_or_the_config_file_and_a_bad_one_is_refused() {
+        let file: FileConfig = toml::from_str("key_file = \"/etc/qs/cluster.key\"\n").unwrap();
+        let o = NodeOpts::default().or(&file.node);
+        assert_eq!(
+            o.key_file.as_deref(),
+            Some(Path::new("/etc/qs/cluster.key"))
+        );
+        let flag = NodeOpts {
+            key_file: Some("/tmp/flag.key".into()),
+            ..NodeOpts::default()
+        };
+        assert_eq!(
+            flag.or(&file.node).key_file.as_deref(),
+            Some(Path::new("/tmp/flag.key"))
+        );
+        let dir = std::env::temp_dir().join(format!("qs-keyfile-test-{}", std::process::id()));
+        std::fs::write(&dir, "not a key\n").unwrap();
+        let bad = NodeOpts {
+            key_file: Some(dir.clone()),
+            ..NodeOpts::default()
+        };
+        let e = bad
+            .builder()
+            .expect_err("a bad key file is refused")
+            .to_string();
+        std::fs::remove_file(&dir).unwrap();
+        assert!(e.contains("key file"), "{e}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //!   same run (the physical limit).
 //! - `qs top`: a live view of the cluster map (members, gossip status, regions, health) from a
 //!   node that joins the cluster; `qs top --json` prints one snapshot.
+//! - `qs keygen`: writes a new cluster key file (or a rotation step of one) to stdout.
 //! - `qs config`, `qs completions`, `qs man`: the effective node options, shell completions
 //!   and man pages, generated from the same clap definitions.
 //!
@@ -24,6 +25,7 @@ mod bench;
 mod config;
 mod demo;
 mod doctor;
+mod keygen;
 mod pubsub;
 mod stamp;
 mod top;
@@ -84,6 +86,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Show the cluster map live: members, their gossip status and health, regions.
     Top(top::TopArgs),
+    /// Write a new cluster key file to stdout (`qs keygen > cluster.key`), or a key-rotation
+    /// step of an existing one (--add, --promote, --retire).
+    Keygen(keygen::KeygenArgs),
     /// Print the node options in effect (from flags, QS_* variables and --config) as TOML.
     Config(ConfigArgs),
     /// Print a shell completion script (e.g. `qs completions bash > /etc/bash_completion.d/qs`).
@@ -168,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             a.net = a.net.or(f);
             top::run(a)
         }
+        Command::Keygen(a) => keygen::run(a),
         Command::Config(a) => {
             print!("{}", toml::to_string(&a.net.or(f))?);
             Ok(ExitCode::SUCCESS)

@@ -444,7 +444,9 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
 struct SenderTally {
     count: u64,
     highest: Option<u64>,
-    seen: Vec<u64>,
+    /// Bits of the sequence numbers seen, from word `base` on (at most `TALLY_WINDOW_WORDS`).
+    seen: std::collections::VecDeque<u64>,
+    base: u64,
     checksum: Xxh3,
 }
 
@@ -460,11 +462,19 @@ pub struct Tally {
     pub out_of_order: u64,
     /// Payloads too short to carry a stamp.
     pub unstamped: u64,
+    /// Messages not checked for duplicates: older than the tracked window of their sender, or
+    /// from a sender beyond the most tracked (`TALLY_MAX_SENDERS`).
+    pub untracked: u64,
     per_sender: BTreeMap<NodeId, SenderTally>,
     latency_ns: Histogram<u64>,
 }
 
-const MAX_TRACKED_SEQ: u64 = 1 << 32;
+/// Sequence numbers tracked per sender behind its highest, in 64-bit words (4 Mi numbers,
+/// 512 KiB): a stamp far ahead slides the window instead of growing it, so hostile or
+/// corrupt stamps cannot make the tally allocate without bound.
+const TALLY_WINDOW_WORDS: u64 = 1 << 16;
+/// Senders tallied one by one; messages of further senders count as `untracked`.
+const TALLY_MAX_SENDERS: usize = 1024;
 
 impl Default for Tally {
     fn default() -> Tally {
@@ -474,6 +484,7 @@ impl Default for Tally {
             duplicates: 0,
             out_of_order: 0,
             unstamped: 0,
+            untracked: 0,
             per_sender: BTreeMap::new(),
             latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
         }
@@ -510,6 +521,8 @@ pub struct SubSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     latency_us: Option<Latency>,
     unstamped: u64,
+    /// Messages not checked for duplicates (see `Tally::untracked`).
+    untracked: u64,
     missed_on_join: u64,
     data_packets_received: u64,
     held_back: u64,
@@ -520,8 +533,29 @@ pub struct SubSummary {
     repaired: quicksilver::core::RepairSplit,
     /// Lateral error correction counters.
     lec: quicksilver::core::LecCounters,
+    /// Datagrams without a valid MAC under the cluster key (forgeries, outsiders).
+    drops_auth: u64,
+    /// Authentic control datagrams refused as replays.
+    drops_replay: u64,
+    /// Datagrams that failed the header or checksum checks, or had a malformed body.
+    drops_malformed: u64,
+    /// Resident memory at the end, in KiB (Linux; 0 where unknown): scripts check it stays
+    /// flat under hostile input.
+    rss_kb: u64,
     /// Why it stopped: `count`, `timeout`, `wait`, `interrupted` or `closed`.
     ended: &'static str,
+}
+
+/// This process's resident set size in KiB, from `/proc/self/status` (0 where unknown).
+fn rss_kb() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 impl Tally {
@@ -529,13 +563,18 @@ impl Tally {
     pub fn record(&mut self, m: &Message) {
         self.received += 1;
         self.bytes += m.payload.len() as u64;
+        if self.per_sender.len() >= TALLY_MAX_SENDERS && !self.per_sender.contains_key(&m.sender) {
+            self.untracked += 1;
+            return;
+        }
         let s = self
             .per_sender
             .entry(m.sender)
             .or_insert_with(|| SenderTally {
                 count: 0,
                 highest: None,
-                seen: Vec::new(),
+                seen: std::collections::VecDeque::new(),
+                base: 0,
                 checksum: Xxh3::new(),
             });
         s.count += 1;
@@ -547,18 +586,27 @@ impl Tally {
         let _ = self
             .latency_ns
             .record(stamp::monotonic_nanos().saturating_sub(sent).max(1));
-        if seq >= MAX_TRACKED_SEQ {
+        let (word, bit) = (seq / 64, seq % 64);
+        if word < s.base {
+            self.untracked += 1;
+            self.out_of_order += 1;
             return;
         }
-        let (word, bit) = ((seq / 64) as usize, seq % 64);
-        if s.seen.len() <= word {
-            s.seen.resize(word + 1, 0);
+        if word >= s.base + TALLY_WINDOW_WORDS {
+            let base = word + 1 - TALLY_WINDOW_WORDS;
+            let gone = (base - s.base).min(s.seen.len() as u64) as usize;
+            s.seen.drain(..gone);
+            s.base = base;
         }
-        if s.seen[word] & (1 << bit) != 0 {
+        let at = (word - s.base) as usize;
+        if s.seen.len() <= at {
+            s.seen.resize(at + 1, 0);
+        }
+        if s.seen[at] & (1 << bit) != 0 {
             self.duplicates += 1;
             return;
         }
-        s.seen[word] |= 1 << bit;
+        s.seen[at] |= 1 << bit;
         if s.highest.is_some_and(|h| seq < h) {
             self.out_of_order += 1;
         }
@@ -716,6 +764,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         rate_msgs_s: tally.received as f64 / secs,
         latency_us: tally.latency(),
         unstamped: tally.unstamped,
+        untracked: tally.untracked,
         missed_on_join: stats.core.missed_on_join,
         data_packets_received: stats.core.data_packets_received,
         held_back: stats.core.held_back,
@@ -723,6 +772,10 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         socket_rcvbuf: stats.socket_buffers.recv_bytes,
         repaired: stats.core.repaired,
         lec: stats.core.lec,
+        drops_auth: stats.core.drops.auth,
+        drops_replay: stats.core.drops.replay,
+        drops_malformed: stats.core.drops.malformed,
+        rss_kb: rss_kb(),
         ended,
     };
     if a.json {
@@ -758,4 +811,60 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         _ if a.count > 0 && tally.received < a.count => ExitCode::from(1),
         _ => ExitCode::SUCCESS,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamped(sender: u64, seq: u64) -> Message {
+        let mut buf = vec![0u8; crate::stamp::STAMP_LEN];
+        crate::stamp::write(&mut buf, seq, crate::stamp::monotonic_nanos());
+        Message {
+            sender: NodeId(sender),
+            topic: "t".into(),
+            payload: bytes::Bytes::from(buf),
+        }
+    }
+
+    #[test]
+    fn a_stamp_far_ahead_slides_the_tally_window_instead_of_growing_it() {
+        let mut t = Tally::default();
+        t.record(&stamped(1, 5));
+        t.record(&stamped(1, u64::MAX));
+        let s = &t.per_sender[&NodeId(1)];
+        assert!(s.seen.len() as u64 <= TALLY_WINDOW_WORDS);
+        // 5 is now older than the window: not checked, counted as such.
+        t.record(&stamped(1, 5));
+        assert_eq!((t.untracked, t.duplicates), (1, 0));
+        t.record(&stamped(1, u64::MAX));
+        assert_eq!(
+            t.duplicates, 1,
+            "inside the window duplicates are still found"
+        );
+    }
+
+    #[test]
+    fn the_oldest_number_inside_the_tally_window_is_checked_and_one_older_is_not() {
+        let mut t = Tally::default();
+        let top = 64 * TALLY_WINDOW_WORDS * 3 + 10;
+        t.record(&stamped(1, top));
+        let first = (top / 64 + 1 - TALLY_WINDOW_WORDS) * 64;
+        t.record(&stamped(1, first));
+        t.record(&stamped(1, first));
+        assert_eq!((t.duplicates, t.untracked), (1, 0));
+        t.record(&stamped(1, first - 1));
+        assert_eq!(t.untracked, 1);
+    }
+
+    #[test]
+    fn senders_beyond_the_tracked_number_are_counted_not_tallied() {
+        let mut t = Tally::default();
+        for s in 0..TALLY_MAX_SENDERS as u64 + 5 {
+            t.record(&stamped(s, 1));
+        }
+        assert_eq!(t.per_sender.len(), TALLY_MAX_SENDERS);
+        assert_eq!(t.untracked, 5);
+        assert_eq!(t.received, TALLY_MAX_SENDERS as u64 + 5);
+    }
 }

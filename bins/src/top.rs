@@ -308,6 +308,11 @@ fn header(map: &ClusterMap, cluster: &str, up: Duration) -> Vec<String> {
         )),
         None => v.push("cluster health: not known yet".into()),
     }
+    let d = &map.drops;
+    v.push(format!(
+        "dropped here: auth {}  replay {}  malformed {}  foreign cluster {}",
+        d.auth, d.replay, d.malformed, d.foreign_cluster
+    ));
     v
 }
 
@@ -404,7 +409,7 @@ fn render(map: &ClusterMap, cluster: &str, up: Duration) -> String {
 fn draw(f: &mut Frame, map: &ClusterMap, cluster: &str, up: Duration) {
     let rows = map.members.len() as u16;
     let [head, members, regions, foot] = Layout::vertical([
-        Constraint::Length(3),
+        Constraint::Length(4),
         Constraint::Length(rows.min(20) + 3),
         Constraint::Min(4),
         Constraint::Length(1),
@@ -551,6 +556,8 @@ struct Snapshot {
     members: Vec<MemberJson>,
     regions: Vec<RegionJson>,
     cluster: Option<AggregateJson>,
+    /// This node's drops by reason (`auth`, `replay`, ...).
+    drops: quicksilver::core::DropStats,
     unix_ms: u64,
 }
 
@@ -593,6 +600,7 @@ impl Snapshot {
                 })
                 .collect(),
             cluster: map.cluster.as_ref().map(AggregateJson::new),
+            drops: map.drops,
             unix_ms,
         }
     }
@@ -631,6 +639,10 @@ mod tests {
                 health: None,
             }],
             cluster: None,
+            drops: quicksilver::core::DropStats {
+                auth: 7,
+                ..Default::default()
+            },
         }
     }
 
@@ -662,5 +674,7 @@ mod tests {
         assert_eq!(v["regions"][0]["leader"], NodeId(2).to_string());
         assert_eq!(v["counts"]["alive"], 2);
         assert_eq!(v["unix_ms"], 7);
+        assert_eq!(v["drops"]["auth"], 7);
+        assert!(text.contains("auth 7"), "{text}");
     }
 }

@@ -301,7 +301,7 @@ fn an_interrupted_subscriber_exits_cleanly() {
 /// failure detection and the grace it is given) and reports it.
 #[test]
 fn a_killed_publisher_is_reported_as_a_lost_sender() {
-    let net = cluster_args("killed", 6);
+    let net = cluster_args("killed", 7);
     let fast = ["--peer-timeout", "1s", "--sender-grace", "1s"];
     let sub = qs()
         .args([
@@ -337,4 +337,58 @@ fn a_killed_publisher_is_reported_as_a_lost_sender() {
     assert!(v["received"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["senders_lost"], 1, "{v}");
     assert_eq!(v["duplicates"], 0, "{v}");
+}
+
+#[test]
+fn a_key_file_from_qs_keygen_lets_keyed_nodes_talk_and_a_node_without_it_hears_nothing() {
+    let net = cluster_args("keyed", 6);
+    let key = std::env::temp_dir().join(format!("qs-cli-key-{}", std::process::id()));
+    let out = qs().arg("keygen").output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(&key, &out.stdout).unwrap();
+    let sub = |keyed: bool, wait: &str| {
+        let mut c = qs();
+        c.args([
+            "sub", "--topic", "k", "--json", "--count", "20", "--wait", wait,
+        ])
+        .args(&net)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        if keyed {
+            // The environment variable, as a deployment would set it.
+            c.env("QS_KEY_FILE", &key);
+        }
+        c.spawn().unwrap()
+    };
+    let keyed = sub(true, "30s");
+    let outsider = sub(false, "6s");
+    let p = qs()
+        .args([
+            "pub", "--topic", "k", "--count", "20", "--wait", "30s", "--linger", "20s",
+        ])
+        .arg("--key-file")
+        .arg(&key)
+        .args(&net)
+        .output()
+        .unwrap();
+    let (k, o) = (
+        keyed.wait_with_output().unwrap(),
+        outsider.wait_with_output().unwrap(),
+    );
+    std::fs::remove_file(&key).unwrap();
+    let k: serde_json::Value = serde_json::from_slice(&k.stdout).unwrap();
+    assert_eq!(k["received"], 20, "{k}");
+    assert_eq!(k["duplicates"], 0);
+    assert!(
+        p.status.success(),
+        "qs pub: {}; the keyed subscriber: {k}",
+        String::from_utf8_lossy(&p.stderr)
+    );
+    assert_eq!(o.status.code(), Some(3), "the outsider received nothing");
+    let o: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(o["received"], 0);
+    assert!(
+        o["drops_auth"].as_u64().unwrap() > 0,
+        "it saw keyed datagrams it could not open: {o}"
+    );
 }

@@ -1,7 +1,7 @@
 //! Real sockets across network namespaces: `qs pub` in one namespace, `qs sub --json` in
 //! others, on a bridge built by `testbed/scripts/ns-pubsub-test.sh` (torn down afterwards);
 //! lossless, and with nftables dropping data frames at every subscriber (recovery must repair
-//! every one). Needs root for namespaces; without it the tests say so and pass as skipped.
+//! every one); with a cluster key and a hostile outsider (`attack.py`). Needs root for namespaces; without it the tests say so and pass as skipped.
 
 use std::process::Command;
 
@@ -64,6 +64,14 @@ fn a_publisher_frozen_for_eight_seconds_under_loss_loses_and_duplicates_nothing(
         ],
         2,
     );
+}
+
+#[test]
+fn a_keyed_cluster_with_an_outsider_replaying_and_forging_delivers_everything_and_counts_it() {
+    // attack.py in a fourth namespace replays, tampers with and forges (plain CRC) the control
+    // traffic it hears; each subscriber must still get every message once, in order, and
+    // report the forgeries as auth drops and the replays as replay drops.
+    ns_pubsub(&["--count", "5000", "--key", "--attack"], 2);
 }
 
 /// The gossip plane's cluster map across namespaces (`testbed/scripts/ns-gossip-test.sh`): five

@@ -194,6 +194,8 @@ pub struct ClusterMap {
     pub regions: Vec<RegionView>,
     /// Health rolled up over the cluster, when known.
     pub cluster: Option<qs_gossip::Aggregate>,
+    /// This node's dropped datagrams by reason (forgeries show as `auth` and `replay`).
+    pub drops: super::DropStats,
 }
 
 impl NodeCore {
@@ -267,6 +269,7 @@ impl NodeCore {
             members: members.into_values().collect(),
             regions,
             cluster: g.health().cluster(),
+            drops: self.stats().drops,
         }
     }
 }

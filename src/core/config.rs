@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use qs_recovery::{LecConfig, RingConfig};
 use qs_regions::GroupRange;
+use qs_transport::wire::KeyRing;
 use qs_transport::{ClusterId, NodeId, RegionId};
 
 /// The least a time-bounded send queue may hold (bytes): enough for a burst of datagrams
@@ -23,8 +24,12 @@ pub struct CoreConfig {
     pub id: NodeId,
     /// Increases across restarts of a node that keeps its id.
     pub incarnation: u64,
-    /// The cluster; datagrams of other clusters are dropped.
+    /// The cluster; datagrams of other clusters are dropped. With a [`CoreConfig::key`] the
+    /// key's cluster id replaces this one.
     pub cluster: ClusterId,
+    /// The cluster keys: every datagram is authenticated with them (a keyed MAC and, for
+    /// control traffic, a replay window); `None` seals with a checksum only.
+    pub key: Option<KeyRing>,
     /// Where this node receives unicast (announced to peers).
     pub unicast: SocketAddrV4,
     /// The well-known control group and port (discovery).
@@ -110,6 +115,7 @@ impl CoreConfig {
             id,
             incarnation: 0,
             cluster: ClusterId::from_name("quicksilver"),
+            key: None,
             unicast,
             control_group: SocketAddrV4::new(std::net::Ipv4Addr::new(239, 255, 0, 1), 7400),
             data_port: 7401,

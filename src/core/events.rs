@@ -1,5 +1,5 @@
-//! What the node core tells its owner ([`Event`], [`Delivery`]) and why it refuses a publish
-//! ([`PublishRefused`]).
+//! What the node core tells its owner ([`Event`], [`Delivery`]), why it refuses a publish
+//! ([`PublishRefused`]) and new keys ([`KeysRefused`]).
 
 use bytes::Bytes;
 use qs_transport::{NodeId, RegionId, TopicId};
@@ -103,4 +103,16 @@ pub enum PublishRefused {
     /// The message exceeds `max_message_bytes` (or 65,535 fragments).
     #[error("message too large")]
     TooLarge,
+}
+
+/// Why [`super::NodeCore::set_keys`] refused new keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeysRefused {
+    /// The node runs without a key; taking one changes its cluster id and datagram budget,
+    /// which takes a new node.
+    #[error("the node has no cluster key; start it with one")]
+    Keyless,
+    /// The keys name another cluster (a rotation keeps the cluster id).
+    #[error("the keys are another cluster's")]
+    OtherCluster,
 }

@@ -7,8 +7,6 @@
 //!
 //! Not here: the protocol itself (`qs-recovery`), the send window's bookkeeping (`send.rs`).
 
-use std::net::SocketAddr;
-
 use qs_recovery::{Local, Ring, RingAction, StreamProgress};
 use qs_transport::wire::{RepairRequest, SenderAck, Token, TokenAck};
 use qs_transport::{Instant, NodeId};
@@ -120,12 +118,23 @@ impl NodeCore {
     }
 
     /// Serves a peer's request from the cache, or from the send window for own streams.
-    pub(super) fn handle_repair_request(&mut self, from: SocketAddr, body: &[u8]) {
+    pub(super) fn handle_repair_request(&mut self, requester: NodeId, body: &[u8]) {
         let Ok(req) = RepairRequest::parse(body) else {
             self.stats.drops.malformed += 1;
             return;
         };
         self.stats.requests_received += 1;
+        // Repairs go to the requester's known unicast address, and only if it is a member
+        // of the region asked about: never to a datagram's source address, which a spoofer
+        // chooses (a 50-byte request must not aim hundreds of repairs at a victim).
+        let member = self
+            .regions
+            .region(req.region)
+            .is_some_and(|r| r.members.contains(&requester));
+        let Some(from) = self.address_of(requester).filter(|_| member) else {
+            self.stats.drops.not_member += 1;
+            return;
+        };
         let limit = self.config.ring.max_request;
         let seqs = req.ranges.iter().flat_map(|r| r.iter()).take(limit);
         let mut served = 0;

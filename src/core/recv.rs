@@ -579,6 +579,17 @@ impl NodeCore {
         let Some(stream) = self.recv.get_mut(&key) else {
             return;
         };
+        // A sender cannot be further ahead of a member than its send window plus our
+        // reorder window: a state beyond that (a forgery, or a buggy peer) would skip data
+        // that exists or count phantom losses, so it is refused.
+        let bound = (self.config.send_window_packets + self.config.reorder_window_packets) as u32;
+        if let Some(next) = stream.window.next_expected() {
+            let far = |q: Seq| (bound..1 << 31).contains(&q.0.wrapping_sub(next.0).wrapping_sub(1));
+            if far(s.highest) || far(s.floor) {
+                self.stats.drops.out_of_bounds += 1;
+                return;
+            }
+        }
         if self.config.reliable {
             let synced = stream.synced;
             stream.window.skip_to(now, s.floor.next(), synced);

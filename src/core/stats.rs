@@ -13,6 +13,12 @@ pub struct DropStats {
     pub malformed: u64,
     /// Another cluster's datagram.
     pub foreign_cluster: u64,
+    /// Keyed cluster: a datagram without a valid MAC under a key this node holds (a forgery,
+    /// an outsider, a node with another key, or a keyed datagram at a keyless node).
+    pub auth: u64,
+    /// Keyed cluster: an authentic control datagram seen before (a replay) or older than the
+    /// replay window.
+    pub replay: u64,
     /// Data for a region this node is not in (group address collision or a stale region).
     pub foreign_region: u64,
     /// A duplicate or late packet (at or before one already accepted).
@@ -37,6 +43,12 @@ pub struct DropStats {
     pub out_queue_full: u64,
     /// Control or repair datagrams for a peer whose address is unknown.
     pub no_address: u64,
+    /// Requests refused because their sender is not a member of the region they name (or
+    /// its address is unknown): repairs only go to members' known addresses.
+    pub not_member: u64,
+    /// Stream states claiming a position further ahead than the sender's window and this
+    /// node's reorder window together allow (refused: they would skip or invent losses).
+    pub out_of_bounds: u64,
 }
 
 /// Counters of a [`NodeCore`].

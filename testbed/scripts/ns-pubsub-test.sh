@@ -4,6 +4,7 @@
 # Usage:
 #   ns-pubsub-test.sh [--qs PATH] [--count N] [--subs K] [--loss PERCENT] [--loss-all]
 #                     [--size B] [--rate R] [--pause AT:SECS] [--skip-code C] [--keep-logs]
+#                     [--key] [--attack]
 #
 #   Builds a (K+1)-host LAN (lan.sh, unique prefix qst<pid>), starts in hosts 2..K+1
 #     qs sub --json --topic t1 --topic t2 --count N --timeout 20 --iface <host addr>
@@ -28,6 +29,11 @@
 #   --skip-code C   exit code when not root (default 0); the line "SKIP: needs root for network
 #                   namespaces" is printed either way
 #   --keep-logs     keep the directory with the qs outputs (its path is printed)
+#   --key           a cluster key (qs keygen) for the publisher and every subscriber
+#   --attack        one more host runs attack.py for the whole run: an outsider that replays,
+#                   tampers with and forges (plain CRC) control traffic it hears; then each
+#                   subscriber must also report drops_auth > 0 (and drops_replay > 0 with
+#                   --key); its RSS is printed
 #   Environment: NS_PUBSUB_TIMEOUT (default 120): hard limit in seconds for each qs process.
 set -euo pipefail
 
@@ -50,6 +56,8 @@ rate=20000
 skip_code=0
 keep_logs=0
 pause=""
+key=0
+attack=0
 while [ $# -gt 0 ]; do
     case $1 in
     --qs) [ $# -ge 2 ] || usage; qs=$2; shift 2 ;;
@@ -62,6 +70,8 @@ while [ $# -gt 0 ]; do
     --pause) [ $# -ge 2 ] || usage; pause=$2; shift 2 ;;
     --skip-code) [ $# -ge 2 ] || usage; skip_code=$2; shift 2 ;;
     --keep-logs) keep_logs=1; shift ;;
+    --key) key=1; shift ;;
+    --attack) attack=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "ns-pubsub-test.sh: unknown argument '$1'" >&2; usage ;;
     esac
@@ -69,7 +79,7 @@ done
 [[ $count =~ ^[1-9][0-9]*$ ]] || die "bad --count '$count'"
 [[ $subs =~ ^[1-9][0-9]?$ ]] || die "bad --subs '$subs'"
 [ -z "$pause" ] || [[ $pause =~ ^[0-9]+(\.[0-9]+)?:[0-9]+(\.[0-9]+)?$ ]] || die "bad --pause '$pause' (AT:SECS)"
-hosts=$((subs + 1))
+hosts=$((subs + 1 + attack))
 if ! [[ $skip_code =~ ^[0-9]+$ ]] || [ "$skip_code" -gt 255 ]; then die "bad --skip-code '$skip_code'"; fi
 limit=${NS_PUBSUB_TIMEOUT:-120}
 
@@ -128,11 +138,23 @@ if [ -n "$loss" ]; then
     for i in $(seq 2 "$hosts"); do "$SCRIPT_DIR/loss.sh" "$prefix" "$i" random "$loss" "${ports[@]}"; done
 fi
 
+keyargs=()
+if [ "$key" -eq 1 ]; then
+    (umask 077 && "$qs" keygen >"$logs/cluster.key")
+    keyargs=(--key-file "$logs/cluster.key")
+fi
+if [ "$attack" -eq 1 ]; then
+    ah=$hosts
+    aaddr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$ah")
+    timeout "$limit" ip netns exec "$(ns_name "$prefix" "$ah")" python3 "$SCRIPT_DIR/attack.py" \
+        "$aaddr" --seconds 12 >"$logs/attack.json" 2>"$logs/attack.err" &
+    attack_pid=$!
+fi
 echo "ns-pubsub-test: LAN $prefix, qs $qs, $count messages, size $size, rate $rate/s${loss:+, loss $loss% on subscribers}"
 for i in $(seq 2 "$hosts"); do
     addr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$i")
     timeout "$limit" ip netns exec "$(ns_name "$prefix" "$i")" "$qs" sub --json \
-        --topic t1 --topic t2 --count "$count" --timeout 20 --iface "$addr" \
+        --topic t1 --topic t2 --count "$count" --timeout 20 --iface "$addr" "${keyargs[@]}" \
         >"$logs/sub$i.json" 2>"$logs/sub$i.err" &
     pids+=($!)
 done
@@ -140,7 +162,7 @@ done
 # In the background + wait, so that INT/TERM are handled at once (and cleanup runs).
 timeout "$limit" ip netns exec "$(ns_name "$prefix" 1)" "$qs" pub \
     --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers "$subs" --wait-secs 30 \
-    --iface "$a1" >"$logs/pub.out" 2>"$logs/pub.err" &
+    --iface "$a1" "${keyargs[@]}" >"$logs/pub.out" 2>"$logs/pub.err" &
 pub_pid=$!
 pids+=("$pub_pid")
 if [ -n "$pause" ]; then
@@ -170,9 +192,9 @@ failed=0
 for k in $(seq 0 $((subs - 1))); do
     i=$((k + 2))
     addr=$("$SCRIPT_DIR/lan.sh" addr "$prefix" "$i")
-    verdict=$(python3 - "$logs/sub$i.json" "$count" <<'EOF'
+    verdict=$(python3 - "$logs/sub$i.json" "$count" "$attack" "$key" <<'EOF'
 import json, sys
-path, n = sys.argv[1], int(sys.argv[2])
+path, n, attack, key = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
 summary = None
 try:
     with open(path, encoding="utf-8") as f:
@@ -196,6 +218,13 @@ want = {"received": n, "duplicates": 0, "out_of_order": 0, "gaps": 0}
 got = {k: summary.get(k) for k in want}
 bad = [f"{k}={got[k]} (want {v})" for k, v in want.items() if got[k] != v]
 shown = " ".join(f"{k}={got[k]}" for k in want)
+if attack:
+    auth, replay = summary.get("drops_auth", 0), summary.get("drops_replay", 0)
+    shown += f" drops_auth={auth} drops_replay={replay} rss_kb={summary.get('rss_kb')}"
+    if key and auth == 0:
+        bad.append("drops_auth=0 under attack")
+    if key and replay == 0:
+        bad.append("drops_replay=0 under attack")
 print(("FAIL " + "; ".join(bad)) if bad else ("OK " + shown))
 EOF
 )
@@ -221,6 +250,10 @@ if [ "$pub_rc" -ne 0 ]; then
         tail -n 20 "$logs/pub.err" | sed 's/^/  /'
     fi
     failed=$((failed + 1))
+fi
+if [ "$attack" -eq 1 ]; then
+    wait "$attack_pid" 2>/dev/null || true
+    echo "attacker h$ah: $(cat "$logs/attack.json" 2>/dev/null) $(tail -n 3 "$logs/attack.err" 2>/dev/null)"
 fi
 echo "ns-pubsub-test: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -4,7 +4,9 @@
 //! else the machine does. `benches/instructions.sh` runs it and prints instructions per
 //! message.
 //!
-//! Usage: `qs-instructions SIZE COUNT [SUBSCRIBERS]` (defaults 64, 10000, 2).
+//! Usage: `qs-instructions SIZE COUNT [SUBSCRIBERS]` (defaults 64, 10000, 2). With
+//! `QS_INSTRUCTIONS_KEYED=1` in the environment every core holds one cluster key (a fixed
+//! test key), so the difference to a keyless run is the cost of the keyed seal and open.
 //!
 //! One publisher, SUBSCRIBERS subscribers of one topic. Every call into the publisher's core
 //! goes through a `pub_*` function, every call into a subscriber's through a `sub_*` one
@@ -121,6 +123,9 @@ impl Net {
                 // without loss: the canonical copy, the store, the bins).
                 if std::env::var("QS_LEC").is_ok_and(|v| v == "on") {
                     cfg.lec = Some(quicksilver::core::default_lec());
+                }
+                if std::env::var_os("QS_INSTRUCTIONS_KEYED").is_some_and(|v| v == "1") {
+                    cfg.key = Some(quicksilver::KeyRing::generate([7; 32]));
                 }
                 NodeCore::new(cfg, now)
             })

@@ -64,7 +64,7 @@ pub struct PingArgs {
     #[arg(long)]
     pub spin: bool,
     /// First of the ports used (raw ping and pong groups, Quicksilver control and data).
-    #[arg(long, default_value_t = 7470)]
+    #[arg(long, default_value_t = 7470, value_parser = clap::value_parser!(u16).range(1..=65532))]
     pub port: u16,
     /// Cluster name of the Quicksilver nodes (both sides must agree).
     #[arg(long, default_value = "qs-bench-ping")]

@@ -47,12 +47,12 @@ impl fmt::Display for RegionId {
 /// A cluster: nodes only accept datagrams that carry their own cluster id, so several clusters
 /// can share a network and its multicast groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ClusterId(pub u32);
+pub struct ClusterId(pub u64);
 
 impl ClusterId {
-    /// The id of the cluster called `name` (the low 32 bits of its xxh3 hash).
+    /// The id of the cluster called `name` (its xxh3 hash; a keyed cluster takes its id from the key file instead).
     pub fn from_name(name: &str) -> ClusterId {
-        ClusterId(xxh3_64(name.as_bytes()) as u32)
+        ClusterId(xxh3_64(name.as_bytes()))
     }
 }
 
@@ -70,7 +70,7 @@ serialize_as_display!(NodeId, TopicId, RegionId);
 
 impl serde::Serialize for ClusterId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u32(self.0)
+        s.serialize_u64(self.0)
     }
 }
 

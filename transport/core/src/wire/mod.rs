@@ -1,13 +1,14 @@
 //! The wire format: one common header, then a body per packet kind.
 //!
-//! All integers are big-endian. Every datagram starts with a [`Header`] (24 bytes; offsets in
+//! All integers are big-endian. Every datagram starts with a [`Header`] (28 bytes; offsets in
 //! [`field`]). Writers produce a header and a body; [`Seal::seal`] stores the length and the
-//! CRC-32 over the whole datagram on the way out, [`Seal::open`] checks magic, version, length
-//! and checksum once on the way in, after which the body decoders only bound-check.
+//! CRC-32 over the whole datagram on the way out (or, with a cluster key, a trailer with a
+//! MAC: see [`Seal`]), [`Seal::open`] checks magic, version, length and checksum or MAC once
+//! on the way in, after which the body decoders only bound-check.
 //!
 //! ```text
-//!  0      2   3    4     5     6        8         12         16               24
-//!  | magic | ver | kind | flags | rsvd | length | cluster | checksum | sender    |
+//!  0      2   3    4     5     6        8          12                20               28
+//!  | magic | ver | kind | flags | rsvd | length | checksum | cluster         | sender         |
 //! ```
 //!
 //! Bodies: [`Announce`] (discovery), data packets (several small messages packed, see
@@ -22,6 +23,7 @@ mod data;
 mod header;
 mod lec;
 mod recovery;
+mod seal;
 mod stream;
 
 pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
@@ -29,7 +31,7 @@ pub use data::{
     data_field, fragment_field, message_field, DataPacket, DataWriter, Fragment, MessageIter,
     StreamId, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
 };
-pub use header::{field, Header, PacketKind, Seal, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
+pub use header::{field, Header, PacketKind, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
 pub use lec::{
     lec_digest, LecCode, LecEntries, LecEntry, LecHead, LecRepair, PacketId, LEC_ENTRY_LEN,
     LEC_FIXED_LEN, LEC_GROUP_LEN, LEC_MAX_PACKETS, LEC_MAX_PARITY,
@@ -37,6 +39,10 @@ pub use lec::{
 pub use recovery::{
     RateAggregate, RepairRequest, Scope, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
     MAX_PARTITIONS, TOKEN_ACK_LEN,
+};
+pub use seal::{
+    ClusterKey, KeyFileError, KeyRing, ReplayWindow, Seal, FLAG_KEYED, REPLAY_TABLE_MAX,
+    REPLAY_WINDOW, TAG_LEN, TRAILER_LEN,
 };
 pub use stream::{StreamState, STREAM_STATE_LEN};
 
@@ -61,6 +67,14 @@ pub enum WireError {
     /// The checksum does not match (corruption).
     #[error("checksum mismatch")]
     BadChecksum,
+    /// Keyed: no valid MAC under a key this node holds (or a keyed datagram at a keyless
+    /// node). Counted as `drops.auth`.
+    #[error("not authenticated")]
+    Unauthenticated,
+    /// Keyed: a control datagram whose counter was seen already or is older than the replay
+    /// window. Counted as `drops.replay`.
+    #[error("replayed")]
+    Replayed,
     /// A body field is out of range or inconsistent.
     #[error("malformed body")]
     Malformed,
