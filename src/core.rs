@@ -95,6 +95,9 @@ pub struct NodeCore {
     /// Regions with queued data, in the round-robin order they are served.
     ready: VecDeque<RegionId>,
     queued_bytes: usize,
+    /// Out-of-order packets held in receive windows, an upper bound (recounted when it
+    /// reaches `max_held_packets`).
+    held_estimate: usize,
     /// How fast the send queue drains (it is bounded by time as well as bytes).
     drain: qs_recovery::DrainRate,
     recv: BTreeMap<(NodeId, RegionId), RecvStream>,
@@ -172,6 +175,7 @@ impl NodeCore {
             send: BTreeMap::new(),
             ready: VecDeque::new(),
             queued_bytes: 0,
+            held_estimate: 0,
             drain: qs_recovery::DrainRate::new(),
             recv: BTreeMap::new(),
             commands,

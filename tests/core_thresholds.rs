@@ -224,3 +224,33 @@ fn the_send_queue_holds_about_its_time_at_the_drain_rate() {
         core.check_invariants();
     }
 }
+
+/// One memory budget for every receive window, both sides: with room for 10 out-of-order
+/// packets, the 10th is held and the 11th refused (counted), whatever the stream; once the
+/// hole is filled and the window drains, out-of-order packets are held again.
+#[test]
+fn out_of_order_packets_are_held_up_to_the_global_budget_and_refused_past_it() {
+    let mut core = node(|c| c.max_held_packets = 10);
+    let now = Instant::ZERO;
+    core.handle_datagram(now, from(), data(&core, 1));
+    // Packet 2 is missing: 3..=12 wait behind it.
+    for s in 3..=12 {
+        core.handle_datagram(now, from(), data(&core, s));
+    }
+    assert_eq!(core.stats().drops.held_budget, 0, "ten fit");
+    core.handle_datagram(now, from(), data(&core, 13));
+    assert_eq!(core.stats().drops.held_budget, 1, "the eleventh does not");
+    // The hole fills: 2..=12 are delivered in order, 13 comes again (a repair) and is taken.
+    core.handle_datagram(now, from(), data(&core, 2));
+    core.handle_datagram(now, from(), data(&core, 15));
+    assert_eq!(
+        core.stats().drops.held_budget,
+        1,
+        "room again once the window drained"
+    );
+    core.handle_datagram(now, from(), data(&core, 13));
+    let (delivered, gaps) = events(&mut core);
+    assert_eq!(delivered, (1..=13).collect::<Vec<u32>>());
+    assert!(gaps.is_empty());
+    core.check_invariants();
+}

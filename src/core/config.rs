@@ -53,6 +53,10 @@ pub struct CoreConfig {
     pub max_streams: usize,
     /// Most packets of one stream held back waiting for an earlier one (reordering).
     pub reorder_window_packets: usize,
+    /// Most out-of-order packets all receive windows together hold (one memory budget
+    /// whatever the number of streams: 4,096 streams of phantom senders cannot each fill a
+    /// window).
+    pub max_held_packets: usize,
     /// How long a hole in a stream is waited for before it is reported as a gap.
     pub reorder_timeout: Duration,
     /// Idle time after a stream's last packet before its state is sent.
@@ -126,6 +130,7 @@ impl CoreConfig {
             max_message_bytes: 16 << 20,
             max_streams: 4096,
             reorder_window_packets: 16384,
+            max_held_packets: 65536,
             reorder_timeout: Duration::from_millis(10),
             stream_state_delay: Duration::from_millis(20),
             stream_state_repeats: 3,

@@ -260,6 +260,17 @@ impl NodeCore {
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
         let in_order = stream.window.next_expected().is_none_or(|next| next == seq);
+        if !in_order && self.held_estimate >= self.config.max_held_packets {
+            // One budget for all windows: recount (the estimate only grows between counts).
+            self.held_estimate = self.recv.values().map(|s| s.window.waiting()).sum();
+            if self.held_estimate >= self.config.max_held_packets {
+                self.stats.drops.held_budget += 1;
+                return;
+            }
+        }
+        let Some(stream) = self.recv.get_mut(&key) else {
+            return;
+        };
         let packet = if in_order {
             packet
         } else {
@@ -281,7 +292,10 @@ impl NodeCore {
             Arrival::First { missed_before } => {
                 self.stats.missed_on_join += u64::from(missed_before);
             }
-            Arrival::Accepted => self.stats.held_back += u64::from(!in_order),
+            Arrival::Accepted => {
+                self.stats.held_back += u64::from(!in_order);
+                self.held_estimate += usize::from(!in_order);
+            }
             Arrival::Beyond => self.stats.drops.beyond_window += 1,
         }
         if let Some(ring) = self.ring.as_mut() {
@@ -525,7 +539,8 @@ impl NodeCore {
                 next_index: 0,
                 count: f.count,
                 next_seq: f.seq,
-                buf: BytesMut::with_capacity(f.total_len as usize),
+                // Grown as fragments come: a wire field must not reserve 16 MiB at once.
+                buf: BytesMut::with_capacity((f.total_len as usize).min(64 << 10)),
             });
         }
         let p = stream.partial.as_mut().expect("partial exists");

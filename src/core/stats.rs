@@ -49,6 +49,9 @@ pub struct DropStats {
     /// Stream states claiming a position further ahead than the sender's window and this
     /// node's reorder window together allow (refused: they would skip or invent losses).
     pub out_of_bounds: u64,
+    /// Out-of-order packets refused because all receive windows together already hold
+    /// `max_held_packets` (reliable mode repairs them later, like packets beyond a window).
+    pub held_budget: u64,
 }
 
 /// Counters of a [`NodeCore`].
