@@ -425,7 +425,10 @@ impl NodeCore {
         }
         let mut again = 0;
         let mut held_off = 0;
-        for s in ack.naks.iter().flat_map(|r| r.iter()) {
+        // The work per acknowledgement is bounded by the window, not by the ranges' widths
+        // on the wire: nothing outside the window can be sent again anyway.
+        let examine = self.config.send_window_packets;
+        for s in ack.naks.iter().flat_map(|r| r.iter()).take(examine) {
             if again >= self.config.ring.max_request {
                 break;
             }
