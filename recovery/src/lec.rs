@@ -253,6 +253,9 @@ pub struct LecStats {
     pub rebuilt: u64,
     /// Packets rebuilt before the node reported them missing.
     pub rebuilt_unreported: u64,
+    /// Rebuilt packets that then arrived by themselves (late, not lost: their loss is taken
+    /// back from the own loss estimate).
+    pub rebuilt_then_heard: u64,
     /// Packets rebuilt from a kept repair once other packets arrived or were rebuilt.
     pub cascades: u64,
     /// Rebuilt packets whose digest or padding did not match (dropped: the bytes XORed out
@@ -373,7 +376,8 @@ const STORE_POOL_MAX: usize = 32;
 /// the index's order never reaches output, and its hasher has a fixed seed.
 #[derive(Debug, Default)]
 struct Store {
-    entries: VecDeque<(Instant, PacketId, Bytes)>,
+    /// (arrival, id, bytes, rebuilt and not heard since).
+    entries: VecDeque<(Instant, PacketId, Bytes, bool)>,
     /// Arrival number of `entries[0]`.
     head: u64,
     index: HashMap<PacketId, u64, FixedState>,
@@ -399,28 +403,38 @@ impl Store {
         let at = *self.index.get(id)?;
         self.entries
             .get((at - self.head) as usize)
-            .map(|(_, _, b)| b)
+            .map(|(_, _, b, _)| b)
+    }
+
+    /// Whether `id` is stored as rebuilt and not heard since; clears the mark.
+    fn take_rebuilt(&mut self, id: &PacketId) -> bool {
+        let Some(&at) = self.index.get(id) else {
+            return false;
+        };
+        self.entries
+            .get_mut((at - self.head) as usize)
+            .is_some_and(|e| std::mem::take(&mut e.3))
     }
 
     fn values(&self) -> impl Iterator<Item = &Bytes> + '_ {
-        self.entries.iter().map(|(_, _, b)| b)
+        self.entries.iter().map(|(_, _, b, _)| b)
     }
 
     /// Stores a packet not stored yet (the caller checked).
-    fn push(&mut self, now: Instant, id: PacketId, bytes: Bytes) {
+    fn push(&mut self, now: Instant, id: PacketId, bytes: Bytes, rebuilt: bool) {
         let at = self.head + self.entries.len() as u64;
         self.index.insert(id, at);
-        self.entries.push_back((now, id, bytes));
+        self.entries.push_back((now, id, bytes, rebuilt));
     }
 
     fn oldest(&self) -> Option<Instant> {
-        self.entries.front().map(|(t, _, _)| *t)
+        self.entries.front().map(|(t, _, _, _)| *t)
     }
 
     /// Evicts the oldest packet; its length. Its buffer is kept for reuse when no bin, fired
     /// bin or caller holds it any more and it holds at most `keep_max` bytes.
     fn pop_oldest(&mut self, keep_max: usize) -> Option<usize> {
-        let (_, id, bytes) = self.entries.pop_front()?;
+        let (_, id, bytes, _) = self.entries.pop_front()?;
         self.head += 1;
         self.index.remove(&id);
         let len = bytes.len();
@@ -447,7 +461,7 @@ impl Store {
 
     fn check_invariants(&self) {
         assert_eq!(self.entries.len(), self.index.len(), "store index drifted");
-        for (k, (_, id, _)) in self.entries.iter().enumerate() {
+        for (k, (_, id, _, _)) in self.entries.iter().enumerate() {
             assert_eq!(self.index.get(id), Some(&(self.head + k as u64)));
         }
         assert!(self.pool.len() <= STORE_POOL_MAX);
@@ -659,7 +673,7 @@ impl Lec {
         canonicalize: impl FnOnce(&mut [u8]),
     ) -> bool {
         if self.store.contains(&id) {
-            self.stats.duplicates += 1;
+            self.duplicate(id, Source::Heard);
             return false;
         }
         let mut buf = self.store.buffer();
@@ -1052,7 +1066,7 @@ impl Lec {
     /// Takes a packet into the store and a bin and feeds the kept repairs waiting for it.
     fn accept(&mut self, now: Instant, id: PacketId, bytes: Bytes, source: Source) -> bool {
         if self.store.contains(&id) {
-            self.stats.duplicates += 1;
+            self.duplicate(id, source);
             return false;
         }
         let was_missing = self.missing.remove(&id).is_some();
@@ -1074,7 +1088,7 @@ impl Lec {
         self.store_bytes += len;
         let waiters = self.waiting.remove(&id);
         let fed = waiters.as_ref().map(|_| bytes.clone());
-        self.store.push(now, id, bytes);
+        self.store.push(now, id, bytes, source == Source::Rebuilt);
         self.evict(now);
         if let (Some(ws), Some(bytes)) = (waiters, fed) {
             for w in ws {
@@ -1083,6 +1097,24 @@ impl Lec {
         }
         self.bin(now, id, len);
         true
+    }
+
+    /// A packet stored already came in again. When it was rebuilt and now arrives by itself,
+    /// it was late, not lost: the repair was wasted and the loss it counted is taken back, so
+    /// the rate of fire does not feed on delays its own repairs may have caused (an overloaded
+    /// receiver's queues).
+    fn duplicate(&mut self, id: PacketId, source: Source) {
+        self.stats.duplicates += 1;
+        if source == Source::Heard && self.store.take_rebuilt(&id) {
+            self.stats.rebuilt_then_heard += 1;
+            let w = f64::from(self.config.loss_memory_packets.max(1));
+            // The inverse of `note_loss`.
+            self.own_loss = if w > 1.0 {
+                ((self.own_loss - 1.0 / w) / (1.0 - 1.0 / w)).max(0.0)
+            } else {
+                0.0
+            };
+        }
     }
 
     fn evict(&mut self, now: Instant) {
@@ -2453,6 +2485,36 @@ mod tests {
         deliver(T0, NodeId(1), &mut b, &xor_repair(2, &qs));
         assert_eq!(b.stats().rebuilt_unreported, 1);
         assert!(b.own_loss > before * 0.9f64.powi(3));
+    }
+
+    #[test]
+    fn a_rebuilt_packet_that_then_arrives_takes_its_loss_back_once() {
+        let c = LecConfig {
+            loss_memory_packets: 10,
+            ..config()
+        };
+        let mut b = node(&c, 2, &[1, 2]);
+        let ps: Vec<_> = (1..=4).map(|q| pkt(9, q, 64)).collect();
+        for i in [0, 1, 3] {
+            b.on_packet(T0, ps[i].0, ps[i].1.clone());
+        }
+        // A heard packet heard again is a plain duplicate.
+        b.on_packet(T0, ps[0].0, ps[0].1.clone());
+        let before = b.own_loss;
+        deliver(T0, NodeId(1), &mut b, &xor_repair(1, &ps));
+        assert_eq!(b.stats().rebuilt_unreported, 1);
+        assert!(b.own_loss > before);
+        b.on_packet_from(T0, ps[2].0, &ps[2].1, |_| ());
+        assert!(
+            (b.own_loss - before).abs() < 1e-12,
+            "{} {before}",
+            b.own_loss
+        );
+        b.on_packet(T0, ps[2].0, ps[2].1.clone());
+        assert!((b.own_loss - before).abs() < 1e-12, "taken back once");
+        let s = b.stats();
+        assert_eq!((s.rebuilt_then_heard, s.duplicates), (1, 3));
+        b.check_invariants();
     }
 
     fn lens() -> impl Strategy<Value = Vec<usize>> {

@@ -81,6 +81,9 @@ pub struct LecCounters {
     pub rebuilt_overtaken: u64,
     /// Rebuilt packets dropped because the parking was full.
     pub parked_full: u64,
+    /// Rebuilt packets whose original then arrived (late, not lost: LEC takes their loss back
+    /// from the estimate its rate of fire follows).
+    pub rebuilt_then_heard: u64,
 }
 
 impl LecCounters {
@@ -96,6 +99,7 @@ impl LecCounters {
         self.digest_mismatch += s.digest_mismatch;
         self.unrepairable += s.unrepairable;
         self.intents_dropped += s.intents_dropped;
+        self.rebuilt_then_heard += s.rebuilt_then_heard;
     }
 }
 
