@@ -44,10 +44,11 @@
 //! Everything is sans-IO: `now` is an argument, randomness (the targets) comes from the
 //! core's seeded [`Prng`], and every table is bounded with counted overflow.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use foldhash::fast::FixedState;
 use qs_transport::wire::{
     lec_digest, LecCode, LecEntry, LecHead, LecRepair, PacketId, HEADER_LEN, LEC_ENTRY_LEN,
     LEC_FIXED_LEN, LEC_GROUP_LEN, LEC_MAX_PACKETS, LEC_MAX_PARITY,
@@ -190,6 +191,7 @@ impl LecConfig {
             + self.kept_max * m * d // Reed–Solomon parity shards
             + self.fired_max * m * d
             + self.rebuilt_max * d
+            + STORE_POOL_MAX * d // recycled canonical buffers
     }
 }
 
@@ -251,6 +253,9 @@ pub struct LecStats {
     pub rebuilt: u64,
     /// Packets rebuilt before the node reported them missing.
     pub rebuilt_unreported: u64,
+    /// Rebuilt packets that then arrived by themselves (late, not lost: their loss is taken
+    /// back from the own loss estimate).
+    pub rebuilt_then_heard: u64,
     /// Packets rebuilt from a kept repair once other packets arrived or were rebuilt.
     pub cascades: u64,
     /// Rebuilt packets whose digest or padding did not match (dropped: the bytes XORed out
@@ -291,7 +296,9 @@ struct Bin {
     opened: Instant,
     /// Packets at which this bin fires (`r`; fixed when the bin opens).
     size: usize,
-    packets: Vec<(PacketId, Bytes)>,
+    /// The packets' ids only: their bytes stay in the store (sharing them here cost an
+    /// allocation per packet) and are taken from it when the bin fires.
+    packets: Vec<PacketId>,
     streams: Vec<(NodeId, u64)>,
     longest: usize,
 }
@@ -355,6 +362,110 @@ struct Report {
     loss: f64,
     missing: f64,
     at: Instant,
+}
+
+/// Most recycled buffers [`Store`] keeps for the next canonical copies (an eviction hands one
+/// back for each packet that arrives, so a few cover the steady state; a burst of evictions by
+/// age beyond it is simply freed).
+const STORE_POOL_MAX: usize = 32;
+
+/// The packets a repair is decoded against, in arrival order (the order they are evicted in)
+/// with a hash index by id: an insert and an eviction are a push and a pop and one hash-table
+/// operation each, where a sorted map paid a tree walk for both. The index holds each packet's
+/// arrival number, so the entry is found by its offset from the oldest one. Lookups only:
+/// the index's order never reaches output, and its hasher has a fixed seed.
+#[derive(Debug, Default)]
+struct Store {
+    /// (arrival, id, bytes, rebuilt and not heard since).
+    entries: VecDeque<(Instant, PacketId, Bytes, bool)>,
+    /// Arrival number of `entries[0]`.
+    head: u64,
+    index: HashMap<PacketId, u64, FixedState>,
+    /// Buffers of evicted packets nobody else held, for the next copies.
+    pool: Vec<BytesMut>,
+}
+
+impl Store {
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn contains(&self, id: &PacketId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    fn get(&self, id: &PacketId) -> Option<&Bytes> {
+        let at = *self.index.get(id)?;
+        self.entries
+            .get((at - self.head) as usize)
+            .map(|(_, _, b, _)| b)
+    }
+
+    /// Whether `id` is stored as rebuilt and not heard since; clears the mark.
+    fn take_rebuilt(&mut self, id: &PacketId) -> bool {
+        let Some(&at) = self.index.get(id) else {
+            return false;
+        };
+        self.entries
+            .get_mut((at - self.head) as usize)
+            .is_some_and(|e| std::mem::take(&mut e.3))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Bytes> + '_ {
+        self.entries.iter().map(|(_, _, b, _)| b)
+    }
+
+    /// Stores a packet not stored yet (the caller checked).
+    fn push(&mut self, now: Instant, id: PacketId, bytes: Bytes, rebuilt: bool) {
+        let at = self.head + self.entries.len() as u64;
+        self.index.insert(id, at);
+        self.entries.push_back((now, id, bytes, rebuilt));
+    }
+
+    fn oldest(&self) -> Option<Instant> {
+        self.entries.front().map(|(t, _, _, _)| *t)
+    }
+
+    /// Evicts the oldest packet; its length. Its buffer is kept for reuse when no bin, fired
+    /// bin or caller holds it any more and it holds at most `keep_max` bytes.
+    fn pop_oldest(&mut self, keep_max: usize) -> Option<usize> {
+        let (_, id, bytes, _) = self.entries.pop_front()?;
+        self.head += 1;
+        self.index.remove(&id);
+        let len = bytes.len();
+        if self.pool.len() < STORE_POOL_MAX {
+            if let Ok(buf) = bytes.try_into_mut() {
+                if buf.capacity() <= keep_max {
+                    self.pool.push(buf);
+                }
+            }
+        }
+        Some(len)
+    }
+
+    /// An empty buffer for a canonical copy (recycled when one is idle).
+    fn buffer(&mut self) -> BytesMut {
+        let mut b = self.pool.pop().unwrap_or_default();
+        b.clear();
+        b
+    }
+
+    fn idle_bytes(&self) -> usize {
+        self.pool.iter().map(BytesMut::capacity).sum()
+    }
+
+    fn check_invariants(&self) {
+        assert_eq!(self.entries.len(), self.index.len(), "store index drifted");
+        for (k, (_, id, _, _)) in self.entries.iter().enumerate() {
+            assert_eq!(self.index.get(id), Some(&(self.head + k as u64)));
+        }
+        assert!(self.pool.len() <= STORE_POOL_MAX);
+    }
 }
 
 /// A slab of reusable slots with generations, so stale references are recognised.
@@ -438,9 +549,10 @@ pub struct Lec {
     /// The members in a shuffled order (target picks).
     order: Vec<NodeId>,
 
-    store: BTreeMap<PacketId, Bytes>,
-    store_order: VecDeque<(Instant, PacketId)>,
+    store: Store,
     store_bytes: usize,
+    /// Scratch for a firing bin's packets (kept for its capacity).
+    gathered: Vec<(PacketId, Bytes)>,
 
     bins: Vec<Bin>,
     next_bin: usize,
@@ -485,9 +597,9 @@ impl Lec {
             prng: Prng::new(seed),
             members: Vec::new(),
             order: Vec::new(),
-            store: BTreeMap::new(),
-            store_order: VecDeque::new(),
+            store: Store::default(),
             store_bytes: 0,
+            gathered: Vec::new(),
             bins: (0..stagger).map(|_| Bin::default()).collect(),
             next_bin: 0,
             bin_seq: 0,
@@ -549,10 +661,31 @@ impl Lec {
         new
     }
 
+    /// [`Lec::on_packet`] for a packet given as bytes to copy: a packet already stored is
+    /// counted as a duplicate without a copy, a new one is copied into a recycled buffer (no
+    /// allocation in steady state) and `canonicalize` then turns the copy into its canonical
+    /// form in place (e.g. zeroes the fields the path writes).
+    pub fn on_packet_from(
+        &mut self,
+        now: Instant,
+        id: PacketId,
+        bytes: &[u8],
+        canonicalize: impl FnOnce(&mut [u8]),
+    ) -> bool {
+        if self.store.contains(&id) {
+            self.duplicate(id, Source::Heard);
+            return false;
+        }
+        let mut buf = self.store.buffer();
+        buf.extend_from_slice(bytes);
+        canonicalize(&mut buf);
+        self.on_packet(now, id, buf.freeze())
+    }
+
     /// The node's receive window found `id` missing (the observed-loss input). Reporting a
     /// hole twice, or one already rebuilt, changes nothing.
     pub fn on_missing(&mut self, now: Instant, id: PacketId) {
-        if self.store.contains_key(&id) || self.missing.contains_key(&id) {
+        if self.store.contains(&id) || self.missing.contains_key(&id) {
             return;
         }
         if self.missing.len() >= self.config.missing_max {
@@ -709,10 +842,7 @@ impl Lec {
             .iter()
             .filter(|b| b.packets.len() >= min_bin)
             .map(|b| b.opened + self.config.bin_age_max);
-        let store = self
-            .store_order
-            .front()
-            .map(|(t, _)| *t + self.config.store_age);
+        let store = self.store.oldest().map(|t| t + self.config.store_age);
         let missing = self
             .missing_order
             .front()
@@ -846,11 +976,7 @@ impl Lec {
     pub fn check_invariants(&self) {
         let bytes: usize = self.store.values().map(Bytes::len).sum();
         assert_eq!(bytes, self.store_bytes, "store byte count drifted");
-        assert_eq!(
-            self.store.len(),
-            self.store_order.len(),
-            "store order drifted"
-        );
+        self.store.check_invariants();
         assert!(self.store.len() <= self.config.store_packets_max.max(1));
         assert!(self.store_bytes <= self.config.store_bytes_max.max(self.largest_packet()));
         for b in &self.bins {
@@ -875,7 +1001,7 @@ impl Lec {
         assert!(self.fired.live <= self.config.fired_max);
         for (id, ws) in &self.waiting {
             assert!(!ws.is_empty(), "empty waiter list");
-            assert!(!self.store.contains_key(id), "a known packet is waited for");
+            assert!(!self.store.contains(id), "a known packet is waited for");
             for w in ws {
                 match *w {
                     Waiter::Xor(s, g) => {
@@ -922,7 +1048,7 @@ impl Lec {
             .flat_map(|f| f.words.iter())
             .map(Vec::len)
             .sum();
-        self.store_bytes + kept + parity + fired + self.rebuilt_bytes
+        self.store_bytes + self.store.idle_bytes() + kept + parity + fired + self.rebuilt_bytes
     }
 
     fn fresh_reports(&self, now: Instant) -> impl Iterator<Item = &Report> + '_ {
@@ -939,8 +1065,8 @@ impl Lec {
 
     /// Takes a packet into the store and a bin and feeds the kept repairs waiting for it.
     fn accept(&mut self, now: Instant, id: PacketId, bytes: Bytes, source: Source) -> bool {
-        if self.store.contains_key(&id) {
-            self.stats.duplicates += 1;
+        if self.store.contains(&id) {
+            self.duplicate(id, source);
             return false;
         }
         let was_missing = self.missing.remove(&id).is_some();
@@ -958,21 +1084,41 @@ impl Lec {
                 }
             }
         }
-        self.store_bytes += bytes.len();
-        self.store.insert(id, bytes.clone());
-        self.store_order.push_back((now, id));
+        let len = bytes.len();
+        self.store_bytes += len;
+        let waiters = self.waiting.remove(&id);
+        let fed = waiters.as_ref().map(|_| bytes.clone());
+        self.store.push(now, id, bytes, source == Source::Rebuilt);
         self.evict(now);
-        if let Some(ws) = self.waiting.remove(&id) {
+        if let (Some(ws), Some(bytes)) = (waiters, fed) {
             for w in ws {
                 self.feed(now, w, id, &bytes);
             }
         }
-        self.bin(now, id, bytes);
+        self.bin(now, id, len);
         true
     }
 
+    /// A packet stored already came in again. When it was rebuilt and now arrives by itself,
+    /// it was late, not lost: the repair was wasted and the loss it counted is taken back, so
+    /// the rate of fire does not feed on delays its own repairs may have caused (an overloaded
+    /// receiver's queues).
+    fn duplicate(&mut self, id: PacketId, source: Source) {
+        self.stats.duplicates += 1;
+        if source == Source::Heard && self.store.take_rebuilt(&id) {
+            self.stats.rebuilt_then_heard += 1;
+            let w = f64::from(self.config.loss_memory_packets.max(1));
+            // The inverse of `note_loss`.
+            self.own_loss = if w > 1.0 {
+                ((self.own_loss - 1.0 / w) / (1.0 - 1.0 / w)).max(0.0)
+            } else {
+                0.0
+            };
+        }
+    }
+
     fn evict(&mut self, now: Instant) {
-        while let Some(&(t, id)) = self.store_order.front() {
+        while let Some(t) = self.store.oldest() {
             let full = self.store.len() > self.config.store_packets_max.max(1)
                 || self.store_bytes > self.config.store_bytes_max;
             if !full && t + self.config.store_age > now {
@@ -985,9 +1131,8 @@ impl Lec {
             if full && t + self.config.store_age > now {
                 self.stats.store_evicted_early += 1;
             }
-            self.store_order.pop_front();
-            if let Some(b) = self.store.remove(&id) {
-                self.store_bytes -= b.len();
+            if let Some(len) = self.store.pop_oldest(self.config.max_datagram) {
+                self.store_bytes -= len;
             }
         }
     }
@@ -1021,18 +1166,18 @@ impl Lec {
 
     // ---- bins and firing ----------------------------------------------------------------
 
-    fn bin(&mut self, now: Instant, id: PacketId, bytes: Bytes) {
+    fn bin(&mut self, now: Instant, id: PacketId, len: usize) {
         if self.members.is_empty() || self.config.targets == 0 {
             return;
         }
-        let alone = Bin::default().datagram_len_with(&id, bytes.len());
+        let alone = Bin::default().datagram_len_with(&id, len);
         if alone > self.config.max_datagram {
             self.stats.unrepairable += 1;
             return;
         }
         let i = self.next_bin % self.bins.len();
         self.next_bin = (i + 1) % self.bins.len();
-        if self.bins[i].datagram_len_with(&id, bytes.len()) > self.config.max_datagram {
+        if self.bins[i].datagram_len_with(&id, len) > self.config.max_datagram {
             self.close_bin(now, i);
         }
         if self.bins[i].packets.is_empty() {
@@ -1045,8 +1190,8 @@ impl Lec {
         if !b.streams.contains(&(id.sender, id.epoch)) {
             b.streams.push((id.sender, id.epoch));
         }
-        b.longest = b.longest.max(bytes.len());
-        b.packets.push((id, bytes));
+        b.longest = b.longest.max(len);
+        b.packets.push(id);
         if b.packets.len() >= b.size {
             self.close_bin(now, i);
         }
@@ -1069,7 +1214,22 @@ impl Lec {
             return;
         }
         self.credit -= n as f64;
-        let packets = self.bins[i].packets.len();
+        // The bin's packets still in the store (one evicted early, by the store's limits or
+        // a lone packet outliving the store's age, is left out of the repair).
+        let mut gathered = std::mem::take(&mut self.gathered);
+        gathered.clear();
+        for id in &self.bins[i].packets {
+            if let Some(b) = self.store.get(id) {
+                gathered.push((*id, b.clone()));
+            }
+        }
+        if gathered.is_empty() {
+            self.stats.bins_silent += 1;
+            self.gathered = gathered;
+            self.clear_bin(i);
+            return;
+        }
+        let packets = gathered.len();
         let m = self.config.parity();
         let parity = m > 1
             && packets >= 2
@@ -1086,29 +1246,31 @@ impl Lec {
         };
         if self.intents.len() + members * shards > self.config.intents_max {
             self.stats.intents_dropped += (members * shards) as u64;
+            self.gathered = gathered;
             self.clear_bin(i);
             return;
         }
         let Some(slot) = self.fired.alloc() else {
             self.stats.fired_full += 1;
+            self.gathered = gathered;
             self.clear_bin(i);
             return;
         };
         self.bin_seq = self.bin_seq.wrapping_add(1);
         let bin_seq = self.bin_seq;
-        let b = &mut self.bins[i];
-        b.packets.sort_unstable_by_key(|p| p.0);
+        gathered.sort_unstable_by_key(|p| p.0);
         let f = &mut self.fired.slots[slot as usize];
         f.generation = f.generation.wrapping_add(1);
         f.active = true;
         f.bin = bin_seq;
         f.born = now;
         f.parity = shards as u8;
-        f.longest = b.longest;
+        f.longest = 0;
         f.entries.clear();
         f.packets.clear();
         f.words.clear();
-        for (id, bytes) in b.packets.drain(..) {
+        for (id, bytes) in gathered.drain(..) {
+            f.longest = f.longest.max(bytes.len());
             f.entries.push(LecEntry {
                 id,
                 len: bytes.len() as u16,
@@ -1118,6 +1280,7 @@ impl Lec {
         }
         f.outstanding = (members * shards) as u32;
         let generation = f.generation;
+        self.gathered = gathered;
         self.fired.live += 1;
         self.fired
             .deadlines
@@ -1208,7 +1371,7 @@ impl Lec {
     fn handle_xor(&mut self, now: Instant, repair: &LecRepair<'_>) {
         let unknown = repair
             .entries()
-            .filter(|e| !self.store.contains_key(&e.id))
+            .filter(|e| !self.store.contains(&e.id))
             .count();
         if unknown == 0 {
             self.stats.repairs_redundant += 1;
@@ -1286,7 +1449,7 @@ impl Lec {
             None => {
                 let unknown = repair
                     .entries()
-                    .filter(|e| !self.store.contains_key(&e.id))
+                    .filter(|e| !self.store.contains(&e.id))
                     .count();
                 if unknown == 0 {
                     self.stats.repairs_redundant += 1;
@@ -1322,7 +1485,7 @@ impl Lec {
                 }
                 self.parity_index.insert(key, (slot, generation));
                 for e in repair.entries() {
-                    if !self.store.contains_key(&e.id) {
+                    if !self.store.contains(&e.id) {
                         self.waiting
                             .entry(e.id)
                             .or_default()
@@ -1363,7 +1526,7 @@ impl Lec {
         };
         let have = k.shards.iter().filter(|s| s.is_some()).count();
         let unknown: Vec<usize> = (0..k.entries.len())
-            .filter(|&i| !self.store.contains_key(&k.entries[i].id))
+            .filter(|&i| !self.store.contains(&k.entries[i].id))
             .collect();
         if unknown.is_empty() {
             self.free_kept_parity(slot);
@@ -2173,6 +2336,73 @@ mod tests {
     }
 
     #[test]
+    fn a_copied_packet_is_canonicalized_once_and_a_duplicate_is_counted_without_a_copy() {
+        let c = config();
+        let mut a = node(&c, 1, &[1, 2]);
+        let (i, b) = pkt(9, 1, 300);
+        let mut calls = 0;
+        let zero_first = |c: &mut [u8]| c[0] = 0;
+        assert!(a.on_packet_from(T0, i, &b, |c| {
+            calls += 1;
+            zero_first(c);
+        }));
+        assert!(!a.on_packet_from(T0, i, &b, |_| calls += 1));
+        assert_eq!(calls, 1);
+        assert_eq!(a.stats().duplicates, 1);
+        let stored = a.store.get(&i).unwrap();
+        assert_eq!((stored[0], &stored[1..]), (0, &b[1..]));
+        a.check_invariants();
+    }
+
+    #[test]
+    fn evicted_buffers_nobody_holds_are_reused_up_to_the_pool_bound() {
+        // No peer: no bin holds the packets, so the store is their last holder.
+        let c = config();
+        let mut a = node(&c, 1, &[1]);
+        let n = STORE_POOL_MAX as u32 + 8;
+        for q in 1..=n {
+            let p = pkt(9, q, 300);
+            a.on_packet_from(T0, p.0, &p.1, |_| ());
+        }
+        assert!(a.store.pool.is_empty());
+        a.handle_timeout(T0 + c.store_age);
+        assert!(a.store.is_empty());
+        assert_eq!(a.store.pool.len(), STORE_POOL_MAX, "the rest were freed");
+        let reused = a.store.pool.last().unwrap().as_ptr();
+        let p = pkt(9, n + 1, 200);
+        a.on_packet_from(T0 + c.store_age, p.0, &p.1, |_| ());
+        assert_eq!(a.store.get(&p.0).unwrap().as_ptr(), reused);
+        assert_eq!(a.store.pool.len(), STORE_POOL_MAX - 1);
+        a.check_invariants();
+        assert!(a.stats().memory_bytes as usize <= c.memory_budget());
+    }
+
+    #[test]
+    fn a_bin_fires_without_its_packets_evicted_early_and_a_fired_bins_buffers_are_not_reused() {
+        let c = LecConfig {
+            store_packets_max: 2,
+            ..config()
+        };
+        let mut a = node(&c, 1, &[1, 2]);
+        let ps: Vec<_> = (1..=5).map(|q| pkt(9, q, 300)).collect();
+        for p in &ps[..4] {
+            a.on_packet_from(T0, p.0, &p.1, |_| ());
+        }
+        assert_eq!(a.stats().store_evicted_early, 2);
+        // Packets 1 and 2 had no other holder: packet 4 was copied into 1's buffer, 2's waits.
+        assert_eq!(a.store.pool.len(), 1);
+        // Packet 5 takes it, and evicts packet 3, which the fired bin still holds.
+        a.on_packet_from(T0, ps[4].0, &ps[4].1, |_| ());
+        assert!(a.store.pool.is_empty());
+        let out = drain(&mut a);
+        assert_eq!(out.len(), 1);
+        let r = LecRepair::parse(&out[0].1).unwrap();
+        let ids: Vec<PacketId> = r.entries().map(|e| e.id).collect();
+        assert_eq!(ids, vec![ps[2].0, ps[3].0]);
+        a.check_invariants();
+    }
+
+    #[test]
     fn the_kept_table_is_bounded_and_overflow_counted() {
         let c = LecConfig {
             kept_max: 3,
@@ -2255,6 +2485,36 @@ mod tests {
         deliver(T0, NodeId(1), &mut b, &xor_repair(2, &qs));
         assert_eq!(b.stats().rebuilt_unreported, 1);
         assert!(b.own_loss > before * 0.9f64.powi(3));
+    }
+
+    #[test]
+    fn a_rebuilt_packet_that_then_arrives_takes_its_loss_back_once() {
+        let c = LecConfig {
+            loss_memory_packets: 10,
+            ..config()
+        };
+        let mut b = node(&c, 2, &[1, 2]);
+        let ps: Vec<_> = (1..=4).map(|q| pkt(9, q, 64)).collect();
+        for i in [0, 1, 3] {
+            b.on_packet(T0, ps[i].0, ps[i].1.clone());
+        }
+        // A heard packet heard again is a plain duplicate.
+        b.on_packet(T0, ps[0].0, ps[0].1.clone());
+        let before = b.own_loss;
+        deliver(T0, NodeId(1), &mut b, &xor_repair(1, &ps));
+        assert_eq!(b.stats().rebuilt_unreported, 1);
+        assert!(b.own_loss > before);
+        b.on_packet_from(T0, ps[2].0, &ps[2].1, |_| ());
+        assert!(
+            (b.own_loss - before).abs() < 1e-12,
+            "{} {before}",
+            b.own_loss
+        );
+        b.on_packet(T0, ps[2].0, ps[2].1.clone());
+        assert!((b.own_loss - before).abs() < 1e-12, "taken back once");
+        let s = b.stats();
+        assert_eq!((s.rebuilt_then_heard, s.duplicates), (1, 3));
+        b.check_invariants();
     }
 
     fn lens() -> impl Strategy<Value = Vec<usize>> {

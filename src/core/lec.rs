@@ -16,15 +16,16 @@
 //! and only waits [`Lec::hold_off`] for a new hole before it requests it (`recv.rs` keeps the
 //! young holes of each stream, `RecvStream::progress` hides them from the ring).
 //!
-//! Cost: with LEC on, every data packet of a region with other members is copied once (its
-//! canonical bytes; the received buffer is shared and cannot be zeroed in place), and senders
+//! Cost: with LEC on, every data packet of a region with other members that the core has not
+//! stored yet is copied once, into a buffer the core recycles (its canonical bytes; the
+//! received buffer is shared and cannot be zeroed in place), and senders
 //! build data datagrams no longer than [`LecConfig::max_canonical_len`] so a full bin fits one
 //! repair datagram.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use qs_recovery::{Lec, LecConfig, LecStats, PacketId};
 use qs_transport::wire::{self, Header, LecRepair, PacketKind, HEADER_LEN};
 use qs_transport::{Instant, NodeId, RegionId, TrafficClass, Transmit};
@@ -80,6 +81,9 @@ pub struct LecCounters {
     pub rebuilt_overtaken: u64,
     /// Rebuilt packets dropped because the parking was full.
     pub parked_full: u64,
+    /// Rebuilt packets whose original then arrived (late, not lost: LEC takes their loss back
+    /// from the estimate its rate of fire follows).
+    pub rebuilt_then_heard: u64,
 }
 
 impl LecCounters {
@@ -95,6 +99,7 @@ impl LecCounters {
         self.digest_mismatch += s.digest_mismatch;
         self.unrepairable += s.unrepairable;
         self.intents_dropped += s.intents_dropped;
+        self.rebuilt_then_heard += s.rebuilt_then_heard;
     }
 }
 
@@ -134,15 +139,13 @@ const DEFERRED_MAX: usize = 1024;
 /// the ring brings them).
 const PARKED_MAX: usize = 256;
 
-/// The canonical bytes of a data datagram (`datagram`: header and body, no seal trailer):
-/// flags, length and checksum zeroed, the fields the path (unicast copy flag) and the seal
-/// write.
-fn canonical(datagram: &[u8]) -> Bytes {
-    let mut c = BytesMut::from(datagram);
+/// Turns a copy of a data datagram (header and body, no seal trailer) into its canonical
+/// bytes in place: flags, length and checksum zeroed, the fields the path (unicast copy flag)
+/// and the seal write.
+fn canonicalize(c: &mut [u8]) {
     c[wire::field::FLAGS] = 0;
     c[wire::field::LENGTH].fill(0);
     c[wire::field::CHECKSUM].fill(0);
-    c.freeze()
 }
 
 impl NodeCore {
@@ -236,7 +239,7 @@ impl NodeCore {
             self.lec.retired.unrepairable += 1;
             return;
         }
-        lec.on_packet(now, id, canonical(datagram));
+        lec.on_packet_from(now, id, datagram, canonicalize);
     }
 
     /// The receive window found `id` missing.
