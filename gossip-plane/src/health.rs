@@ -1,20 +1,22 @@
 //! Health, Astrolabe-style (seed `000_*` §3–4, DESIGN.md §5): every node publishes one
 //! [`NodeHealth`] record (load, receive rate, loss, repairs, backlog, lag) and every node ends up
-//! with a bounded picture of the cluster — some per-node records and one [`Aggregate`] (count,
-//! min, max, sum and the worst node of each metric) per region, rolled up into a cluster
-//! aggregate.
+//! with a bounded picture of the cluster in two levels of Astrolabe's zones — the per-node
+//! records of its own region, and one [`Aggregate`] (count, min, max, sum and the worst node of
+//! each metric) per region, rolled up into a cluster aggregate. A node holds O(region +
+//! regions) rows, not O(N).
 //!
 //! * Records: the owner sets ours with [`Health::set_local`] and our region with
 //!   [`Health::set_region`]; each change bumps our version. A record is replaced by a higher
-//!   version of the same node. At most `records_max` are held: our own, then the members of our
-//!   region, then a fixed per-node pseudo-random sample of the others (evicting the lowest
-//!   ranked; counted).
+//!   version of the same node. Only records of our own region are held (others are refused,
+//!   counted; a member that moves away is dropped), at most `records_max` of them (the lowest
+//!   ranked of a fixed per-node pseudo-random order is evicted; counted).
 //! * Region aggregates (Astrolabe's zone MIBs): each node that has a record computes its own
 //!   region's aggregate from the records of that region it holds, and issues it as
-//!   `(region, aggregator = us, version = held version + 1)` when its view of the region
-//!   changed and the result differs from the held aggregate, or when the held one has
-//!   disagreed with our view for `repair_after` (two members with different views then take
-//!   turns, never faster than that). Replicas keep, per region, the highest
+//!   `(region, aggregator = us, version = held version + 1)`: the region's lowest id we hold
+//!   does so whenever the result differs from the held aggregate (at most every quarter
+//!   `repair_after`), any other member only once the held one has disagreed with its view for
+//!   `(2 + its rank) × repair_after` (taking over from a slow or cut-off aggregator). Replicas
+//!   keep, per region, the highest
 //!   `(version, aggregator)`; at most `regions_max` regions (our own first, then the freshest).
 //! * The cluster aggregate is the roll-up of the held region aggregates
 //!   ([`Health::cluster`]). Sums are `f64` and computed in a fixed order, min/max ties go to the
@@ -26,7 +28,7 @@
 //!   accepted again. [`Health::forget`] (a member down or left) drops a record at once and
 //!   refuses copies born before that.
 //! * Dissemination is rumor mongering plus an anti-entropy walk, pushed to peers drawn with a
-//!   MiCA view that favours our region (`region_weight`): a new version is *hot* for
+//!   MiCA view that favours our region (`region_share` of the draws): a new version is *hot* for
 //!   `hot_sends` pushes. A push carries beats (a third of the budget: the peer's region's
 //!   records and all aggregates, freshest first), our own record, hot aggregates and hot
 //!   records (the peer's region first; news at most half the budget), then the next entries of
@@ -270,11 +272,14 @@ pub struct HealthConfig {
     pub hot_sends: u8,
     /// With nothing new, push every this many rounds.
     pub cold_every: u32,
-    /// Largest payload per push (further bounded by the runtime's budget).
+    /// Largest payload per push while something is new (further bounded by the runtime's
+    /// budget).
     pub payload_max: usize,
-    /// Peer-selection weight of the members of our region relative to the others (MiCA
-    /// view): records mostly matter inside a region, aggregates everywhere.
-    pub region_weight: f64,
+    /// Largest payload of a push with nothing new (ages and the walk only).
+    pub cold_payload_max: usize,
+    /// Share of the peer draws made among the members of our region (MiCA view): records
+    /// matter only inside a region, aggregates everywhere.
+    pub region_share: f64,
 }
 
 impl Default for HealthConfig {
@@ -282,12 +287,13 @@ impl Default for HealthConfig {
         HealthConfig {
             records_max: 256,
             regions_max: 1024,
-            expiry: Duration::from_secs(30),
+            expiry: Duration::from_secs(60),
             repair_after: Duration::from_secs(1),
             hot_sends: 8,
-            cold_every: 5,
-            payload_max: 600,
-            region_weight: 4.0,
+            cold_every: 10,
+            payload_max: 1200,
+            cold_payload_max: 300,
+            region_share: 0.5,
         }
     }
 }
@@ -299,6 +305,8 @@ pub struct HealthStats {
     pub records_merged: u64,
     /// Records refused or evicted because the table was full.
     pub records_overflow: u64,
+    /// Records of other regions refused (or dropped when their node moved away).
+    pub records_other_region: u64,
     /// Records dropped because they expired.
     pub records_expired: u64,
     /// Records refused because they were too old or born before their node was forgotten.
@@ -507,8 +515,10 @@ pub struct Health {
     owed: Owed,
     rec_cursor: Option<NodeId>,
     agg_cursor: Option<Option<RegionId>>,
+    beat_cursor: Option<Option<RegionId>>,
     last_computed: Option<Aggregate>,
     disagree_since: Option<Instant>,
+    last_issued: Option<Instant>,
     rounds: u64,
     stats: HealthStats,
 }
@@ -527,8 +537,10 @@ impl Health {
             forgotten: BTreeMap::new(),
             rec_cursor: None,
             agg_cursor: None,
+            beat_cursor: None,
             last_computed: None,
             disagree_since: None,
+            last_issued: None,
             rounds: 0,
             stats: HealthStats::default(),
         }
@@ -560,6 +572,13 @@ impl Health {
             return;
         }
         self.region = region;
+        // Only our region's records are ours to hold.
+        let me = self.me;
+        let before = self.records.len();
+        self.records
+            .retain(|id, e| *id == me || e.rec.region == region);
+        self.stats.records_other_region += (before - self.records.len()) as u64;
+        self.last_computed = None;
         if let Some(h) = self.records.get(&self.me).map(|e| e.rec.health) {
             self.set_local(now, h);
         }
@@ -629,6 +648,18 @@ impl Health {
         acc
     }
 
+    /// Refreshes the age of every held record whose node `is_live` says is a live member:
+    /// the failure detector vouches for it, so records need no heartbeats of their own and
+    /// expire only when membership no longer knows their node.
+    pub fn vouch(&mut self, now: Instant, is_live: impl Fn(NodeId) -> bool) {
+        let born = born_at(now, 0);
+        for (id, e) in self.records.iter_mut() {
+            if is_live(*id) {
+                e.born = born;
+            }
+        }
+    }
+
     /// Drops the record of a member that is down or left, and refuses copies born before now.
     pub fn forget(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
@@ -675,17 +706,28 @@ impl Health {
         let Some(computed) = self.own_region_aggregate() else {
             return;
         };
-        // Our view changed (not merely a record's version): what we know is news.
-        let dirty = self.last_computed != Some(computed);
         self.last_computed = Some(computed);
+        // One aggregator per region: the lowest id we hold of it (the records are ordered
+        // by id). It re-issues as its view changes, at most every quarter `repair_after`;
+        // the others vouch for what matches their view and take over, in id order, only
+        // once nobody has vouched for the held aggregate for (2 + rank) × `repair_after`
+        // (the aggregator and every member agreeing with it are slow, cut off or gone).
+        // Members issuing on every change of their own partial views made large regions
+        // churn for ever.
+        let rank = self
+            .records
+            .keys()
+            .position(|id| *id == self.me)
+            .unwrap_or(0);
+        let gap = self.config.repair_after / 4;
         let issue = match self.aggs.get(&self.region) {
             None => true,
             Some(h) if h.agg.aggregate != computed => {
-                if dirty {
-                    true
+                self.disagree_since.get_or_insert(now);
+                if rank == 0 {
+                    self.last_issued.is_none_or(|t| now - t >= gap)
                 } else {
-                    let since = *self.disagree_since.get_or_insert(now);
-                    now - since >= self.config.repair_after
+                    older_than(now, h.born, self.config.repair_after * (2 + rank as u32))
                 }
             }
             Some(_) => {
@@ -705,6 +747,7 @@ impl Health {
             return;
         }
         self.disagree_since = None;
+        self.last_issued = Some(now);
         let version = self.aggs.get(&self.region).map_or(0, |h| h.agg.version) + 1;
         let e = AggEntry {
             agg: RegionAggregate {
@@ -790,6 +833,19 @@ impl Health {
             self.stats.records_stale += 1;
             return;
         }
+        if rec.region != self.region {
+            // Another zone: its aggregate tells us what we need; a member that moved away
+            // leaves our table.
+            if self
+                .records
+                .get(&id)
+                .is_some_and(|o| rec.version > o.rec.version)
+            {
+                self.records.remove(&id);
+            }
+            self.stats.records_other_region += 1;
+            return;
+        }
         if let Some(old) = self.records.get_mut(&id) {
             if rec.version == old.rec.version && born > old.born {
                 // A younger copy: the node was alive more recently than we knew.
@@ -823,12 +879,7 @@ impl Health {
                 }
             }
         }
-        // A record new to us but not of our region is a sample: no news for the others.
-        let hot = if rec.region == self.region {
-            self.config.hot_sends
-        } else {
-            0
-        };
+        let hot = self.config.hot_sends;
         self.records.insert(id, RecEntry { rec, born, hot });
         self.stats.records_merged += 1;
     }
@@ -861,43 +912,58 @@ impl Health {
     /// Writes one push within `budget`: hot aggregates, hot records (the peer's region first),
     /// then the round-robin walk.
     fn write_push(&mut self, now: Instant, to: &Peer, budget: usize, out: &mut Vec<u8>) {
-        let budget = budget.min(self.config.payload_max);
+        // A cold push (every `cold_every` rounds) refreshes ages and walks the tables within
+        // `cold_payload_max`; between them a push carries only what is new.
+        let cold = self.rounds % u64::from(self.config.cold_every.max(1)) == 0;
+        let cap = if cold {
+            self.config.cold_payload_max.max(if self.has_hot() {
+                self.config.payload_max
+            } else {
+                0
+            })
+        } else {
+            self.config.payload_max
+        };
+        let budget = budget.min(cap);
         if budget < 2 {
             return;
         }
         self.refresh_own(now);
         let start = out.len();
         let mut used = 4;
-        // Beats first, within a third of the budget: the ages of the records of the peer's
-        // region and of the aggregates, freshest first (10 and 3 or 11 bytes each). They keep
-        // entries alive everywhere without resending them.
-        let their_region = to
-            .id
-            .and_then(|id| self.records.get(&id))
-            .map_or(self.region, |e| e.rec.region);
-        let beat_limit = budget / 3;
-        let mut node_beats: Vec<(i64, NodeId)> = self
-            .records
-            .iter()
-            .filter(|(id, e)| e.rec.region == their_region && Some(**id) != to.id)
-            .map(|(id, e)| (e.born, *id))
-            .collect();
-        node_beats.sort_by(|a, b| b.cmp(a));
-        node_beats.truncate(((beat_limit.saturating_sub(used)) / 10).min(PER_SECTION_MAX));
-        used += 10 * node_beats.len();
-        let mut region_beats: Vec<(i64, Option<RegionId>)> =
-            self.aggs.iter().map(|(r, e)| (e.born, *r)).collect();
-        region_beats.sort_by(|a, b| b.cmp(a));
-        let mut keep = 0;
-        for (_, r) in &region_beats {
-            let len = region_len(*r) + 2;
-            if used + len > beat_limit || keep >= PER_SECTION_MAX {
-                break;
+        // Records travel only between members of a region (we hold the peer's record, so it
+        // is one of ours); our own record rides every push, which is how members find each
+        // other. Aggregates go everywhere.
+        let same = to.id.is_some_and(|id| self.records.contains_key(&id));
+        let their_region = self.region;
+        // Beats first (cold pushes), within a third of the budget: the ages of the aggregates,
+        // round-robin (3 or 11 bytes each), keeping them alive everywhere without resending
+        // them. Records need no beats: their members' liveness refreshes them
+        // ([`Health::vouch`]).
+        let beat_limit = if cold { budget / 3 } else { 0 };
+        let node_beats: Vec<(i64, NodeId)> = Vec::new();
+        let mut region_beats: Vec<(i64, Option<RegionId>)> = Vec::new();
+        if cold && !self.aggs.is_empty() {
+            let from = self.beat_cursor;
+            let order: Vec<(Option<RegionId>, i64)> = match from {
+                Some(c) => self
+                    .aggs
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .chain(self.aggs.range(..=c))
+                    .map(|(r, e)| (*r, e.born))
+                    .collect(),
+                None => self.aggs.iter().map(|(r, e)| (*r, e.born)).collect(),
+            };
+            for (r, born) in order {
+                let len = region_len(r) + 2;
+                if used + len > beat_limit || region_beats.len() >= PER_SECTION_MAX {
+                    break;
+                }
+                used += len;
+                region_beats.push((born, r));
+                self.beat_cursor = Some(r);
             }
-            used += len;
-            keep += 1;
         }
-        region_beats.truncate(keep);
         if used > budget {
             return;
         }
@@ -931,7 +997,7 @@ impl Health {
         let mut hot: Vec<(u8, u8, i64, NodeId)> = self
             .records
             .iter()
-            .filter(|(id, e)| e.hot > 0 || **id == self.me)
+            .filter(|(id, e)| (same && e.hot > 0) || **id == self.me)
             .map(|(id, e)| {
                 // Our own record rides every push: it tells the peer we are alive.
                 let tier = if *id == self.me {
@@ -988,10 +1054,12 @@ impl Health {
             last
         };
         let half = used + (budget - used) / 2;
-        if let Some(last) = cold_aggs(self, &mut used, half, &mut aggs) {
-            self.agg_cursor = Some(last);
+        if cold {
+            if let Some(last) = cold_aggs(self, &mut used, half, &mut aggs) {
+                self.agg_cursor = Some(last);
+            }
         }
-        {
+        if cold && same {
             // The walk visits the peer's region first.
             let mut order: Vec<NodeId> = match self.rec_cursor {
                 Some(c) => self
@@ -1016,8 +1084,10 @@ impl Health {
                 self.rec_cursor = Some(id);
             }
         }
-        if let Some(last) = cold_aggs(self, &mut used, budget, &mut aggs) {
-            self.agg_cursor = Some(last);
+        if cold {
+            if let Some(last) = cold_aggs(self, &mut used, budget, &mut aggs) {
+                self.agg_cursor = Some(last);
+            }
         }
         if aggs.is_empty() && recs.is_empty() && node_beats.is_empty() && region_beats.is_empty() {
             return;
@@ -1061,7 +1131,7 @@ impl GossipObject for Health {
     fn name(&self) -> &'static str {
         "health"
     }
-    fn view(&self, peers: &[Peer]) -> PeerView {
+    fn view(&self) -> PeerView {
         if self.records.is_empty() && self.aggs.is_empty() {
             return PeerView::Nobody;
         }
@@ -1069,25 +1139,19 @@ impl GossipObject for Health {
         if !cold && !self.has_hot() {
             return PeerView::Nobody;
         }
-        let w = self.config.region_weight;
-        if !self.records.contains_key(&self.me) || !w.is_finite() || w <= 0.0 || w == 1.0 {
+        let share = self.config.region_share;
+        if !self.records.contains_key(&self.me) || !share.is_finite() || share <= 0.0 {
             return PeerView::Uniform;
         }
-        PeerView::Weighted(
-            peers
-                .iter()
-                .map(|p| {
-                    let same =
-                        p.id.and_then(|id| self.records.get(&id))
-                            .is_some_and(|e| e.rec.region == self.region);
-                    if same {
-                        w
-                    } else {
-                        1.0
-                    }
-                })
+        PeerView::Favour {
+            ids: self
+                .records
+                .keys()
+                .copied()
+                .filter(|id| *id != self.me)
                 .collect(),
-        )
+            share: share.min(1.0),
+        }
     }
     fn on_round(&mut self, now: Instant, _out: &mut Outbox<'_>) {
         self.rounds += 1;
@@ -1097,8 +1161,11 @@ impl GossipObject for Health {
     }
     fn gossip_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
         if self.owed.add(peer.addr) {
-            out.send_to(peer.addr);
+            out.initiate(peer);
         }
+    }
+    fn forget_peer(&mut self, addr: std::net::SocketAddr) {
+        self.owed.take(addr);
     }
     fn write(
         &mut self,
@@ -1173,7 +1240,7 @@ impl GossipObject for Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::Intents;
+    use crate::peers::Peers;
     use std::net::SocketAddr;
 
     fn h(v: f32) -> NodeHealth {
@@ -1195,9 +1262,9 @@ mod tests {
     }
 
     fn push(from: &mut Health, to: &mut Health, now: Instant, budget: usize) -> usize {
-        let mut intents = Intents::new(8);
+        let mut peers = Peers::scratch(now);
         let p = peer(to.me.0);
-        from.gossip_with(now, &p, &mut intents.outbox(0));
+        from.gossip_with(now, &p, &mut Outbox::new(&mut peers, 0, now));
         let mut out = Vec::new();
         from.write(now, &p, Priority::Bulk, budget, &mut out);
         assert!(out.len() <= budget);
@@ -1207,7 +1274,7 @@ mod tests {
                 &peer(from.me.0),
                 Priority::Bulk,
                 &out,
-                &mut intents.outbox(0),
+                &mut Outbox::new(&mut peers, 0, now),
             )
             .unwrap();
         }
@@ -1228,6 +1295,10 @@ mod tests {
         assert_eq!(all.metric(Metric::Lag).worst, NodeId(1));
     }
 
+    fn cfg_gap() -> Duration {
+        HealthConfig::default().repair_after / 4
+    }
+
     #[test]
     fn two_members_of_a_region_agree_and_an_outsider_learns_both_aggregates() {
         let now = Instant(1_000_000_000);
@@ -1242,11 +1313,28 @@ mod tests {
         b.set_local(now, h(2.0));
         c.set_local(now, h(7.0));
         push(&mut a, &mut b, now, 1000);
-        push(&mut b, &mut c, now, 1000);
-        push(&mut c, &mut a, now, 1000);
+        // b is not its region's aggregator (a has the lower id): it waits for a, who
+        // re-issues once it learns b's record.
+        assert_eq!(
+            b.region_aggregate(Some(RegionId(5)))
+                .unwrap()
+                .aggregate
+                .count,
+            1
+        );
+        // (An aggregator re-issues at most every quarter `repair_after`.)
+        let later = now + cfg_gap();
+        push(&mut b, &mut a, later, 1000);
+        push(&mut a, &mut b, later, 1000);
+        push(&mut b, &mut c, later, 1000);
+        push(&mut c, &mut a, later, 1000);
         let agg = b.region_aggregate(Some(RegionId(5))).unwrap();
         assert_eq!(agg.aggregate.count, 2);
-        assert_eq!(agg.aggregator, NodeId(2));
+        assert_eq!(agg.aggregator, NodeId(1));
+        assert!(
+            c.records().all(|(id, _)| id == NodeId(3)),
+            "records stay in their region"
+        );
         let cluster = a.cluster().unwrap();
         assert_eq!(cluster.count, 3);
         assert_eq!(cluster.metric(Metric::Load).worst, NodeId(3));
@@ -1257,7 +1345,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_keeps_its_own_region_and_every_push_fits_its_budget() {
+    fn a_node_holds_only_records_of_its_own_region_within_the_cap_and_pushes_fit_their_budget() {
         let now = Instant(1_000_000_000);
         let cfg = HealthConfig {
             records_max: 5,
@@ -1279,7 +1367,12 @@ mod tests {
             .records()
             .filter(|(_, r)| r.region == Some(RegionId(1)))
             .count();
-        assert_eq!(own, 5, "members of our region outrank the others");
+        assert_eq!(own, 5, "only members of our region are held");
+        assert!(me.stats().records_other_region > 0);
+        assert!(
+            me.stats().records_overflow > 0,
+            "the cap was reached and counted"
+        );
         me.check_invariants();
     }
 
@@ -1299,8 +1392,8 @@ mod tests {
         push(&mut c, &mut b, t0 + Duration::from_secs(2), 1000);
         assert!(b.record(NodeId(1)).is_none(), "an old copy came back");
         let late = t0 + cfg.expiry + Duration::from_secs(1);
-        let mut intents = Intents::new(8);
-        c.on_round(late, &mut intents.outbox(0));
+        let mut peers = Peers::scratch(late);
+        c.on_round(late, &mut Outbox::new(&mut peers, 0, late));
         assert!(c.record(NodeId(1)).is_none());
         assert_eq!(c.stats().records_expired, 1);
     }

@@ -52,6 +52,7 @@ pub mod health;
 pub mod membership;
 pub mod node;
 pub mod object;
+pub mod peers;
 pub mod reachability;
 pub mod subscriptions;
 pub mod sync;
@@ -62,10 +63,12 @@ pub use health::{
     RegionAggregate,
 };
 pub use membership::{
-    Member, Membership, MembershipConfig, MembershipEvent, MembershipStats, Status,
+    incarnation_newer, Member, Membership, MembershipConfig, MembershipEvent, MembershipStats,
+    Status,
 };
 pub use node::{AddObjectError, GossipConfig, GossipEvent, GossipNode, NodeStats, ObjectStats};
 pub use object::{GossipObject, Outbox, Peer, PeerView};
+pub use peers::{PeersConfig, PeersStats};
 pub use reachability::{
     Reachability, ReachabilityConfig, ReachabilityEvent, ReachabilityReport, ReachabilityStats,
 };
