@@ -311,6 +311,8 @@ pub struct HealthStats {
     pub records_expired: u64,
     /// Records refused because they were too old or born before their node was forgotten.
     pub records_stale: u64,
+    /// Region members we were told of but could not keep (`4 × records_max` held).
+    pub mates_overflow: u64,
     /// Region aggregates accepted.
     pub aggregates_merged: u64,
     /// Region aggregates we issued.
@@ -321,6 +323,12 @@ pub struct HealthStats {
     pub aggregates_expired: u64,
     /// Records and aggregates sent.
     pub entries_sent: u64,
+    /// Pushes written.
+    pub pushes: u64,
+    /// Of those, pushes on a cold round (ages and the walk).
+    pub cold_pushes: u64,
+    /// Repair answers sent (listings, and records a mate's listing lacked).
+    pub repairs_sent: u64,
     /// Payloads that would have exceeded the budget (a bug if not zero).
     pub budget_exceeded: u64,
     /// Peers dropped because too many pushes were pending.
@@ -414,13 +422,39 @@ fn encode_aggregate(e: &AggEntry, now: Instant, out: &mut Vec<u8>) {
     }
 }
 
-/// Decoded payload: aggregates, records, node beats, region beats (ages in ms).
+/// Decoded payload: aggregates, records, node beats, region beats (ages in ms), repair.
 type Decoded = (
     Vec<(RegionAggregate, u32)>,
     Vec<(NodeId, HealthRecord, u32)>,
     Vec<(NodeId, u32)>,
     Vec<(Option<RegionId>, u32)>,
+    Repair,
 );
+
+/// The region-records repair part of a payload: the sender's digest of its region's
+/// records, and/or its listing of them (sorted by id; `complete` if nothing was left out).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Repair {
+    digest: Option<(u32, u16)>,
+    listing: Option<(Vec<(NodeId, u64)>, bool)>,
+    agg_digest: Option<(u32, u16)>,
+    agg_listing: Option<(Vec<AggKey>, bool)>,
+}
+
+/// What identifies a held aggregate's version: region, version, aggregator.
+type AggKey = (Option<RegionId>, u64, NodeId);
+
+const REPAIR_DIGEST: u8 = 1;
+const REPAIR_LISTING: u8 = 2;
+const REPAIR_COMPLETE: u8 = 4;
+const REPAIR_AGG_DIGEST: u8 = 8;
+const REPAIR_AGG_LISTING: u8 = 16;
+const REPAIR_AGG_COMPLETE: u8 = 32;
+const REPAIR_FLAGS: u8 = 63;
+/// Records owed to a peer after its listing, at most.
+const OWED_RECORDS_MAX: usize = 64;
+/// Peers owed records or a listing, at most.
+const REPAIR_PEERS_MAX: usize = 64;
 
 /// A beat's age: tenths of a second, rounded up so that relaying never makes news younger.
 fn beat_age(now: Instant, born: i64) -> u16 {
@@ -496,10 +530,45 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
         let region = read_region(&mut r)?;
         region_beats.push((region, u32::from(r.u16()?) * 100));
     }
+    let mut repair = Repair::default();
+    if !r.is_empty() {
+        let flags = r.u8()?;
+        if flags & !REPAIR_FLAGS != 0 {
+            return Err(WireError::Malformed);
+        }
+        if flags & REPAIR_DIGEST != 0 {
+            repair.digest = Some((r.u32()?, r.u16()?));
+        }
+        if flags & REPAIR_LISTING != 0 {
+            let n = usize::from(r.u8()?);
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push((NodeId(r.u64()?), r.u64()?));
+            }
+            if list.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(WireError::Malformed);
+            }
+            repair.listing = Some((list, flags & REPAIR_COMPLETE != 0));
+        }
+        if flags & REPAIR_AGG_DIGEST != 0 {
+            repair.agg_digest = Some((r.u32()?, r.u16()?));
+        }
+        if flags & REPAIR_AGG_LISTING != 0 {
+            let n = usize::from(r.u8()?);
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push((read_region(&mut r)?, r.u64()?, NodeId(r.u64()?)));
+            }
+            if list.windows(2).any(|w| w[0].0 >= w[1].0) {
+                return Err(WireError::Malformed);
+            }
+            repair.agg_listing = Some((list, flags & REPAIR_AGG_COMPLETE != 0));
+        }
+    }
     if !r.is_empty() {
         return Err(WireError::Malformed);
     }
-    Ok((aggs, recs, node_beats, region_beats))
+    Ok((aggs, recs, node_beats, region_beats, repair))
 }
 
 /// The health object. See the module documentation.
@@ -512,11 +581,24 @@ pub struct Health {
     records: BTreeMap<NodeId, RecEntry>,
     aggs: BTreeMap<Option<RegionId>, AggEntry>,
     forgotten: BTreeMap<NodeId, i64>,
+    /// Members of our region we were told of ([`Health::set_mate`]).
+    mates: std::collections::BTreeSet<NodeId>,
+    /// Our record changed: push it to the aggregator first.
+    tell_aggregator: bool,
     owed: Owed,
+    /// Mates whose digest differed from ours: they are owed our listing.
+    listing_owed: Owed,
+    /// Records a mate's listing lacked (or held older), owed to it.
+    records_owed: BTreeMap<std::net::SocketAddr, Vec<NodeId>>,
+    /// Peers whose aggregate digest differed from ours: they are owed our listing of them.
+    agg_listing_owed: Owed,
+    /// Aggregates a peer's listing lacked (or held older), owed to it.
+    aggs_owed: BTreeMap<std::net::SocketAddr, Vec<Option<RegionId>>>,
     rec_cursor: Option<NodeId>,
     agg_cursor: Option<Option<RegionId>>,
     beat_cursor: Option<Option<RegionId>>,
-    last_computed: Option<Aggregate>,
+    /// Our view of our region (its aggregate and our rank in it), until the records change.
+    view: Option<(Aggregate, usize)>,
     disagree_since: Option<Instant>,
     last_issued: Option<Instant>,
     rounds: u64,
@@ -535,10 +617,16 @@ impl Health {
             records: BTreeMap::new(),
             aggs: BTreeMap::new(),
             forgotten: BTreeMap::new(),
+            mates: std::collections::BTreeSet::new(),
+            tell_aggregator: false,
+            listing_owed: Owed::new(REPAIR_PEERS_MAX),
+            records_owed: BTreeMap::new(),
+            agg_listing_owed: Owed::new(REPAIR_PEERS_MAX),
+            aggs_owed: BTreeMap::new(),
             rec_cursor: None,
             agg_cursor: None,
             beat_cursor: None,
-            last_computed: None,
+            view: None,
             disagree_since: None,
             last_issued: None,
             rounds: 0,
@@ -563,7 +651,22 @@ impl Health {
             hot: self.config.hot_sends,
         };
         self.records.insert(self.me, e);
+        self.view = None;
+        // Our next push goes to our region's aggregator, which re-issues the aggregate: a
+        // change reaches the cluster in one hop plus the aggregate's spread.
+        self.tell_aggregator = self.aggregator().is_some_and(|a| a != self.me);
         self.settle(now);
+    }
+
+    /// Our region's aggregator as we know it: the lowest id among its members we hold or
+    /// were told of.
+    fn aggregator(&self) -> Option<NodeId> {
+        let held = self.records.keys().next().copied();
+        let told = self.mates.iter().next().copied();
+        match (held, told) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sets our region (from our subscription signature, see `qs_regions::Signature::region`).
@@ -578,7 +681,7 @@ impl Health {
         self.records
             .retain(|id, e| *id == me || e.rec.region == region);
         self.stats.records_other_region += (before - self.records.len()) as u64;
-        self.last_computed = None;
+        self.view = None;
         if let Some(h) = self.records.get(&self.me).map(|e| e.rec.health) {
             self.set_local(now, h);
         }
@@ -660,12 +763,38 @@ impl Health {
         }
     }
 
+    /// Tells us whether `id` is a member of our region (the owner knows it from the
+    /// subscription records: one region per signature), so that records reach region
+    /// members before we hold theirs. At most `4 × records_max` are kept (counted). Once any
+    /// mate is known, our own record goes only to mates: the hint must agree with
+    /// [`Health::set_region`] (the gossip node derives both from the signature).
+    pub fn set_mate(&mut self, id: NodeId, mate: bool) {
+        if id == self.me {
+            return;
+        }
+        if !mate {
+            self.mates.remove(&id);
+        } else if self.mates.len() < 4 * self.config.records_max.max(1) {
+            self.mates.insert(id);
+        } else {
+            self.stats.mates_overflow += 1;
+        }
+    }
+
+    /// Forgets every region member we were told of (our region changed).
+    pub fn clear_mates(&mut self) {
+        self.mates.clear();
+    }
+
     /// Drops the record of a member that is down or left, and refuses copies born before now.
     pub fn forget(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
         }
-        self.records.remove(&id);
+        self.mates.remove(&id);
+        if self.records.remove(&id).is_some() {
+            self.view = None;
+        }
         if self.forgotten.len() < FORGOTTEN_MAX || self.forgotten.contains_key(&id) {
             self.forgotten.insert(id, born_at(now, 0));
         }
@@ -703,10 +832,21 @@ impl Health {
         if !self.records.contains_key(&self.me) {
             return;
         }
-        let Some(computed) = self.own_region_aggregate() else {
-            return;
+        let (computed, rank) = match self.view {
+            Some(v) => v,
+            None => {
+                let Some(a) = self.own_region_aggregate() else {
+                    return;
+                };
+                let rank = self
+                    .records
+                    .keys()
+                    .position(|id| *id == self.me)
+                    .unwrap_or(0);
+                self.view = Some((a, rank));
+                (a, rank)
+            }
         };
-        self.last_computed = Some(computed);
         // One aggregator per region: the lowest id we hold of it (the records are ordered
         // by id). It re-issues as its view changes, at most every quarter `repair_after`;
         // the others vouch for what matches their view and take over, in id order, only
@@ -714,11 +854,6 @@ impl Health {
         // (the aggregator and every member agreeing with it are slow, cut off or gone).
         // Members issuing on every change of their own partial views made large regions
         // churn for ever.
-        let rank = self
-            .records
-            .keys()
-            .position(|id| *id == self.me)
-            .unwrap_or(0);
         let gap = self.config.repair_after / 4;
         let issue = match self.aggs.get(&self.region) {
             None => true,
@@ -842,6 +977,7 @@ impl Health {
                 .is_some_and(|o| rec.version > o.rec.version)
             {
                 self.records.remove(&id);
+                self.view = None;
             }
             self.stats.records_other_region += 1;
             return;
@@ -860,6 +996,7 @@ impl Health {
                 hot: self.config.hot_sends,
             };
             self.stats.records_merged += 1;
+            self.view = None;
             return;
         }
         if self.records.len() >= self.config.records_max {
@@ -882,6 +1019,7 @@ impl Health {
         let hot = self.config.hot_sends;
         self.records.insert(id, RecEntry { rec, born, hot });
         self.stats.records_merged += 1;
+        self.view = None;
     }
 
     fn expire(&mut self, now: Instant) {
@@ -890,6 +1028,9 @@ impl Health {
         let before = self.records.len();
         self.records
             .retain(|id, e| *id == me || !older_than(now, e.born, expiry));
+        if self.records.len() != before {
+            self.view = None;
+        }
         self.stats.records_expired += (before - self.records.len()) as u64;
         let before = self.aggs.len();
         self.aggs.retain(|_, e| !older_than(now, e.born, expiry));
@@ -903,6 +1044,161 @@ impl Health {
         if let Some(e) = self.records.get_mut(&self.me) {
             e.born = born_at(now, 0);
         }
+    }
+
+    /// XOR of the fingerprints of our region's records (id and version) and their count.
+    fn region_digest(&self) -> (u32, u16) {
+        let mut h = 0u32;
+        for (id, e) in &self.records {
+            h ^= crate::sync::fingerprint(*id, &[e.rec.version]);
+        }
+        (h, u16::try_from(self.records.len()).unwrap_or(u16::MAX))
+    }
+
+    /// XOR of the fingerprints of the held aggregates (region, version, aggregator) and
+    /// their count.
+    fn aggregate_digest(&self) -> (u32, u16) {
+        let mut h = 0u32;
+        for (r, e) in &self.aggs {
+            let region = r.map_or(u64::MAX, |r| r.0);
+            h ^= crate::sync::fingerprint(e.agg.aggregator, &[region, e.agg.version]);
+        }
+        (h, u16::try_from(self.aggs.len()).unwrap_or(u16::MAX))
+    }
+
+    fn is_mate(&self, id: Option<NodeId>) -> bool {
+        id.is_some_and(|id| self.records.contains_key(&id) || self.mates.contains(&id))
+    }
+
+    /// Writes a repair answer: what a listing lacked (records to a mate, aggregates to
+    /// anyone) and/or our own listings.
+    #[allow(clippy::too_many_arguments)]
+    fn write_repair(
+        &mut self,
+        now: Instant,
+        to: &Peer,
+        budget: usize,
+        listing: bool,
+        owed: Vec<NodeId>,
+        agg_listing: bool,
+        owed_aggs: Vec<Option<RegionId>>,
+        out: &mut Vec<u8>,
+    ) {
+        let budget = budget.min(self.config.payload_max);
+        // Counts (4), the repair flags (1), the listings' counts (2).
+        let mut used = 7;
+        let mut aggs = Vec::new();
+        let mut aggs_left = Vec::new();
+        for r in owed_aggs {
+            match self.aggs.get(&r) {
+                Some(e)
+                    if used + aggregate_len(&e.agg) <= budget && aggs.len() < PER_SECTION_MAX =>
+                {
+                    used += aggregate_len(&e.agg);
+                    aggs.push(r);
+                }
+                Some(_) => aggs_left.push(r),
+                None => {}
+            }
+        }
+        if !aggs_left.is_empty() {
+            self.aggs_owed.insert(to.addr, aggs_left);
+        }
+        let mut recs = Vec::new();
+        let mut left = Vec::new();
+        for id in owed {
+            match self.records.get(&id) {
+                Some(e) if used + record_len(&e.rec) <= budget && recs.len() < PER_SECTION_MAX => {
+                    used += record_len(&e.rec);
+                    recs.push(id);
+                }
+                Some(_) => left.push(id),
+                None => {}
+            }
+        }
+        let mut list: Vec<(NodeId, u64)> = Vec::new();
+        let mut complete = true;
+        if listing {
+            for (id, e) in &self.records {
+                if used + 16 > budget || list.len() >= PER_SECTION_MAX {
+                    complete = false;
+                    break;
+                }
+                used += 16;
+                list.push((*id, e.rec.version));
+            }
+        }
+        if !left.is_empty() {
+            self.records_owed.insert(to.addr, left);
+        }
+        let mut alist: Vec<AggKey> = Vec::new();
+        let mut acomplete = true;
+        if agg_listing {
+            for (r, e) in &self.aggs {
+                let len = region_len(*r) + 16;
+                if used + len > budget || alist.len() >= PER_SECTION_MAX {
+                    acomplete = false;
+                    break;
+                }
+                used += len;
+                alist.push((*r, e.agg.version, e.agg.aggregator));
+            }
+        }
+        if recs.is_empty() && !listing && aggs.is_empty() && !agg_listing {
+            return;
+        }
+        out.push(aggs.len() as u8);
+        for r in &aggs {
+            if let Some(e) = self.aggs.get(r) {
+                encode_aggregate(e, now, out);
+            }
+        }
+        out.push(recs.len() as u8);
+        for id in &recs {
+            if let Some(e) = self.records.get(id) {
+                encode_record(*id, e, now, out);
+            }
+        }
+        out.push(0);
+        out.push(0);
+        let mut flags = 0;
+        if listing {
+            flags |= REPAIR_LISTING | if complete { REPAIR_COMPLETE } else { 0 };
+        }
+        if agg_listing {
+            flags |= REPAIR_AGG_LISTING | if acomplete { REPAIR_AGG_COMPLETE } else { 0 };
+        }
+        out.push(flags);
+        if listing {
+            out.push(list.len() as u8);
+            for (id, v) in &list {
+                out.extend_from_slice(&id.0.to_be_bytes());
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        if agg_listing {
+            out.push(alist.len() as u8);
+            for (r, v, a) in &alist {
+                put_region(out, *r);
+                out.extend_from_slice(&v.to_be_bytes());
+                out.extend_from_slice(&a.0.to_be_bytes());
+            }
+        }
+        self.stats.repairs_sent += 1;
+        self.stats.entries_sent += (recs.len() + aggs.len()) as u64;
+    }
+
+    /// Rounds seen.
+    pub fn rounds_seen(&self) -> u64 {
+        self.rounds
+    }
+
+    /// Entries still owed pushes as news: (records, aggregates).
+    pub fn news(&self) -> (usize, usize) {
+        (
+            self.records.values().filter(|e| e.hot > 0).count(),
+            self.aggs.values().filter(|e| e.hot > 0).count(),
+        )
     }
 
     fn has_hot(&self) -> bool {
@@ -924,7 +1220,9 @@ impl Health {
         } else {
             self.config.payload_max
         };
-        let budget = budget.min(cap);
+        // The repair part at the end: flags, our aggregate digest and, to a mate, our region
+        // digest.
+        let budget = budget.min(cap).saturating_sub(13);
         if budget < 2 {
             return;
         }
@@ -934,7 +1232,9 @@ impl Health {
         // Records travel only between members of a region (we hold the peer's record, so it
         // is one of ours); our own record rides every push, which is how members find each
         // other. Aggregates go everywhere.
-        let same = to.id.is_some_and(|id| self.records.contains_key(&id));
+        let same = to
+            .id
+            .is_some_and(|id| self.records.contains_key(&id) || self.mates.contains(&id));
         let their_region = self.region;
         // Beats first (cold pushes), within a third of the budget: the ages of the aggregates,
         // round-robin (3 or 11 bytes each), keeping them alive everywhere without resending
@@ -997,7 +1297,9 @@ impl Health {
         let mut hot: Vec<(u8, u8, i64, NodeId)> = self
             .records
             .iter()
-            .filter(|(id, e)| (same && e.hot > 0) || **id == self.me)
+            .filter(|(id, e)| {
+                (same && e.hot > 0) || (**id == self.me && (same || self.mates.is_empty()))
+            })
             .map(|(id, e)| {
                 // Our own record rides every push: it tells the peer we are alive.
                 let tier = if *id == self.me {
@@ -1116,8 +1418,23 @@ impl Health {
             put_region(out, *r);
             out.extend_from_slice(&beat_age(now, *born).to_be_bytes());
         }
+        // A peer whose aggregates (a mate whose records) differ answers with a listing (see
+        // `handle`): the repair that makes the tails converge without walking everything.
+        out.push(REPAIR_AGG_DIGEST | if same { REPAIR_DIGEST } else { 0 });
+        if same {
+            let (h, c) = self.region_digest();
+            out.extend_from_slice(&h.to_be_bytes());
+            out.extend_from_slice(&c.to_be_bytes());
+        }
+        let (h, c) = self.aggregate_digest();
+        out.extend_from_slice(&h.to_be_bytes());
+        out.extend_from_slice(&c.to_be_bytes());
         self.stats.entries_sent += (aggs.len() + recs.len()) as u64;
-        if out.len() - start > budget {
+        self.stats.pushes += 1;
+        if cold {
+            self.stats.cold_pushes += 1;
+        }
+        if out.len() - start > budget + 13 {
             self.stats.budget_exceeded += 1;
             out.truncate(start);
         }
@@ -1140,22 +1457,43 @@ impl GossipObject for Health {
             return PeerView::Nobody;
         }
         let share = self.config.region_share;
+        if self.tell_aggregator {
+            if let Some(a) = self.aggregator().filter(|a| *a != self.me) {
+                return PeerView::Favour {
+                    ids: vec![a],
+                    share: 1.0,
+                };
+            }
+        }
         if !self.records.contains_key(&self.me) || !share.is_finite() || share <= 0.0 {
             return PeerView::Uniform;
         }
+        // A rotating window of at most 16 members: over rounds every member is favoured
+        // alike, and a round costs O(16), not O(region).
+        let (ids, n): (Box<dyn Iterator<Item = &NodeId> + '_>, usize) = if self.mates.is_empty() {
+            (Box::new(self.records.keys()), self.records.len())
+        } else {
+            (Box::new(self.mates.iter()), self.mates.len())
+        };
+        let skip = (self.rounds as usize).wrapping_mul(16) % n.max(1);
+        let ids: Vec<NodeId> = ids
+            .skip(skip)
+            .take(16)
+            .copied()
+            .filter(|id| *id != self.me)
+            .collect();
         PeerView::Favour {
-            ids: self
-                .records
-                .keys()
-                .copied()
-                .filter(|id| *id != self.me)
-                .collect(),
+            ids,
             share: share.min(1.0),
         }
     }
     fn on_round(&mut self, now: Instant, _out: &mut Outbox<'_>) {
         self.rounds += 1;
-        self.expire(now);
+        // Expiry is measured in tens of seconds: walking the tables every cold round is
+        // plenty.
+        if self.rounds % u64::from(self.config.cold_every.max(1)) == 1 {
+            self.expire(now);
+        }
         self.refresh_own(now);
         self.settle(now);
     }
@@ -1166,6 +1504,10 @@ impl GossipObject for Health {
     }
     fn forget_peer(&mut self, addr: std::net::SocketAddr) {
         self.owed.take(addr);
+        self.listing_owed.take(addr);
+        self.records_owed.remove(&addr);
+        self.agg_listing_owed.take(addr);
+        self.aggs_owed.remove(&addr);
     }
     fn write(
         &mut self,
@@ -1175,22 +1517,42 @@ impl GossipObject for Health {
         budget: usize,
         out: &mut Vec<u8>,
     ) {
-        if priority == Priority::Bulk && self.owed.take(to.addr) {
-            self.write_push(now, to, budget, out);
+        if priority != Priority::Bulk {
+            return;
         }
+        if self.owed.take(to.addr) {
+            if to.id.is_some() && to.id == self.aggregator() {
+                self.tell_aggregator = false;
+            }
+            self.write_push(now, to, budget, out);
+            return;
+        }
+        let listing = self.listing_owed.take(to.addr);
+        let owed = self.records_owed.remove(&to.addr).unwrap_or_default();
+        let agg_listing = self.agg_listing_owed.take(to.addr);
+        let owed_aggs = self.aggs_owed.remove(&to.addr).unwrap_or_default();
+        if listing || !owed.is_empty() || agg_listing || !owed_aggs.is_empty() {
+            self.write_repair(now, to, budget, listing, owed, agg_listing, owed_aggs, out);
+        }
+    }
+    fn has_more(&self, to: &Peer) -> bool {
+        self.listing_owed.contains(to.addr)
+            || self.records_owed.contains_key(&to.addr)
+            || self.agg_listing_owed.contains(to.addr)
+            || self.aggs_owed.contains_key(&to.addr)
     }
     fn handle(
         &mut self,
         now: Instant,
-        _from: &Peer,
+        from: &Peer,
         priority: Priority,
         payload: &[u8],
-        _out: &mut Outbox<'_>,
+        out: &mut Outbox<'_>,
     ) -> Result<(), WireError> {
         if priority != Priority::Bulk {
             return Err(WireError::Malformed);
         }
-        let (aggs, recs, node_beats, region_beats) = decode(payload)?;
+        let (aggs, recs, node_beats, region_beats, repair) = decode(payload)?;
         for (id, age) in node_beats {
             let born = born_at(now, age);
             if let Some(e) = self.records.get_mut(&id) {
@@ -1209,6 +1571,58 @@ impl GossipObject for Health {
         for (agg, age) in aggs {
             self.merge_aggregate(now, agg, age);
         }
+        if let Some(d) = repair.agg_digest {
+            if d != self.aggregate_digest() && self.agg_listing_owed.add(from.addr) {
+                out.send_to(from.addr);
+            }
+        }
+        if let Some((list, complete)) = repair.agg_listing {
+            let last = list.last().map(|x| x.0);
+            let owed: Vec<Option<RegionId>> = self
+                .aggs
+                .iter()
+                .filter(|(r, _)| complete || Some(**r) <= last)
+                .filter(|(r, e)| match list.binary_search_by_key(*r, |x| x.0) {
+                    Ok(i) => (e.agg.version, e.agg.aggregator) > (list[i].1, list[i].2),
+                    Err(_) => true,
+                })
+                .map(|(r, _)| *r)
+                .take(OWED_RECORDS_MAX)
+                .collect();
+            let room =
+                self.aggs_owed.contains_key(&from.addr) || self.aggs_owed.len() < REPAIR_PEERS_MAX;
+            if !owed.is_empty() && room {
+                self.aggs_owed.insert(from.addr, owed);
+                out.send_to(from.addr);
+            }
+        }
+        if self.is_mate(from.id) {
+            if let Some(d) = repair.digest {
+                if d != self.region_digest() && self.listing_owed.add(from.addr) {
+                    out.send_to(from.addr);
+                }
+            }
+            if let Some((list, complete)) = repair.listing {
+                let last = list.last().map(|x| x.0);
+                let owed: Vec<NodeId> = self
+                    .records
+                    .iter()
+                    .filter(|(id, _)| Some(**id) != from.id && (complete || Some(**id) <= last))
+                    .filter(|(id, e)| match list.binary_search_by_key(*id, |x| x.0) {
+                        Ok(i) => e.rec.version > list[i].1,
+                        Err(_) => true,
+                    })
+                    .map(|(id, _)| *id)
+                    .take(OWED_RECORDS_MAX)
+                    .collect();
+                let room = self.records_owed.contains_key(&from.addr)
+                    || self.records_owed.len() < REPAIR_PEERS_MAX;
+                if !owed.is_empty() && room {
+                    self.records_owed.insert(from.addr, owed);
+                    out.send_to(from.addr);
+                }
+            }
+        }
         self.settle(now);
         Ok(())
     }
@@ -1216,6 +1630,14 @@ impl GossipObject for Health {
         assert!(self.records.len() <= self.config.records_max.max(1));
         assert!(self.aggs.len() <= self.config.regions_max.max(1));
         assert!(self.forgotten.len() <= FORGOTTEN_MAX);
+        assert!(self.mates.len() <= 4 * self.config.records_max.max(1));
+        assert!(self.records_owed.len() <= REPAIR_PEERS_MAX);
+        assert!(self
+            .records_owed
+            .values()
+            .all(|v| v.len() <= OWED_RECORDS_MAX));
+        assert!(self.aggs_owed.len() <= REPAIR_PEERS_MAX);
+        assert!(self.aggs_owed.values().all(|v| v.len() <= OWED_RECORDS_MAX));
         assert!(self.owed.len() <= self.owed.max());
         if let Some(e) = self.records.get(&self.me) {
             assert_eq!(e.rec.version, self.version);

@@ -716,6 +716,13 @@ impl Membership {
         self.table.iter().map(|(id, r)| (id, self.view(id, r)))
     }
 
+    /// How long ago `id` died (was declared down or left), for a down or left record.
+    pub fn death_age(&self, now: Instant, id: NodeId) -> Option<Duration> {
+        self.dead
+            .get(&id)
+            .map(|b| Duration::from_millis(u64::from(age_ms(now, *b))))
+    }
+
     /// Records held (tombstones included).
     pub fn len(&self) -> usize {
         self.table.len()

@@ -431,6 +431,11 @@ impl GossipNode {
         self.peers.len()
     }
 
+    /// Whether the per-peer table holds a slot for `addr` (state kept for that address).
+    pub fn has_peer_slot(&self, addr: SocketAddr) -> bool {
+        self.peers.contains(addr)
+    }
+
     /// Panics if any object or the runtime is inconsistent (O(N): walks the tables).
     pub fn check_invariants(&self) {
         self.membership.check_invariants();
@@ -492,11 +497,39 @@ impl GossipNode {
                 self.stats.orphan_records += 1;
                 continue;
             }
+            self.tell_health_mates(id);
             self.push_event(GossipEvent::SubscriptionsChanged(id));
         }
         while let Some(e) = self.reachability.poll_event() {
             self.push_event(GossipEvent::Reachability(e));
         }
+    }
+
+    /// Health learns region members from the subscription records (one region per
+    /// signature), before it holds their health records.
+    fn tell_health_mates(&mut self, id: NodeId) {
+        let me = self.config.id;
+        let Some(mine) = self.subscriptions.record(me) else {
+            return;
+        };
+        if id == me {
+            // Our own signature changed: everyone is re-judged (rare: a subscription change).
+            self.health.clear_mates();
+            let mates: Vec<NodeId> = self
+                .subscriptions
+                .records()
+                .filter(|(other, r)| *other != me && r.topics == mine.topics)
+                .map(|(other, _)| other)
+                .collect();
+            for m in mates {
+                self.health.set_mate(m, true);
+            }
+            return;
+        }
+        let mate = self.subscriptions.record(id).is_some_and(|r| {
+            std::sync::Arc::ptr_eq(&r.topics, &mine.topics) || r.topics == mine.topics
+        });
+        self.health.set_mate(id, mate);
     }
 
     fn after_entry(&mut self) {
@@ -556,7 +589,7 @@ impl GossipNode {
             })
         };
         self.stats.orphan_records += dropped.len() as u64;
-        {
+        if self.rounds % u64::from(self.config.health.cold_every.max(1)) == 0 {
             let m = &self.membership;
             self.health
                 .vouch(now, |id| m.member(id).is_some_and(|r| r.status.is_live()));

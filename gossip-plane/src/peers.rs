@@ -7,12 +7,15 @@
 //!   may use the whole MTU. Anything else is a reply and is paid from the peer's *credit*: the
 //!   bytes received from that address (amplification ≤ 1), capped at `reply_credit_max` (the
 //!   window). A reply that does not fit waits (deferred, counted) until credit arrives.
-//! * **Proven addresses.** Every datagram carries, in a small runtime section, the *cookie*
-//!   the receiver gave us earlier (a keyed hash of our address under its rotating secret).
-//!   A correct echo proves the sender receives at that address, so its requests are not
-//!   spoofed: such a peer may also draw replies at `proven_reply_rate` (a token bucket), all
-//!   proven peers together at most `reply_rate`. This is what lets a joiner pull the tables
-//!   quickly while a forged source address still gets at most what it sent.
+//! * **Proven addresses.** A datagram may carry, in a small runtime section, the *cookie* the
+//!   receiver gave us earlier (a keyed hash of our address under its rotating secret; the
+//!   receiver hands it out when it had to cut a reply short). A correct echo proves the
+//!   sender receives at that address, so its requests are not spoofed: while its datagrams
+//!   keep proving it, such a peer may also draw replies at `proven_reply_rate` (a token
+//!   bucket), all proven peers together at most `reply_rate`. One datagram without the proof
+//!   demotes the address until the next. This is what lets a joiner pull the tables quickly
+//!   while a forged source address — a stranger's or a member's — still gets at most what it
+//!   sent.
 //! * **Expiry.** A slot nobody heard from for `slot_ttl` is dropped, and every object is told
 //!   to forget that address ([`GossipObject::forget_peer`](crate::GossipObject::forget_peer));
 //!   the table holds at most `slots_max` slots (the stalest is evicted, counted).
@@ -188,6 +191,10 @@ impl Peers {
 
     pub(crate) fn len(&self) -> usize {
         self.slots.len()
+    }
+
+    pub(crate) fn contains(&self, addr: SocketAddr) -> bool {
+        self.slots.contains_key(&addr)
     }
 
     /// The slot of `addr`, made if needed (evicting the stalest when full).
@@ -479,6 +486,13 @@ impl Peers {
             s.tokens = config.proven_burst;
         } else if valid {
             Self::refill_slot(&config, s, now);
+        } else if s.proven {
+            // Proof is per datagram: one without it (spoofed with this address as its
+            // source, or from a peer that lost our cookie) earns only what it brought, and
+            // the address must prove itself again.
+            s.proven = false;
+            s.tokens = 0;
+            s.send_cookie = true;
         }
         if echo != 0 && !current {
             s.send_cookie = true;

@@ -52,6 +52,9 @@ pub struct Report {
     /// Rounds (200 ms) until the cold-started cluster converged (`null`: never, within the
     /// limit).
     pub cold_start_rounds: Option<f64>,
+    /// Rounds after the cold start until every node held all records of its region and every
+    /// region's aggregate (`null`: not within 30 s; the quiet phase starts anyway).
+    pub health_converged_rounds: Option<f64>,
     /// Rounds until a joiner knew everyone and everyone knew it.
     pub join_rounds: Option<f64>,
     /// Rounds until the joiner knew everyone (the first half of `join_rounds`).
@@ -66,6 +69,9 @@ pub struct Report {
     pub quiet_bytes_per_node_s: f64,
     /// Datagrams sent per node per second with nothing changing.
     pub quiet_datagrams_per_node_s: f64,
+    /// Section bytes per node per second with nothing changing, per object (headers of
+    /// datagrams and the runtime's echo are the rest of `quiet_bytes_per_node_s`).
+    pub quiet_bytes_by_object: Vec<(String, f64)>,
     /// Bytes sent per node per second in the busy phase.
     pub busy_bytes_per_node_s: f64,
     /// Down verdicts about nodes that never crashed.
@@ -84,6 +90,9 @@ const ROUND: Duration = Duration::from_millis(200);
 const STEP: Duration = Duration::from_millis(50);
 const SEEDS: usize = 3;
 const REGION_SIZE: usize = 100;
+/// Longest wait for every node to hold all records of its region and every aggregate
+/// before the quiet phase (health converges more slowly than membership: see the report).
+const HEALTH_WAIT: Duration = Duration::from_secs(30);
 
 fn addr(i: usize) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000))
@@ -269,105 +278,35 @@ pub fn run(opts: &Options) -> Report {
     // 2. Quiet: let health converge (every node holds its region's records and every
     // region's aggregate) and the rumors of the start drain first.
     let regions = w.regions;
-    let health_done = w.until(Duration::from_secs(120), |w| {
+    let mut region_size = vec![0usize; regions];
+    for i in &live {
+        region_size[i % regions] += 1;
+    }
+    let health_done = w.until(HEALTH_WAIT, |w| {
         live.iter().all(|i| {
             let h = w.node(*i).health();
-            let region_size = live.iter().filter(|j| *j % regions == *i % regions).count();
-            h.len() == region_size && h.region_aggregates().count() == regions
+            h.len() == region_size[i % regions] && h.region_aggregates().count() == regions
         })
     });
+    report.health_converged_rounds = health_done;
     say(format!(
         "health converged after {health_done:?} more rounds"
     ));
-    if opts.verbose {
-        let lens: Vec<usize> = live.iter().map(|i| w.node(*i).health().len()).collect();
-        let aggs: Vec<usize> = live
-            .iter()
-            .map(|i| w.node(*i).health().region_aggregates().count())
-            .collect();
-        eprintln!(
-            "health lens min {:?} max {:?}; aggs min {:?} max {:?}",
-            lens.iter().min(),
-            lens.iter().max(),
-            aggs.iter().min(),
-            aggs.iter().max()
-        );
-        let r: Vec<_> = w
-            .node(0)
-            .health()
-            .region_aggregates()
-            .map(|a| (a.region, a.aggregate.count))
-            .collect();
-        eprintln!("node 0 aggs {r:?}");
-    }
     w.run_for(Duration::from_secs(10));
     let (b0, d0) = w.bytes_sent(&live);
     let objects0 = w.object_bytes(&live);
-    let hsum = |w: &World| {
-        live.iter().fold((0u64, 0u64, 0u64, 0u64), |a, i| {
-            let h = w.node(*i).health().stats();
-            (
-                a.0 + h.aggregates_issued,
-                a.1 + h.records_merged,
-                a.2 + h.entries_sent,
-                a.3 + h.aggregates_merged,
-            )
-        })
-    };
-    let h0 = hsum(&w);
-    let p0: Vec<qs_gossip::PeersStats> = live.iter().map(|i| w.node(*i).stats().peers).collect();
-    let m0: Vec<qs_gossip::MembershipStats> = live
-        .iter()
-        .map(|i| w.node(*i).membership().stats())
-        .collect();
     let quiet = Duration::from_secs(10);
     w.run_for(quiet);
     let (b1, d1) = w.bytes_sent(&live);
     let objects1 = w.object_bytes(&live);
-    if opts.verbose {
-        let h1 = hsum(&w);
-        eprintln!("quiet health (issued, merged, sent, aggs merged): {h0:?} -> {h1:?}");
-        let p1: Vec<qs_gossip::PeersStats> =
-            live.iter().map(|i| w.node(*i).stats().peers).collect();
-        let m1: Vec<qs_gossip::MembershipStats> = live
-            .iter()
-            .map(|i| w.node(*i).membership().stats())
-            .collect();
-        let d = |f: fn(&qs_gossip::PeersStats) -> u64| {
-            p1.iter().zip(&p0).map(|(a, b)| f(a) - f(b)).sum::<u64>()
-        };
-        eprintln!(
-            "quiet peers: initiative {} reply {} deferred {} echo ok {} bad {}",
-            d(|s| s.initiative_datagrams),
-            d(|s| s.reply_datagrams),
-            d(|s| s.replies_deferred),
-            d(|s| s.echoes_valid),
-            d(|s| s.echoes_invalid)
-        );
-        let dm = |f: fn(&qs_gossip::MembershipStats) -> u64| {
-            m1.iter().zip(&m0).map(|(a, b)| f(a) - f(b)).sum::<u64>()
-        };
-        eprintln!(
-            "quiet membership: probes {} piggybacked {} items {} records {} pingreqs {} exch {}",
-            dm(|s| s.probes),
-            dm(|s| s.piggybacked),
-            dm(|s| s.sync.items_sent),
-            dm(|s| s.sync.records_sent),
-            dm(|s| s.ping_reqs_sent),
-            dm(|s| s.sync.exchanges)
-        );
-    }
-    say(format!(
-        "quiet per object B/node/s: {:?}",
-        objects1
-            .iter()
-            .zip(&objects0)
-            .map(|((name, a), (_, b))| (*name, (a - b) as f64 / (n as f64 * 10.0)))
-            .collect::<Vec<_>>()
-    ));
     let per = (n as f64) * quiet.as_secs_f64();
     report.quiet_bytes_per_node_s = (b1 - b0) as f64 / per;
     report.quiet_datagrams_per_node_s = (d1 - d0) as f64 / per;
+    report.quiet_bytes_by_object = objects1
+        .iter()
+        .zip(&objects0)
+        .map(|((name, a), (_, b))| (name.to_string(), (a - b) as f64 / per))
+        .collect();
     say(format!(
         "quiet: {:.0} B/node/s",
         report.quiet_bytes_per_node_s
