@@ -13,10 +13,11 @@
 //! * Region aggregates (Astrolabe's zone MIBs): each node that has a record computes its own
 //!   region's aggregate from the records of that region it holds, and issues it as
 //!   `(region, aggregator = us, version = held version + 1)`: the region's lowest id we hold
-//!   does so whenever the result differs from the held aggregate (at most every quarter
-//!   `repair_after`), any other member only once the held one has disagreed with its view for
-//!   `(2 + its rank) × repair_after` (taking over from a slow or cut-off aggregator). Replicas
-//!   keep, per region, the highest
+//!   does so whenever the result differs from the held aggregate (at most every
+//!   `aggregate_every`), any other member only once nobody has vouched for the held one for
+//!   `(2 + its rank) × repair_after` (taking over from a slow or cut-off aggregator). A member
+//!   whose own record changed pushes it to the aggregator first. Replicas keep, per region,
+//!   the highest
 //!   `(version, aggregator)`; at most `regions_max` regions (our own first, then the freshest).
 //! * The cluster aggregate is the roll-up of the held region aggregates
 //!   ([`Health::cluster`]). Sums are `f64` and computed in a fixed order, min/max ties go to the
@@ -268,8 +269,14 @@ pub struct HealthConfig {
     pub expiry: Duration,
     /// A held aggregate of our region that disagrees with our view this long is re-issued.
     pub repair_after: Duration,
-    /// Pushes of each new entry before it only travels with the round-robin walk.
+    /// Pushes of each new record before it only travels with the walk and the repair.
     pub hot_sends: u8,
+    /// Pushes of each new aggregate (every node needs every aggregate: fewer rumors, and
+    /// the digest repair for the rest).
+    pub aggregate_hot_sends: u8,
+    /// An aggregator re-issues its region's aggregate at most this often (a burst of
+    /// record changes becomes one new version, not one per change).
+    pub aggregate_every: Duration,
     /// With nothing new, push every this many rounds.
     pub cold_every: u32,
     /// Largest payload per push while something is new (further bounded by the runtime's
@@ -290,6 +297,8 @@ impl Default for HealthConfig {
             expiry: Duration::from_secs(60),
             repair_after: Duration::from_secs(1),
             hot_sends: 8,
+            aggregate_hot_sends: 8,
+            aggregate_every: Duration::from_secs(1),
             cold_every: 10,
             payload_max: 1200,
             cold_payload_max: 300,
@@ -444,6 +453,26 @@ struct Repair {
 /// What identifies a held aggregate's version: region, version, aggregator.
 type AggKey = (Option<RegionId>, u64, NodeId);
 
+/// Whether `list` is strictly increasing by `key` except for at most one wrap (a listing
+/// that starts at a rotating point of a sorted table and wraps around).
+fn rotated_sorted<T, K: Ord>(list: &[T], key: impl Fn(&T) -> K) -> bool {
+    let descents = list.windows(2).filter(|w| key(&w[0]) >= key(&w[1])).count();
+    match (descents, list.first(), list.last()) {
+        (0, _, _) => true,
+        (1, Some(first), Some(last)) => key(last) < key(first),
+        _ => false,
+    }
+}
+
+/// Whether `x` lies in the circular interval from `first` to `last` (inclusive).
+fn covers<K: Ord>(first: &K, last: &K, x: &K) -> bool {
+    if first <= last {
+        first <= x && x <= last
+    } else {
+        x >= first || x <= last
+    }
+}
+
 const REPAIR_DIGEST: u8 = 1;
 const REPAIR_LISTING: u8 = 2;
 const REPAIR_COMPLETE: u8 = 4;
@@ -545,7 +574,7 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
             for _ in 0..n {
                 list.push((NodeId(r.u64()?), r.u64()?));
             }
-            if list.windows(2).any(|w| w[0].0 >= w[1].0) {
+            if !rotated_sorted(&list, |x| x.0) {
                 return Err(WireError::Malformed);
             }
             repair.listing = Some((list, flags & REPAIR_COMPLETE != 0));
@@ -559,7 +588,7 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
             for _ in 0..n {
                 list.push((read_region(&mut r)?, r.u64()?, NodeId(r.u64()?)));
             }
-            if list.windows(2).any(|w| w[0].0 >= w[1].0) {
+            if !rotated_sorted(&list, |x| x.0) {
                 return Err(WireError::Malformed);
             }
             repair.agg_listing = Some((list, flags & REPAIR_AGG_COMPLETE != 0));
@@ -585,6 +614,10 @@ pub struct Health {
     mates: std::collections::BTreeSet<NodeId>,
     /// Our record changed: push it to the aggregator first.
     tell_aggregator: bool,
+    /// Where our next record listing starts (listings cut short rotate).
+    listing_cursor: NodeId,
+    /// Where our next aggregate listing starts.
+    agg_listing_cursor: Option<RegionId>,
     owed: Owed,
     /// Mates whose digest differed from ours: they are owed our listing.
     listing_owed: Owed,
@@ -619,6 +652,8 @@ impl Health {
             forgotten: BTreeMap::new(),
             mates: std::collections::BTreeSet::new(),
             tell_aggregator: false,
+            listing_cursor: NodeId(0),
+            agg_listing_cursor: None,
             listing_owed: Owed::new(REPAIR_PEERS_MAX),
             records_owed: BTreeMap::new(),
             agg_listing_owed: Owed::new(REPAIR_PEERS_MAX),
@@ -786,7 +821,13 @@ impl Health {
         self.mates.clear();
     }
 
-    /// Drops the record of a member that is down or left, and refuses copies born before now.
+    /// Accepts copies about `id` again (membership holds it live again).
+    pub fn readmit(&mut self, id: NodeId) {
+        self.forgotten.remove(&id);
+    }
+
+    /// Drops the record of a member that is down or left, and refuses copies until it is readmitted (or
+    /// twice `expiry` passed).
     pub fn forget(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
@@ -848,13 +889,13 @@ impl Health {
             }
         };
         // One aggregator per region: the lowest id we hold of it (the records are ordered
-        // by id). It re-issues as its view changes, at most every quarter `repair_after`;
+        // by id). It re-issues as its view changes, at most every `aggregate_every`;
         // the others vouch for what matches their view and take over, in id order, only
         // once nobody has vouched for the held aggregate for (2 + rank) × `repair_after`
         // (the aggregator and every member agreeing with it are slow, cut off or gone).
         // Members issuing on every change of their own partial views made large regions
         // churn for ever.
-        let gap = self.config.repair_after / 4;
+        let gap = self.config.aggregate_every;
         let issue = match self.aggs.get(&self.region) {
             None => true,
             Some(h) if h.agg.aggregate != computed => {
@@ -892,7 +933,7 @@ impl Health {
                 aggregate: computed,
             },
             born: born_at(now, 0),
-            hot: self.config.hot_sends,
+            hot: self.config.aggregate_hot_sends,
         };
         self.stats.aggregates_issued += 1;
         self.insert_aggregate(e);
@@ -942,8 +983,11 @@ impl Health {
                 (agg.version, agg.aggregator),
                 (h.agg.version, h.agg.aggregator),
             );
-            if new == old && born > h.born {
-                h.born = born;
+            if new == old {
+                if born > h.born {
+                    h.born = born;
+                }
+                h.hot = h.hot.saturating_sub(1);
             }
             if new <= old {
                 return;
@@ -952,7 +996,7 @@ impl Health {
         let e = AggEntry {
             agg,
             born,
-            hot: self.config.hot_sends,
+            hot: self.config.aggregate_hot_sends,
         };
         if self.insert_aggregate(e) {
             self.stats.aggregates_merged += 1;
@@ -964,7 +1008,10 @@ impl Health {
             return;
         }
         let born = born_at(now, age);
-        if age >= ms(self.config.expiry) || self.forgotten.get(&id).is_some_and(|f| born <= *f) {
+        // A forgotten node stays out until membership readmits it ([`Self::readmit`]): a
+        // copy from someone who has not heard yet (and vouched for it since) must not bring
+        // it back.
+        if age >= ms(self.config.expiry) || self.forgotten.contains_key(&id) {
             self.stats.records_stale += 1;
             return;
         }
@@ -983,9 +1030,13 @@ impl Health {
             return;
         }
         if let Some(old) = self.records.get_mut(&id) {
-            if rec.version == old.rec.version && born > old.born {
-                // A younger copy: the node was alive more recently than we knew.
-                old.born = born;
+            if rec.version == old.rec.version {
+                if born > old.born {
+                    // A younger copy: the node was alive more recently than we knew.
+                    old.born = born;
+                }
+                // Whoever pushed it to us had it: the news is saturating, push it less.
+                old.hot = old.hot.saturating_sub(1);
             }
             if rec.version <= old.rec.version {
                 return;
@@ -1119,9 +1170,13 @@ impl Health {
         let mut list: Vec<(NodeId, u64)> = Vec::new();
         let mut complete = true;
         if listing {
-            for (id, e) in &self.records {
+            // From a rotating point: a listing cut short by the budget covers a different
+            // stretch each time, so every record is eventually offered.
+            let from = self.listing_cursor;
+            for (id, e) in self.records.range(from..).chain(self.records.range(..from)) {
                 if used + 16 > budget || list.len() >= PER_SECTION_MAX {
                     complete = false;
+                    self.listing_cursor = *id;
                     break;
                 }
                 used += 16;
@@ -1134,10 +1189,12 @@ impl Health {
         let mut alist: Vec<AggKey> = Vec::new();
         let mut acomplete = true;
         if agg_listing {
-            for (r, e) in &self.aggs {
+            let from = self.agg_listing_cursor;
+            for (r, e) in self.aggs.range(from..).chain(self.aggs.range(..from)) {
                 let len = region_len(*r) + 16;
                 if used + len > budget || alist.len() >= PER_SECTION_MAX {
                     acomplete = false;
+                    self.agg_listing_cursor = *r;
                     break;
                 }
                 used += len;
@@ -1576,12 +1633,13 @@ impl GossipObject for Health {
                 out.send_to(from.addr);
             }
         }
-        if let Some((list, complete)) = repair.agg_listing {
-            let last = list.last().map(|x| x.0);
+        if let Some((mut list, complete)) = repair.agg_listing {
+            let span = list.first().zip(list.last()).map(|(f, l)| (f.0, l.0));
+            list.sort_by_key(|x| x.0);
             let owed: Vec<Option<RegionId>> = self
                 .aggs
                 .iter()
-                .filter(|(r, _)| complete || Some(**r) <= last)
+                .filter(|(r, _)| complete || span.is_some_and(|(f, l)| covers(&f, &l, *r)))
                 .filter(|(r, e)| match list.binary_search_by_key(*r, |x| x.0) {
                     Ok(i) => (e.agg.version, e.agg.aggregator) > (list[i].1, list[i].2),
                     Err(_) => true,
@@ -1595,6 +1653,16 @@ impl GossipObject for Health {
                 self.aggs_owed.insert(from.addr, owed);
                 out.send_to(from.addr);
             }
+            // The listing shows something we lack or hold older: our own listing lets the
+            // peer send it (the repair works both ways).
+            let behind = list.iter().any(|(r, v, a)| {
+                self.aggs
+                    .get(r)
+                    .is_none_or(|e| (e.agg.version, e.agg.aggregator) < (*v, *a))
+            });
+            if behind && self.agg_listing_owed.add(from.addr) {
+                out.send_to(from.addr);
+            }
         }
         if self.is_mate(from.id) {
             if let Some(d) = repair.digest {
@@ -1602,12 +1670,16 @@ impl GossipObject for Health {
                     out.send_to(from.addr);
                 }
             }
-            if let Some((list, complete)) = repair.listing {
-                let last = list.last().map(|x| x.0);
+            if let Some((mut list, complete)) = repair.listing {
+                let span = list.first().zip(list.last()).map(|(f, l)| (f.0, l.0));
+                list.sort_by_key(|x| x.0);
                 let owed: Vec<NodeId> = self
                     .records
                     .iter()
-                    .filter(|(id, _)| Some(**id) != from.id && (complete || Some(**id) <= last))
+                    .filter(|(id, _)| {
+                        Some(**id) != from.id
+                            && (complete || span.is_some_and(|(f, l)| covers(&f, &l, *id)))
+                    })
                     .filter(|(id, e)| match list.binary_search_by_key(*id, |x| x.0) {
                         Ok(i) => e.rec.version > list[i].1,
                         Err(_) => true,
@@ -1619,6 +1691,12 @@ impl GossipObject for Health {
                     || self.records_owed.len() < REPAIR_PEERS_MAX;
                 if !owed.is_empty() && room {
                     self.records_owed.insert(from.addr, owed);
+                    out.send_to(from.addr);
+                }
+                let behind = list.iter().any(|(id, v)| {
+                    *id != self.me && self.records.get(id).is_none_or(|e| e.rec.version < *v)
+                });
+                if behind && self.listing_owed.add(from.addr) {
                     out.send_to(from.addr);
                 }
             }
@@ -1718,7 +1796,7 @@ mod tests {
     }
 
     fn cfg_gap() -> Duration {
-        HealthConfig::default().repair_after / 4
+        HealthConfig::default().aggregate_every
     }
 
     #[test]

@@ -28,7 +28,8 @@
 //!   `left` about itself refutes it like a suspicion.
 //! * **Dissemination.** A change we decided or heard first-hand or as a rumor is piggybacked
 //!   on liveness payloads, fewest-sent first, `retransmit_mult × ⌈log10(n+1)⌉` times; bad news
-//!   about the destination goes to it first (Lifeguard's buddy system). Anti-entropy
+//!   about the destination goes to it first (Lifeguard's buddy system); hearing a rumor one
+//!   already knows counts as a send of it, so a saturated rumor dies out. Anti-entropy
 //!   ([`crate::sync`], range reconciliation from a root sum) runs with the round's partner
 //!   every `sync_every` rounds; what it learns is not re-gossiped. A node missing whole
 //!   ranges (a joiner) asks several peers at once (`catch_up_fanout` extra exchanges).
@@ -1002,6 +1003,18 @@ impl Membership {
         self.queued.insert(id, key);
     }
 
+    /// Counts a duplicate of a queued rumor as one more send of it.
+    fn heard_again(&mut self, id: NodeId) {
+        let limit = self.retransmit_limit();
+        if let Some((sent, order)) = self.queued.remove(&id) {
+            self.queue.remove(&(sent, order, id));
+            if sent + 1 < limit {
+                self.queue.insert((sent + 1, order, id));
+                self.queued.insert(id, (sent + 1, order));
+            }
+        }
+    }
+
     fn dequeue(&mut self, id: NodeId) {
         if let Some(old) = self.queued.remove(&id) {
             self.queue.remove(&(old.0, old.1, id));
@@ -1111,6 +1124,10 @@ impl Membership {
                     && rec.inc == old_inc
                 {
                     self.confirm(id, rec.suspecter);
+                } else if src == Source::Rumor && rec.inc == old_inc && rec.status == old_status {
+                    // The rumor reached someone who already had it: it is saturating, spread
+                    // it less (Demers et al.'s counter).
+                    self.heard_again(id);
                 }
                 return;
             }

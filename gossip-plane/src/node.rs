@@ -485,7 +485,11 @@ impl GossipNode {
                     self.health.forget(self.now, id);
                     self.reachability.forget(self.now, id);
                 }
-                _ => {}
+                MembershipEvent::MemberUp { id, .. } | MembershipEvent::MemberAlive { id, .. } => {
+                    self.health.readmit(id);
+                    self.reachability.readmit(id);
+                }
+                MembershipEvent::MemberSuspect { .. } => {}
             }
             self.push_event(GossipEvent::Membership(e));
         }

@@ -111,8 +111,9 @@ struct Slot {
     /// A new cookie arrived from a peer we are talking to: echo it at once, so that its
     /// deferred answers flow without waiting for our next round.
     echo_due: bool,
-    /// When we last sent it a datagram on our own initiative.
-    initiated: Option<Instant>,
+    /// When we last sent it a datagram (initiative or reply): a cookie from a peer we are
+    /// talking to is echoed at once.
+    sent_at: Option<Instant>,
     id: Option<NodeId>,
     touched: Instant,
 }
@@ -131,7 +132,7 @@ impl Slot {
             their_cookie: 0,
             send_cookie: false,
             echo_due: false,
-            initiated: None,
+            sent_at: None,
             id: None,
             touched: now,
         }
@@ -353,11 +354,11 @@ impl Peers {
 
     /// A datagram of `len` bytes went to `addr` under `budget` at `now`.
     pub(crate) fn spent(&mut self, now: Instant, addr: SocketAddr, budget: Budget, len: usize) {
+        if let Some(s) = self.slots.get_mut(&addr) {
+            s.sent_at = Some(now);
+        }
         if budget.free {
             self.stats.initiative_datagrams += 1;
-            if let Some(s) = self.slots.get_mut(&addr) {
-                s.initiated = Some(now);
-            }
         } else {
             self.stats.reply_datagrams += 1;
             self.stats.reply_bytes += len as u64;
@@ -472,7 +473,7 @@ impl Peers {
         s.credit = (s.credit + len).min(max);
         if let Some(c) = cookie {
             let talking = s
-                .initiated
+                .sent_at
                 .is_some_and(|t| now.saturating_duration_since(t) <= config.slot_ttl);
             if c != s.their_cookie && talking {
                 s.echo_due = true;

@@ -323,7 +323,13 @@ impl Reachability {
         }
     }
 
-    /// Drops the report of a member that is down or left, and refuses copies born before now.
+    /// Accepts copies about `id` again (membership holds it live again).
+    pub fn readmit(&mut self, id: NodeId) {
+        self.forgotten.remove(&id);
+    }
+
+    /// Drops the report of a member that is down or left, and refuses copies until it is readmitted (or
+    /// twice `expiry` passed).
     pub fn forget(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
@@ -454,7 +460,10 @@ impl Reachability {
             return;
         }
         let born = born_at(now, age);
-        if age >= ms(self.config.expiry) || self.forgotten.get(&id).is_some_and(|f| born <= *f) {
+        // A forgotten node stays out until membership readmits it ([`Self::readmit`]): a
+        // copy from someone who has not heard yet (and vouched for it since) must not bring
+        // it back.
+        if age >= ms(self.config.expiry) || self.forgotten.contains_key(&id) {
             self.stats.reports_stale += 1;
             return;
         }

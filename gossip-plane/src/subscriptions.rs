@@ -4,7 +4,8 @@
 //!
 //! * **News** spreads by rumor mongering: a version we set or first hear as news is pushed,
 //!   in the bulk section of datagrams to the round's partner and of our answers to whoever
-//!   pushes to us (push-pull), `retransmit_mult × ⌈log10(n+1)⌉` times.
+//!   pushes to us (push-pull), `retransmit_mult × ⌈log10(n+1)⌉` times, one fewer for each
+//!   copy pushed back to us.
 //! * **Anti-entropy** ([`crate::sync`], range reconciliation from a root sum) runs with the
 //!   round's partner every `sync_every` rounds and repairs whatever rumors missed; what it
 //!   brings is not re-spread.
@@ -403,7 +404,17 @@ impl Subscriptions {
             return;
         }
         match self.table.get(id).copied() {
-            Some(old) if !newer(version, old.version) => {}
+            Some(old) if !newer(version, old.version) => {
+                if news && version == old.version {
+                    // News to someone who had it: it is saturating, push it less.
+                    if let Some(n) = self.news.get_mut(&id) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.news.remove(&id);
+                        }
+                    }
+                }
+            }
             Some(old) => {
                 if version.wrapping_sub(old.version) > self.config.version_jump_max {
                     self.stats.implausible_versions += 1;

@@ -53,7 +53,7 @@ pub struct Report {
     /// limit).
     pub cold_start_rounds: Option<f64>,
     /// Rounds after the cold start until every node held all records of its region and every
-    /// region's aggregate (`null`: not within 30 s; the quiet phase starts anyway).
+    /// region's aggregate (`null`: not within 60 s; the quiet phase starts anyway).
     pub health_converged_rounds: Option<f64>,
     /// Rounds until a joiner knew everyone and everyone knew it.
     pub join_rounds: Option<f64>,
@@ -92,7 +92,7 @@ const SEEDS: usize = 3;
 const REGION_SIZE: usize = 100;
 /// Longest wait for every node to hold all records of its region and every aggregate
 /// before the quiet phase (health converges more slowly than membership: see the report).
-const HEALTH_WAIT: Duration = Duration::from_secs(30);
+const HEALTH_WAIT: Duration = Duration::from_secs(60);
 
 fn addr(i: usize) -> std::net::SocketAddr {
     std::net::SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000))
