@@ -724,6 +724,11 @@ impl Membership {
             .map(|b| Duration::from_millis(u64::from(age_ms(now, *b))))
     }
 
+    /// Changes still queued for piggybacking (rumors not yet sent enough times).
+    pub fn rumors(&self) -> usize {
+        self.queue.len()
+    }
+
     /// Records held (tombstones included).
     pub fn len(&self) -> usize {
         self.table.len()

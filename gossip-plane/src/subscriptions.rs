@@ -298,6 +298,11 @@ impl Subscriptions {
         self.table.is_empty()
     }
 
+    /// Records still owed pushes as news.
+    pub fn news(&self) -> usize {
+        self.news.len()
+    }
+
     /// Distinct signatures held.
     pub fn signatures(&self) -> usize {
         self.sigs.len()

@@ -7,7 +7,8 @@
 //!
 //! 1. **cold start**: `N` nodes start at once knowing 3 seeds; rounds until every node holds
 //!    every member alive and every subscription record (equal table fingerprints);
-//! 2. **quiet**: 10 s with nothing changing: bytes sent per node per second;
+//! 2. **quiet**: once health converged and every node's news drained, 10 s with nothing
+//!    changing: bytes sent per node per second;
 //! 3. **change**: one node changes its subscriptions: rounds until every node holds the new
 //!    version;
 //! 4. **join**: a new node joins through the seeds: rounds until it holds every member and
@@ -55,6 +56,8 @@ pub struct Report {
     /// Rounds after the cold start until every node held all records of its region and every
     /// region's aggregate (`null`: not within 60 s; the quiet phase starts anyway).
     pub health_converged_rounds: Option<f64>,
+    /// Further rounds until no node had news left to spread (the quiet phase follows).
+    pub drained_rounds: Option<f64>,
     /// Rounds until a joiner knew everyone and everyone knew it.
     pub join_rounds: Option<f64>,
     /// Rounds until the joiner knew everyone (the first half of `join_rounds`).
@@ -292,7 +295,16 @@ pub fn run(opts: &Options) -> Report {
     say(format!(
         "health converged after {health_done:?} more rounds"
     ));
-    w.run_for(Duration::from_secs(10));
+    // Nothing changing: the news of the start (rumors, health pushes) has drained.
+    report.drained_rounds = w.until(HEALTH_WAIT, |w| {
+        live.iter().all(|i| {
+            let n = w.node(*i);
+            n.membership().rumors() == 0
+                && n.subscriptions().news() == 0
+                && n.health().news() == (0, 0)
+        })
+    });
+    w.run_for(Duration::from_secs(2));
     let (b0, d0) = w.bytes_sent(&live);
     let objects0 = w.object_bytes(&live);
     let quiet = Duration::from_secs(10);
