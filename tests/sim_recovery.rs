@@ -1,22 +1,29 @@
 //! Reliable delivery under faults, in the deterministic simulator: the QSM ring repairs every
 //! loss. Clusters of 3, 8 and 25 receivers (the 25-node region has five partitions), several
-//! senders, overlapping topics; Bernoulli loss, bursts, duplication and reordering, lost
-//! tokens, a receiver crashing and one joining mid-stream. An oracle checks every delivery the
-//! moment it happens (exactly once, in per-sender order, uncorrupted) and every node's
-//! invariants (bounded windows and caches) after every event; each run must end with
-//! everything delivered, nothing left unacknowledged or cached.
+//! senders, overlapping topics; Bernoulli loss, bursts, duplication and reordering, bit
+//! flips, lost tokens, a receiver crashing and one joining mid-stream, slow and stopped
+//! applications. An oracle checks every delivery the moment it happens (exactly once, in
+//! per-sender order, uncorrupted) and every node's invariants (bounded windows and caches)
+//! after every event; each run must end with everything delivered, nothing left
+//! unacknowledged or cached. The network is watched too: recovery traffic per copy (repairs,
+//! tokens, other control) against the lost data, and each stream's acknowledgement stalls in
+//! virtual time. Thresholds (send window, slow-receiver lag and time) are tested on both
+//! sides.
 //!
-//! `SIM_SEED=<n>` replays a seed; `QS_SWARM=<runs>` runs that many random seeds and
-//! configurations (`swarm` test) and prints the command replaying a failure.
+//! `SIM_SEED=<n>` replays a seed; the `swarm` test runs 20 random seeds and configurations,
+//! `QS_SWARM=<runs>` as many as asked, and prints the command replaying a failure.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::Bytes;
-use qs_sim::{seed_from_env, EventKind, LossModel, NodeIndex, Observation, Sim, SimConfig};
-use qs_transport::wire::{self, DataPacket, Fragment, PacketKind};
-use qs_transport::{Instant, NodeId, Prng, TopicId};
+use qs_recovery::{RingConfig, RingStats};
+use qs_sim::{
+    replay_hint, seed_from_env, EventKind, LossModel, NodeIndex, Observation, Sim, SimConfig,
+};
+use qs_transport::wire::{self, DataPacket, Fragment, PacketKind, SenderAck};
+use qs_transport::{Instant, NodeId, Prng, RegionId, Seq, TopicId, TrafficClass};
 use quicksilver::core::{CoreConfig, CoreStats, Event, NodeCore};
 
 fn topic(t: usize) -> TopicId {
@@ -45,6 +52,9 @@ struct Spec {
     messages: u32,
     /// Payload bytes.
     size: usize,
+    /// When not empty: message `n` of a sender has `sizes[n % sizes.len()]` payload bytes
+    /// instead of `size` (mixes packed and fragmented messages).
+    sizes: Vec<usize>,
     /// Messages per sender per millisecond.
     per_ms: u32,
 }
@@ -54,12 +64,16 @@ struct Spec {
 struct Cursor {
     next: usize,
     started: bool,
+    /// The first message delivered (late joiners start anywhere).
+    first: Option<usize>,
 }
 
 struct Oracle {
     topics: Vec<Vec<TopicId>>,
     /// Per sender node: (topic, payload) in publish order.
     sent: BTreeMap<usize, Vec<(TopicId, Bytes)>>,
+    /// Per sender node: when each message was published (virtual time).
+    sent_at: BTreeMap<usize, Vec<Instant>>,
     cursors: BTreeMap<(usize, usize), Cursor>,
     /// Receivers that joined late: their first delivery may be anywhere.
     late: Vec<usize>,
@@ -72,6 +86,12 @@ struct Oracle {
     reach: Vec<(usize, NodeId, bool)>,
     /// Nodes given another id than `id(index)`.
     renamed: BTreeMap<NodeId, usize>,
+    /// Virtual time of the event being observed.
+    now: Instant,
+    /// When each node first heard that a peer is down: (observer, peer).
+    downs: BTreeMap<(usize, NodeId), Instant>,
+    /// Slow-receiver reports seen: (observer, lagging member, lag).
+    slow_reports: Vec<(usize, NodeId, u32)>,
 }
 
 impl Oracle {
@@ -111,6 +131,7 @@ impl Oracle {
         );
         cursor.next = at + 1;
         cursor.started = true;
+        cursor.first.get_or_insert(at);
         self.delivered += 1;
     }
 
@@ -125,6 +146,110 @@ impl Oracle {
     }
 }
 
+/// Recovery traffic as the network carried it: every copy of a datagram that reached another
+/// node or was lost on its way there (multicast loopback to the sender excluded), by kind.
+/// Copies are what a storm costs: a re-multicast to a region of eight counts eight times.
+#[derive(Debug, Default, Clone, Copy)]
+struct Traffic {
+    /// First transmissions of data (data class): bytes and packets on their way to receivers.
+    data_bytes: u64,
+    data_packets: u64,
+    /// Of those, what the network lost.
+    lost_bytes: u64,
+    lost_packets: u64,
+    /// Repairs: peers' answers and senders' re-multicasts.
+    repair_bytes: u64,
+    repair_packets: u64,
+    /// Tokens and their hop acknowledgements.
+    token_bytes: u64,
+    /// Repair requests, sender acknowledgements and stream states.
+    other_control_bytes: u64,
+}
+
+impl Traffic {
+    fn count(&mut self, datagram: &Bytes, class: TrafficClass, lost: bool) {
+        let Ok(h) = wire::Header::peek(datagram) else {
+            return;
+        };
+        let n = datagram.len() as u64;
+        match (h.kind, class) {
+            (PacketKind::Data | PacketKind::Fragment, TrafficClass::Data) => {
+                self.data_bytes += n;
+                self.data_packets += 1;
+                if lost {
+                    self.lost_bytes += n;
+                    self.lost_packets += 1;
+                }
+            }
+            (_, TrafficClass::Repair) => {
+                self.repair_bytes += n;
+                self.repair_packets += 1;
+            }
+            (PacketKind::Token | PacketKind::TokenAck, _) => self.token_bytes += n,
+            (PacketKind::RepairRequest | PacketKind::SenderAck | PacketKind::StreamState, _) => {
+                self.other_control_bytes += n
+            }
+            // Discovery and gossip: the membership plane, paid with or without loss.
+            _ => {}
+        }
+    }
+
+    /// Control and repair bytes of the recovery protocol, tokens included.
+    fn control_and_repair(&self) -> u64 {
+        self.repair_bytes + self.token_bytes + self.other_control_bytes
+    }
+}
+
+/// Per stream (sender, region), watched on the network: the highest packet sent and the
+/// stability point the region leader last acknowledged to the sender; a stall is an interval
+/// (virtual time) in which the acknowledged point stands still while packets after it exist.
+#[derive(Debug, Default)]
+struct Stalls {
+    /// (highest sent, acknowledged, stalled since).
+    streams: BTreeMap<(NodeId, RegionId), (u32, u32, Option<Instant>)>,
+    longest: Duration,
+}
+
+impl Stalls {
+    /// A datagram `to` received at `now`.
+    fn observe(&mut self, to: NodeId, now: Instant, datagram: &Bytes) {
+        let Ok((h, body)) = wire::Seal::new().open(datagram) else {
+            return;
+        };
+        let (key, sent, acked) = match h.kind {
+            PacketKind::Data | PacketKind::Fragment => match data_id(datagram) {
+                Some((s, region, seq)) => ((s, region), Some(seq.0), None),
+                None => return,
+            },
+            PacketKind::SenderAck => match SenderAck::parse(body) {
+                Ok(ack) => ((to, ack.region), None, Some(ack.stable.0)),
+                Err(_) => return,
+            },
+            _ => return,
+        };
+        let (highest, stable, since) = self.streams.entry(key).or_default();
+        if let Some(q) = sent {
+            *highest = (*highest).max(q);
+        }
+        if let Some(a) = acked.filter(|a| *a > *stable) {
+            if let Some(t) = since.take() {
+                self.longest = self.longest.max(now.saturating_duration_since(t));
+            }
+            *stable = a;
+        }
+        if *highest > *stable && since.is_none() {
+            *since = Some(now);
+        }
+    }
+
+    /// The longest stall, counting those still open at `now`.
+    fn longest(&self, now: Instant) -> Duration {
+        let open = self.streams.values().filter_map(|(_, _, t)| *t);
+        open.map(|t| now.saturating_duration_since(t))
+            .fold(self.longest, Duration::max)
+    }
+}
+
 /// Dropped data packets by (receiver, sender, seq) with the time of the drop, and the
 /// loss-to-arrival times measured so far (ns).
 type RepairClock = (BTreeMap<(usize, u64, u32), Instant>, Vec<u64>);
@@ -134,6 +259,10 @@ struct Run {
     seed: u64,
     /// A receiver whose application takes only this many events per millisecond.
     slow: Option<(usize, usize)>,
+    /// A receiver whose application reads nothing while this is set.
+    stopped: Option<usize>,
+    /// When set: per node, the most packets it held unacknowledged at any time.
+    unacked_peak: Option<BTreeMap<usize, u64>>,
     /// Gap events seen (allowed only at lossy receivers).
     gaps: u64,
     /// When set: data packets the network dropped on their way to a receiver, by (receiver,
@@ -141,6 +270,14 @@ struct Run {
     repair_clock: Option<RepairClock>,
     /// Per receiver, datagrams lost in a row so far, and the longest such run seen.
     bursts: (BTreeMap<usize, u32>, u32),
+    /// Recovery traffic on the network so far.
+    traffic: Traffic,
+    /// First transmissions of data the network lost, by packet: the receivers that lost it.
+    losses: BTreeMap<(NodeId, RegionId, u32), BTreeSet<usize>>,
+    /// Senders' acknowledgement stalls.
+    stalls: Stalls,
+    /// Copies delivered with a bit flipped: per receiver, and per traffic class.
+    corrupted: (BTreeMap<usize, u64>, BTreeMap<TrafficClass, u64>),
     sim: Sim<NodeCore>,
     idx: Vec<NodeIndex>,
     oracle: Oracle,
@@ -165,14 +302,19 @@ fn core_config(i: usize, seed: u64) -> CoreConfig {
 
 /// (sender, seq) of a data datagram (packed or fragment).
 fn data_key(datagram: &Bytes) -> Option<(u64, u32)> {
+    data_id(datagram).map(|(s, _, q)| (s.0, q.0))
+}
+
+/// (sender, region, seq) of a data datagram (packed or fragment).
+fn data_id(datagram: &Bytes) -> Option<(NodeId, RegionId, Seq)> {
     let (h, body) = wire::Seal::new().open(datagram).ok()?;
     let body = Bytes::copy_from_slice(body);
-    let seq = match h.kind {
-        PacketKind::Data => DataPacket::parse(body).ok()?.seq,
-        PacketKind::Fragment => Fragment::parse(body).ok()?.seq,
+    let (region, seq) = match h.kind {
+        PacketKind::Data => DataPacket::parse(body).map(|p| (p.region, p.seq)).ok()?,
+        PacketKind::Fragment => Fragment::parse(body).map(|f| (f.region, f.seq)).ok()?,
         _ => return None,
     };
-    Some((h.sender.0, seq.0))
+    Some((h.sender, region, seq))
 }
 
 /// The application of node `r` takes up to `n` events.
@@ -197,6 +339,11 @@ fn consume(
             }
             Event::MulticastUnreachable { member, .. } => oracle.reach.push((r, member, false)),
             Event::MulticastReachable { member, .. } => oracle.reach.push((r, member, true)),
+            Event::PeerDown(peer) => {
+                let now = oracle.now;
+                oracle.downs.entry((r, peer)).or_insert(now);
+            }
+            Event::SlowReceiver { member, lag, .. } => oracle.slow_reports.push((r, member, lag)),
             _ => {}
         }
     }
@@ -244,13 +391,20 @@ impl Run {
             spec,
             seed,
             slow: None,
+            stopped: None,
+            unacked_peak: None,
             gaps: 0,
             repair_clock: None,
             bursts: (BTreeMap::new(), 0),
+            traffic: Traffic::default(),
+            losses: BTreeMap::new(),
+            stalls: Stalls::default(),
+            corrupted: (BTreeMap::new(), BTreeMap::new()),
             sim,
             idx,
             oracle: Oracle {
                 topics,
+                sent_at: sent.keys().map(|k| (*k, Vec::new())).collect(),
                 sent,
                 cursors: BTreeMap::new(),
                 late: Vec::new(),
@@ -259,6 +413,9 @@ impl Run {
                 delivered: 0,
                 reach: Vec::new(),
                 renamed: BTreeMap::new(),
+                now: Instant::ZERO,
+                downs: BTreeMap::new(),
+                slow_reports: Vec::new(),
             },
             next,
             refused: 0,
@@ -266,14 +423,53 @@ impl Run {
     }
 
     fn run_for(&mut self, d: Duration) {
-        let (oracle, seed, slow) = (&mut self.oracle, self.seed, self.slow);
+        let (oracle, seed, slow, stopped) = (&mut self.oracle, self.seed, self.slow, self.stopped);
+        let mut unacked_peak = self.unacked_peak.as_mut();
         let gaps = &mut self.gaps;
         let clock = &mut self.repair_clock;
         let (runs, longest) = &mut self.bursts;
+        let (traffic, stalls, losses) = (&mut self.traffic, &mut self.stalls, &mut self.losses);
+        let (corrupt_at, corrupt_class) = &mut self.corrupted;
         let t = self.sim.now() + d;
         self.sim
             .run_until(t, &mut |o: &mut Observation<'_, NodeCore>| {
                 let r = o.index.0;
+                match &o.event {
+                    EventKind::Delivered {
+                        from,
+                        class,
+                        datagram,
+                        duplicate: false,
+                        ..
+                    } if *from != addr(r) => traffic.count(datagram, *class, false),
+                    EventKind::Dropped {
+                        from,
+                        class,
+                        datagram,
+                        reason,
+                    } if reason.is_network_drop() && *from != addr(r) => {
+                        traffic.count(datagram, *class, true);
+                        if *class == TrafficClass::Data {
+                            if let Some((s, region, seq)) = data_id(datagram) {
+                                losses.entry((s, region, seq.0)).or_default().insert(r);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+                if let EventKind::Delivered {
+                    datagram,
+                    corrupted,
+                    class,
+                    ..
+                } = &o.event
+                {
+                    stalls.observe(o.node.id(), o.now, datagram);
+                    if *corrupted {
+                        *corrupt_at.entry(r).or_default() += 1;
+                        *corrupt_class.entry(*class).or_default() += 1;
+                    }
+                }
                 match &o.event {
                     EventKind::Dropped { reason, .. } if reason.is_network_drop() => {
                         let n = runs.entry(r).or_default();
@@ -307,6 +503,14 @@ impl Run {
                     return;
                 }
                 o.node.check_invariants();
+                oracle.now = o.now;
+                if let Some(peaks) = unacked_peak.as_mut() {
+                    let peak = peaks.entry(r).or_default();
+                    *peak = (*peak).max(o.node.stats().unacked_packets);
+                }
+                if stopped == Some(r) {
+                    return; // Its application reads nothing for now.
+                }
                 if slow.is_some_and(|(s, _)| s == r) {
                     return; // Its application reads at its own pace (`consume`).
                 }
@@ -314,6 +518,7 @@ impl Run {
             });
         if let Some((r, per_ms)) = self.slow {
             let n = (d.as_micros() as usize * per_ms / 1000).max(1);
+            self.oracle.now = self.sim.now();
             let node = self.sim.node_mut(self.idx[r]);
             consume(&mut self.oracle, &mut self.gaps, r, node, n, self.seed);
         }
@@ -331,13 +536,19 @@ impl Run {
                     break;
                 }
                 let t = topic(topics[n as usize % topics.len()]);
-                let m = payload(i, n, self.spec.size);
+                let size = match self.spec.sizes.len() {
+                    0 => self.spec.size,
+                    k => self.spec.sizes[n as usize % k],
+                };
+                let m = payload(i, n, size);
                 let core = self.sim.node_mut(self.idx[i]);
                 if core.publish(t, m.clone()).is_err() {
                     self.refused += 1;
                     break;
                 }
                 self.oracle.sent.get_mut(&i).expect("sender").push((t, m));
+                let now = self.sim.now();
+                self.oracle.sent_at.get_mut(&i).expect("sender").push(now);
                 *self.next.get_mut(&i).expect("sender") += 1;
             }
             more |= self.next[&i] < self.spec.messages;
@@ -391,8 +602,14 @@ impl Run {
             self.seed,
             self.seed
         );
-        // Quiescence: once discovery has expired crashed members (3 s), an idle round
-        // acknowledges and cleans everything up.
+        // Quiescence: once the failure detector has removed crashed members from every
+        // region (in a cluster of four that takes up to 6.4 s: Lifeguard's suspicion timeout
+        // shrinks only with confirmations from other members), an idle round acknowledges
+        // and cleans everything up.
+        let deadline = self.sim.now() + Duration::from_secs(20);
+        while self.crashed_still_members() && self.sim.now() < deadline {
+            self.run_for(Duration::from_millis(100));
+        }
         self.run_for(Duration::from_secs(4));
         for r in self.live_nodes() {
             let s = self.stats(r);
@@ -412,6 +629,17 @@ impl Run {
         }
     }
 
+    /// Whether a live node still counts a crashed one as a member of a region.
+    fn crashed_still_members(&self) -> bool {
+        self.live_nodes().into_iter().any(|r| {
+            let regions = self.sim.node(self.idx[r]).regions();
+            self.oracle
+                .crashed
+                .iter()
+                .any(|c| regions.region_of(id(*c)).is_some())
+        })
+    }
+
     fn live_nodes(&self) -> Vec<usize> {
         (0..self.idx.len())
             .filter(|i| !self.oracle.crashed.contains(i))
@@ -420,6 +648,77 @@ impl Run {
 
     fn stats(&self, i: usize) -> CoreStats {
         self.sim.node(self.idx[i]).stats()
+    }
+
+    /// Lost packets no member of their caretaker partition received: the only ones the
+    /// sender should have to re-multicast (every other loss has a caretaker to serve it).
+    fn whole_partition_losses(&self) -> u64 {
+        let mut n = 0;
+        for ((_, region, seq), lost_at) in &self.losses {
+            let members: Vec<usize> = self
+                .live_receivers()
+                .into_iter()
+                .filter(|r| self.sim.node(self.idx[*r]).own_region() == Some(*region))
+                .collect();
+            let Some(view) = members
+                .first()
+                .and_then(|r| self.sim.node(self.idx[*r]).ring())
+                .map(|ring| ring.view())
+            else {
+                continue;
+            };
+            let q = view.caretaker(Seq(*seq));
+            let caretakers = members
+                .iter()
+                .filter(|r| view.partition_of(id(**r)) == Some(q));
+            if caretakers.clone().count() > 0 && caretakers.into_iter().all(|r| lost_at.contains(r))
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The README's bound on recovery overhead and the design's bound on retransmissions by
+    /// senders, measured per copy on the network:
+    /// - repairs: one per lost packet per receiver is the aim; at most 2x the lost bytes (the
+    ///   second caretaker asked while a partition's prefix is unproven);
+    /// - control + repair, tokens included: at most 5x the loss rate times the data bytes.
+    ///   The last session measured about 1x with `qs bench` (tens of thousands of packets per
+    ///   second, tokens negligible); here senders send a few packets per millisecond while
+    ///   tokens still run every 2 ms, which alone costs 2 to 3.5 times the lost bytes;
+    /// - senders re-multicast only what a whole caretaker partition lost (twice when the
+    ///   re-multicast itself is lost there).
+    fn assert_overhead(&self) {
+        let t = &self.traffic;
+        let seed = self.seed;
+        let hint = replay_hint(seed, "--release --test sim_recovery");
+        let rate = loss_rate(&self.sim.config().loss);
+        assert!(t.lost_packets > 0, "the scenario lost data (seed {seed})");
+        assert!(
+            t.repair_bytes <= 2 * t.lost_bytes,
+            "repairs {} B for {} B lost: more than two per loss; {hint}",
+            t.repair_bytes,
+            t.lost_bytes,
+        );
+        let budget = 5.0 * rate * t.data_bytes as f64;
+        assert!(
+            t.control_and_repair() as f64 <= budget,
+            "control+repair {} B (tokens {} B) over 5 x {rate} x {} data bytes; {hint}",
+            t.control_and_repair(),
+            t.token_bytes,
+            t.data_bytes,
+        );
+        let first = self.spec.receivers.len();
+        let retransmitted: u64 = (first..first + self.spec.senders.len())
+            .map(|s| self.stats(s).retransmitted)
+            .sum();
+        let whole = self.whole_partition_losses();
+        assert!(
+            retransmitted <= 2 * whole + 1,
+            "senders re-multicast {retransmitted} packets; whole caretaker partitions lost only \
+             {whole}; {hint}"
+        );
     }
 
     /// Figures of the run, printed for the notes.
@@ -455,6 +754,27 @@ impl Run {
             100.0 * peak_cache as f64 / stream.max(1) as f64,
             self.refused,
         );
+        let t = &self.traffic;
+        println!(
+            "{name}: on the wire: data {} B in {} packets, lost {} B in {} packets ({:.2}%); \
+             repairs {} B in {} packets ({:.2}x lost), tokens {} B, other control {} B; \
+             control+repair {:.2}x loss rate x data; longest ack stall {:?}; whole-partition \
+             losses {}",
+            t.data_bytes,
+            t.data_packets,
+            t.lost_bytes,
+            t.lost_packets,
+            100.0 * t.lost_bytes as f64 / t.data_bytes.max(1) as f64,
+            t.repair_bytes,
+            t.repair_packets,
+            t.repair_bytes as f64 / t.lost_bytes.max(1) as f64,
+            t.token_bytes,
+            t.other_control_bytes,
+            t.control_and_repair() as f64
+                / (loss_rate(&self.sim.config().loss) * t.data_bytes as f64).max(1.0),
+            self.stalls.longest(self.sim.now()),
+            self.whole_partition_losses(),
+        );
     }
 }
 
@@ -475,6 +795,24 @@ fn spec(n: usize, messages: u32) -> Spec {
         messages,
         size: 100,
         per_ms: 20,
+        sizes: Vec::new(),
+    }
+}
+
+/// The long-run fraction of datagrams `model` loses.
+fn loss_rate(model: &LossModel) -> f64 {
+    match *model {
+        LossModel::None => 0.0,
+        LossModel::Bernoulli(p) => p,
+        LossModel::GilbertElliott {
+            p_good_to_bad,
+            p_bad_to_good,
+            loss_in_good,
+            loss_in_bad,
+        } => {
+            let bad = p_good_to_bad / (p_good_to_bad + p_bad_to_good);
+            bad * loss_in_bad + (1.0 - bad) * loss_in_good
+        }
     }
 }
 
@@ -491,6 +829,7 @@ fn three_receivers_one_percent_loss_deliver_everything_exactly_once() {
     let mut run = Run::new(spec(3, 5_000), lossy(seed, 0.01));
     run.run(|_, _| {});
     run.report("3 receivers, 1% loss");
+    run.assert_overhead();
 }
 
 #[test]
@@ -499,6 +838,7 @@ fn eight_receivers_five_percent_loss_deliver_everything_exactly_once() {
     let mut run = Run::new(spec(8, 5_000), lossy(seed, 0.05));
     run.run(|_, _| {});
     run.report("8 receivers, 5% loss");
+    run.assert_overhead();
 }
 
 #[test]
@@ -524,6 +864,7 @@ fn twenty_five_receivers_in_five_partitions_recover_from_loss() {
         "peers served {served}, senders {resent}"
     );
     run.report("25 receivers (5 partitions), 2% loss");
+    run.assert_overhead();
 }
 
 #[test]
@@ -543,6 +884,7 @@ fn bursts_of_up_to_twenty_packets_are_repaired() {
     let mut run = Run::new(spec(8, 5_000), config);
     run.run(|_, _| {});
     run.report("8 receivers, bursts");
+    run.assert_overhead();
     let longest = run.bursts.1;
     println!("longest run of datagrams lost in a row at one receiver: {longest}");
     assert!(longest >= 20, "the bursts reached 20 in a row ({longest})");
@@ -562,8 +904,53 @@ fn duplication_and_reordering_with_loss_deliver_exactly_once_in_order() {
     let stale: u64 = (0..8).map(|r| run.stats(r).drops.stale).sum();
     assert!(stale > 0, "duplicates were injected");
     run.report("8 receivers, 1% loss + 2 ms jitter + 3% duplicates");
+    run.assert_overhead();
 }
 
+/// One copy in fifty of every datagram (data, repairs, tokens, acknowledgements, gossip,
+/// announcements) arrives with a bit flipped, on top of 1% loss. The checksum catches each
+/// one: every node counts exactly the corrupted copies it got as malformed, nothing corrupted
+/// is delivered (the oracle compares every payload), and the corrupted packets are repaired
+/// like lost ones, so everything is delivered exactly once.
+#[test]
+fn corrupted_datagrams_are_dropped_and_repaired_like_losses() {
+    let seed = seed_from_env(24);
+    let config = SimConfig {
+        corrupt: 0.02,
+        ..lossy(seed, 0.01)
+    };
+    let mut s = spec(8, 3_000);
+    s.sizes = vec![100, 100, 100, 100, 3000];
+    let mut run = Run::new(s, config);
+    run.run(|_, _| {});
+    run.report("8 receivers, 1% loss, 2% corrupted");
+    let hint = replay_hint(seed, "--release --test sim_recovery corrupted");
+    let (at, by_class) = &run.corrupted;
+    println!("corrupted copies delivered, by class: {by_class:?}");
+    for class in [
+        TrafficClass::Data,
+        TrafficClass::Control,
+        TrafficClass::Repair,
+    ] {
+        assert!(
+            by_class.get(&class).is_some_and(|n| *n > 0),
+            "some {class:?} copies were corrupted; {hint}"
+        );
+    }
+    for r in run.live_nodes() {
+        let got = at.get(&r).copied().unwrap_or(0);
+        assert_eq!(
+            run.stats(r).drops.malformed,
+            got,
+            "node {r} got {got} corrupted copies; {hint}"
+        );
+    }
+}
+
+/// A fifth of all unicast control (tokens, hop acknowledgements, requests, sender
+/// acknowledgements) is lost. A lost hop is retransmitted; with only two retries a hop can
+/// still fail for good, and then the leader must regenerate the round once `round_timeout`
+/// passes: without that the region would never acknowledge anything again.
 #[test]
 fn lost_tokens_and_acknowledgements_are_regenerated() {
     let seed = seed_from_env(16);
@@ -572,37 +959,117 @@ fn lost_tokens_and_acknowledgements_are_regenerated() {
         unicast_control_loss: 0.2,
         ..SimConfig::with_seed(seed)
     };
-    let mut run = Run::new(spec(8, 5_000), config);
+    let round_timeout = RingConfig::default().round_timeout;
+    let mut run = Run::with(spec(8, 5_000), config, |c| c.ring.hop_retries = 2);
     run.run(|_, _| {});
-    let retransmits: u64 = (0..8).map(|r| run.stats(r).ring.hop_retransmits).sum();
-    assert!(retransmits > 0, "20% of tokens were dropped");
     run.report("8 receivers, 1% loss, 20% of unicast control lost");
+    let ring = |f: fn(&RingStats) -> u64| (0..8).map(|r| f(&run.stats(r).ring)).sum::<u64>();
+    let hint = replay_hint(seed, "--release --test sim_recovery lost_tokens");
+    assert!(
+        ring(|s| s.hop_retransmits) > 0,
+        "lost hops were retransmitted; {hint}"
+    );
+    assert!(
+        ring(|s| s.hop_failures) > 0,
+        "some hops failed for good; {hint}"
+    );
+    // Rounds of both walks: a partition's round lost at its last hop is its leader's to
+    // regenerate, the leaders' round the region leader's.
+    let regenerated = ring(|s| s.rounds_regenerated + s.partition_rounds_regenerated);
+    assert!(
+        regenerated > 0,
+        "the leaders regenerated lost rounds; {hint}"
+    );
+    // A lost round costs one round timeout, then the regenerated round acknowledges again
+    // (two lost in a row, seen with some seeds, cost two).
+    let stall = run.stalls.longest(run.sim.now());
+    println!("{regenerated} rounds regenerated; longest acknowledgement stall {stall:?}");
+    assert!(
+        stall <= round_timeout * 2 + Duration::from_millis(50),
+        "acknowledgements stood still for {stall:?}; {hint}"
+    );
+    run.assert_overhead();
 }
 
-#[test]
-fn a_receiver_crash_and_a_late_joiner_do_not_cost_survivors_anything() {
+/// What the crash-and-joiner scenario measured.
+struct CrashRun {
+    run: Run,
+    joiner: usize,
+    joined_at: Instant,
+    /// From the crash until the region leader heard that the crashed member is down.
+    detected_after: Option<Duration>,
+}
+
+/// Eight receivers under 1% loss; receiver 3 (in the big region) crashes 100 ms into the
+/// stream, a new receiver joins that region 100 ms later.
+fn crash_and_join() -> CrashRun {
     let seed = seed_from_env(17);
     let mut s = spec(8, 6_000);
     s.per_ms = 10;
     let mut run = Run::new(s, lossy(seed, 0.01));
     let joiner = run.idx.len();
+    let (mut crashed_at, mut joined_at) = (None, None);
     run.run(|run, ms| {
         if ms == 100 {
-            // Receiver 3 (in the big region) crashes mid-stream.
             run.sim.crash(run.idx[3]);
             run.oracle.crashed.push(3);
+            crashed_at = Some(run.sim.now());
         }
         if ms == 200 {
-            // A new receiver joins the same region mid-stream.
             let mut n = NodeCore::new(core_config(joiner, run.seed), run.sim.now());
             n.subscribe_all(run.sim.now(), [topic(0), topic(1)]);
             run.idx.push(run.sim.add_node(addr(joiner), n));
             run.oracle.topics.push(vec![topic(0), topic(1)]);
             run.oracle.late.push(joiner);
+            joined_at = Some(run.sim.now());
         }
     });
-    // The joiner got a contiguous suffix of each stream (checked by the oracle) reaching back
-    // at least to what was published a second after it joined.
+    // Node 0 leads the region: its ring drops the crashed member when it hears of the crash.
+    let detected_after = run
+        .oracle
+        .downs
+        .get(&(0, id(3)))
+        .zip(crashed_at)
+        .map(|(d, c)| d.saturating_duration_since(c));
+    CrashRun {
+        run,
+        joiner,
+        joined_at: joined_at.expect("joined"),
+        detected_after,
+    }
+}
+
+/// The crash holds stability back (the crashed member's hop fails, every round is lost) until
+/// the failure detector removes it from the region: today the senders' acknowledgements stand
+/// still for about the detection time, then the survivors lose nothing. The joiner gets a
+/// contiguous suffix of each stream (checked by the oracle) that reaches back before it
+/// joined: nothing published once it was there is missing.
+#[test]
+fn a_receiver_crash_and_a_late_joiner_do_not_cost_survivors_anything() {
+    let CrashRun {
+        run,
+        joiner,
+        joined_at,
+        detected_after,
+    } = crash_and_join();
+    run.report("8 receivers, 1% loss, one crash, one joiner");
+    let hint = replay_hint(run.seed, "--release --test sim_recovery a_receiver_crash");
+    let stall = run.stalls.longest(run.sim.now());
+    println!("crash: detected after {detected_after:?}; longest acknowledgement stall {stall:?}");
+    let detected = detected_after.expect("the failure detector reported the crashed member");
+    // Today's honest bound: failure detection (SWIM suspicion, about 8 x log10(n) gossip
+    // rounds of 200 ms here) plus at most two round timeouts (a round started before every
+    // member heard of the crash carries the old view and is lost).
+    let round_timeout = RingConfig::default().round_timeout;
+    assert!(
+        detected < Duration::from_secs(3),
+        "failure detection took {detected:?}; {hint}"
+    );
+    assert!(
+        stall <= detected + 2 * round_timeout,
+        "acknowledgements stood still {stall:?}, well past failure detection ({detected:?}); \
+         {hint}"
+    );
     for s in [8usize, 9, 10] {
         let c = run
             .oracle
@@ -610,21 +1077,70 @@ fn a_receiver_crash_and_a_late_joiner_do_not_cost_survivors_anything() {
             .get(&(joiner, s))
             .copied()
             .unwrap_or_default();
-        assert!(c.started, "the joiner heard from sender {s}");
+        let first = c
+            .first
+            .unwrap_or_else(|| panic!("the joiner heard from sender {s}; {hint}"));
+        let published = run.oracle.sent_at[&s][first];
+        println!(
+            "joiner: first message from sender {s} is #{first}, published {:?} before it joined",
+            joined_at.saturating_duration_since(published)
+        );
+        assert!(
+            published < joined_at,
+            "the joiner's stream from sender {s} starts at #{first}, published after it joined \
+             ({:?}); {hint}",
+            published.saturating_duration_since(joined_at)
+        );
     }
-    run.report("8 receivers, 1% loss, one crash, one joiner");
 }
 
-/// One receiver's application reads 25 messages per millisecond while three senders
-/// publish 150 each per millisecond (1,000-byte messages) and the others keep up. Returns (milliseconds the senders took to publish everything,
-/// messages the slow receiver lost, its isolations).
-fn slow_receiver_run(isolate: bool) -> (u32, u64, u64) {
+/// Issue 10's liveness target: a crashed member's hop is skipped after a few hop timeouts, so
+/// stability stalls well under a second, not until failure detection.
+#[test]
+fn a_receiver_crash_stalls_acknowledgements_well_under_a_second() {
+    let CrashRun { run, .. } = crash_and_join();
+    let stall = run.stalls.longest(run.sim.now());
+    assert!(
+        stall < Duration::from_millis(500),
+        "acknowledgements stood still {stall:?}; SIM_SEED={} cargo test --release --test \
+         sim_recovery a_receiver_crash_stalls -- --ignored --nocapture",
+        run.seed
+    );
+}
+
+/// What a slow-receiver run measured.
+#[derive(Debug)]
+struct SlowRun {
+    /// Milliseconds the senders took to publish everything.
+    took: u32,
+    /// Packets the slow receiver lost (isolation only) and its isolations.
+    lost: u64,
+    isolations: u64,
+    /// Per sender: acknowledgements that set or lowered its pace.
+    pacing_engaged: Vec<u64>,
+    /// Per sender and 10 ms while it still publishes: data packets sent.
+    sent_per_10ms: Vec<Vec<u64>>,
+    /// Per sender and millisecond while it still publishes: its pacing rate (packets/s, 0
+    /// unpaced).
+    pacing_rates: Vec<Vec<u64>>,
+}
+
+/// The slow application's share of one sender's stream, packets per second (it reads
+/// `SLOW_PER_MS` messages per millisecond of three senders' 1,000-byte messages, one per
+/// packet).
+const SLOW_PER_MS: usize = 25;
+const SLOW_SHARE: f64 = SLOW_PER_MS as f64 * 1000.0 / 3.0;
+
+/// Three senders publish 150 messages each per millisecond (1,000 bytes) to five receivers
+/// under 1% loss; with `slow`, receiver 4's application reads only `SLOW_PER_MS` messages per
+/// millisecond (`isolate` picks the policy) while the others keep up.
+fn slow_receiver_run(slow: bool, isolate: bool, loss: f64) -> SlowRun {
     let seed = seed_from_env(18);
     let mut s = spec(5, 10_000);
     s.receivers = vec![vec![0, 1]; 5];
     s.per_ms = 150;
     s.size = 1000;
-    let mut config = lossy(seed, 0.01);
+    let mut config = lossy(seed, loss);
     config.latency = Duration::from_micros(50);
     let mut run = Run::with(s, config, |c| {
         // Small windows, so that buffering cannot hide the slow application.
@@ -636,46 +1152,332 @@ fn slow_receiver_run(isolate: bool) -> (u32, u64, u64) {
         c.ring.slow_after = Duration::from_millis(100);
         c.ring.isolate_slow = isolate;
     });
-    run.slow = Some((4, 25));
+    if slow {
+        run.slow = Some((4, SLOW_PER_MS));
+    }
     if isolate {
         run.oracle.lossy.push(4);
     }
-    let mut took = 0;
-    run.run(|_, ms| {
-        took = ms;
-    });
-    let isolations = run.stats(4).ring.isolations;
     let senders = 5..run.idx.len();
+    let mut took = 0;
+    let mut sent_per_10ms = vec![Vec::new(); senders.len()];
+    let mut pacing_rates = vec![Vec::new(); senders.len()];
+    let mut last = vec![0u64; senders.len()];
+    run.run(|run, ms| {
+        took = ms;
+        for (k, i) in senders.clone().enumerate() {
+            if run.next[&i] >= run.spec.messages {
+                continue; // This sender has published everything.
+            }
+            let st = run.stats(i);
+            pacing_rates[k].push(st.pacing_rate);
+            if ms % 10 == 9 {
+                sent_per_10ms[k].push(st.data_packets_sent - last[k]);
+                last[k] = st.data_packets_sent;
+            }
+        }
+    });
+    let result = SlowRun {
+        took,
+        lost: run.gaps,
+        isolations: run.stats(4).ring.isolations,
+        pacing_engaged: senders
+            .clone()
+            .map(|i| run.stats(i).pacing_engaged)
+            .collect(),
+        sent_per_10ms,
+        pacing_rates,
+    };
     println!(
-        "slow receiver, isolate={isolate}: publishing took {took} ms; slow node lost {} packets, \
-         isolated itself {isolations} times, refused {} packets beyond its window; leaders \
-         reported {} slow receivers; senders paced {} times",
-        run.gaps,
+        "slow receiver {slow}, isolate={isolate}: publishing took {took} ms; slow node lost {} \
+         packets, isolated itself {} times, refused {} packets beyond its window; leaders \
+         reported {} slow receivers; senders paced {:?} times",
+        result.lost,
+        result.isolations,
         run.stats(4).drops.beyond_window,
         (0..5).map(|r| run.stats(r).slow_receivers).sum::<u64>(),
-        senders.map(|s| run.stats(s).pacing_engaged).sum::<u64>(),
+        result.pacing_engaged,
     );
-    (took, run.gaps, isolations)
+    for k in 0..result.sent_per_10ms.len() {
+        println!(
+            "  sent per 10 ms (sender {k}): {:?}",
+            result.sent_per_10ms[k]
+        );
+    }
+    for k in 0..result.pacing_rates.len() {
+        println!(
+            "  pacing rate each 10 ms (sender {k}): {:?}",
+            result.pacing_rates[k]
+                .iter()
+                .step_by(10)
+                .collect::<Vec<_>>()
+        );
+    }
+    result
 }
 
 #[test]
 fn a_slow_receiver_slows_the_senders_by_default_and_is_isolated_by_choice() {
-    let (reliable_ms, lost, isolations) = slow_receiver_run(false);
+    let reliable = slow_receiver_run(true, false, 0.01);
     assert_eq!(
-        (lost, isolations),
+        (reliable.lost, reliable.isolations),
         (0, 0),
         "the default policy loses nothing"
     );
-    let (isolated_ms, lost, isolations) = slow_receiver_run(true);
-    assert!(isolations > 0, "the slow receiver isolated itself");
+    let isolated = slow_receiver_run(true, true, 0.01);
+    assert!(isolated.isolations > 0, "the slow receiver isolated itself");
     assert!(
-        lost > 0,
+        isolated.lost > 0,
         "an isolated receiver loses what it cannot keep up with"
     );
     assert!(
-        isolated_ms * 2 < reliable_ms,
-        "isolation frees the others: {isolated_ms} ms vs {reliable_ms} ms"
+        isolated.took * 2 < reliable.took,
+        "isolation frees the others: {} ms vs {} ms",
+        isolated.took,
+        reliable.took
     );
+}
+
+/// Rate control through the ring, without loss (with loss, holes waiting for repair fill
+/// this small window too and pacing engages briefly at about the offered rate). A slow
+/// member makes every sender pace, and their send rate falls from the 150 packets per
+/// millisecond they offer until together they send what the slow application takes; without
+/// it nobody paces and the senders send what they offer.
+#[test]
+fn a_slow_member_makes_the_senders_pace_towards_its_rate_and_without_it_they_do_not() {
+    let hint = replay_hint(
+        seed_from_env(18),
+        "--release --test sim_recovery a_slow_member",
+    );
+    let fast = slow_receiver_run(false, false, 0.0);
+    assert_eq!(
+        fast.pacing_engaged,
+        vec![0; 3],
+        "nobody paces without a slow member; {hint}"
+    );
+    for (k, bins) in fast.sent_per_10ms.iter().enumerate() {
+        // 150 messages per millisecond, one per packet; the third sender's every other
+        // message is on a topic nobody subscribes.
+        let offered = if k == 2 { 750 } else { 1500 };
+        assert!(
+            bins.iter().all(|n| *n == offered),
+            "sender {k} sent {bins:?} per 10 ms, offered {offered}; {hint}"
+        );
+    }
+    let slow = slow_receiver_run(true, false, 0.0);
+    assert!(
+        slow.pacing_engaged.iter().all(|n| *n > 0),
+        "every sender paced: {:?}; {hint}",
+        slow.pacing_engaged
+    );
+    // After the first window's worth (50 ms): together the senders send what the slow
+    // application takes, and none sends much above it alone. (How the slow member's share is
+    // split among senders follows which streams have packets ready as it reads; a stream
+    // waiting for the repair of packets it refused sits out meanwhile.)
+    let bins = slow.sent_per_10ms.iter().map(Vec::len).max().unwrap_or(0);
+    let total: u64 = slow
+        .sent_per_10ms
+        .iter()
+        .map(|b| b.iter().skip(5).sum::<u64>())
+        .sum();
+    let together = total as f64 / (bins.saturating_sub(5).max(1) as f64 * 0.01);
+    let slow_rate = 3.0 * SLOW_SHARE;
+    println!("senders together: {together:.0} packets/s after 50 ms; slow member {slow_rate:.0}");
+    assert!(
+        (0.5 * slow_rate..=1.5 * slow_rate).contains(&together),
+        "the senders sent {together:.0} packets/s together; the slow application takes \
+         {slow_rate:.0}; {hint}"
+    );
+    for k in 0..slow.sent_per_10ms.len() {
+        let bins = &slow.sent_per_10ms[k][5..];
+        let rate = bins.iter().sum::<u64>() as f64 / (bins.len() as f64 * 0.01);
+        println!("sender {k}: {rate:.0} packets/s after 50 ms; slow share {SLOW_SHARE:.0}");
+        assert!(
+            rate <= 1.5 * slow_rate,
+            "sender {k} sent {rate:.0} packets/s; the slow application takes {slow_rate:.0} \
+             of all streams; {hint}"
+        );
+        // The pace, when set, follows the slow member down from the 150,000 packets per
+        // second offered.
+        let top = slow.pacing_rates[k][50..]
+            .iter()
+            .max()
+            .copied()
+            .unwrap_or(0) as f64;
+        assert!(
+            top < 10.0 * SLOW_SHARE,
+            "sender {k} paced up to {top} packets/s, far above the slow share; {hint}"
+        );
+    }
+}
+
+/// The design's rate control: while a member is slow, every sender paces (the pace in force
+/// through the slow phase) at about 1.1 times the slowest member's receive rate (QSM).
+#[test]
+#[ignore = "open: with caught-up members no longer reporting a zero rate the pace is set and \
+            kept, but at ~1.1x the slow member's aggregate rate (27,500/s, its three streams \
+            together) rather than its per-sender share (8,333/s); the send windows do the rest"]
+fn a_paced_sender_follows_the_slowest_members_rate() {
+    let hint = format!(
+        "SIM_SEED={} cargo test --release --test sim_recovery a_paced -- --ignored --nocapture",
+        seed_from_env(18)
+    );
+    let slow = slow_receiver_run(true, false, 0.0);
+    for (k, rates) in slow.pacing_rates.iter().enumerate() {
+        let paced = &rates[50..];
+        let in_force: Vec<u64> = paced.iter().copied().filter(|r| *r > 0).collect();
+        assert!(
+            in_force.len() * 10 >= paced.len() * 9,
+            "sender {k} paced only {} of {} ms while the member was slow; {hint}",
+            in_force.len(),
+            paced.len()
+        );
+        let mut sorted = in_force;
+        sorted.sort_unstable();
+        let median = sorted[sorted.len() / 2] as f64;
+        assert!(
+            median <= 1.5 * SLOW_SHARE,
+            "sender {k} paced at {median} packets/s (median); the slow application takes \
+             {SLOW_SHARE:.0}; {hint}"
+        );
+    }
+}
+
+/// The send window of the stalled-application runs (packets); their receive windows are as
+/// small, so a stopped application fills its node's window quickly.
+const STALL_WINDOW: u32 = 256;
+
+/// What a stalled-application run measured.
+#[derive(Debug)]
+struct Stalled {
+    isolations: u64,
+    /// Slow-receiver reports by the region leader.
+    reports: u64,
+    /// Packets the stalled receiver lost.
+    lost: u64,
+    /// The most packets the sender held unacknowledged.
+    unacked_peak: u64,
+}
+
+/// One sender publishes 20 messages of 1,000 bytes per millisecond to three receivers (one
+/// region) for 600 ms; the application of the last one in token order (node 2) reads
+/// nothing from 100 ms to `100 + stop_ms` ms. Once its window is full the sender is held to
+/// exactly `STALL_WINDOW` packets ahead of it: that is its lag. `slow_lag` and
+/// `slow_after` are the policy's thresholds.
+fn stalled_app_run(stop_ms: u32, slow_lag: u32, slow_after: Duration, isolate: bool) -> Stalled {
+    let seed = seed_from_env(25);
+    let s = Spec {
+        receivers: vec![vec![0]; 3],
+        senders: vec![vec![0]],
+        messages: 12_000,
+        size: 1000,
+        sizes: Vec::new(),
+        per_ms: 20,
+    };
+    let mut run = Run::with(s, SimConfig::with_seed(seed), |c| {
+        c.send_window_packets = STALL_WINDOW as usize;
+        c.reorder_window_packets = STALL_WINDOW as usize;
+        c.max_pending_events = 50;
+        c.send_queue_bytes = 64 << 10;
+        c.ring.slow_lag = slow_lag;
+        c.ring.slow_after = slow_after;
+        c.ring.isolate_slow = isolate;
+    });
+    run.unacked_peak = Some(BTreeMap::new());
+    if isolate {
+        run.oracle.lossy.push(2);
+    }
+    run.run(|run, ms| {
+        if ms == 100 {
+            run.stopped = Some(2);
+        }
+        if ms == 100 + stop_ms {
+            run.stopped = None;
+        }
+    });
+    let reports = run
+        .oracle
+        .slow_reports
+        .iter()
+        .filter(|(_, member, _)| *member == id(2))
+        .count() as u64;
+    let result = Stalled {
+        isolations: run.stats(2).ring.isolations,
+        reports,
+        lost: run.gaps,
+        unacked_peak: run
+            .unacked_peak
+            .as_ref()
+            .and_then(|p| p.get(&3).copied())
+            .unwrap_or(0),
+    };
+    println!(
+        "stalled application {stop_ms} ms, slow_lag {slow_lag}, slow_after {slow_after:?}, \
+         isolate {isolate}: {result:?}"
+    );
+    result
+}
+
+/// The send window's limit, both sides: a sender held back by a member that takes nothing
+/// keeps exactly `send_window_packets` unacknowledged (never one more, checked after every
+/// event by the core's invariants; and not one fewer: the window is used to the end).
+#[test]
+fn a_held_back_sender_fills_its_send_window_exactly() {
+    let r = stalled_app_run(300, u32::MAX, Duration::from_secs(60), false);
+    assert_eq!(
+        r.unacked_peak,
+        u64::from(STALL_WINDOW),
+        "{}",
+        replay_hint(seed_from_env(25), "--release --test sim_recovery held_back")
+    );
+}
+
+/// The slow-receiver thresholds, both sides. Lag: a member exactly `slow_lag` behind for
+/// long enough is slow (reported by the leader; under the isolation policy it isolates
+/// itself), one packet short of it is not. Time: lagging a little less than `slow_after` is
+/// not slow, a little more is.
+#[test]
+fn a_member_is_slow_at_slow_lag_for_slow_after_and_not_just_short_of_either() {
+    let hint = replay_hint(
+        seed_from_env(25),
+        "--release --test sim_recovery a_member_is_slow",
+    );
+    let after = Duration::from_millis(200);
+    // Lag threshold (the stalled member lags exactly STALL_WINDOW for 400 ms).
+    let at = stalled_app_run(400, STALL_WINDOW, after, false);
+    assert!(at.reports > 0, "lagging slow_lag is slow: reported; {hint}");
+    assert_eq!(at.lost, 0, "the default policy loses nothing; {hint}");
+    let short = stalled_app_run(400, STALL_WINDOW + 1, after, false);
+    assert_eq!(
+        short.reports, 0,
+        "one short of slow_lag is not slow; {hint}"
+    );
+    let isolated = stalled_app_run(400, STALL_WINDOW, after, true);
+    assert!(
+        isolated.isolations > 0,
+        "at slow_lag it isolates itself; {hint}"
+    );
+    assert!(
+        isolated.lost > 0,
+        "and loses what the region moved past; {hint}"
+    );
+    let kept = stalled_app_run(400, STALL_WINDOW + 1, after, true);
+    assert_eq!(
+        (kept.isolations, kept.lost),
+        (0, 0),
+        "one short of slow_lag it stays and loses nothing; {hint}"
+    );
+    // Time threshold: the window fills about 20 ms after the stop, so the member lags from
+    // then until the stop ends (isolation starts between a 220 and a 225 ms stop). A 200 ms
+    // stop lags about 180 ms, a 245 ms stop about 225 ms.
+    let brief = stalled_app_run(200, STALL_WINDOW, after, true);
+    assert_eq!(
+        (brief.isolations, brief.lost),
+        (0, 0),
+        "lagging for less than slow_after is not slow; {hint}"
+    );
+    let long = stalled_app_run(245, STALL_WINDOW, after, true);
+    assert!(long.isolations > 0, "lagging past slow_after is; {hint}");
 }
 
 /// A sender that leaves (gracefully, after its regions acknowledged everything) while a
@@ -736,6 +1538,7 @@ fn a_member_deaf_to_multicast_is_served_by_unicast_until_its_path_heals() {
         messages: 36_000,
         size: 200,
         per_ms: 4,
+        sizes: Vec::new(),
     };
     let mut run = Run::new(s, SimConfig::with_seed(seed));
     let deaf = 2;
@@ -791,6 +1594,7 @@ fn a_leader_publishing_into_its_own_region_is_acknowledged_and_repaired() {
         messages: 8_000,
         size: 1000,
         per_ms: 20,
+        sizes: Vec::new(),
     };
     let mut run = Run::new(s, lossy(seed, 0.01));
     // The sender (index 4) gets the lowest id and subscribes too: it leads the region.
@@ -872,6 +1676,7 @@ fn caretaker_memory_shrinks_with_partitions_and_repairs_come_within_rounds() {
             messages: 4_000,
             size: 1000,
             per_ms: 20,
+            sizes: Vec::new(),
         };
         let mut run = Run::new(s, lossy(seed, 0.01));
         run.repair_clock = Some((BTreeMap::new(), Vec::new()));
@@ -919,18 +1724,43 @@ fn caretaker_memory_shrinks_with_partitions_and_repairs_come_within_rounds() {
     );
 }
 
+/// Random clusters, workloads and faults, each from one seed: 3 to 25 receivers in up to
+/// seven regions, one to six senders on random topic sets, message sizes from 8 bytes
+/// (packed) to 20 KB (15 fragments), send and receive windows from 64 to 4096 packets;
+/// Bernoulli or burst loss, jitter, duplication, lost control traffic, sometimes a receiver
+/// crash. Every run must deliver everything exactly once, in order, and end with nothing
+/// unacknowledged or cached (the oracle and `Run::run`). CI runs 20 seeds; `QS_SWARM=<runs>`
+/// runs more, `SIM_SEED=<n>` moves the first seed.
 #[test]
-fn swarm() {
-    let Ok(runs) = std::env::var("QS_SWARM") else {
-        eprintln!("swarm: set QS_SWARM=<runs> to run random seeds");
-        return;
-    };
-    let runs: u64 = runs.parse().expect("QS_SWARM is a number");
+fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
+    let runs: u64 =
+        std::env::var("QS_SWARM").map_or(20, |r| r.parse().expect("QS_SWARM is a number"));
     let base = seed_from_env(1000);
     for k in 0..runs {
         let seed = base + k;
         let mut prng = Prng::new(seed);
         let n = [3usize, 5, 8, 12, 25][prng.below(5) as usize];
+        // Topic sets: {0, 1} for most, so most receivers share a region, and a random
+        // non-empty subset of {0, 1, 2} for the rest.
+        let receivers: Vec<Vec<usize>> = (0..n)
+            .map(|_| match prng.chance(0.6) {
+                true => vec![0, 1],
+                false => subset(&mut prng, 3),
+            })
+            .collect();
+        let senders: Vec<Vec<usize>> = (0..1 + prng.below(6))
+            .map(|_| subset(&mut prng, 3))
+            .collect();
+        let sizes: Vec<usize> = match prng.below(4) {
+            0 => vec![100],
+            1 => vec![8, 1400, 60, 700],
+            2 => vec![100, 100, 100, 3000],
+            _ => vec![500, 20_000, 50],
+        };
+        let mean = sizes.iter().sum::<usize>() / sizes.len();
+        let messages = (400_000 / mean).clamp(200, 2_000) as u32;
+        let send_window = [64usize, 512, 2048][prng.below(3) as usize];
+        let reorder_window = (send_window << prng.below(3)).min(4096);
         let config = SimConfig {
             loss: match prng.below(3) {
                 0 => LossModel::Bernoulli(prng.unit() * 0.08),
@@ -951,8 +1781,23 @@ fn swarm() {
         let crash = prng
             .chance(0.3)
             .then(|| (prng.below(n as u64) as usize, prng.below(100) as u32));
+        let spec = Spec {
+            receivers,
+            senders,
+            messages,
+            size: 0,
+            sizes,
+            per_ms: 20,
+        };
+        let described = format!(
+            "swarm run {k}: seed {seed}, {spec:?}, send window {send_window}, receive window \
+             {reorder_window}, crash {crash:?}, {config:?}"
+        );
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut run = Run::new(spec(n, 2_000), config.clone());
+            let mut run = Run::with(spec.clone(), config.clone(), |c| {
+                c.send_window_packets = send_window;
+                c.reorder_window_packets = reorder_window;
+            });
             run.run(|run, ms| {
                 if let Some((victim, at)) = crash {
                     if ms == at {
@@ -962,7 +1807,7 @@ fn swarm() {
                 }
             });
         }));
-        eprintln!("swarm run {k}: seed {seed}, {n} receivers, crash {crash:?}, {config:?}");
+        eprintln!("{described}");
         if result.is_err() {
             panic!(
                 "swarm failed at seed {seed}; replay: QS_SWARM=1 SIM_SEED={seed} cargo test \
@@ -970,4 +1815,10 @@ fn swarm() {
             );
         }
     }
+}
+
+/// A random non-empty subset of `0..n`.
+fn subset(prng: &mut Prng, n: usize) -> Vec<usize> {
+    let mask = 1 + prng.below((1 << n) - 1) as usize;
+    (0..n).filter(|i| mask & (1 << i) != 0).collect()
 }

@@ -7,7 +7,7 @@ use std::hint::black_box;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use qs_regions::{GroupRange, RegionTable, Signature};
-use qs_transport::wire::{DataPacket, DataWriter, Header, PacketKind, Seal, HEADER_LEN};
+use qs_transport::wire::{DataPacket, DataWriter, Header, PacketKind, Seal, StreamId, HEADER_LEN};
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
 fn header() -> Header {
@@ -15,7 +15,11 @@ fn header() -> Header {
 }
 
 fn pack(buf: &mut [u8], payload: &[u8]) -> (usize, u64) {
-    let mut w = DataWriter::new(buf, &header(), RegionId(3), Seq(4)).expect("room");
+    let stream = StreamId {
+        region: RegionId(3),
+        epoch: 1,
+    };
+    let mut w = DataWriter::new(buf, &header(), stream, Seq(4)).expect("room");
     let mut n = 0;
     while w.push(TopicId(5), payload) {
         n += 1;

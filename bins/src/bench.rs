@@ -10,6 +10,18 @@
 //! `--loss 0,0.01,0.05` repeats the Quicksilver run with that fraction of incoming data
 //! packets dropped at every receiver (the in-process loss injector), so throughput under loss
 //! and the recovery traffic it costs are measured next to the lossless run.
+//!
+//! The raw limit is measured twice: the **blast** (unpaced; on a small machine it overruns
+//! its receivers and measures contention) and a short **paced sweep** (`raw::sweep`: the
+//! highest per-receiver rate that lost at most 0.1 %). The ratio column divides by the better
+//! of the two (the honest limit). A Quicksilver/raw ratio above 1.0 where Quicksilver sends one
+//! message per datagram cannot be a faster wire: it is printed as a measurement fault.
+//!
+//! `--rate R` paces both the raw sender and the Quicksilver publisher at R messages per
+//! second, so the latency columns are one-way latency at that load rather than queueing at
+//! saturation. `qs bench ping` measures round trips (see `bench/ping.rs`).
+
+mod ping;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::process::ExitCode;
@@ -49,6 +61,13 @@ pub struct BenchArgs {
     /// Loss injected at every receiver, one Quicksilver run per value (comma separated).
     #[arg(long, value_delimiter = ',', default_values_t = [0.0f64])]
     loss: Vec<f64>,
+    /// Pace the raw sender and the publisher at this many messages per second (0: unpaced,
+    /// as fast as back-pressure allows). Paced runs measure one-way latency at that load.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Messages per step of the raw paced sweep (0: no sweep; the blast alone is the limit).
+    #[arg(long, default_value_t = 50_000)]
+    sweep_count: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -57,6 +76,8 @@ enum Mode {
     RawSend(RawArgs),
     /// Raw UDP multicast receiver; prints one JSON line.
     RawRecv(RawArgs),
+    /// Round-trip latency: Quicksilver beside raw UDP multicast ping-pong on the same path.
+    Ping(ping::PingArgs),
 }
 
 #[derive(Args, Debug)]
@@ -76,6 +97,10 @@ struct RawArgs {
     /// Receiver: stop after this many seconds without a message.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Sender: pace at this many messages per second (0: blast, as fast as the socket takes
+    /// them).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
 }
 
 /// One measured run, per receiver averages.
@@ -158,6 +183,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     match a.mode {
         Some(Mode::RawSend(r)) => return raw_send(&r),
         Some(Mode::RawRecv(r)) => return raw_recv(&r),
+        Some(Mode::Ping(p)) => return ping::run(p),
         None => {}
     }
     if a.receivers == 0 || a.count == 0 {
@@ -178,6 +204,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             );
         }
         let raw = raw_loopback(&a, size)?;
+        let sweep = if a.sweep_count > 0 && a.rate == 0 {
+            if !a.json {
+                eprintln!("qs bench: {size} B: raw UDP paced sweep ...");
+            }
+            raw_sweep(&a, size, raw.msgs_per_s)?
+        } else {
+            Vec::new()
+        };
         if !a.json {
             eprintln!(
                 "qs bench: {size} B x {} to {} receivers: Quicksilver ...",
@@ -188,19 +222,36 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         for &loss in &a.loss {
             qs.push((loss, quicksilver_loopback(&a, size, loss)?));
         }
-        rows.push((size, raw, qs));
+        rows.push(Row {
+            size,
+            raw,
+            sweep,
+            qs,
+        });
     }
     if a.json {
         let runs: Vec<Value> = rows
             .iter()
-            .flat_map(|(size, raw, qs)| {
-                qs.iter().map(move |(loss, qs)| {
+            .flat_map(|row| {
+                let limit = row.limit();
+                row.qs.iter().map(move |(loss, qs)| {
+                    let ratio = qs.msgs_per_s / limit;
                     json!({
-                        "size": size, "receivers": a.receivers, "count": a.count,
-                        "injected_loss": loss,
-                        "raw": raw.to_json(*size), "quicksilver": qs.to_json(*size),
-                        "msgs_ratio": qs.msgs_per_s / raw.msgs_per_s,
-                        "packets_ratio": qs.packets_per_s / raw.packets_per_s,
+                        "size": row.size, "receivers": a.receivers, "count": a.count,
+                        "rate": a.rate, "injected_loss": loss,
+                        "raw": row.raw.to_json(row.size),
+                        "raw_sweep": {
+                            "steps": row.sweep,
+                            "best": raw::best_paced(&row.sweep),
+                            "max_loss": raw::SWEEP_MAX_LOSS,
+                        },
+                        "raw_limit_msgs_per_s": limit,
+                        "quicksilver": qs.to_json(row.size),
+                        "msgs_ratio": ratio,
+                        "msgs_ratio_to_blast": qs.msgs_per_s / row.raw.msgs_per_s,
+                        "packets_ratio": qs.packets_per_s / limit,
+                        "one_message_per_datagram": one_per_datagram(row.size),
+                        "measurement_fault": is_fault(row.size, ratio),
                     })
                 })
             })
@@ -209,11 +260,17 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "\nloopback, 1 sender -> {} receivers, {} messages; figures per receiver",
-        a.receivers, a.count
+        "\nloopback, 1 sender -> {} receivers, {} messages{}; figures per receiver",
+        a.receivers,
+        a.count,
+        if a.rate > 0 {
+            format!(", paced at {} msg/s", a.rate)
+        } else {
+            String::new()
+        }
     );
     println!(
-        "{:>6} {:>8} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8}",
+        "{:>6} {:>9} {:>10} {:>8} {:>7} {:>8} {:>8} {:>10} {:>8} {:>7} {:>6} {:>8} {:>8} {:>8}",
         "size",
         "",
         "msg/s",
@@ -229,12 +286,16 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         "repairs",
         "ctl+rep"
     );
-    for (size, raw, qs) in rows {
-        let lossless = qs
+    let mut faults = Vec::new();
+    for row in &rows {
+        let size = row.size;
+        let limit = row.limit();
+        let lossless = row
+            .qs
             .iter()
             .find(|(l, _)| *l == 0.0)
             .map(|(_, f)| f.msgs_per_s);
-        let named = qs.iter().map(|(loss, f)| {
+        let named = row.qs.iter().map(|(loss, f)| {
             let name = if *loss == 0.0 {
                 "qs".to_string()
             } else {
@@ -242,9 +303,13 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             };
             (name, *f)
         });
-        for (name, f) in std::iter::once(("raw".to_string(), raw)).chain(named) {
+        for (name, f) in std::iter::once(("raw blast".to_string(), row.raw)).chain(named) {
+            let ratio = f.msgs_per_s / limit;
+            if name.starts_with("qs") && is_fault(size, ratio) {
+                faults.push((size, name.clone(), ratio));
+            }
             println!(
-                "{:>6} {:>8} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x {:>8} {:>7.2}%",
+                "{:>6} {:>9} {:>10.0} {:>8.1} {:>6.1}% {:>8.0} {:>8.2} {:>10.0} {:>8.0} {:>7.1} {:>6} {:>7.2}x {:>8} {:>7.2}%",
                 size,
                 name,
                 f.msgs_per_s,
@@ -256,13 +321,29 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 f.latency_us[2],
                 f.latency_us[4] / 1e3,
                 f.gaps,
-                f.msgs_per_s / raw.msgs_per_s,
+                ratio,
                 f.repairs,
                 f.overhead * 100.0
             );
         }
+        if let Some(best) = raw::best_paced(&row.sweep) {
+            println!(
+                "{size:>6} raw paced: {:.0} msg/s per receiver at a pacing of {}/s (worst loss {:.3}%); \
+                 sweep {}",
+                best.recv_per_sec,
+                best.target_per_sec,
+                best.loss_max * 100.0,
+                row.sweep
+                    .iter()
+                    .map(|s| format!("{}/s:{:.2}%", s.target_per_sec, s.loss_max * 100.0))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        } else if !row.sweep.is_empty() {
+            println!("{size:>6} raw paced: no step of the sweep lost at most 0.1%");
+        }
         if let Some(base) = lossless {
-            for (loss, f) in qs.iter().filter(|(l, _)| *l > 0.0) {
+            for (loss, f) in row.qs.iter().filter(|(l, _)| *l > 0.0) {
                 println!(
                     "{size:>6} B with {:.0}% loss at every receiver: {:.1}% of the lossless rate",
                     loss * 100.0,
@@ -271,8 +352,74 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    println!("(per receiver; ratio: message rate relative to raw UDP multicast of the same size; cpu: whole process per message sent; latency includes queueing at full load; repairs: packets served by peers or re-multicast by the sender; ctl+rep: control and repair bytes of all nodes over data bytes)");
+    println!("(per receiver; ratio: message rate over the raw limit of the same size, the better of the blast and the paced sweep's best rate with <= 0.1% loss; cpu: whole process per message sent; latency includes queueing at full load unless paced; repairs: packets served by peers or re-multicast by the sender; ctl+rep: control and repair bytes of all nodes over data bytes)");
+    for (size, name, ratio) in faults {
+        println!(
+            "MEASUREMENT FAULT: {name} at {size} B sends one message per datagram yet measured \
+             {ratio:.2}x the raw limit: the raw baseline did not reach the path's limit in this run"
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One message size: the raw blast, the raw sweep, and Quicksilver per injected loss.
+struct Row {
+    size: usize,
+    raw: Figures,
+    sweep: Vec<raw::SweepStep>,
+    qs: Vec<(f64, Figures)>,
+}
+
+impl Row {
+    /// The honest raw limit: the better of the blast (if it lost at most 0.1 %) and the
+    /// sweep's best clean step.
+    fn limit(&self) -> f64 {
+        let blast = if 1.0 - self.raw.delivered_fraction <= raw::SWEEP_MAX_LOSS {
+            self.raw.msgs_per_s
+        } else {
+            0.0
+        };
+        let paced = raw::best_paced(&self.sweep).map_or(0.0, |s| s.recv_per_sec);
+        let best = blast.max(paced);
+        if best > 0.0 {
+            best
+        } else {
+            self.raw.msgs_per_s
+        }
+    }
+}
+
+/// Quicksilver's datagram is 1472 bytes (its default); a message of `size` bytes shares one
+/// with another only if two fit with their headers (~40 bytes of packet header, 16 per
+/// message, generously rounded).
+fn one_per_datagram(size: usize) -> bool {
+    2 * (size + 16) + 40 > 1472
+}
+
+/// A ratio above 1.0 at one message per datagram cannot be a faster wire.
+fn is_fault(size: usize, ratio: f64) -> bool {
+    one_per_datagram(size) && ratio > 1.0
+}
+
+fn raw_sweep(a: &BenchArgs, size: usize, blast: f64) -> anyhow::Result<Vec<raw::SweepStep>> {
+    let group = SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 99), a.port);
+    let rates = raw::sweep_rates(blast);
+    raw::sweep(
+        &RawSendConfig {
+            group,
+            payload_bytes: size,
+            count: a.sweep_count,
+            ..RawSendConfig::default()
+        },
+        &RawRecvConfig {
+            group,
+            idle_timeout: Duration::from_secs(2),
+            ..RawRecvConfig::default()
+        },
+        a.receivers,
+        &rates,
+    )
+    .context("raw sweep")
 }
 
 /// The `q` quantile of sorted nanoseconds, in microseconds.
@@ -306,6 +453,7 @@ fn raw_loopback(a: &BenchArgs, size: usize) -> anyhow::Result<Figures> {
         group,
         payload_bytes: size,
         count: a.count,
+        rate_per_sec: (a.rate > 0).then_some(a.rate),
         ..RawSendConfig::default()
     })
     .context("raw sender")?;
@@ -380,7 +528,18 @@ fn quicksilver_loopback(a: &BenchArgs, size: usize, loss: f64) -> anyhow::Result
     );
     let cpu = qs_runtime::os::cpu_time();
     let mut buf = vec![0u8; size];
+    let start = stamp::monotonic_nanos();
     for seq in 0..a.count {
+        if let Some(gap) = (1_000_000_000u64).checked_div(a.rate) {
+            // Sleep (never spin: a spinning publisher would take a core from the node threads
+            // it measures); the stamp is taken after the wake-up, so the publisher's own
+            // timer slack is not counted as Quicksilver's latency.
+            let due = start + seq * gap;
+            let now = stamp::monotonic_nanos();
+            if due > now {
+                std::thread::sleep(Duration::from_nanos(due - now));
+            }
+        }
         stamp::write(&mut buf, seq, stamp::monotonic_nanos());
         fill_payload(&mut buf, seq);
         publisher.publish("bench", bytes::Bytes::copy_from_slice(&buf))?;
@@ -420,11 +579,15 @@ fn raw_send(r: &RawArgs) -> anyhow::Result<ExitCode> {
         group: r.group,
         payload_bytes: r.size,
         count: r.count,
+        rate_per_sec: (r.rate > 0).then_some(r.rate),
         ..RawSendConfig::default()
     })?;
     println!(
         "{}",
-        json!({"sent": rep.sent, "elapsed_s": rep.elapsed.as_secs_f64(), "rate_msgs_s": rep.msgs_per_sec})
+        json!({
+            "sent": rep.sent, "elapsed_s": rep.elapsed.as_secs_f64(),
+            "rate_msgs_s": rep.msgs_per_sec, "paced_per_s": r.rate,
+        })
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -443,6 +606,8 @@ fn raw_recv(r: &RawArgs) -> anyhow::Result<ExitCode> {
         "{}",
         json!({
             "received": rep.unique, "duplicates": rep.duplicates, "rate_msgs_s": rep.msgs_per_sec,
+            "sender_count": rep.sender_count,
+            "loss": rep.sender_count.map(|n| 1.0 - rep.unique as f64 / n.max(1) as f64),
             "latency_us": {
                 "p50": percentile(&rep.latency_nanos, 0.5), "p90": percentile(&rep.latency_nanos, 0.9),
                 "p99": percentile(&rep.latency_nanos, 0.99), "p999": percentile(&rep.latency_nanos, 0.999),

@@ -3,10 +3,13 @@
 //! Node 0 publishes round robin on `demo.a`, `demo.b`, `demo.c`; node 1 publishes on `demo.c`;
 //! subscribers hold overlapping topic sets (node 1: a+b, node 2: b+c, node 3: a+c, further
 //! nodes: all three), so the cluster has several regions and one publish reaches several of
-//! them. A live line shows progress; the summary checks every subscriber got exactly the
-//! messages of its topics, once, in per-sender order.
+//! them. A progress bar (indicatif; plain lines when stdout is not a terminal) shows progress;
+//! the summary table (comfy-table) checks every subscriber got exactly the messages of its
+//! topics, once, in per-sender order. When something fails it points to `qs doctor`.
+//!
+//! It uses only loopback and its own cluster name, and stops by itself.
 
-use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use comfy_table::{presets::UTF8_FULL_CONDENSED, CellAlignment, Table};
+use indicatif::{ProgressBar, ProgressStyle};
 use quicksilver::{Node, RecvError};
 
 use crate::pubsub::{fill_payload, wait_for_subscribers, Pacer, Tally};
@@ -36,12 +41,27 @@ pub struct DemoArgs {
     pub rate: u64,
     /// Drop this fraction of data packets at every subscriber (loss injection: the recovery
     /// ring repairs every one; the table shows how many were dropped and repaired).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(
+        long,
+        alias = "inject-loss",
+        default_value_t = 0.0,
+        value_name = "FRACTION"
+    )]
     pub loss: f64,
-    /// Control port (the data port is the next one).
-    #[arg(long, default_value_t = 7400)]
-    pub port: u16,
+    /// Control (discovery) multicast group and port, as for every command.
+    #[arg(long, default_value = "239.255.0.1:7400", value_name = "GROUP:PORT")]
+    pub control_group: SocketAddrV4,
+    /// UDP port of the region data groups, as for every command.
+    #[arg(long, default_value_t = 7401, value_name = "PORT")]
+    pub data_port: u16,
+    /// Serve every demo node's Prometheus metrics at http://ADDR/metrics (a `node` label
+    /// each).
+    #[arg(long, env = "QS_METRICS", value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
 }
+
+/// Said whenever the demo cannot do its job: the host's checks are one command away.
+const DOCTOR_HINT: &str = "run `qs doctor` to check this machine's multicast, buffers and firewall";
 
 const TOPICS: [&str; 3] = ["demo.a", "demo.b", "demo.c"];
 
@@ -81,16 +101,26 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     if a.size < STAMP_LEN {
         bail!("--size must be at least {STAMP_LEN}");
     }
+    let result = demo(a);
+    match &result {
+        Ok(code) if *code != ExitCode::SUCCESS => eprintln!("qs demo: {DOCTOR_HINT}"),
+        Err(e) => {
+            return Err(anyhow::anyhow!("{e:#}\n{DOCTOR_HINT}"));
+        }
+        Ok(_) => {}
+    }
+    result
+}
+
+fn demo(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let cluster = format!("demo-{}", std::process::id());
     let nodes: Vec<Arc<Node>> = (0..a.nodes)
         .map(|_| {
             Node::builder()
                 .cluster(&cluster)
-                .control_group(std::net::SocketAddrV4::new(
-                    std::net::Ipv4Addr::new(239, 255, 0, 1),
-                    a.port,
-                ))
-                .data_port(a.port + 1)
+                .interface(Ipv4Addr::LOCALHOST)
+                .control_group(a.control_group)
+                .data_port(a.data_port)
                 .announce_interval(Duration::from_millis(200))
                 .inject_loss(a.loss)
                 .build()
@@ -105,6 +135,18 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     for (i, n) in nodes.iter().enumerate() {
         println!("  node {i} {} subscribes {:?}", n.id(), subscriptions(i));
     }
+    let _metrics = match a.metrics {
+        Some(addr) => {
+            let refs: Vec<&Node> = nodes.iter().map(|n| &**n).collect();
+            let m = quicksilver::metrics::serve(addr, &refs).context("starting --metrics")?;
+            println!(
+                "  metrics of every node at http://{}/metrics",
+                m.local_addr()
+            );
+            Some(m)
+        }
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     let mut subscribers = Vec::new();
@@ -176,18 +218,30 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let start = Instant::now();
     let mut last_progress = (0u64, Instant::now());
+    // indicatif hides itself when stdout is not a terminal; then a line a second says the same.
+    let bar = ProgressBar::new(total_expected).with_style(
+        ProgressStyle::with_template(
+            "  {bar:40.cyan/blue} {pos:>9}/{len} deliveries  {per_sec:>12}  {elapsed_precise}",
+        )
+        .expect("a valid template")
+        .progress_chars("█▉▊▋▌▍▎▏ "),
+    );
+    let plain = bar.is_hidden();
+    let mut next_line = Instant::now();
     loop {
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(100));
         let delivered: u64 = subscribers
             .iter()
             .map(|s| s.delivered.load(Ordering::Relaxed))
             .sum();
-        let secs = start.elapsed().as_secs_f64();
-        print!(
-            "\r  delivered {delivered:>9} / {total_expected} messages  {:>8.0} msg/s  {secs:>5.1} s ",
-            delivered as f64 / secs
-        );
-        let _ = std::io::stdout().flush();
+        bar.set_position(delivered);
+        if plain && Instant::now() >= next_line {
+            next_line += Duration::from_secs(1);
+            println!(
+                "  delivered {delivered} / {total_expected} messages in {}",
+                humantime::format_duration(Duration::from_secs(start.elapsed().as_secs()))
+            );
+        }
         if delivered != last_progress.0 {
             last_progress = (delivered, Instant::now());
         }
@@ -199,7 +253,17 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    println!();
+    bar.finish();
+    if plain {
+        let delivered: u64 = subscribers
+            .iter()
+            .map(|s| s.delivered.load(Ordering::Relaxed))
+            .sum();
+        println!(
+            "  delivered {delivered} / {total_expected} messages in {:.2} s",
+            start.elapsed().as_secs_f64()
+        );
+    }
     for p in publishers {
         p.join().expect("publisher thread")?;
     }
@@ -207,31 +271,44 @@ pub fn run(a: DemoArgs) -> anyhow::Result<ExitCode> {
     stop.store(true, Ordering::Relaxed);
     let mut ok = true;
     let mut dropped = 0u64;
-    println!(
-        "\n  {:<5} {:<22} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9} {:>9}",
-        "node", "topics", "expected", "delivered", "dups", "order", "dropped", "p50 µs", "p99 µs"
-    );
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED).set_header([
+        "node",
+        "topics",
+        "expected",
+        "delivered",
+        "dups",
+        "order",
+        "dropped",
+        "p50 µs",
+        "p99 µs",
+    ]);
     for s in subscribers {
         let tally = s.thread.join().expect("subscriber thread");
         let stats = nodes[s.node].stats()?;
         let gaps = stats.core.gaps + stats.core.missed_on_join;
         dropped += stats.core.drops.injected_loss;
-        println!(
-            "  {:<5} {:<22} {:>9} {:>9} {:>6} {:>6} {:>6} {:>9.0} {:>9.0}",
-            s.node,
+        table.add_row([
+            s.node.to_string(),
             s.topics.join(","),
-            s.expected,
-            tally.received,
-            tally.duplicates,
-            tally.out_of_order,
-            stats.core.drops.injected_loss,
-            tally.latency_us(0.5),
-            tally.latency_us(0.99)
-        );
+            s.expected.to_string(),
+            tally.received.to_string(),
+            tally.duplicates.to_string(),
+            tally.out_of_order.to_string(),
+            stats.core.drops.injected_loss.to_string(),
+            format!("{:.0}", tally.latency_us(0.5)),
+            format!("{:.0}", tally.latency_us(0.99)),
+        ]);
         // Reliable delivery: every message, loss or not.
         ok &= tally.duplicates == 0 && tally.out_of_order == 0 && gaps == 0;
         ok &= tally.received == s.expected;
     }
+    for i in 2..9 {
+        if let Some(c) = table.column_mut(i) {
+            c.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+    println!("\n{table}");
     println!(
         "\n  {} deliveries expected in {:.2} s; {}",
         total_expected,

@@ -1,69 +1,120 @@
 //! `qs pub` and `qs sub`, and the delivery tally both `qs sub` and `qs demo` report.
+//!
+//! By hand: `qs pub --topic t` publishes each line of stdin as a message (or each
+//! `--message TEXT`), after waiting for at least one subscriber; `qs sub --topic t` prints
+//! each message as a line (by default when stdout is a terminal, or with `--print`).
+//! Benchmark mode (`qs pub --count N`): stamped messages (sequence number and send time) that
+//! `qs sub --json` checks for order, duplicates and checksums and measures latency on.
+//!
+//! Exit codes, both commands: 0 done; 1 incomplete (`qs sub`: fewer than `--count` messages;
+//! `qs pub`: not everything acknowledged within `--linger`, or interrupted before `--count`);
+//! 2 error; 3 nobody there (`qs pub`: no subscriber within `--wait`; `qs sub`: no message
+//! within `--wait`).
+//!
+//! This file does not own the node's options (`config.rs`) and does not pace or retry beyond
+//! what the node's back-pressure does.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
 use hdrhistogram::Histogram;
-use quicksilver::{Message, Node, NodeId, RecvError};
-use serde_json::{json, Value};
+use quicksilver::{Message, Node, NodeEvent, NodeId, RecvError};
+use serde::Serialize;
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::config::parse_duration;
 use crate::stamp::{self, STAMP_LEN};
-use crate::NetArgs;
+use crate::NodeOpts;
+
+/// Exit code: nobody there (no subscriber / no message within `--wait`).
+const EXIT_NOBODY: u8 = 3;
 
 /// `qs pub` options.
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("topics", |a| a.help("Topic to publish on (repeatable: messages go round robin over the topics) [default: qs.test]")),
+    after_help = "Examples:\n  echo hello | qs pub --topic chat\n  qs pub --topic chat --message 'hello' --message 'world'\n  qs pub --topic bench --count 100000 --size 1024 --json   (stamped benchmark messages)"
+)]
 pub struct PubArgs {
     #[command(flatten)]
     pub topics: TopicArgs,
-    /// Messages to send.
-    #[arg(long, default_value_t = 10_000)]
-    pub count: u64,
-    /// Payload bytes per message (at least 16: sequence number and send time).
-    #[arg(long, default_value_t = 256)]
+    /// Publish this text as one message (repeatable) instead of reading stdin.
+    #[arg(long, value_name = "TEXT", conflicts_with = "count")]
+    pub message: Vec<String>,
+    /// Benchmark mode: send this many stamped messages (sequence number, send time, filler)
+    /// instead of reading stdin.
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Benchmark mode: payload bytes per message (at least 16).
+    #[arg(long, default_value_t = 256, requires = "count", value_name = "BYTES")]
     pub size: usize,
-    /// Messages per second (0: as fast as back-pressure allows).
-    #[arg(long, default_value_t = 0)]
+    /// Benchmark mode: messages per second (0: as fast as back-pressure allows).
+    #[arg(long, default_value_t = 0, requires = "count", value_name = "N")]
     pub rate: u64,
-    /// Wait until this many other nodes subscribe to at least one of the topics.
-    #[arg(long, default_value_t = 0)]
+    /// Wait until this many other nodes subscribe to at least one of the topics (0: publish
+    /// right away, even into nothing).
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub subscribers: usize,
-    /// How long to wait for them, in seconds.
-    #[arg(long, default_value_t = 15)]
-    pub wait_secs: u64,
+    /// How long to wait for them (exit code 3 when they do not come) [default: forever]
+    #[arg(long, alias = "wait-secs", value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Option<Duration>,
     /// After publishing, wait up to this long for every subscriber region to acknowledge
     /// everything (reliable mode), so that slow subscribers can still be repaired.
-    #[arg(long, default_value_t = 60)]
-    pub linger_secs: u64,
-    /// Print one JSON summary line.
+    #[arg(long, alias = "linger-secs", default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub linger: Duration,
+    /// Print one JSON summary line (to stdout).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
-    pub net: NetArgs,
+    pub net: NodeOpts,
 }
 
 /// `qs sub` options.
 #[derive(Args, Debug)]
+#[command(
+    mut_arg("topics", |a| a.help("Topic to subscribe (repeatable: one subscription over all of them) [default: qs.test]")),
+    after_help = "Examples:\n  qs sub --topic chat                      (prints each message as a line)\n  qs sub --topic bench --count 100000 --json   (one JSON summary line at the end)"
+)]
 pub struct SubArgs {
     #[command(flatten)]
     pub topics: TopicArgs,
-    /// Exit after this many deliveries in total (0: no limit).
-    #[arg(long, default_value_t = 0)]
+    /// Exit after this many deliveries in total [default: no limit]
+    #[arg(long, default_value_t = 0, value_name = "N", hide_default_value = true)]
     pub count: u64,
-    /// Exit after this many seconds without any delivery.
-    #[arg(long, default_value_t = 10)]
-    pub timeout: u64,
-    /// Print one JSON summary line at exit.
+    /// Exit after this long without a message, counted from the latest message (the first
+    /// one included) [default: never]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub timeout: Option<Duration>,
+    /// Exit (code 3) when no message arrived this long after starting [default: forever]
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub wait: Option<Duration>,
+    /// Print each message's payload as a line on stdout [default: on when stdout is a
+    /// terminal and without --json]
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub print: Option<bool>,
+    /// Print one JSON summary line at exit (counts, order checks, checksums, latency).
     #[arg(long)]
     pub json: bool,
-    /// Slow consumer: spend this many microseconds on each message (slow-receiver tests).
-    #[arg(long, default_value_t = 0)]
-    pub delay_us: u64,
+    /// Slow consumer: spend this long on each message (slow-receiver tests; `250us`, or a
+    /// bare number of microseconds).
+    #[arg(long, alias = "delay-us", value_parser = parse_micros, default_value = "0", value_name = "DURATION")]
+    pub delay: Duration,
     #[command(flatten)]
-    pub net: NetArgs,
+    pub net: NodeOpts,
+}
+
+/// A duration where a bare number means microseconds (`--delay-us` before it took units).
+fn parse_micros(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<u64>() {
+        Ok(us) => Ok(Duration::from_micros(us)),
+        Err(_) => parse_duration(s),
+    }
 }
 
 /// Holds the caller for `d`: sleeps for long delays, spins for short ones (sleep granularity
@@ -82,15 +133,16 @@ fn consume_for(d: Duration) {
 /// Which topics a command uses: named ones, generated ones, or `qs.test` when none is given.
 #[derive(Args, Debug)]
 pub struct TopicArgs {
-    /// A topic (repeatable; `qs pub` sends round robin over all topics).
-    #[arg(long = "topic", value_name = "NAME")]
+    /// A topic (repeatable) [default: qs.test]
+    #[arg(id = "topics", long = "topic", value_name = "NAME")]
     pub named: Vec<String>,
     /// Also use `--topics N` generated topics named PREFIX.0 .. PREFIX.(N-1) (many-topics runs).
-    #[arg(long, requires = "topics", value_name = "PREFIX")]
+    #[arg(long, requires = "topic_count", value_name = "PREFIX")]
     pub topics_prefix: Option<String>,
     /// How many generated topics (with `--topics-prefix`).
     #[arg(
-        long,
+        id = "topic_count",
+        long = "topics",
         default_value_t = 0,
         requires = "topics_prefix",
         value_name = "N"
@@ -126,14 +178,48 @@ pub fn wait_for_subscribers(
     want: usize,
     timeout: Duration,
 ) -> anyhow::Result<()> {
+    match await_subscribers(node, topics, want, Some(timeout), None, None)? {
+        true => Ok(()),
+        false => bail!(
+            "only {} of {want} subscribers of {topics:?} appeared within {timeout:?} (same --cluster, --control-group and --iface network?)",
+            node.subscribers_of(topics)?
+        ),
+    }
+}
+
+/// Waits until `node` knows `want` subscribers of `topics`: `Ok(false)` when `timeout` passed
+/// or `stop` was raised first. After a short while it says on stderr what it waits for
+/// (`announce`: the cluster and interface, to check against the subscribers').
+fn await_subscribers(
+    node: &Node,
+    topics: &[&str],
+    want: usize,
+    timeout: Option<Duration>,
+    stop: Option<&AtomicBool>,
+    announce: Option<&str>,
+) -> anyhow::Result<bool> {
     let start = Instant::now();
+    let mut said = false;
     loop {
         let have = node.subscribers_of(topics)?;
         if have >= want {
-            return Ok(());
+            if said {
+                eprintln!("qs pub: {have} subscriber(s) found, publishing");
+            }
+            return Ok(true);
         }
-        if start.elapsed() > timeout {
-            bail!("only {have} of {want} subscribers of {topics:?} appeared within {timeout:?} (same --cluster, --control-group and --iface network?)");
+        if timeout.is_some_and(|t| start.elapsed() > t)
+            || stop.is_some_and(|s| s.load(Ordering::SeqCst))
+        {
+            return Ok(false);
+        }
+        if let Some(a) = announce.filter(|_| !said && start.elapsed() > Duration::from_millis(300))
+        {
+            eprintln!(
+                "qs pub: waiting for {want} subscriber(s) of {} ({a}; --subscribers 0 publishes without waiting; Ctrl-C to stop)",
+                topics.join(", ")
+            );
+            said = true;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -167,72 +253,192 @@ impl Pacer {
     }
 }
 
+/// `qs pub --json`'s summary line.
+#[derive(Serialize)]
+struct PubSummary {
+    sent: u64,
+    bytes: u64,
+    elapsed_s: f64,
+    rate_msgs_s: f64,
+    mb_s: f64,
+    /// xxh3 over the payloads in order (benchmark mode; `qs sub --json` has one per sender).
+    checksum: String,
+    node: String,
+    /// Whether every subscriber region acknowledged everything within `--linger`.
+    acknowledged: bool,
+    interrupted: bool,
+    data_packets_sent: u64,
+    send_errors: u64,
+    send_enobufs: u64,
+    published_unheard: u64,
+}
+
+/// Where `qs pub`'s messages come from.
+enum Source {
+    Stamped { count: u64, size: usize, rate: u64 },
+    Texts(Vec<String>),
+    Stdin,
+}
+
 pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
-    if a.size < STAMP_LEN {
-        bail!("--size must be at least {STAMP_LEN} bytes (sequence number and send time)");
-    }
+    let source = match (a.count, a.message.is_empty()) {
+        (Some(count), _) => {
+            if a.size < STAMP_LEN {
+                bail!("--size must be at least {STAMP_LEN} bytes (sequence number and send time)");
+            }
+            Source::Stamped {
+                count,
+                size: a.size,
+                rate: a.rate,
+            }
+        }
+        (None, false) => Source::Texts(a.message.clone()),
+        (None, true) => Source::Stdin,
+    };
+    let stop = qs_runtime::os::interrupt_flag();
     let names = a.topics.list();
-    let node = a.net.builder().build().context("starting the node")?;
     let topics: Vec<&str> = names.iter().map(String::as_str).collect();
-    wait_for_subscribers(
+    let node = a.net.builder()?.build().context("starting the node")?;
+    let announce = format!(
+        "cluster {:?} on {}",
+        a.net.cluster_name(),
+        a.net.interface()?
+    );
+    if !await_subscribers(
         &node,
         &topics,
         a.subscribers,
-        Duration::from_secs(a.wait_secs),
-    )?;
-    let pacer = Pacer::new(a.rate);
-    let start = Instant::now();
+        a.wait,
+        Some(&stop),
+        Some(&announce),
+    )? {
+        let have = node.subscribers_of(&topics)?;
+        node.shutdown()?;
+        if stop.load(Ordering::SeqCst) {
+            return Ok(ExitCode::from(1));
+        }
+        eprintln!(
+            "qs pub: only {have} of {} subscriber(s) of {} appeared within {} (same --cluster, --control-group and network as the subscribers? `qs doctor` checks this host)",
+            a.subscribers,
+            topics.join(", "),
+            humantime::format_duration(a.wait.unwrap_or_default())
+        );
+        return Ok(ExitCode::from(EXIT_NOBODY));
+    }
+    let publishers = topics
+        .iter()
+        .map(|t| node.publisher(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut sent = 0u64;
+    let mut bytes = 0u64;
     let mut checksum = Xxh3::new();
-    let mut buf = vec![0u8; a.size];
-    for seq in 0..a.count {
-        pacer.wait(seq);
-        stamp::write(&mut buf, seq, stamp::monotonic_nanos());
-        fill_payload(&mut buf, seq);
-        checksum.update(&buf);
-        let topic = topics[(seq % topics.len() as u64) as usize];
-        node.publish(topic, bytes::Bytes::copy_from_slice(&buf))?;
+    let start = Instant::now();
+    let mut publish = |payload: bytes::Bytes| -> anyhow::Result<()> {
+        checksum.update(&payload);
+        bytes += payload.len() as u64;
+        publishers[(sent % publishers.len() as u64) as usize].publish(payload)?;
+        sent += 1;
+        Ok(())
+    };
+    let mut complete = true;
+    match source {
+        Source::Stamped { count, size, rate } => {
+            let pacer = Pacer::new(rate);
+            let mut buf = vec![0u8; size];
+            for seq in 0..count {
+                if stop.load(Ordering::Relaxed) {
+                    complete = false;
+                    break;
+                }
+                pacer.wait(seq);
+                stamp::write(&mut buf, seq, stamp::monotonic_nanos());
+                fill_payload(&mut buf, seq);
+                publish(bytes::Bytes::copy_from_slice(&buf))?;
+            }
+        }
+        Source::Texts(texts) => {
+            for t in texts {
+                publish(t.into())?;
+            }
+        }
+        Source::Stdin => {
+            if std::io::stdin().is_terminal() {
+                eprintln!(
+                    "qs pub: each line you type is published on {} (Ctrl-D to end)",
+                    topics.join(", ")
+                );
+            }
+            // A reader thread, so that Ctrl-C is seen while stdin blocks.
+            let (tx, rx) = flume::bounded::<String>(1024);
+            std::thread::spawn(move || {
+                for line in std::io::stdin().lock().lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(line) => publish(line.into())?,
+                    Err(flume::RecvTimeoutError::Timeout) => {}
+                    Err(flume::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+        }
     }
     let elapsed = start.elapsed();
     // Stay until the regions acknowledged everything (repairs may still be needed).
-    if !node.flush(Duration::from_secs(a.linger_secs))? {
+    let acknowledged = node.flush(a.linger)?;
+    if !acknowledged {
         eprintln!(
-            "qs pub: not everything was acknowledged within {} s (--linger-secs)",
-            a.linger_secs
+            "qs pub: not everything was acknowledged within {} (--linger)",
+            humantime::format_duration(a.linger)
         );
     }
     let stats = node.stats()?;
     let node_id = node.id();
     node.shutdown()?;
     let secs = elapsed.as_secs_f64().max(1e-9);
+    let summary = PubSummary {
+        sent,
+        bytes,
+        elapsed_s: secs,
+        rate_msgs_s: sent as f64 / secs,
+        mb_s: bytes as f64 / secs / 1e6,
+        checksum: format!("{:016x}", checksum.digest()),
+        node: node_id.to_string(),
+        acknowledged,
+        interrupted: stop.load(Ordering::Relaxed),
+        data_packets_sent: stats.core.data_packets_sent,
+        send_errors: stats.runtime.send_errors,
+        send_enobufs: stats.runtime.send_enobufs,
+        published_unheard: stats.core.published_unheard,
+    };
     if a.json {
-        println!(
-            "{}",
-            json!({
-                "sent": a.count,
-                "bytes": a.count * a.size as u64,
-                "elapsed_s": secs,
-                "rate_msgs_s": a.count as f64 / secs,
-                "mb_s": (a.count * a.size as u64) as f64 / secs / 1e6,
-                "checksum": format!("{:016x}", checksum.digest()),
-                "node": node_id.to_string(),
-                "data_packets_sent": stats.core.data_packets_sent,
-                "send_errors": stats.runtime.send_errors,
-                "send_enobufs": stats.runtime.send_enobufs,
-                "published_unheard": stats.core.published_unheard,
-            })
-        );
+        println!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!(
-            "sent {} messages of {} B in {:.2} s: {:.0} msg/s, {:.1} MB/s ({} packets)",
-            a.count,
-            a.size,
+        eprintln!(
+            "qs pub: sent {sent} messages ({bytes} B) in {:.2} s: {:.0} msg/s, {:.1} MB/s ({} packets){}",
             secs,
-            a.count as f64 / secs,
-            (a.count * a.size as u64) as f64 / secs / 1e6,
-            stats.core.data_packets_sent
+            summary.rate_msgs_s,
+            summary.mb_s,
+            stats.core.data_packets_sent,
+            if stats.core.published_unheard > 0 {
+                format!("; {} published while nobody subscribed", stats.core.published_unheard)
+            } else {
+                String::new()
+            }
         );
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if acknowledged && complete {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 struct SenderTally {
@@ -272,6 +478,43 @@ impl Default for Tally {
             latency_ns: Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
         }
     }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Serialize)]
+pub struct Latency {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+/// The summary `qs sub --json` prints: [`Tally`]'s counts plus the node's counters.
+#[derive(Serialize)]
+pub struct SubSummary {
+    received: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    /// Packets the node counted as lost (gaps in its streams).
+    gaps: u64,
+    /// Gap events the node reported (each with its sender and count; see `NodeEvent::Gap`).
+    gap_events: u64,
+    bytes: u64,
+    per_sender: BTreeMap<String, u64>,
+    checksums: BTreeMap<String, String>,
+    elapsed_s: f64,
+    rate_msgs_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_us: Option<Latency>,
+    unstamped: u64,
+    missed_on_join: u64,
+    data_packets_received: u64,
+    held_back: u64,
+    subscriber_overflow: u64,
+    socket_rcvbuf: usize,
+    /// Why it stopped: `count`, `timeout`, `wait`, `interrupted` or `closed`.
+    ended: &'static str,
 }
 
 impl Tally {
@@ -320,104 +563,160 @@ impl Tally {
         self.latency_ns.value_at_quantile(q) as f64 / 1e3
     }
 
-    /// The JSON summary (`gaps` from the node's counters).
-    pub fn to_json(&self, gaps: u64, elapsed: Duration) -> Value {
-        let per_sender: serde_json::Map<String, Value> = self
-            .per_sender
-            .iter()
-            .map(|(id, s)| (id.to_string(), json!(s.count)))
-            .collect();
-        let checksums: serde_json::Map<String, Value> = self
-            .per_sender
-            .iter()
-            .map(|(id, s)| {
-                (
-                    id.to_string(),
-                    json!(format!("{:016x}", s.checksum.digest())),
-                )
-            })
-            .collect();
-        let secs = elapsed.as_secs_f64().max(1e-9);
-        let mut v = json!({
-            "received": self.received,
-            "duplicates": self.duplicates,
-            "out_of_order": self.out_of_order,
-            "gaps": gaps,
-            "bytes": self.bytes,
-            "per_sender": per_sender,
-            "checksums": checksums,
-            "elapsed_s": secs,
-            "rate_msgs_s": self.received as f64 / secs,
-        });
-        if !self.latency_ns.is_empty() {
-            v["latency_us"] = json!({
-                "p50": self.latency_us(0.5), "p90": self.latency_us(0.9),
-                "p99": self.latency_us(0.99), "p999": self.latency_us(0.999),
-                "max": self.latency_ns.max() as f64 / 1e3,
-            });
+    fn latency(&self) -> Option<Latency> {
+        (!self.latency_ns.is_empty()).then(|| Latency {
+            p50: self.latency_us(0.5),
+            p90: self.latency_us(0.9),
+            p99: self.latency_us(0.99),
+            p999: self.latency_us(0.999),
+            max: self.latency_ns.max() as f64 / 1e3,
+        })
+    }
+}
+
+/// A payload as one line: its text, or its length and first bytes in hex if it is not UTF-8.
+fn printable(payload: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(payload) {
+        Ok(s) => s.into(),
+        Err(_) => {
+            let head: String = payload
+                .iter()
+                .take(16)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let more = if payload.len() > 16 { "…" } else { "" };
+            format!("<{} bytes: {head}{more}>", payload.len()).into()
         }
-        v
     }
 }
 
 pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
+    let print = a
+        .print
+        .unwrap_or(!a.json && std::io::stdout().is_terminal());
+    let stop: Arc<AtomicBool> = qs_runtime::os::interrupt_flag();
     let names = a.topics.list();
-    let node = a.net.builder().build().context("starting the node")?;
+    let node = a.net.builder()?.build().context("starting the node")?;
     let topics: Vec<&str> = names.iter().map(String::as_str).collect();
+    let events = node.events()?;
     let sub = node.subscribe_all(&topics)?;
+    {
+        // Also the sign, for scripts, that Ctrl-C is handled from here on.
+        eprintln!(
+            "qs sub: subscribed to {} (cluster {:?} on {}); Ctrl-C to stop",
+            topics.join(", "),
+            a.net.cluster_name(),
+            a.net.interface()?
+        );
+    }
     let mut tally = Tally::default();
-    let idle = Duration::from_secs(a.timeout);
+    let mut gap_events = 0u64;
+    let start = Instant::now();
     let mut first: Option<Instant> = None;
     let mut last = Instant::now();
-    loop {
+    let mut out = std::io::stdout().lock();
+    let ended = loop {
         if a.count > 0 && tally.received >= a.count {
-            break;
+            break "count";
+        }
+        if stop.load(Ordering::Relaxed) {
+            break "interrupted";
+        }
+        while let Ok(e) = events.try_recv() {
+            if let NodeEvent::Gap { sender, missed, .. } = e {
+                gap_events += 1;
+                if print {
+                    eprintln!("qs sub: {missed} packet(s) from {sender} lost (gap)");
+                }
+            }
         }
         match sub.recv_timeout(Duration::from_millis(100)) {
             Ok(m) => {
                 first.get_or_insert_with(Instant::now);
                 last = Instant::now();
                 tally.record(&m);
-                if a.delay_us > 0 {
-                    consume_for(Duration::from_micros(a.delay_us));
+                if print {
+                    match writeln!(out, "{}", printable(&m.payload)) {
+                        // The reader went away (`qs sub | head`): stop like Ctrl-C.
+                        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break "closed",
+                        r => r?,
+                    }
+                }
+                if !a.delay.is_zero() {
+                    consume_for(a.delay);
                 }
             }
-            Err(RecvError::Empty) => {
-                if last.elapsed() >= idle {
-                    break;
-                }
-            }
-            Err(RecvError::Closed) => break,
+            Err(RecvError::Empty) => match first {
+                Some(_) if a.timeout.is_some_and(|t| last.elapsed() >= t) => break "timeout",
+                None if a.wait.is_some_and(|w| start.elapsed() >= w) => break "wait",
+                _ => {}
+            },
+            Err(RecvError::Closed) => break "closed",
         }
-    }
+    };
+    let _ = out.flush();
+    drop(out);
     let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
     let stats = node.stats()?;
     drop(sub);
     node.shutdown()?;
-    let gaps = stats.core.gaps;
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let summary = SubSummary {
+        received: tally.received,
+        duplicates: tally.duplicates,
+        out_of_order: tally.out_of_order,
+        gaps: stats.core.gaps,
+        gap_events,
+        bytes: tally.bytes,
+        per_sender: tally
+            .per_sender
+            .iter()
+            .map(|(id, s)| (id.to_string(), s.count))
+            .collect(),
+        checksums: tally
+            .per_sender
+            .iter()
+            .map(|(id, s)| (id.to_string(), format!("{:016x}", s.checksum.digest())))
+            .collect(),
+        elapsed_s: secs,
+        rate_msgs_s: tally.received as f64 / secs,
+        latency_us: tally.latency(),
+        unstamped: tally.unstamped,
+        missed_on_join: stats.core.missed_on_join,
+        data_packets_received: stats.core.data_packets_received,
+        held_back: stats.core.held_back,
+        subscriber_overflow: stats.subscriber_overflow,
+        socket_rcvbuf: stats.socket_buffers.recv_bytes,
+        ended,
+    };
     if a.json {
-        let mut v = tally.to_json(gaps, elapsed);
-        v["missed_on_join"] = json!(stats.core.missed_on_join);
-        v["data_packets_received"] = json!(stats.core.data_packets_received);
-        v["held_back"] = json!(stats.core.held_back);
-        v["subscriber_overflow"] = json!(stats.subscriber_overflow);
-        v["socket_rcvbuf"] = json!(stats.socket_buffers.recv_bytes);
-        println!("{v}");
+        println!("{}", serde_json::to_string(&summary)?);
     } else {
-        println!(
+        let line = format!(
             "received {} messages ({} B) in {:.2} s; duplicates {}, out of order {}, gaps {}",
             tally.received,
             tally.bytes,
             elapsed.as_secs_f64(),
             tally.duplicates,
             tally.out_of_order,
-            gaps
+            stats.core.gaps
         );
+        // Printed messages own stdout (for pipes); the tally then goes to stderr.
+        if print {
+            eprintln!("qs sub: {line}");
+        } else {
+            println!("{line}");
+        }
     }
-    let complete = a.count == 0 || tally.received >= a.count;
-    Ok(if complete {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    Ok(match ended {
+        "wait" => {
+            eprintln!(
+                "qs sub: no message within {} (--wait): is a publisher running on the same --cluster and network? `qs doctor` checks this host",
+                humantime::format_duration(a.wait.unwrap_or_default())
+            );
+            ExitCode::from(EXIT_NOBODY)
+        }
+        _ if a.count > 0 && tally.received < a.count => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
     })
 }

@@ -1,18 +1,22 @@
-//! Node identity and the discovery bootstrap: "anyone out there?".
+//! The discovery bootstrap: "anyone out there?".
 //!
 //! Each node multicasts an [`Announce`] on the well-known control group every
-//! `announce_interval` (jittered): its id, unicast address, incarnation and subscribed topics
-//! (split into chunks when they do not fit one datagram). Receivers keep a bounded table of
-//! peers and expire those they stop hearing from after `peer_timeout`; a graceful leave is an
-//! announcement with the leaving flag.
+//! `announce_interval` (jittered): its id, unicast address, incarnation, and its subscriptions
+//! with their version (split into chunks when they do not fit one datagram; a graceful leave
+//! carries the leaving flag). Receivers assemble the chunks, check them against the digest and
+//! report each new or newer announcement as an [`Announced`].
 //!
-//! This is the bootstrap the gossip plane (`qs-gossip`) builds on, and it keeps working beside
-//! it. It does not do failure detection beyond silence (no suspicion, no indirect probes) and
-//! sends no unicast.
+//! That is all it does. It is a *seed*, not a source of truth: it keeps no liveness (the
+//! gossip plane's failure detector decides who is alive), no expiry by silence, and no
+//! subscription table (announced subscriptions are handed to the gossip plane, which owns
+//! them). What it remembers is bounded: which nodes announced what (to report only changes;
+//! the owner calls [`Discovery::forget`] when gossip declares a node gone) and partial
+//! chunked announcements, which expire. It sends no unicast.
 //!
 //! Sans-IO: the owner passes `now` into every call, pulls announcements out with
-//! [`Discovery::poll_transmit`], calls [`Discovery::handle_timeout`] at
-//! [`Discovery::poll_timeout`], and drains [`Discovery::poll_event`].
+//! [`Discovery::poll_transmit`] (unsealed: the owner seals every datagram), calls
+//! [`Discovery::handle_timeout`] at [`Discovery::poll_timeout`], and drains
+//! [`Discovery::poll_announced`].
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, VecDeque};
@@ -28,17 +32,22 @@ use qs_transport::{ClusterId, Instant, NodeId, Prng, RegionId, TopicId};
 pub struct DiscoveryConfig {
     /// Mean time between announcements (each is jittered by ±25%).
     pub announce_interval: Duration,
-    /// A peer not heard from for this long is declared down.
-    pub peer_timeout: Duration,
     /// Announcements sent in quick succession after a subscription change, so peers learn it
     /// without waiting a whole interval.
     pub quick_announces: u32,
     /// Spacing of those quick announcements.
     pub quick_interval: Duration,
-    /// Most peers tracked; announcements from further nodes are counted and dropped.
+    /// Most announcers remembered; announcements from further nodes are counted and dropped.
     pub max_peers: usize,
-    /// Most topics accepted from one peer.
+    /// Most topics accepted from one announcer.
     pub max_topics_per_peer: usize,
+    /// Most chunked announcements being assembled at once.
+    pub max_assemblies: usize,
+    /// Most topics held in partial assemblies altogether (a flood of forged first chunks
+    /// cannot grow memory past it).
+    pub max_assembly_topics: usize,
+    /// A partial assembly not completed within this is dropped.
+    pub assembly_timeout: Duration,
     /// Datagram budget for one announcement chunk.
     pub max_datagram: usize,
 }
@@ -47,50 +56,37 @@ impl Default for DiscoveryConfig {
     fn default() -> DiscoveryConfig {
         DiscoveryConfig {
             announce_interval: Duration::from_millis(500),
-            peer_timeout: Duration::from_secs(3),
             quick_announces: 3,
             quick_interval: Duration::from_millis(30),
             max_peers: 4096,
             max_topics_per_peer: 65_536,
+            max_assemblies: 64,
+            max_assembly_topics: 1 << 18,
+            assembly_timeout: Duration::from_secs(2),
             max_datagram: 1472,
         }
     }
 }
 
-/// What discovery knows of another node.
+/// A complete announcement, new or newer than what this node had heard from its sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Peer {
-    /// The node.
+pub struct Announced {
+    /// The announcing node.
     pub id: NodeId,
     /// Its unicast address.
     pub unicast: SocketAddrV4,
-    /// Its incarnation.
+    /// Its incarnation (increases across restarts that keep the id).
     pub incarnation: u64,
-    /// Its subscriptions (complete: all chunks assembled and checked).
-    pub signature: Signature,
-    /// Version of `signature`.
-    pub topics_version: u32,
-    /// Last time anything was heard from it.
-    pub last_heard: Instant,
+    /// The version of its subscriptions.
+    pub version: u32,
+    /// Its subscriptions (all chunks assembled and checked against the digest); `None` when
+    /// only its address or leaving flag changed since the version already reported.
+    pub signature: Option<Signature>,
+    /// It is leaving gracefully.
+    pub leaving: bool,
 }
 
-/// A change in the set of known peers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiscoveryEvent {
-    /// A node was discovered (its whole signature is known).
-    PeerUp(NodeId),
-    /// A known node changed its subscriptions or address.
-    PeerChanged(NodeId),
-    /// A node left gracefully or went silent.
-    PeerDown {
-        /// The node.
-        id: NodeId,
-        /// Whether it said goodbye (else it timed out).
-        left: bool,
-    },
-}
-
-/// Announcements dropped, by reason.
+/// Announcements received and dropped, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct DiscoveryStats {
     /// Announcements sent (chunks).
@@ -99,12 +95,12 @@ pub struct DiscoveryStats {
     pub announces_received: u64,
     /// From an older incarnation or topics version than known.
     pub stale: u64,
-    /// The peer table was full.
+    /// The announcer table was full.
     pub table_full: u64,
     /// Too many topics, inconsistent chunks or a digest mismatch.
     pub invalid: u64,
-    /// Peers that timed out.
-    pub timeouts: u64,
+    /// Partial assemblies dropped: expired, or no room for another.
+    pub assemblies_dropped: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +108,23 @@ struct Assembly {
     incarnation: u64,
     version: u32,
     digest: RegionId,
+    started: Instant,
     chunks: Vec<Option<Vec<TopicId>>>,
+}
+
+impl Assembly {
+    fn topics(&self) -> usize {
+        self.chunks.iter().flatten().map(Vec::len).sum()
+    }
+}
+
+/// What this node last heard a peer announce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    incarnation: u64,
+    version: u32,
+    unicast: SocketAddrV4,
+    leaving: bool,
 }
 
 /// The discovery state machine of one node.
@@ -130,12 +142,16 @@ pub struct Discovery {
     /// Chunk of the announcement being sent (`Some` while a multi-chunk announce is going out).
     sending_chunk: Option<u16>,
     quick_left: u32,
-    peers: BTreeMap<NodeId, Peer>,
+    heard: BTreeMap<NodeId, Heard>,
     assembling: BTreeMap<NodeId, Assembly>,
-    events: VecDeque<DiscoveryEvent>,
+    assembly_topics: usize,
+    announced: VecDeque<Announced>,
     prng: Prng,
     stats: DiscoveryStats,
 }
+
+/// Most complete announcements waiting for the owner.
+const ANNOUNCED_MAX: usize = 4096;
 
 impl Discovery {
     /// A node that will announce itself from `now` on.
@@ -160,21 +176,23 @@ impl Discovery {
             next_announce: now,
             sending_chunk: None,
             quick_left: 0,
-            peers: BTreeMap::new(),
+            heard: BTreeMap::new(),
             assembling: BTreeMap::new(),
-            events: VecDeque::new(),
+            assembly_topics: 0,
+            announced: VecDeque::new(),
             prng,
             stats: DiscoveryStats::default(),
         }
     }
 
-    /// Changes this node's announced subscriptions; peers hear of it at once.
-    pub fn set_signature(&mut self, now: Instant, signature: Signature) {
-        if signature == self.signature {
+    /// Changes this node's announced subscriptions to `signature` at `version` (the owner's
+    /// version of its subscription record); peers hear of it at once.
+    pub fn set_signature(&mut self, now: Instant, signature: Signature, version: u32) {
+        if signature == self.signature && version == self.topics_version {
             return;
         }
         self.signature = signature;
-        self.topics_version = self.topics_version.wrapping_add(1);
+        self.topics_version = version;
         self.quick_left = self.config.quick_announces;
         self.next_announce = now;
         self.sending_chunk = None;
@@ -188,14 +206,26 @@ impl Discovery {
         self.sending_chunk = None;
     }
 
-    /// Known peers, in id order.
-    pub fn peers(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values()
+    /// Nodes whose announcements arrived (and were not forgotten since), with their unicast
+    /// address, in id order.
+    pub fn announcers(&self) -> impl Iterator<Item = (NodeId, SocketAddrV4)> + '_ {
+        self.heard
+            .iter()
+            .filter(|(_, h)| !h.leaving)
+            .map(|(id, h)| (*id, h.unicast))
     }
 
-    /// A peer by id.
-    pub fn peer(&self, id: NodeId) -> Option<&Peer> {
-        self.peers.get(&id)
+    /// Whether `id`'s announcements arrived (and it was not forgotten since).
+    pub fn heard_from(&self, id: NodeId) -> bool {
+        self.heard.get(&id).is_some_and(|h| !h.leaving)
+    }
+
+    /// Forgets what `id` announced (gossip declared it gone): its next announcement is new.
+    pub fn forget(&mut self, id: NodeId) {
+        self.heard.remove(&id);
+        if let Some(a) = self.assembling.remove(&id) {
+            self.assembly_topics -= a.topics();
+        }
     }
 
     /// Counters.
@@ -203,54 +233,62 @@ impl Discovery {
         self.stats
     }
 
-    /// The next change in the peer set.
-    pub fn poll_event(&mut self) -> Option<DiscoveryEvent> {
-        self.events.pop_front()
+    /// The next complete, new or newer announcement.
+    pub fn poll_announced(&mut self) -> Option<Announced> {
+        self.announced.pop_front()
     }
 
-    /// Handles an announcement `sender` sent (the header was already checked).
+    /// Handles an announcement `sender` sent (the datagram was already opened).
     pub fn handle_announce(&mut self, now: Instant, sender: NodeId, a: Announce) {
         if sender == self.id {
             return;
         }
-        if let Some(p) = self.peers.get_mut(&sender) {
-            if a.incarnation < p.incarnation {
+        match self.heard.get(&sender) {
+            Some(h) if a.incarnation < h.incarnation => {
                 self.stats.stale += 1;
                 return;
             }
-            p.last_heard = now;
-        } else if self.peers.len() >= self.config.max_peers {
-            self.stats.table_full += 1;
-            return;
-        }
-        self.stats.announces_received += 1;
-        if a.leaving {
-            self.assembling.remove(&sender);
-            if self.peers.remove(&sender).is_some() {
-                self.events.push_back(DiscoveryEvent::PeerDown {
-                    id: sender,
-                    left: true,
-                });
-            }
-            return;
-        }
-        if let Some(p) = self.peers.get_mut(&sender) {
-            let same = (p.incarnation, p.topics_version) == (a.incarnation, a.topics_version);
-            if same {
-                if p.unicast != a.unicast {
-                    p.unicast = a.unicast;
-                    self.events.push_back(DiscoveryEvent::PeerChanged(sender));
+            Some(h)
+                if a.incarnation == h.incarnation
+                    && a.topics_version.wrapping_sub(h.version) as i32 <= 0 =>
+            {
+                self.stats.announces_received += 1;
+                if (a.topics_version, a.unicast, a.leaving) != (h.version, h.unicast, h.leaving)
+                    && a.topics_version == h.version
+                {
+                    // Same subscriptions, new address or a goodbye: no chunks to assemble.
+                    self.accept_same(sender, &a);
+                } else if a.topics_version != h.version {
+                    self.stats.stale += 1;
                 }
                 return;
             }
-            if a.incarnation == p.incarnation
-                && a.topics_version.wrapping_sub(p.topics_version) as i32 <= 0
-            {
-                self.stats.stale += 1;
+            Some(_) => {}
+            None if self.heard.len() >= self.config.max_peers => {
+                self.stats.table_full += 1;
                 return;
             }
+            None => {}
         }
+        self.stats.announces_received += 1;
         self.assemble(now, sender, a);
+    }
+
+    /// An announcement repeating a known version with another address or the leaving flag.
+    fn accept_same(&mut self, sender: NodeId, a: &Announce) {
+        let Some(h) = self.heard.get_mut(&sender) else {
+            return;
+        };
+        h.unicast = a.unicast;
+        h.leaving = a.leaving;
+        self.push(Announced {
+            id: sender,
+            unicast: a.unicast,
+            incarnation: a.incarnation,
+            version: a.topics_version,
+            signature: None,
+            leaving: a.leaving,
+        });
     }
 
     fn assemble(&mut self, now: Instant, sender: NodeId, a: Announce) {
@@ -262,7 +300,7 @@ impl Discovery {
             self.stats.invalid += 1;
             return;
         }
-        let fresh = |x: &Assembly| {
+        let matches = |x: &Assembly| {
             (x.incarnation, x.version, x.digest, x.chunks.len())
                 == (
                     a.incarnation,
@@ -271,25 +309,43 @@ impl Discovery {
                     usize::from(a.chunk_count),
                 )
         };
-        let entry = self.assembling.entry(sender).or_insert_with(|| Assembly {
-            incarnation: a.incarnation,
-            version: a.topics_version,
-            digest: a.digest,
-            chunks: vec![None; usize::from(a.chunk_count)],
-        });
-        if !fresh(entry) {
-            *entry = Assembly {
-                incarnation: a.incarnation,
-                version: a.topics_version,
-                digest: a.digest,
-                chunks: vec![None; usize::from(a.chunk_count)],
-            };
+        if let Some(x) = self.assembling.get(&sender) {
+            if !matches(x) {
+                let x = self.assembling.remove(&sender).expect("present");
+                self.assembly_topics -= x.topics();
+            }
         }
-        entry.chunks[usize::from(a.chunk)] = Some(a.topics);
+        if !self.assembling.contains_key(&sender) {
+            if self.assembling.len() >= self.config.max_assemblies {
+                self.stats.assemblies_dropped += 1;
+                return;
+            }
+            self.assembling.insert(
+                sender,
+                Assembly {
+                    incarnation: a.incarnation,
+                    version: a.topics_version,
+                    digest: a.digest,
+                    started: now,
+                    chunks: vec![None; usize::from(a.chunk_count)],
+                },
+            );
+        }
+        let chunk = usize::from(a.chunk);
+        let entry = self.assembling.get_mut(&sender).expect("present");
+        if entry.chunks[chunk].is_none() {
+            if self.assembly_topics + a.topics.len() > self.config.max_assembly_topics {
+                self.stats.assemblies_dropped += 1;
+                return;
+            }
+            self.assembly_topics += a.topics.len();
+            entry.chunks[chunk] = Some(a.topics);
+        }
         if entry.chunks.iter().any(Option::is_none) {
             return;
         }
         let done = self.assembling.remove(&sender).expect("present");
+        self.assembly_topics -= done.topics();
         let topics: Vec<TopicId> = done.chunks.into_iter().flatten().flatten().collect();
         let signature = Signature::new(topics.iter().copied());
         if signature.len() != topics.len()
@@ -299,45 +355,53 @@ impl Discovery {
             self.stats.invalid += 1;
             return;
         }
-        let peer = Peer {
+        self.heard.insert(
+            sender,
+            Heard {
+                incarnation: done.incarnation,
+                version: done.version,
+                unicast: a.unicast,
+                leaving: a.leaving,
+            },
+        );
+        self.push(Announced {
             id: sender,
             unicast: a.unicast,
             incarnation: done.incarnation,
-            signature,
-            topics_version: done.version,
-            last_heard: now,
-        };
-        let event = match self.peers.insert(sender, peer) {
-            Some(_) => DiscoveryEvent::PeerChanged(sender),
-            None => DiscoveryEvent::PeerUp(sender),
-        };
-        self.events.push_back(event);
+            version: done.version,
+            signature: Some(signature),
+            leaving: a.leaving,
+        });
     }
 
-    /// Expires silent peers and schedules announcements.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        let timeout = self.config.peer_timeout;
-        let expired: Vec<NodeId> = self
-            .peers
-            .values()
-            .filter(|p| p.last_heard + timeout <= now)
-            .map(|p| p.id)
-            .collect();
-        for id in expired {
-            self.peers.remove(&id);
-            self.assembling.remove(&id);
-            self.stats.timeouts += 1;
-            self.events
-                .push_back(DiscoveryEvent::PeerDown { id, left: false });
+    fn push(&mut self, a: Announced) {
+        if self.announced.len() < ANNOUNCED_MAX {
+            self.announced.push_back(a);
         }
     }
 
-    /// The next deadline: an announcement due or a peer expiring.
+    /// Expires stale partial assemblies and schedules announcements.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.config.assembly_timeout;
+        let (mut dropped, mut freed) = (0, 0);
+        self.assembling.retain(|_, a| {
+            let keep = now < a.started + timeout;
+            if !keep {
+                dropped += 1;
+                freed += a.topics();
+            }
+            keep
+        });
+        self.stats.assemblies_dropped += dropped;
+        self.assembly_topics -= freed;
+    }
+
+    /// The next deadline: an announcement due or a partial assembly expiring.
     pub fn poll_timeout(&self) -> Instant {
         let expiry = self
-            .peers
+            .assembling
             .values()
-            .map(|p| p.last_heard + self.config.peer_timeout)
+            .map(|a| a.started + self.config.assembly_timeout)
             .min();
         expiry.map_or(self.next_announce, |e| e.min(self.next_announce))
     }
@@ -389,6 +453,16 @@ impl Discovery {
         let base = self.config.announce_interval;
         base * 3 / 4 + base.mul_f64(self.prng.unit() / 2.0)
     }
+
+    /// Panics if the bookkeeping drifted or a bound was exceeded.
+    pub fn check_invariants(&self) {
+        let topics: usize = self.assembling.values().map(Assembly::topics).sum();
+        assert_eq!(topics, self.assembly_topics, "assembly topic count drifted");
+        assert!(self.assembly_topics <= self.config.max_assembly_topics);
+        assert!(self.assembling.len() <= self.config.max_assemblies);
+        assert!(self.heard.len() <= self.config.max_peers);
+        assert!(self.announced.len() <= ANNOUNCED_MAX);
+    }
 }
 
 #[cfg(test)]
@@ -423,6 +497,7 @@ mod tests {
             to.handle_announce(now, h.sender, Announce::parse(body).unwrap());
             n += 1;
         }
+        to.check_invariants();
         n
     }
 
@@ -431,60 +506,56 @@ mod tests {
         let t0 = Instant::ZERO;
         let (mut a, mut b) = (node(1, t0), node(2, t0));
         let sig = Signature::new((0..100).map(TopicId));
-        a.set_signature(t0, sig.clone());
+        a.set_signature(t0, sig.clone(), 1);
         let chunks = exchange(&mut a, &mut b, t0);
         assert!(chunks > 1, "{chunks} chunk(s)");
-        assert_eq!(b.poll_event(), Some(DiscoveryEvent::PeerUp(NodeId(1))));
-        assert_eq!(b.peer(NodeId(1)).unwrap().signature, sig);
+        let got = b.poll_announced().expect("announced");
+        assert_eq!(
+            (got.id, got.signature, got.version),
+            (NodeId(1), Some(sig), 1)
+        );
+        assert!(b.heard_from(NodeId(1)));
     }
 
     #[test]
-    fn silence_expires_a_peer_and_leaving_removes_it_at_once() {
-        let t0 = Instant::ZERO;
-        let (mut a, mut b, mut c) = (node(1, t0), node(2, t0), node(3, t0));
-        exchange(&mut a, &mut c, t0);
-        exchange(&mut b, &mut c, t0);
-        assert_eq!(c.peers().count(), 2);
-        c.poll_event();
-        c.poll_event();
-        // b keeps announcing, a goes silent.
-        let mut now = t0;
-        while now < t0 + Duration::from_secs(4) {
-            now = now + Duration::from_millis(100);
-            exchange(&mut b, &mut c, now);
-            c.handle_timeout(now);
-        }
-        assert_eq!(
-            c.poll_event(),
-            Some(DiscoveryEvent::PeerDown {
-                id: NodeId(1),
-                left: false
-            })
-        );
-        b.leave(now);
-        exchange(&mut b, &mut c, now);
-        assert_eq!(
-            c.poll_event(),
-            Some(DiscoveryEvent::PeerDown {
-                id: NodeId(2),
-                left: true
-            })
-        );
-        assert_eq!(c.peers().count(), 0);
-    }
-
-    #[test]
-    fn a_subscription_change_is_announced_at_once_and_seen_as_changed() {
+    fn a_repeated_announcement_is_reported_once_and_a_newer_version_again() {
         let t0 = Instant::ZERO;
         let (mut a, mut b) = (node(1, t0), node(2, t0));
         exchange(&mut a, &mut b, t0);
-        assert_eq!(b.poll_event(), Some(DiscoveryEvent::PeerUp(NodeId(1))));
-        let t1 = t0 + Duration::from_millis(1);
-        assert_eq!(exchange(&mut a, &mut b, t1), 0, "nothing due yet");
-        a.set_signature(t1, Signature::new([TopicId(5)]));
+        assert!(b.poll_announced().is_some());
+        let t1 = t0 + Duration::from_secs(1);
         assert_eq!(exchange(&mut a, &mut b, t1), 1);
-        assert_eq!(b.poll_event(), Some(DiscoveryEvent::PeerChanged(NodeId(1))));
-        assert!(b.peer(NodeId(1)).unwrap().signature.contains(TopicId(5)));
+        assert_eq!(b.poll_announced(), None, "nothing new");
+        a.set_signature(t1, Signature::new([TopicId(5)]), 1);
+        assert_eq!(exchange(&mut a, &mut b, t1), 1);
+        let got = b.poll_announced().expect("newer version");
+        assert!(got.signature.unwrap().contains(TopicId(5)));
+    }
+
+    #[test]
+    fn forgetting_a_node_makes_its_next_announcement_new_and_silence_changes_nothing() {
+        let t0 = Instant::ZERO;
+        let (mut a, mut b) = (node(1, t0), node(2, t0));
+        exchange(&mut a, &mut b, t0);
+        b.poll_announced();
+        b.handle_timeout(t0 + Duration::from_secs(60));
+        assert!(b.heard_from(NodeId(1)), "silence is gossip's business");
+        b.forget(NodeId(1));
+        assert!(!b.heard_from(NodeId(1)));
+        exchange(&mut a, &mut b, t0 + Duration::from_secs(61));
+        assert!(b.poll_announced().is_some());
+    }
+
+    #[test]
+    fn a_goodbye_is_reported_with_the_leaving_flag() {
+        let t0 = Instant::ZERO;
+        let (mut a, mut b) = (node(1, t0), node(2, t0));
+        exchange(&mut a, &mut b, t0);
+        b.poll_announced();
+        a.leave(t0);
+        exchange(&mut a, &mut b, t0);
+        assert!(b.poll_announced().expect("goodbye").leaving);
+        assert_eq!(b.announcers().count(), 0);
     }
 
     #[test]
@@ -502,7 +573,32 @@ mod tests {
             topics: vec![TopicId(1)],
         };
         b.handle_announce(t0, NodeId(1), bad);
-        assert_eq!(b.peers().count(), 0);
+        assert_eq!(b.poll_announced(), None);
         assert_eq!(b.stats().invalid, 1);
+    }
+
+    #[test]
+    fn forged_first_chunks_are_bounded_and_expire() {
+        let t0 = Instant::ZERO;
+        let mut b = node(2, t0);
+        let chunk = |id: u64| Announce {
+            incarnation: 1,
+            unicast: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 1),
+            leaving: false,
+            topics_version: 1,
+            chunk: 0,
+            chunk_count: 100,
+            digest: RegionId(id),
+            topics: (0..20).map(TopicId).collect(),
+        };
+        for id in 10..1010 {
+            b.handle_announce(t0, NodeId(id), chunk(id));
+        }
+        b.check_invariants();
+        assert_eq!(b.assembling.len(), b.config.max_assemblies);
+        assert!(b.stats().assemblies_dropped >= 1000 - 64);
+        b.handle_timeout(t0 + b.config.assembly_timeout);
+        assert!(b.assembling.is_empty(), "partial announcements expire");
+        b.check_invariants();
     }
 }

@@ -385,6 +385,14 @@ impl GossipNode {
         }
     }
 
+    /// A subscription record learned outside gossip (a multicast announcement the owner
+    /// checked): merged into the subscriptions object; a change comes out as
+    /// [`GossipEvent::SubscriptionsChanged`].
+    pub fn learn_subscriptions(&mut self, id: NodeId, record: crate::SubscriptionRecord) {
+        self.subscriptions.learn(id, record);
+        self.pump_events();
+    }
+
     /// Replaces our subscribed topics (spread by gossip from the next round).
     pub fn set_topics(&mut self, topics: impl IntoIterator<Item = TopicId>) {
         self.subscriptions.set_topics(topics);

@@ -276,6 +276,11 @@ impl Subscriptions {
         self.table.get(id).map(|r| self.view(r))
     }
 
+    /// The topics of `id`'s record, borrowed (no copy of the shared signature).
+    pub fn topics_of(&self, id: NodeId) -> Option<&[TopicId]> {
+        self.table.get(id).map(|r| &self.sigs.get(r.sig)[..])
+    }
+
     fn view(&self, r: &Rec) -> SubscriptionRecord {
         SubscriptionRecord {
             version: r.version,
@@ -375,6 +380,14 @@ impl Subscriptions {
         } else {
             self.changes.push_back(id);
         }
+    }
+
+    /// A record learned outside gossip (a checked multicast announcement), merged like one
+    /// gossip brought: kept when newer than the one held (the node refuses it while `id` is
+    /// known gone), then spread by anti-entropy like any other (not pushed as news: every
+    /// member heard the same announcement).
+    pub fn learn(&mut self, id: NodeId, rec: SubscriptionRecord) {
+        self.merge(id, rec.version, &rec.topics, false);
     }
 
     fn retransmit_limit(&self) -> u32 {

@@ -50,6 +50,33 @@ pub enum Popped<T> {
     },
 }
 
+/// A window as [`ReceiveWindow::state`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowState {
+    /// Everything up to here was handed on or given up.
+    pub prefix: Seq,
+    /// The highest sequence number known to exist (at least `prefix`).
+    pub highest: Seq,
+    /// Holes after `prefix`, in order (the first ones, when there are more than asked for).
+    pub holes: Vec<SeqRange>,
+    /// Every position from `prefix + 1` up to here was looked at: holes beyond it may exist
+    /// but are not listed. At least `highest` when the list is complete.
+    pub examined_to: Seq,
+    /// The last position the window would take a packet at now (reliable mode refuses what
+    /// lies beyond; the room shrinks while the owner has not taken released packets).
+    pub room_end: Seq,
+}
+
+fn push_seq(list: &mut Vec<SeqRange>, seq: Seq) {
+    match list.last_mut() {
+        Some(r) if r.first.advance(r.count) == seq => r.count += 1,
+        _ => list.push(SeqRange {
+            first: seq,
+            count: 1,
+        }),
+    }
+}
+
 /// Reorders one stream's packets, within a bounded window.
 ///
 /// A packet that arrives in order is handed on at once. One that arrives after a hole waits
@@ -235,6 +262,47 @@ impl<T> ReceiveWindow<T> {
         out
     }
 
+    /// A read-only summary for the recovery ring: prefix, highest, the first holes (at most
+    /// `max` sequence numbers) and how far the window could take packets now. `None` before
+    /// anything was heard.
+    pub fn state(&self, max: usize) -> Option<WindowState> {
+        let next = self.next?;
+        let prefix = Seq(next.0.wrapping_sub(1));
+        let highest = match self.highest {
+            Some(h) if !h.is_before(next) => h,
+            _ => prefix,
+        };
+        let span = (next.distance_to(highest) + 1).max(0) as u64;
+        let mut holes: Vec<SeqRange> = Vec::new();
+        let mut taken = 0usize;
+        let mut examined = 0u64;
+        let in_slots = span.min(self.slots.len() as u64);
+        while examined < in_slots && taken < max {
+            if self.slots[examined as usize].is_none() {
+                push_seq(&mut holes, next.advance(examined as u32));
+                taken += 1;
+            }
+            examined += 1;
+        }
+        if examined == in_slots && in_slots < span && taken < max {
+            // Beyond the slots every position up to the highest is a hole: one run.
+            let n = (span - in_slots).min((max - taken) as u64) as u32;
+            holes.push(SeqRange {
+                first: next.advance(in_slots as u32),
+                count: n,
+            });
+            examined += u64::from(n);
+        }
+        let room = self.capacity.saturating_sub(self.out.len()) as u32;
+        Some(WindowState {
+            prefix,
+            highest,
+            holes,
+            examined_to: Seq(next.0.wrapping_add(examined as u32).wrapping_sub(1)),
+            room_end: Seq(next.0.wrapping_add(room).wrapping_sub(1)),
+        })
+    }
+
     /// Moves the window on so that `to` is the next position: packets before it are handed
     /// on, holes before it given up, as [`Popped::NotHeard`] (positions before this receiver's
     /// time) or, when `as_gap`, as [`Popped::Lost`]. A window that heard nothing starts at `to`.
@@ -387,6 +455,7 @@ impl<T> ReceiveWindow<T> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
 
     const T0: Instant = Instant::ZERO;
     const WAIT: Duration = Duration::from_millis(10);
@@ -540,62 +609,166 @@ mod tests {
         assert_eq!(drain(&mut quiet), vec![Popped::Packet(Seq(11), 11)]);
     }
 
+    /// What comes out is in sequence order, each packet at most once, and packets plus gaps
+    /// cover the stream exactly once the sender's highest is known and holes time out.
+    /// `fate[i]`: whether packet `i` arrives, its extra copies, how many places late.
+    fn check_coverage(
+        start: u32,
+        fate: &[(bool, u8, usize)],
+        capacity: usize,
+    ) -> Result<(), TestCaseError> {
+        let first = Seq(start).advance(1);
+        let n = fate.len();
+        // Arrival order: each kept packet (0..n), with copies, displaced by up to 5 places.
+        let mut arrivals: Vec<(usize, u32)> = Vec::new();
+        for (i, (keep, copies, shift)) in fate.iter().enumerate() {
+            if *keep || i == 0 {
+                for c in 0..=*copies {
+                    arrivals.push((i + shift + c as usize, i as u32));
+                }
+            }
+        }
+        arrivals.sort_by_key(|(k, _)| *k);
+        let mut w = ReceiveWindow::new(capacity, WAIT);
+        w.on_highest(T0, Seq(start));
+        let mut now = T0;
+        let mut out = Vec::new();
+        for (_, i) in arrivals {
+            now = now + Duration::from_millis(1);
+            w.handle_timeout(now);
+            w.insert(now, first.advance(i), i);
+            out.extend(std::iter::from_fn(|| w.pop()));
+        }
+        w.on_highest(now, first.advance(n as u32 - 1));
+        // Each hole waits its own timeout once it reaches the head; a timeout handled at its
+        // deadline leaves nothing due then.
+        while let Some(d) = w.deadline() {
+            w.handle_timeout(d);
+            prop_assert!(
+                w.deadline().is_none_or(|next| next > d),
+                "still due at {:?}",
+                d
+            );
+        }
+        out.extend(std::iter::from_fn(|| w.pop()));
+        let mut expect = first;
+        for p in out {
+            match p {
+                Popped::Packet(seq, i) => {
+                    prop_assert_eq!(seq, expect);
+                    prop_assert_eq!(seq, first.advance(i));
+                    expect = expect.next();
+                }
+                Popped::Lost { first: f, count } => {
+                    prop_assert_eq!(f, expect);
+                    prop_assert!(count > 0);
+                    expect = expect.advance(count);
+                }
+                Popped::NotHeard { .. } => prop_assert!(false, "the start was announced"),
+            }
+        }
+        prop_assert_eq!(expect, first.advance(n as u32));
+        prop_assert!(w.waiting() == 0 && w.deadline().is_none());
+        Ok(())
+    }
+
+    /// A case proptest once shrank to (its regression file named a test that no longer
+    /// exists): losses at the start of a stream and a window of two.
+    #[test]
+    fn early_losses_in_a_window_of_two_still_cover_the_stream() {
+        let fate = [(false, 0, 0), (false, 0, 0), (true, 0, 0), (false, 0, 0)];
+        check_coverage(0, &fate, 2).unwrap();
+    }
+
+    #[test]
+    fn a_hole_filled_just_before_the_timeout_is_no_gap_and_just_after_it_is() {
+        let just_before = T0 + WAIT - Duration::from_nanos(1);
+        let mut w = ReceiveWindow::new(64, WAIT);
+        w.insert(T0, Seq(1), 1);
+        w.insert(T0, Seq(3), 3);
+        w.handle_timeout(just_before);
+        assert_eq!(w.insert(just_before, Seq(2), 2), Arrival::Accepted);
+        assert_eq!(
+            drain(&mut w),
+            vec![
+                Popped::Packet(Seq(1), 1),
+                Popped::Packet(Seq(2), 2),
+                Popped::Packet(Seq(3), 3)
+            ]
+        );
+        let mut late = ReceiveWindow::new(64, WAIT);
+        late.insert(T0, Seq(1), 1);
+        late.insert(T0, Seq(3), 3);
+        late.handle_timeout(T0 + WAIT);
+        assert_eq!(late.insert(T0 + WAIT, Seq(2), 2), Arrival::Stale);
+        assert_eq!(
+            drain(&mut late),
+            vec![
+                Popped::Packet(Seq(1), 1),
+                Popped::Lost {
+                    first: Seq(2),
+                    count: 1
+                },
+                Popped::Packet(Seq(3), 3)
+            ]
+        );
+    }
+
+    /// Reliable mode: the window holds `capacity` positions, counting packets handed on but
+    /// not yet popped by the owner; one position further is refused (repaired later).
+    #[test]
+    fn a_reliable_window_takes_its_last_position_and_refuses_the_next() {
+        let mut w = ReceiveWindow::reliable(8);
+        w.insert(T0, Seq(1), 1);
+        assert_eq!(drain(&mut w), vec![Popped::Packet(Seq(1), 1)]);
+        // Eight positions from the head (2): 2..=9.
+        assert_eq!(w.insert(T0, Seq(9), 9), Arrival::Accepted, "last position");
+        assert_eq!(w.insert(T0, Seq(10), 10), Arrival::Beyond, "one further");
+        // A packet handed on but not popped still takes room: 2 arrives, the head moves to
+        // 3, and 10 is still one too far until the owner pops 2.
+        assert_eq!(w.insert(T0, Seq(2), 2), Arrival::Accepted);
+        assert_eq!(w.insert(T0, Seq(10), 10), Arrival::Beyond);
+        assert_eq!(drain(&mut w), vec![Popped::Packet(Seq(2), 2)]);
+        assert_eq!(
+            w.insert(T0, Seq(10), 10),
+            Arrival::Accepted,
+            "room once popped"
+        );
+        assert_eq!(w.insert(T0, Seq(11), 11), Arrival::Beyond);
+        assert_eq!(w.deadline(), None, "reliable holes never time out");
+    }
+
+    /// Best effort: a window of `capacity` holds a packet `capacity - 1` places past the
+    /// head without giving anything up; one place further gives up the oldest hole at once.
+    #[test]
+    fn a_best_effort_window_holds_capacity_positions_and_gives_up_one_beyond() {
+        let mut w = ReceiveWindow::new(4, WAIT);
+        w.insert(T0, Seq(1), 1);
+        drain(&mut w);
+        assert_eq!(w.insert(T0, Seq(5), 5), Arrival::Accepted);
+        assert_eq!(drain(&mut w), vec![], "head 2 still awaited");
+        assert_eq!(w.insert(T0, Seq(6), 6), Arrival::Accepted);
+        assert_eq!(
+            drain(&mut w),
+            vec![Popped::Lost {
+                first: Seq(2),
+                count: 1
+            }],
+            "the oldest hole given up, not the others"
+        );
+        assert_eq!(w.waiting(), 2);
+    }
+
     proptest! {
-        /// Whatever arrives (reordered, duplicated, lost, across wrap-around), what comes out is
-        /// in sequence order, each packet at most once, and packets plus gaps cover the stream
-        /// exactly once the sender's highest is known and holes time out.
+        /// Whatever arrives (reordered, duplicated, lost, across wrap-around), the output
+        /// covers the stream exactly once ([`check_coverage`]).
         #[test]
         fn output_is_ordered_exactly_once_and_covers_the_stream(
             start: u32,
             fate in prop::collection::vec((any::<bool>(), 0u8..3, 0usize..6), 1..300),
             capacity in 1usize..40,
         ) {
-            let first = Seq(start).advance(1);
-            let n = fate.len();
-            // Arrival order: each kept packet (0..n), with copies, displaced by up to 5 places.
-            let mut arrivals: Vec<(usize, u32)> = Vec::new();
-            for (i, (keep, copies, shift)) in fate.iter().enumerate() {
-                if *keep || i == 0 {
-                    for c in 0..=*copies {
-                        arrivals.push((i + shift + c as usize, i as u32));
-                    }
-                }
-            }
-            arrivals.sort_by_key(|(k, _)| *k);
-            let mut w = ReceiveWindow::new(capacity, WAIT);
-            w.on_highest(T0, Seq(start));
-            let mut now = T0;
-            let mut out = Vec::new();
-            for (_, i) in arrivals {
-                now = now + Duration::from_millis(1);
-                w.handle_timeout(now);
-                w.insert(now, first.advance(i), i);
-                out.extend(std::iter::from_fn(|| w.pop()));
-            }
-            w.on_highest(now, first.advance(n as u32 - 1));
-            // Each hole waits its own timeout once it reaches the head.
-            while let Some(d) = w.deadline() {
-                w.handle_timeout(d);
-            }
-            out.extend(std::iter::from_fn(|| w.pop()));
-            let mut expect = first;
-            for p in out {
-                match p {
-                    Popped::Packet(seq, i) => {
-                        prop_assert_eq!(seq, expect);
-                        prop_assert_eq!(seq, first.advance(i));
-                        expect = expect.next();
-                    }
-                    Popped::Lost { first: f, count } => {
-                        prop_assert_eq!(f, expect);
-                        prop_assert!(count > 0);
-                        expect = expect.advance(count);
-                    }
-                    Popped::NotHeard { .. } => prop_assert!(false, "the start was announced"),
-                }
-            }
-            prop_assert_eq!(expect, first.advance(n as u32));
-            prop_assert!(w.waiting() == 0 && w.deadline().is_none());
+            check_coverage(start, &fate, capacity)?;
         }
     }
 }

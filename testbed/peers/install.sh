@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # install.sh: install (Debian packages) and build one peer of the peers benchmark.
 #
-# Usage: install.sh PEER        PEER = zmq-epgm | norm | cyclonedds | jgroups | aeron
+# Usage: install.sh PEER        PEER = zmq-epgm | norm | cyclonedds | jgroups | aeron | zenoh
 #
 # Idempotent and quick when done: packages are installed only when missing (`apt-get update`
 # once, then `apt-get install -y`), harnesses are rebuilt only when their source is newer than
 # the binary. Build outputs go to target/peers/ of the repo (gitignored); override with
 # PEERS_OUT=DIR. Prints nothing on success but the path(s) built, to stderr.
+# aeron and zenoh are Rust harnesses in their own Cargo projects (aeron/, zenoh/, outside the
+# workspace), built once with `nice -n 19 cargo build --release -j 1` (minutes: Aeron's C media
+# driver and client are compiled from the sources the rusteron crates bundle; Zenoh is a large
+# crate graph). Aeron needs CMake >= 3.30: Debian's is older, so a private venv with PyPI's
+# `cmake` package provides it (PEERS_CMAKE_VENV, default /opt/qs-peers-cmake).
 # Exit: 0 ok, 2 packages missing and not root, 3 the peer cannot be installed/built (reason on
-# stderr; aeron always, see README.md).
+# stderr).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -85,9 +90,35 @@ jgroups)
     echo "$out/java/JgBench.class" >&2
     ;;
 aeron)
-    fail "aeron: not packaged in Debian; the crates.io crates (libaeron_driver-sys, \
-rusteron-media-driver) only build its C media driver from source with CMake + bindgen (cmake, \
-libclang, minutes of compilation on these 2 shared cores): not quick here, skipped (README.md)"
+    ensure_pkgs cmake clang libclang-dev libbsd-dev uuid-dev python3-venv pkg-config
+    command -v cargo >/dev/null || fail "cargo missing (the aeron harness is a Rust project)"
+    venv=${PEERS_CMAKE_VENV:-/opt/qs-peers-cmake}
+    if ! "$venv/bin/cmake" --version 2>/dev/null | grep -qE 'version (3\.(3[0-9])|[4-9]\.)'; then
+        python3 -m venv "$venv" >&2 || fail "python3 -m venv $venv failed"
+        "$venv/bin/pip" install -q "cmake>=3.30,<4" >&2 || fail "pip install cmake failed"
+    fi
+    mkdir -p "$out/aeron"
+    if stale "$out/aeron/aeron-bench" "$here/aeron/src/main.rs" "$here/aeron/Cargo.toml" "$here/common/bench.rs"; then
+        (cd "$here/aeron" && PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$out/aeron-target" \
+            nice -n 19 cargo build --release -j 1 >&2) || fail "building the aeron harness failed"
+        cp "$out/aeron-target/release/aeron-bench" "$out/aeron/"
+        # The C libraries are shared objects in the build tree; keep them beside the binary.
+        lib=$(find "$out/aeron-target/release/build" -path '*rusteron-media-driver*' -name libaeron_driver.so | head -1)
+        [ -n "$lib" ] || fail "libaeron_driver.so not found in the build tree"
+        cp "$(dirname "$lib")/libaeron_driver.so" "$(dirname "$lib")/libaeron.so" "$out/aeron/"
+    fi
+    echo "$out/aeron/aeron-bench" >&2
+    ;;
+zenoh)
+    ensure_pkgs gcc libc6-dev pkg-config
+    command -v cargo >/dev/null || fail "cargo missing (the zenoh harness is a Rust project)"
+    mkdir -p "$out/zenoh"
+    if stale "$out/zenoh/zenoh-bench" "$here/zenoh/src/main.rs" "$here/zenoh/Cargo.toml" "$here/common/bench.rs"; then
+        (cd "$here/zenoh" && CARGO_TARGET_DIR="$out/zenoh-target" nice -n 19 cargo build --release -j 1 >&2) \
+            || fail "building the zenoh harness failed"
+        cp "$out/zenoh-target/release/zenoh-bench" "$out/zenoh/"
+    fi
+    echo "$out/zenoh/zenoh-bench" >&2
     ;;
 -h | --help | '')
     sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
@@ -95,7 +126,7 @@ libclang, minutes of compilation on these 2 shared cores): not quick here, skipp
     exit 2
     ;;
 *)
-    echo "install.sh: unknown peer '$peer' (zmq-epgm, norm, cyclonedds, jgroups, aeron)" >&2
+    echo "install.sh: unknown peer '$peer' (zmq-epgm, norm, cyclonedds, jgroups, aeron, zenoh)" >&2
     exit 2
     ;;
 esac

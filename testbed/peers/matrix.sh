@@ -2,7 +2,8 @@
 # matrix.sh: run-peer.sh over peers x sizes x losses, one fresh LAN per run; JSON lines to
 # RESULTS (default target/peers/results/peers-DATE.jsonl, gitignored), a table at the end.
 #
-# Usage: matrix.sh [--peers "zmq-epgm norm cyclonedds jgroups"] [--sizes "1024 64"]
+# Usage: matrix.sh [--peers "zmq-epgm norm cyclonedds jgroups aeron zenoh"] [--sizes "1024 64"]
+#                  [--ping-count N]
 #                  [--losses "none random:1 burst:10"] [--receivers K] [--count-1k N] [--count-64 N]
 #                  [--count N] [--topics "1 10 100 1000 10000"] [--results FILE]
 # Counts: --count-1k (default 100000) for sizes >= 512, --count-64 (default 200000) below,
@@ -12,11 +13,14 @@
 # robin publisher, every receiver subscribes to all T; 0 = a run without topics, for
 # reference); its defaults are --peers zmq-epgm
 # --sizes 256 --losses none (explicit options still apply); peers without topics are skipped
-# (README.md). Needs root (exit 2).
+# (README.md). After the throughput runs, aeron and zenoh (when in --peers) also run ping-pong
+# (run-peer.sh --ping, --ping-count round trips, default 10000, per size; 0 skips them).
+# Needs root (exit 2).
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-peers="zmq-epgm norm cyclonedds jgroups" sizes="1024 64" losses="none random:1 burst:10"
+peers="zmq-epgm norm cyclonedds jgroups aeron zenoh" sizes="1024 64" losses="none random:1 burst:10"
+ping_count=10000
 receivers=3 c1k=100000 c64=200000 call="" topics_list=""
 peers_set=0 sizes_set=0 losses_set=0
 results=$repo/target/peers/results/peers-$(date +%Y%m%d-%H%M%S).jsonl
@@ -31,6 +35,7 @@ while [ $# -gt 0 ]; do
     --count-1k) c1k=$2; shift 2 ;;
     --count-64) c64=$2; shift 2 ;;
     --results) results=$2; shift 2 ;;
+    --ping-count) ping_count=$2; shift 2 ;;
     -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "matrix.sh: unknown option $1" >&2; exit 1 ;;
     esac
@@ -66,5 +71,15 @@ for peer in $peers; do
         done
     done
 done
+if [ -z "$topics_list" ] && [ "$ping_count" -gt 0 ]; then
+    for peer in $peers; do
+        case $peer in aeron | zenoh) ;; *) continue ;; esac
+        for size in $sizes; do
+            rc=0
+            "$here/run-peer.sh" "$peer" --ping --size "$size" --count "$ping_count" >>"$results" || rc=$?
+            [ $rc -eq 0 ] || echo "matrix.sh: $peer ping size $size: exit $rc" >&2
+        done
+    done
+fi
 python3 "$here/table.py" "$results"
 echo "results: $results" >&2

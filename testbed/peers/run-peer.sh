@@ -4,7 +4,10 @@
 # Usage: run-peer.sh PEER [--size B] [--count N] [--receivers K] [--loss random:PCT|burst:K[:EVERY]]
 #                    [--prefix P] [--timeout S] [--idle S] [--duration S] [--opts "ARGS"]
 #                    [--topics T] [--keep-logs]
-#   PEER       zmq-epgm | norm | cyclonedds | jgroups | aeron
+#   PEER       zmq-epgm | norm | cyclonedds | jgroups | aeron | zenoh
+#   --ping     aeron, zenoh: instead of the throughput run, ping-pong between host 1 and host 2
+#              (--count round trips, one at a time, --size bytes): one "role":"ping" line with
+#              RTT and one-way (RTT/2) percentiles
 #   --size     message size in bytes (default 1024; >= 16: 8-byte seq + 8-byte CLOCK_MONOTONIC)
 #   --count    messages (default 100000; cyclonedds is time-based, see --duration)
 #   --receivers K receivers in hosts 2..K+1, the sender in host 1 (default 3)
@@ -38,7 +41,7 @@ usage() { sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-1}"; }
 case ${1:-} in -h | --help | help | '') usage 0 ;; esac
 peer=$1
 shift
-size=1024 count=100000 receivers=3 loss="" prefix="" bound=45 idle=5 duration=8 opts="" keep=0 topics=""
+size=1024 count=100000 receivers=3 loss="" prefix="" bound=45 idle=5 duration=8 opts="" keep=0 topics="" ping=0
 while [ $# -gt 0 ]; do
     case $1 in
     --size) size=$2; shift 2 ;;
@@ -52,11 +55,15 @@ while [ $# -gt 0 ]; do
     --opts) opts=$2; shift 2 ;;
     --topics) topics=$2; shift 2 ;;
     --keep-logs) keep=1; shift ;;
+    --ping) ping=1; shift ;;
     -h | --help) usage 0 ;;
     *) echo "run-peer.sh: unknown option $1" >&2; usage 1 ;;
     esac
 done
-case $peer in zmq-epgm | norm | cyclonedds | jgroups | aeron) ;; *) echo "run-peer.sh: unknown peer '$peer'" >&2; exit 1 ;; esac
+case $peer in zmq-epgm | norm | cyclonedds | jgroups | aeron | zenoh) ;; *) echo "run-peer.sh: unknown peer '$peer'" >&2; exit 1 ;; esac
+if [ $ping -eq 1 ]; then
+    case $peer in aeron | zenoh) receivers=1 ;; *) echo "run-peer.sh: --ping: only aeron and zenoh (raw and Quicksilver: qs bench ping)" >&2; exit 1 ;; esac
+fi
 for v in "$size" "$count" "$receivers" "$bound" "$idle" "$duration"; do
     [[ $v =~ ^[0-9]+$ ]] || { echo "run-peer.sh: not a number: $v" >&2; exit 1; }
 done
@@ -232,12 +239,86 @@ XML
     wait_receivers
     ;;
 aeron)
-    echo "run-peer.sh: aeron cannot run here (see README.md)" >&2
-    exit 3
+    # One embedded C media driver per process; one shared driver thread that yields when idle
+    # (Aeron's default dedicated threads that back off or spin starve each other on 2 cores).
+    export LD_LIBRARY_PATH="$bin/aeron${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export AERON_THREADING_MODE=${AERON_THREADING_MODE:-SHARED}
+    export AERON_SHARED_IDLE_STRATEGY=${AERON_SHARED_IDLE_STRATEGY:-yield}
+    # Aeron multicast: the data address must be odd (its control address is data + 1).
+    agroup=239.255.93.$((1 + 2 * ($$ % 120)))
+    pgroup=239.255.94.$((1 + 2 * ($$ % 120)))
+    if [ $ping -eq 1 ]; then
+        start_bg pong 2 $((bound + 10)) "$bin/aeron/aeron-bench" pong --iface "$(addr 2)" --group "$agroup" \
+            --pong-group "$pgroup" --idle "$bound"
+        ppid=$last
+        sleep 1
+        start_bg ping 1 "$bound" "$bin/aeron/aeron-bench" ping --iface "$(addr 1)" --group "$agroup" \
+            --pong-group "$pgroup" --size "$size" --count "$count"
+        wait "$last" || true
+        stop_sender "$ppid"
+    else
+        for i in $(seq 2 "$hosts"); do
+            start_bg "recv-h$i" "$i" "$bound" "$bin/aeron/aeron-bench" recv --iface "$(addr "$i")" --group "$agroup" \
+                --count "$count" --timeout "$bound" --idle "$idle"
+            recv_pids+=("$last")
+        done
+        sleep 1
+        # shellcheck disable=SC2086
+        start_bg send 1 $((bound + 10)) "$bin/aeron/aeron-bench" send --iface "$(addr 1)" --group "$agroup" \
+            --size "$size" --count "$count" --receivers "$receivers" --linger $((bound + 5)) $opts
+        spid=$last
+        wait_receivers
+        stop_sender "$spid"
+    fi
+    ;;
+zenoh)
+    # Peer mode over TCP, multicast scouting off: every receiver connects to the publisher, which
+    # writes each sample once per subscriber session (unicast fan-out).
+    if [ $ping -eq 1 ]; then
+        start_bg pong 2 $((bound + 10)) "$bin/zenoh/zenoh-bench" pong --iface "$(addr 2)" --idle "$bound"
+        ppid=$last
+        sleep 1
+        start_bg ping 1 "$bound" "$bin/zenoh/zenoh-bench" ping --iface "$(addr 1)" \
+            --connect "tcp/$(addr 2):7447" --size "$size" --count "$count"
+        wait "$last" || true
+        stop_sender "$ppid"
+    else
+        # shellcheck disable=SC2086
+        start_bg send 1 $((bound + 10)) "$bin/zenoh/zenoh-bench" send --iface "$(addr 1)" \
+            --size "$size" --count "$count" --receivers "$receivers" --linger $((bound + 5)) $opts
+        spid=$last
+        sleep 1
+        for i in $(seq 2 "$hosts"); do
+            start_bg "recv-h$i" "$i" "$bound" "$bin/zenoh/zenoh-bench" recv --iface "$(addr "$i")" \
+                --connect "tcp/$(addr 1):7447" --count "$count" --timeout "$bound" --idle "$idle"
+            recv_pids+=("$last")
+        done
+        wait_receivers
+        stop_sender "$spid"
+    fi
     ;;
 esac
 
 for i in $(seq 2 "$hosts"); do
     if [ ${#lossargs[@]} -gt 0 ]; then "$scripts/loss.sh" "$prefix" "$i" show >"$out/loss-h$i" 2>/dev/null || true; fi
 done
+if [ $ping -eq 1 ]; then
+    python3 - "$out" "$peer" "$size" "${loss:-none}" "$(cut -d' ' -f1 /proc/loadavg)" <<'PY'
+import json, sys
+out, peer, size, loss, load = sys.argv[1:6]
+rec = None
+for line in reversed(open(f"{out}/ping.out").read().splitlines() if __import__("os").path.exists(f"{out}/ping.out") else []):
+    try:
+        rec = json.loads(line)
+        break
+    except ValueError:
+        continue
+if rec is None:
+    err = open(f"{out}/ping.err").read().strip().splitlines()[-1:] if __import__("os").path.exists(f"{out}/ping.err") else []
+    rec = {"peer": peer, "role": "ping", "error": "no output " + " ".join(err)[:200]}
+rec.update({"kind": "ping", "size": int(size), "loss": loss, "load_avg_1m": float(load), "path": "namespaces"})
+print(json.dumps(rec))
+PY
+    exit 0
+fi
 python3 "$here/collect.py" "$out" "$peer" "$hosts" "$count" "$size" "${loss:-none}" "$(cut -d' ' -f1 /proc/loadavg)" ${topics:+"$topics"}

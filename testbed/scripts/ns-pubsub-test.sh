@@ -124,7 +124,7 @@ done
 
 # In the background + wait, so that INT/TERM are handled at once (and cleanup runs).
 timeout "$limit" ip netns exec "$(ns_name "$prefix" 1)" "$qs" pub \
-    --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers "$subs" \
+    --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers "$subs" --wait-secs 30 \
     --iface "$a1" >"$logs/pub.out" 2>"$logs/pub.err" &
 pub_pid=$!
 pids+=("$pub_pid")

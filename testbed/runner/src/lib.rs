@@ -6,6 +6,9 @@
 //! scenario, `results.json` / `results.md`, and the benchmark report (`BENCHMARKS.md` and
 //! plots, [`report`]) from results files and peer result lines.
 //!
+//! Also a standalone sweep of lateral error correction over a small deterministic model
+//! ([`sim_lec`], `qs-testbed sim-lec`).
+//!
 //! Does not: build the LAN or inject loss itself (the scripts in `testbed/scripts` do), build
 //! or measure anything inside `qs` (it runs the `qs` binary and reads its JSON lines), run the
 //! peers (`testbed/peers` prints their lines), or simulate (that is `qs-sim`; [`sim_gossip`]
@@ -18,3 +21,4 @@ pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod sim_gossip;
+pub mod sim_lec;

@@ -7,6 +7,7 @@
 //! - `qs-testbed check SCENARIO.toml...`: validate scenarios and print expected counts.
 //! - `qs-testbed sim-gossip --nodes N [--seed S] [--loss P] --json`: the gossip plane alone in
 //!   the simulator; one JSON line of figures.
+//! - `qs-testbed sim-lec [...]`: the lateral error correction sweep (a table; no root needed).
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -17,6 +18,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use qs_testbed::report::{self, Format};
 use qs_testbed::run::{self, RunOptions};
 use qs_testbed::scenario::Scenario;
+use qs_testbed::sim_lec::{self, Model, Scheme};
 
 #[derive(Parser)]
 #[command(
@@ -103,6 +105,33 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Sweep lateral error correction over a deterministic model and print a table.
+    SimLec {
+        /// Receivers in the region.
+        #[arg(long, default_value_t = 8)]
+        receivers: usize,
+        /// Senders (round-robin, outside the region).
+        #[arg(long, default_value_t = 2)]
+        senders: usize,
+        /// Data packets per case.
+        #[arg(long, default_value_t = 40_000)]
+        packets: u32,
+        /// Aggregate data rate, packets per second.
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
+        /// Seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Loss rates (fractions).
+        #[arg(long, value_delimiter = ',', default_values = ["0", "0.001", "0.01", "0.05", "0.1"])]
+        loss: Vec<f64>,
+        /// Burst lengths.
+        #[arg(long, value_delimiter = ',', default_values = ["1", "5", "10", "20"])]
+        burst: Vec<u32>,
+        /// Schemes as rRcCsSmM[-fixed] (default: a set comparing stagger and parity).
+        #[arg(long, value_delimiter = ',')]
+        scheme: Vec<String>,
+    },
     /// Validate scenario files and print each case's processes and expected counts.
     Check {
         /// Scenario files.
@@ -139,7 +168,7 @@ fn real_main() -> anyhow::Result<ExitCode> {
             let qs = qs.unwrap_or_else(|| workspace().join("target/release/qs"));
             if !qs.exists() {
                 anyhow::bail!(
-                    "{} not found: cargo build --release -p qs-cli, or pass --qs PATH",
+                    "{} not found: cargo build --release -p quicksilver-cli, or pass --qs PATH",
                     qs.display()
                 );
             }
@@ -209,6 +238,35 @@ fn real_main() -> anyhow::Result<ExitCode> {
             };
             let r = qs_testbed::sim_gossip::run(&opts);
             println!("{}", serde_json::to_string(&r)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SimLec {
+            receivers,
+            senders,
+            packets,
+            rate,
+            seed,
+            loss,
+            burst,
+            scheme,
+        } => {
+            let schemes = if scheme.is_empty() {
+                sim_lec::default_schemes()
+            } else {
+                scheme
+                    .iter()
+                    .map(|s| Scheme::parse(s).with_context(|| format!("bad scheme {s:?}")))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let model = Model {
+                receivers,
+                senders,
+                packets,
+                rate_pps: rate,
+                seed,
+                ..Model::default()
+            };
+            print!("{}", sim_lec::sweep(&model, &schemes, &loss, &burst));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Check { scenarios } => {
@@ -281,7 +339,7 @@ fn suite(
     let qs = qs.unwrap_or_else(|| workspace().join("target/release/qs"));
     if !qs.exists() {
         anyhow::bail!(
-            "{} not found: cargo build --release -p qs-cli, or pass --qs PATH",
+            "{} not found: cargo build --release -p quicksilver-cli, or pass --qs PATH",
             qs.display()
         );
     }

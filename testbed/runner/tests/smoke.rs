@@ -1,7 +1,7 @@
 //! CI smoke test: `qs-testbed run testbed/scenarios/smoke.toml` on a real namespace LAN with
 //! the release `qs` binary, asserting that every delivery check passes and the LAN is gone
 //! afterwards. Needs root and `target/release/qs` (built by `cargo test --workspace
-//! --release`, or `cargo build --release -p qs-cli`); without either it prints SKIP and passes.
+//! --release`, or `cargo build --release -p quicksilver-cli`); without either it prints SKIP and passes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,7 +24,7 @@ fn smoke_scenario_delivers_everything_on_a_namespace_lan() {
         return;
     }
     let Some(qs) = release_qs() else {
-        println!("SKIP: target/release/qs not found (cargo build --release -p qs-cli)");
+        println!("SKIP: target/release/qs not found (cargo build --release -p quicksilver-cli)");
         return;
     };
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

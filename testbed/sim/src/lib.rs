@@ -40,8 +40,9 @@
 //!
 //! No wall clock, no OS randomness, no threads, no sockets, and no iteration over hash maps:
 //! every decision follows from [`SimConfig::seed`] and the order of calls. It models no link
-//! capacity, no queueing delay, no MTU, no clock skew and no restarts (a crashed node stays
-//! down; add a fresh node to model a restart). It checks no protocol property itself: oracles
+//! capacity, no queueing delay, no MTU and no clock skew. A crashed node stays down until
+//! [`Sim::restart`] puts a new value (a new process) at its address; [`Sim::block`] cuts one
+//! direction of one link (asymmetric reachability). It checks no protocol property itself: oracles
 //! belong to the tests, which run them in the observer.
 //!
 //! # Replaying a seed

@@ -229,6 +229,8 @@ pub struct Sim<N> {
     by_addr: BTreeMap<SocketAddr, NodeIndex>,
     groups: BTreeMap<SocketAddrV4, BTreeSet<NodeIndex>>,
     partitioned: bool,
+    /// One-way blocks: datagrams from the first node to the second are dropped.
+    blocked: BTreeSet<(NodeIndex, NodeIndex)>,
     buf: Box<[u8]>,
     trace: u64,
     events: u64,
@@ -247,6 +249,7 @@ impl<N: Driven> Sim<N> {
             by_addr: BTreeMap::new(),
             groups: BTreeMap::new(),
             partitioned: false,
+            blocked: BTreeSet::new(),
             buf: vec![0; TRANSMIT_BUF_LEN].into_boxed_slice(),
             trace: 0,
             events: 0,
@@ -458,6 +461,36 @@ impl<N: Driven> Sim<N> {
         for arrival in backlog {
             self.schedule(self.now, Event::Arrival(arrival));
         }
+    }
+
+    /// Restarts a crashed node as `node` (a new process at the same address, e.g. with the
+    /// same id and a new incarnation): it starts with empty group memberships, receives what
+    /// arrives from now on, and is drained at once. No effect on a node that did not crash.
+    pub fn restart(&mut self, idx: NodeIndex, node: N) {
+        let slot = &mut self.slots[idx.0];
+        if !slot.crashed {
+            return;
+        }
+        slot.node = node;
+        slot.crashed = false;
+        slot.backlog.clear();
+        slot.timer_generation += 1;
+        slot.timer_at = None;
+        for members in self.groups.values_mut() {
+            members.remove(&idx);
+        }
+        self.drain(idx);
+    }
+
+    /// Drops every datagram sent from `from` to `to` from now on (one way: `to` may still
+    /// reach `from`), as a partition does, until [`Sim::unblock_all`].
+    pub fn block(&mut self, from: NodeIndex, to: NodeIndex) {
+        self.blocked.insert((from, to));
+    }
+
+    /// Lifts every one-way block.
+    pub fn unblock_all(&mut self) {
+        self.blocked.clear();
     }
 
     /// The node crashed.
@@ -816,7 +849,8 @@ impl<N: Driven> Sim<N> {
     ) {
         let now = self.now;
         let from_addr = self.slots[from.0].addr;
-        let crosses = self.partitioned && self.slots[from.0].side != self.slots[to.0].side;
+        let crosses = (self.partitioned && self.slots[from.0].side != self.slots[to.0].side)
+            || self.blocked.contains(&(from, to));
         let config = &self.config;
         let slot = &mut self.slots[to.0];
         slot.stats.routed += 1;

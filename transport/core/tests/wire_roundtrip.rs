@@ -6,8 +6,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bytes::Bytes;
 use proptest::prelude::*;
 use qs_transport::wire::{
-    Announce, DataPacket, DataWriter, Fragment, Header, PacketKind, RateAggregate, RepairRequest,
-    Seal, SenderAck, SeqRange, StreamState, Token, TokenAck, TokenRecord, WireError, HEADER_LEN,
+    Announce, DataPacket, DataWriter, Fragment, Header, LecRepair, PacketKind, RateAggregate,
+    RepairRequest, Scope, Seal, SenderAck, SeqRange, StreamId, StreamState, Token, TokenAck,
+    TokenRecord, WireError, DATA_FIXED_LEN, HEADER_LEN,
 };
 use qs_transport::{ClusterId, NodeId, RegionId, Seq, TopicId};
 
@@ -35,6 +36,9 @@ fn parse_any(datagram: &[u8]) -> Result<(), WireError> {
         PacketKind::TokenAck => TokenAck::parse(&body).map(drop),
         PacketKind::RepairRequest => RepairRequest::parse(&body).map(drop),
         PacketKind::SenderAck => SenderAck::parse(&body).map(drop),
+        PacketKind::LecRepair => {
+            LecRepair::parse(&body).map(|r| assert_eq!(r.entries().count(), r.len()))
+        }
         PacketKind::Gossip => Ok(()),
     }
 }
@@ -74,12 +78,16 @@ fn token() -> impl Strategy<Value = Token> {
                 |((s, h, c, prefix, lag, cl), pp, pc, lack, naks, (rc, rmin, rmax, rsum))| {
                     TokenRecord {
                         sender: NodeId(s),
+                        epoch: s.rotate_left(17) ^ h as u64,
                         highest: Seq(h),
                         cutoff: Seq(c),
                         prefix,
                         laggard: prefix.map(|_| NodeId(lag)),
                         cleanup: Seq(cl),
                         cleanup_unknown: cl % 3 == 0,
+                        partial: h.rotate_left(5),
+                        incomplete: h % 7 == 0,
+                        reported: c ^ h << 13,
                         partition_prefix: pp,
                         partition_current: pc,
                         lack,
@@ -104,7 +112,13 @@ fn token() -> impl Strategy<Value = Token> {
                 region: RegionId(region),
                 view,
                 round,
+                scope: if round % 3 == 0 {
+                    Scope::Region
+                } else {
+                    Scope::Partition((round % 32) as u8)
+                },
                 hop,
+                skipped: view.rotate_left(7),
                 records,
             })
     })
@@ -122,13 +136,13 @@ proptest! {
         let n = t.write(&mut buf).unwrap();
         prop_assert_eq!(n, t.wire_len());
         prop_assert_eq!(Token::parse(&buf[..n]).unwrap(), t);
-        let a = TokenAck { region: RegionId(ack.0), view: ack.1, round: ack.2, hop: ack.3 };
+        let a = TokenAck { region: RegionId(ack.0), view: ack.1, round: ack.2, scope: if ack.3 % 2 == 0 { Scope::Region } else { Scope::Partition((ack.3 % 32) as u8) }, hop: ack.3 };
         let n = a.write(&mut buf).unwrap();
         prop_assert_eq!(TokenAck::parse(&buf[..n]).unwrap(), a);
-        let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), ranges: req.2 };
+        let r = RepairRequest { region: RegionId(req.0), sender: NodeId(req.1), epoch: req.0 ^ req.1, ranges: req.2 };
         let n = r.write(&mut buf).unwrap();
         prop_assert_eq!(RepairRequest::parse(&buf[..n]).unwrap(), r);
-        let s = SenderAck { region: RegionId(sack.0), stable: Seq(sack.1), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
+        let s = SenderAck { region: RegionId(sack.0), epoch: sack.0.rotate_left(9), stable: Seq(sack.1), floor: Seq(sack.1.wrapping_sub(3)), highest: Seq(sack.2), naks: sack.3, slowest_rate: sack.4 };
         let n = s.write(&mut buf).unwrap();
         prop_assert_eq!(SenderAck::parse(&buf[..n]).unwrap(), s);
     }
@@ -149,7 +163,7 @@ proptest! {
         msgs in prop::collection::vec((any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)), 0..20),
     ) {
         let mut buf = vec![0u8; 1472];
-        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, sender), RegionId(region), Seq(seq)).unwrap();
+        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, sender), StreamId { region: RegionId(region), epoch: region ^ 5 }, Seq(seq)).unwrap();
         let mut written = Vec::new();
         for (t, p) in &msgs {
             if !w.push(TopicId(*t), p) { break; }
@@ -161,7 +175,7 @@ proptest! {
         prop_assert_eq!(h.sender, NodeId(sender));
         prop_assert_eq!(h.kind, PacketKind::Data);
         let pkt = DataPacket::parse(Bytes::copy_from_slice(body)).unwrap();
-        prop_assert_eq!(pkt.region, RegionId(region));
+        prop_assert_eq!((pkt.region, pkt.epoch), (RegionId(region), region ^ 5));
         prop_assert_eq!(pkt.seq, Seq(seq));
         let got: Vec<(TopicId, Vec<u8>)> = pkt.messages().map(|(t, b)| (t, b.to_vec())).collect();
         prop_assert_eq!(got, written);
@@ -171,9 +185,9 @@ proptest! {
     fn fragments_round_trip(index in 0u16..100, extra in 1u16..100, topic: u64, total: u32,
         payload in prop::collection::vec(any::<u8>(), 0..1400)) {
         let total = total.max(payload.len() as u32);
-        let count = index + extra;
+        let count = (index + extra).max(2); // a message of one fragment is not fragmented
         let mut buf = vec![0u8; 1472];
-        let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), RegionId(2), Seq(3),
+        let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), StreamId { region: RegionId(2), epoch: 7 }, Seq(3),
             index, count, TopicId(topic), total, &payload).unwrap();
         let len = Seal::new().seal(&mut buf, len).unwrap();
         let (_, body) = Seal::new().open(&buf[..len]).unwrap();
@@ -201,7 +215,7 @@ proptest! {
 
     #[test]
     fn stream_states_round_trip(region: u64, seq: u32) {
-        let s = StreamState { region: RegionId(region), highest: Seq(seq), floor: Seq(seq.wrapping_sub(7)) };
+        let s = StreamState { region: RegionId(region), epoch: region.rotate_left(3), highest: Seq(seq), floor: Seq(seq.wrapping_sub(7)) };
         let mut buf = [0u8; 64];
         header(PacketKind::StreamState, 1).write(&mut buf).unwrap();
         let n = s.write(&mut buf[HEADER_LEN..]).unwrap();
@@ -217,11 +231,12 @@ proptest! {
 
     /// Random bytes almost never pass the checksum, so also fuzz bodies behind a valid header.
     #[test]
-    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=8,
+    fn arbitrary_bodies_behind_valid_headers_never_panic(kind in 1u8..=9,
         body in prop::collection::vec(any::<u8>(), 0..1500)) {
         let kind = match kind { 1 => PacketKind::Announce, 2 => PacketKind::Data,
             3 => PacketKind::Fragment, 4 => PacketKind::StreamState, 5 => PacketKind::Token,
-            6 => PacketKind::TokenAck, 7 => PacketKind::RepairRequest, _ => PacketKind::SenderAck };
+            6 => PacketKind::TokenAck, 7 => PacketKind::RepairRequest, 8 => PacketKind::SenderAck,
+            _ => PacketKind::LecRepair };
         let mut buf = vec![0u8; HEADER_LEN + body.len()];
         header(kind, 5).write(&mut buf).unwrap();
         buf[HEADER_LEN..].copy_from_slice(&body);
@@ -233,7 +248,7 @@ proptest! {
     #[test]
     fn any_single_bit_flip_is_rejected(flip in 0usize..(8 * 60)) {
         let mut buf = vec![0u8; 1472];
-        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
+        let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, 1), StreamId { region: RegionId(2), epoch: 9 }, Seq(3)).unwrap();
         assert!(w.push(TopicId(4), b"hello, multicast world: some bytes"));
         let len = w.finish().unwrap();
         let len = Seal::new().seal(&mut buf, len).unwrap();
@@ -246,13 +261,21 @@ proptest! {
 #[test]
 fn a_packet_with_a_lying_message_length_is_malformed() {
     let mut buf = vec![0u8; 200];
-    let mut w =
-        DataWriter::new(&mut buf, &header(PacketKind::Data, 1), RegionId(2), Seq(3)).unwrap();
+    let mut w = DataWriter::new(
+        &mut buf,
+        &header(PacketKind::Data, 1),
+        StreamId {
+            region: RegionId(2),
+            epoch: 9,
+        },
+        Seq(3),
+    )
+    .unwrap();
     assert!(w.push(TopicId(4), b"abc"));
     let len = w.finish().unwrap();
     let len = Seal::new().seal(&mut buf, len).unwrap();
     let mut body = buf[HEADER_LEN..len].to_vec();
-    body[16 + 9] = 200; // the message now claims 200 bytes
+    body[DATA_FIXED_LEN + 9] = 200; // the message now claims 200 bytes
     assert_eq!(
         DataPacket::parse(Bytes::from(body)).unwrap_err(),
         WireError::Malformed

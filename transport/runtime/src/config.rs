@@ -43,6 +43,23 @@ pub struct RuntimeConfig {
     pub recv_budget_batches: usize,
     /// `sendmmsg` batches per turn before yielding to receiving. Default 8.
     pub send_budget_batches: usize,
+    /// Busy-poll idle strategy (like Aeron's `BusySpinIdleStrategy`): instead of sleeping in
+    /// `epoll_wait`, a turn polls the sockets without blocking, again and again, until
+    /// something is ready or its wait is over. It removes the wake-up latency of a sleeping
+    /// thread (tens of microseconds on a loaded machine) from every message, and costs a whole
+    /// core per node for as long as the node runs, whether traffic flows or not. Only worth it
+    /// with a core to spare per node thread: on a machine with fewer cores than spinning
+    /// threads, the spinners steal each other's time and latency gets worse, not better.
+    ///
+    /// Default: off, unless the environment variable `QS_BUSY_POLL` is `1` or `true` (so an
+    /// application can opt in without code, as Aeron's idle strategies are chosen by system
+    /// properties).
+    pub busy_poll: bool,
+}
+
+/// `QS_BUSY_POLL` is `1` or `true`.
+fn busy_poll_from_env() -> bool {
+    std::env::var("QS_BUSY_POLL").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
 }
 
 impl Default for RuntimeConfig {
@@ -61,6 +78,7 @@ impl Default for RuntimeConfig {
             multicast_loop: true,
             recv_budget_batches: 8,
             send_budget_batches: 8,
+            busy_poll: busy_poll_from_env(),
         }
     }
 }

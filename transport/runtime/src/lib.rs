@@ -42,9 +42,11 @@
 //! the core between turns leaves at once instead of after the wait. Times handed to the core
 //! never go backwards.
 //!
-//! Received datagrams are zero-copy slices of a per-batch arena of
-//! `batch * recv_slot_bytes` bytes: a slice the core keeps pins its whole arena, so a core that
-//! holds datagrams for long (e.g. a receive window) should copy the few it keeps.
+//! Received datagrams are zero-copy slices of an arena of `batch * recv_slot_bytes` bytes: a
+//! slice the core keeps pins its whole arena, so a core that holds datagrams for long (e.g. a
+//! receive window) should copy the few it keeps. Arenas are reused once none of their slices
+//! is alive (a few are kept for that), so receiving allocates nothing in steady state;
+//! [`RuntimeStats::recv_arena_allocations`] counts the fresh ones.
 //!
 //! Network trouble never fails a turn and never panics: truncated datagrams, non-IPv4 sources,
 //! send errors (`ENETUNREACH`, `EPERM`, ...), failed joins and invalid transmits are counted in
@@ -54,6 +56,7 @@
 //! (the packet leaves through the loopback device and comes back), so tests cannot use the
 //! loop flag to hide a node's own traffic.
 
+mod arena;
 mod config;
 pub mod os;
 pub mod raw;

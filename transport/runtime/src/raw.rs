@@ -1,6 +1,20 @@
 //! The physical-limit baseline: raw UDP multicast with `sendmmsg`/`recvmmsg`, no reliability
 //! and no protocol. Benchmarks report Quicksilver's figures next to these from the same run.
 //!
+//! Three measurements:
+//!
+//! - **blast** ([`send`] unpaced, [`RawReceiver`]): as fast as the socket takes datagrams. On
+//!   a small machine this overruns the receivers (their socket buffers overflow while the
+//!   sender holds a core), so the blast rate measures contention as much as the path;
+//! - **paced sweep** ([`sweep`], [`sweep_rates`], [`best_paced`]): short paced runs at rising
+//!   rates; the honest limit is the highest per-receiver rate that lost at most
+//!   [`SWEEP_MAX_LOSS`] (0.1 %). Report both, blast and sweep;
+//! - **ping-pong** ([`ping`], [`RawPonger`]): one datagram at a time to a ponger that echoes it
+//!   on a second group; the round-trip time of the bare path, next to which
+//!   Quicksilver's latency is judged.
+//!
+//! This module owns no protocol and no retransmission: a lost datagram stays lost (counted).
+//!
 //! Every message starts with a 16-byte header: the sequence number and the send time (both
 //! big-endian `u64`; the time in nanoseconds of `CLOCK_MONOTONIC`, shared by all processes and
 //! network namespaces on one kernel, so the receiver measures true one-way latency). The sender
@@ -18,7 +32,7 @@
 //! ```
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -441,4 +455,371 @@ impl RawReceiver {
 /// sent before the join are missed.
 pub fn receive(cfg: &RawRecvConfig) -> io::Result<RawRecvReport> {
     RawReceiver::new(cfg)?.run()
+}
+
+/// Largest loss (fraction of the messages sent, at the worst receiver) a paced sweep step may
+/// have to count towards the honest limit: 0.1 %.
+pub const SWEEP_MAX_LOSS: f64 = 0.001;
+
+/// One paced step of a [`sweep`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct SweepStep {
+    /// The sender's pacing, messages per second.
+    pub target_per_sec: u64,
+    /// The rate the sender achieved.
+    pub sent_per_sec: f64,
+    /// Messages sent.
+    pub sent: u64,
+    /// Mean per-receiver delivery rate (distinct messages over first-to-last arrival).
+    pub recv_per_sec: f64,
+    /// The worst receiver's loss: `1 - unique / sent`.
+    pub loss_max: f64,
+}
+
+impl SweepStep {
+    /// The step lost at most [`SWEEP_MAX_LOSS`] at every receiver.
+    pub fn clean(&self) -> bool {
+        self.loss_max <= SWEEP_MAX_LOSS
+    }
+}
+
+/// The rates a sweep tries, from the blast rate measured per receiver: 0.8× to 3× of it, plus
+/// a floor of 10,000/s so a blast that collapsed completely still gets a sensible sweep.
+pub fn sweep_rates(blast_per_receiver: f64) -> Vec<u64> {
+    let base = blast_per_receiver.max(10_000.0);
+    [0.8, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0]
+        .iter()
+        .map(|f| (base * f) as u64)
+        .collect()
+}
+
+/// The step with the highest per-receiver rate among those with at most
+/// [`SWEEP_MAX_LOSS`] loss, if any.
+pub fn best_paced(steps: &[SweepStep]) -> Option<SweepStep> {
+    steps
+        .iter()
+        .filter(|s| s.clean())
+        .copied()
+        .max_by(|a, b| a.recv_per_sec.total_cmp(&b.recv_per_sec))
+}
+
+/// Runs paced steps at each of `rates` (in order) from one sender to `receivers` in-process
+/// receivers (threads) and returns what each step measured. `send.count` messages per step;
+/// `send.rate_per_sec` is replaced by each rate. Stops after the first step that lost more
+/// than [`SWEEP_MAX_LOSS`] or whose sender fell below 90 % of its target (higher rates then
+/// measure nothing new).
+pub fn sweep(
+    send_cfg: &RawSendConfig,
+    recv_cfg: &RawRecvConfig,
+    receivers: usize,
+    rates: &[u64],
+) -> io::Result<Vec<SweepStep>> {
+    let mut steps = Vec::new();
+    for &rate in rates {
+        let joined = (0..receivers.max(1))
+            .map(|_| {
+                RawReceiver::new(&RawRecvConfig {
+                    expected: None,
+                    latency_samples_max: 0,
+                    ..recv_cfg.clone()
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        let threads: Vec<_> = joined
+            .into_iter()
+            .map(|r| std::thread::spawn(move || r.run()))
+            .collect();
+        let sent = send(&RawSendConfig {
+            rate_per_sec: Some(rate),
+            ..send_cfg.clone()
+        })?;
+        let mut step = SweepStep {
+            target_per_sec: rate,
+            sent_per_sec: sent.msgs_per_sec,
+            sent: sent.sent,
+            ..SweepStep::default()
+        };
+        let n = threads.len() as f64;
+        for t in threads {
+            let got = t
+                .join()
+                .map_err(|_| io::Error::other("raw receiver thread panicked"))??;
+            step.recv_per_sec += got.msgs_per_sec / n;
+            let loss = 1.0 - got.unique as f64 / sent.sent.max(1) as f64;
+            step.loss_max = step.loss_max.max(loss);
+        }
+        steps.push(step);
+        if !step.clean() || step.sent_per_sec < 0.9 * rate as f64 {
+            break;
+        }
+    }
+    Ok(steps)
+}
+
+/// What [`ping`] measures: a round trip through a [`RawPonger`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPingConfig {
+    /// Interface address: the pinger sends out of it and joins `pong_group` on it.
+    pub interface: Ipv4Addr,
+    /// Group the pings go to (the ponger listens there).
+    pub ping_group: SocketAddrV4,
+    /// Group the echoes come back on.
+    pub pong_group: SocketAddrV4,
+    /// Bytes per ping, at least [`HEADER_BYTES`].
+    pub payload_bytes: usize,
+    /// Timed pings (after the warm-up).
+    pub count: u64,
+    /// Pings sent and answered before timing starts (caches, ARP, the ponger's first wake).
+    pub warmup: u64,
+    /// Pause between an echo and the next ping (zero: at once).
+    pub interval: Duration,
+    /// How long to wait for one echo before counting the ping lost.
+    pub reply_timeout: Duration,
+    /// How long to keep pinging for the first echo (the ponger may start later).
+    pub ready_timeout: Duration,
+    /// Wait for echoes by spinning on a non-blocking socket instead of sleeping in `recv`.
+    pub spin: bool,
+    /// `IP_MULTICAST_TTL`.
+    pub ttl: u32,
+}
+
+impl Default for RawPingConfig {
+    fn default() -> RawPingConfig {
+        RawPingConfig {
+            interface: Ipv4Addr::LOCALHOST,
+            ping_group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 98), 7497),
+            pong_group: SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 97), 7498),
+            payload_bytes: 64,
+            count: 10_000,
+            warmup: 200,
+            interval: Duration::ZERO,
+            reply_timeout: Duration::from_millis(200),
+            ready_timeout: Duration::from_secs(10),
+            spin: false,
+            ttl: 1,
+        }
+    }
+}
+
+/// What [`ping`] measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawPingReport {
+    /// Round-trip times of the answered timed pings, nanoseconds, in order.
+    pub rtt_nanos: Vec<u64>,
+    /// Timed pings that got no echo within the reply timeout.
+    pub lost: u64,
+    /// Echoes of earlier (timed-out) pings that arrived late, skipped.
+    pub stale: u64,
+}
+
+/// Sends to `group` out of `interface`, TTL `ttl`, multicast loop on.
+fn sender_socket(interface: Ipv4Addr, ttl: u32) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_multicast_if_v4(&interface)?;
+    socket.set_multicast_ttl_v4(ttl)?;
+    socket.set_multicast_loop_v4(true)?;
+    socket.bind(&SockAddr::from(SocketAddrV4::new(interface, 0)))?;
+    Ok(socket.into())
+}
+
+/// A blocking socket bound to `group` and joined on `interface`, receiving only that group.
+fn joined_socket(group: SocketAddrV4, interface: Ipv4Addr) -> io::Result<UdpSocket> {
+    if !group.ip().is_multicast() {
+        return Err(invalid("group must be a multicast address"));
+    }
+    let socket = group_socket()?;
+    socket.set_nonblocking(false)?;
+    socket.bind(&SockAddr::from(group))?;
+    socket.join_multicast_v4(group.ip(), &interface)?;
+    Ok(socket.into())
+}
+
+/// Waits for the echo of `seq` until `deadline` (monotonic nanoseconds); `Ok(None)` on
+/// timeout. Older echoes are counted in `stale` and skipped.
+fn await_echo(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    seq: u64,
+    deadline: u64,
+    spin: bool,
+    stale: &mut u64,
+) -> io::Result<Option<u64>> {
+    loop {
+        let now = sys::monotonic_nanos();
+        if now >= deadline {
+            return Ok(None);
+        }
+        if !spin {
+            socket.set_read_timeout(Some(Duration::from_nanos((deadline - now).max(1_000))))?;
+        }
+        match socket.recv(buf) {
+            Ok(n) if n >= HEADER_BYTES => {
+                let at = sys::monotonic_nanos();
+                let got = read_u64(buf);
+                if got == seq {
+                    return Ok(Some(at.saturating_sub(read_u64(&buf[8..]))));
+                }
+                *stale += 1;
+            }
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                if spin {
+                    std::hint::spin_loop();
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Pings a [`RawPonger`] `warmup + count` times, one at a time, and measures round trips.
+/// Errors with `TimedOut` if no echo came within `ready_timeout`. Ends with a few end
+/// markers so the ponger stops.
+pub fn ping(cfg: &RawPingConfig) -> io::Result<RawPingReport> {
+    if cfg.payload_bytes < HEADER_BYTES {
+        return Err(invalid("payload_bytes must be at least 16 (the header)"));
+    }
+    let tx = sender_socket(cfg.interface, cfg.ttl)?;
+    let rx = joined_socket(cfg.pong_group, cfg.interface)?;
+    rx.set_nonblocking(cfg.spin)?;
+    let mut out = vec![0u8; cfg.payload_bytes];
+    let mut buf = vec![0u8; cfg.payload_bytes.max(2048)];
+    let mut report = RawPingReport::default();
+
+    // Ready: the ponger answers (it may have joined after us).
+    let ready_until = sys::monotonic_nanos() + cfg.ready_timeout.as_nanos() as u64;
+    let mut seq = 0u64;
+    loop {
+        write_header(&mut out, seq, sys::monotonic_nanos());
+        tx.send_to(&out, cfg.ping_group)?;
+        let wait = sys::monotonic_nanos() + 50_000_000;
+        let mut ignored = 0;
+        if await_echo(&rx, &mut buf, seq, wait, cfg.spin, &mut ignored)?.is_some() {
+            break;
+        }
+        seq += 1;
+        if sys::monotonic_nanos() >= ready_until {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no echo from a ponger (is `qs bench ping --role pong` running on the same groups?)",
+            ));
+        }
+    }
+    let reply_nanos = cfg.reply_timeout.as_nanos() as u64;
+    for i in 0..cfg.warmup + cfg.count {
+        seq += 1;
+        if !cfg.interval.is_zero() {
+            let until = sys::monotonic_nanos() + cfg.interval.as_nanos() as u64;
+            pause_until(until);
+        }
+        write_header(&mut out, seq, sys::monotonic_nanos());
+        tx.send_to(&out, cfg.ping_group)?;
+        let deadline = sys::monotonic_nanos() + reply_nanos;
+        let rtt = await_echo(&rx, &mut buf, seq, deadline, cfg.spin, &mut report.stale)?;
+        if i < cfg.warmup {
+            continue;
+        }
+        match rtt {
+            Some(rtt) => report.rtt_nanos.push(rtt),
+            None => report.lost += 1,
+        }
+    }
+    write_header(&mut out, END_MARKER_SEQ, 0);
+    for _ in 0..3 {
+        let _ = tx.send_to(&out[..HEADER_BYTES], cfg.ping_group);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    Ok(report)
+}
+
+/// Waits until `until` (monotonic nanoseconds): sleeps while more than 100 µs remain, then
+/// spins, so short pauses are precise despite timer slack.
+pub fn pause_until(until: u64) {
+    loop {
+        let now = sys::monotonic_nanos();
+        if now >= until {
+            return;
+        }
+        let left = until - now;
+        if left > 100_000 {
+            std::thread::sleep(Duration::from_nanos(left - 80_000));
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// The echo side of [`ping`]: every datagram on `ping_group` goes back, unchanged, to
+/// `pong_group`. Create it (joins at once), then [`RawPonger::run`] it.
+#[derive(Debug)]
+pub struct RawPonger {
+    rx: UdpSocket,
+    tx: UdpSocket,
+    pong_group: SocketAddrV4,
+    idle_timeout: Duration,
+    spin: bool,
+}
+
+impl RawPonger {
+    /// Joins `cfg.ping_group` on `cfg.interface`. `idle_timeout` bounds the wait for pings
+    /// (also before the first one).
+    pub fn new(cfg: &RawPingConfig, idle_timeout: Duration) -> io::Result<RawPonger> {
+        let rx = joined_socket(cfg.ping_group, cfg.interface)?;
+        rx.set_nonblocking(cfg.spin)?;
+        if !cfg.spin {
+            rx.set_read_timeout(Some(Duration::from_millis(20)))?;
+        }
+        Ok(RawPonger {
+            rx,
+            tx: sender_socket(cfg.interface, cfg.ttl)?,
+            pong_group: cfg.pong_group,
+            idle_timeout,
+            spin: cfg.spin,
+        })
+    }
+
+    /// Echoes until an end marker arrives or nothing came for the idle timeout; returns the
+    /// datagrams echoed.
+    pub fn run(self) -> io::Result<u64> {
+        let mut buf = vec![0u8; 65_536];
+        let mut echoed = 0;
+        let idle = self.idle_timeout.as_nanos() as u64;
+        let mut last = sys::monotonic_nanos();
+        loop {
+            match self.rx.recv(&mut buf) {
+                Ok(n) if n >= HEADER_BYTES => {
+                    if read_u64(&buf) == END_MARKER_SEQ {
+                        return Ok(echoed);
+                    }
+                    self.tx.send_to(&buf[..n], self.pong_group)?;
+                    echoed += 1;
+                    last = sys::monotonic_nanos();
+                }
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    if sys::monotonic_nanos().saturating_sub(last) >= idle {
+                        return Ok(echoed);
+                    }
+                    if self.spin {
+                        std::hint::spin_loop();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
 }

@@ -7,12 +7,12 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token, Waker};
 use qs_transport::{Driven, Instant, SocketCommand};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+use crate::arena::RecvArenas;
 use crate::config::{RuntimeConfig, SocketBuffers};
 use crate::sendq::SendQueues;
 use crate::sys::{self, BufferDir, MmsgScratch, RecvMeta};
@@ -33,6 +33,12 @@ pub(crate) const UNICAST: usize = 1;
 pub(crate) const DATA: usize = 2;
 const SOCKET_NAMES: [&str; 3] = ["control", "unicast", "data"];
 const WAKER: Token = Token(3);
+const TIMER: Token = Token(4);
+
+/// Waits shorter than this use the precise timer ([`sys::TimerFd`]) instead of
+/// `epoll_wait`'s millisecond timeout: rounding a 300 µs pacing deadline up to 1 ms triples
+/// it, while a 20 ms round timer loses nothing worth a system call.
+const PRECISE_WAIT: Duration = Duration::from_millis(1);
 
 /// Counters of one runtime, all monotonically increasing except the `*_max`/`longest` ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
@@ -43,8 +49,10 @@ pub struct RuntimeStats {
     pub wakeups: u64,
     /// Time spent working (not waiting) in turns, in nanoseconds.
     pub busy_nanos: u64,
-    /// Time spent waiting in `epoll_wait`, in nanoseconds.
+    /// Time spent waiting in `epoll_wait`, in nanoseconds (busy-polling included).
     pub poll_wait_nanos: u64,
+    /// Busy-poll mode: empty non-blocking polls (each one a spin of the wait loop).
+    pub spins: u64,
     /// The longest busy time of one turn, in nanoseconds.
     pub longest_turn_nanos: u64,
     /// Turns busy for more than [`SLOW_TURN_NANOS`] (stalls).
@@ -63,6 +71,11 @@ pub struct RuntimeStats {
     pub recv_errors: u64,
     /// Times a socket used its whole receive budget and stayed readable.
     pub recv_budget_exhausted: u64,
+    /// Receive arenas (`batch * recv_slot_bytes` bytes each) allocated because every kept
+    /// one still had a live slice; 0 growth in steady state means receiving allocates nothing.
+    pub recv_arena_allocations: u64,
+    /// Receive arenas taken back for reuse once no slice of them was alive.
+    pub recv_arena_reuses: u64,
     /// Datagrams larger than [`RuntimeConfig::recv_slot_bytes`], dropped.
     pub truncated_drops: u64,
     /// Datagrams from a non-IPv4 source, dropped.
@@ -85,6 +98,8 @@ pub struct RuntimeStats {
     pub send_budget_exhausted: u64,
     /// Transmits the core got wrong (IPv6 destination, length beyond the buffer), dropped.
     pub invalid_transmits: u64,
+    /// Waits that armed the precise timer (deadlines under 10 ms).
+    pub precise_waits: u64,
     /// Multicast groups joined.
     pub joins: u64,
     /// Multicast groups left.
@@ -144,15 +159,22 @@ pub struct Runtime {
     /// Known (or possibly) readable: an edge was seen and the socket is not drained yet.
     readable: [bool; 3],
     /// The unicast socket accepted the last send (false after `WouldBlock`, until an edge).
+    /// Writability is only watched while this is false: every datagram sent raises a new
+    /// `EPOLLOUT` edge on a UDP socket, which would otherwise cost one idle turn per send.
     writable: bool,
+    /// Precise wake-ups for short deadlines, and the deadline it is armed for (a wait for
+    /// the same deadline after an early wake-up re-arms nothing).
+    timer: sys::TimerFd,
+    timer_armed: Option<Instant>,
     /// The last send phase stopped on its budget with the core perhaps holding more.
     send_pending: bool,
     /// After `ENOBUFS` no writable edge will come: sending resumes at this time.
     send_backoff_until: Option<Instant>,
     local_addr: SocketAddrV4,
     epoch: std::time::Instant,
-    /// Receive memory: datagrams are received into it, then split off and frozen.
-    arena: BytesMut,
+    /// Receive memory: datagrams are received into it, then split off and frozen; reused once
+    /// no slice of it is alive.
+    arenas: RecvArenas,
     recv_scratch: MmsgScratch,
     send_scratch: MmsgScratch,
     recv_meta: Vec<RecvMeta>,
@@ -261,13 +283,15 @@ impl Runtime {
         ];
         let poll = Poll::new()?;
         for (i, socket) in sockets.iter_mut().enumerate() {
-            let interest = if i == UNICAST {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            poll.registry().register(socket, Token(i), interest)?;
+            poll.registry()
+                .register(socket, Token(i), Interest::READABLE)?;
         }
+        let timer = sys::TimerFd::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&timer.raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let batch = cfg.batch;
         Ok(Runtime {
@@ -278,11 +302,13 @@ impl Runtime {
             // Datagrams may have arrived between bind and register: look once.
             readable: [true; 3],
             writable: true,
+            timer,
+            timer_armed: None,
             send_pending: false,
             send_backoff_until: None,
             local_addr,
             epoch: std::time::Instant::now(),
-            arena: BytesMut::new(),
+            arenas: RecvArenas::new(batch * cfg.recv_slot_bytes),
             recv_scratch: MmsgScratch::new(batch),
             send_scratch: MmsgScratch::new(batch),
             recv_meta: Vec::with_capacity(batch),
@@ -368,7 +394,13 @@ impl Runtime {
         let mut sent = self.pull_and_send(core, pre_now);
         let poll_start = self.now();
         let timeout = self.wait_timeout(core, max_wait, poll_start);
-        match self.poll.poll(&mut self.events, timeout) {
+        let polled = if self.cfg.busy_poll {
+            self.spin_poll(timeout)
+        } else {
+            let timeout = self.arm_timer(timeout, poll_start);
+            self.poll.poll(&mut self.events, timeout)
+        };
+        match polled {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => self.events.clear(),
             Err(e) => return Err(e),
@@ -377,19 +409,27 @@ impl Runtime {
         self.stats.poll_wait_nanos += now.0.saturating_sub(poll_start.0);
 
         let mut woken = false;
+        let mut writable_again = false;
         for event in self.events.iter() {
             match event.token() {
                 WAKER => woken = true,
+                TIMER => {
+                    self.timer.clear();
+                    self.timer_armed = None;
+                }
                 Token(i) if i < 3 => {
                     if event.is_readable() || event.is_error() || event.is_read_closed() {
                         self.readable[i] = true;
                     }
-                    if i == UNICAST && (event.is_writable() || event.is_error()) {
-                        self.writable = true;
+                    if i == UNICAST && !self.writable && (event.is_writable() || event.is_error()) {
+                        writable_again = true;
                     }
                 }
                 Token(_) => {}
             }
+        }
+        if writable_again {
+            self.watch_writable(false);
         }
         if woken {
             self.stats.wakeups += 1;
@@ -426,6 +466,68 @@ impl Runtime {
             sent,
             timer_fired,
         })
+    }
+
+    /// Arms the precise timer for a short wait and returns the timeout to give `epoll_wait`
+    /// (none: the timer or an event ends the wait); disarms a timer a longer wait no longer
+    /// needs. A timer that fails to arm leaves the millisecond timeout in charge.
+    fn arm_timer(&mut self, timeout: Option<Duration>, now: Instant) -> Option<Duration> {
+        match timeout {
+            Some(t) if !t.is_zero() && t < PRECISE_WAIT => {
+                let deadline = now + t;
+                if self.timer_armed == Some(deadline) {
+                    return Some(t + Duration::from_millis(1));
+                }
+                if self.timer.set(t).is_ok() {
+                    self.timer_armed = Some(deadline);
+                    self.stats.precise_waits += 1;
+                    // The millisecond timeout stays as a backstop, a little later.
+                    return Some(t + Duration::from_millis(1));
+                }
+                timeout
+            }
+            _ => {
+                if self.timer_armed.is_some() && self.timer.set(Duration::ZERO).is_ok() {
+                    self.timer_armed = None;
+                }
+                timeout
+            }
+        }
+    }
+
+    /// Starts (after `WouldBlock`) or stops (after the writable edge) watching the unicast
+    /// socket's writability. `EPOLL_CTL_MOD` re-checks readiness, so a socket that became
+    /// writable in between still reports it.
+    fn watch_writable(&mut self, watch: bool) {
+        let interest = if watch {
+            Interest::READABLE | Interest::WRITABLE
+        } else {
+            Interest::READABLE
+        };
+        let registry = self.poll.registry();
+        match registry.reregister(&mut self.sockets[UNICAST], Token(UNICAST), interest) {
+            Ok(()) => self.writable = !watch,
+            Err(e) => {
+                // Without the registration no edge would come: carry on as if writable, the
+                // next send tells the truth.
+                tracing::warn!("cannot watch the unicast socket's writability: {e}");
+                self.writable = true;
+            }
+        }
+    }
+
+    /// The busy-poll wait ([`RuntimeConfig::busy_poll`]): non-blocking polls until an event
+    /// or the end of `timeout` (`None`: until an event).
+    fn spin_poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        let start = std::time::Instant::now();
+        loop {
+            self.poll.poll(&mut self.events, Some(Duration::ZERO))?;
+            if !self.events.is_empty() || timeout.is_some_and(|t| start.elapsed() >= t) {
+                return Ok(());
+            }
+            self.stats.spins += 1;
+            std::hint::spin_loop();
+        }
     }
 
     /// How long the next wait may last.
@@ -471,16 +573,14 @@ impl Runtime {
                 self.stats.recv_budget_exhausted += 1;
                 break;
             }
-            // Fresh memory when the arena cannot hold a quarter batch: one allocation per
-            // full batch, far fewer when datagrams trickle in one at a time.
-            if self.arena.len() / slot < (batch / 4).max(1) {
-                self.arena = BytesMut::zeroed(batch * slot);
-            }
-            let room = self.arena.len() / slot;
+            // Another arena when this one cannot hold a quarter batch: a reclaimed one whose
+            // slices are all gone, or fresh memory (counted).
+            let arena = self.arenas.with_room((batch / 4).max(1) * slot);
+            let room = arena.len() / slot;
             let result = sys::recv_batch(
                 fd,
                 libc::MSG_DONTWAIT,
-                &mut self.arena[..room * slot],
+                &mut arena[..room * slot],
                 slot,
                 &mut self.recv_scratch,
                 &mut meta,
@@ -490,7 +590,7 @@ impl Runtime {
                     batches += 1;
                     self.stats.recv_batches += 1;
                     // The received prefix leaves the arena; the core may keep slices of it.
-                    let filled = self.arena.split_to(k * slot).freeze();
+                    let filled = self.arenas.with_room(0).split_to(k * slot).freeze();
                     for (i, m) in meta.iter().enumerate() {
                         if m.truncated {
                             self.stats.truncated_drops += 1;
@@ -539,6 +639,8 @@ impl Runtime {
             }
         }
         self.recv_meta = meta;
+        self.stats.recv_arena_allocations = self.arenas.allocations;
+        self.stats.recv_arena_reuses = self.arenas.reuses;
         delivered
     }
 
@@ -684,7 +786,7 @@ impl Runtime {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.sendq.complete(0);
-                self.writable = false;
+                self.watch_writable(true);
                 self.stats.send_would_block += 1;
                 0
             }

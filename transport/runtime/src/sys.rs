@@ -1,12 +1,14 @@
 //! Thin, safe wrappers over the Linux calls the standard library and socket2 do not cover:
-//! `recvmmsg`/`sendmmsg` batches, `IP_MULTICAST_ALL`, `SO_*BUFFORCE` and `CLOCK_MONOTONIC`.
+//! `recvmmsg`/`sendmmsg` batches, `IP_MULTICAST_ALL`, `SO_*BUFFORCE`, `CLOCK_MONOTONIC` and a
+//! one-shot `timerfd` (the event loop's precise timer).
 //!
 //! Every `unsafe` block is here, each with the argument for why it is sound.
 
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use socket2::Socket;
 
@@ -25,6 +27,65 @@ pub fn monotonic_nanos() -> u64 {
     (ts.tv_sec as u64)
         .saturating_mul(1_000_000_000)
         .saturating_add(ts.tv_nsec as u64)
+}
+
+/// A non-blocking one-shot `CLOCK_MONOTONIC` timer file descriptor: readable once it
+/// expired. `epoll_wait` only takes milliseconds; registering this beside the sockets gives
+/// the loop wake-ups to the microsecond (within the thread's timer slack).
+#[derive(Debug)]
+pub struct TimerFd(OwnedFd);
+
+impl TimerFd {
+    /// A disarmed timer.
+    pub fn new() -> io::Result<TimerFd> {
+        // SAFETY: timerfd_create takes no pointers; a negative result is an error.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(TimerFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Arms the timer to expire once after `after` (zero disarms it, so pass at least 1 ns
+    /// to expire at once). Re-arming replaces the previous expiry.
+    pub fn set(&self, after: Duration) -> io::Result<()> {
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: `spec` is a valid itimerspec; a null old-value pointer is allowed.
+        let rc =
+            unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Consumes an expiry, so the descriptor is no longer readable; harmless when none is
+    /// pending.
+    pub fn clear(&self) {
+        let mut ticks = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into an 8-byte buffer; EAGAIN when nothing expired.
+        let _ = unsafe { libc::read(self.0.as_raw_fd(), ticks.as_mut_ptr().cast(), 8) };
+    }
+
+    /// The raw descriptor, for registering with the poller.
+    pub fn raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
 }
 
 fn set_int_opt(

@@ -506,3 +506,134 @@ fn raw_receiver_stops_on_its_idle_timeout() {
     assert_eq!(got.received, 0);
     assert!(!got.end_marker);
 }
+
+#[test]
+fn a_sub_millisecond_deadline_arms_the_precise_timer_and_a_longer_one_does_not() {
+    let mut node = Node::new(12);
+    node.turn(); // the first turn looks at every socket without waiting
+    let before = node.rt.stats().precise_waits;
+    // 300 µs: epoll_wait alone would round it up to a whole millisecond.
+    let deadline = node.rt.now() + Duration::from_micros(300);
+    node.core.deadline = Some(deadline);
+    let start = std::time::Instant::now();
+    while node.core.timeouts.is_empty() {
+        assert!(start.elapsed() < DEADLINE);
+        node.rt.turn(&mut node.core, None).expect("turn");
+    }
+    assert!(node.core.timeouts[0] >= deadline);
+    assert!(node.rt.stats().precise_waits > before);
+
+    // 50 ms: the millisecond timeout is precise enough, no timer system call.
+    let before = node.rt.stats().precise_waits;
+    node.core.deadline = Some(node.rt.now() + Duration::from_millis(50));
+    while node.core.timeouts.len() < 2 {
+        assert!(start.elapsed() < DEADLINE);
+        node.rt.turn(&mut node.core, None).expect("turn");
+    }
+    assert_eq!(node.rt.stats().precise_waits, before);
+}
+
+#[test]
+fn a_busy_polling_runtime_spins_instead_of_sleeping_and_still_delivers() {
+    let (control_port, data_port) = ports(13);
+    let cfg = RuntimeConfig {
+        control_port,
+        data_port,
+        busy_poll: true,
+        ..RuntimeConfig::default()
+    };
+    let mut rx = Node::with(cfg.clone());
+    let mut tx = Node::with(RuntimeConfig {
+        busy_poll: false,
+        ..cfg
+    });
+    let g = SocketAddrV4::new(group(13), data_port);
+    rx.join(g);
+    // Nothing to receive yet: a 5 ms wait is spent spinning, not sleeping.
+    rx.turn();
+    assert!(rx.rt.stats().spins > 0, "{:?}", rx.rt.stats());
+    assert_eq!(tx.rt.stats().spins, 0);
+    tx.core.send(g, TrafficClass::Data, b"spun");
+    drive(&mut [&mut tx, &mut rx], |n| !n[1].core.received.is_empty());
+    assert_eq!(rx.core.payloads(), vec![b"spun".to_vec()]);
+}
+
+#[test]
+fn raw_ping_gets_every_echo_from_a_ponger_over_loopback() {
+    let (ping_port, pong_port) = ports(14);
+    let cfg = raw::RawPingConfig {
+        ping_group: SocketAddrV4::new(group(14), ping_port),
+        pong_group: SocketAddrV4::new(group(15), pong_port),
+        count: 200,
+        warmup: 10,
+        reply_timeout: Duration::from_secs(5),
+        ..raw::RawPingConfig::default()
+    };
+    let ponger = raw::RawPonger::new(&cfg, Duration::from_secs(20)).expect("ponger");
+    let t = std::thread::spawn(move || ponger.run());
+    let report = raw::ping(&cfg).expect("ping");
+    let echoed = t.join().expect("ponger thread").expect("ponger");
+    assert_eq!(report.rtt_nanos.len(), 200);
+    assert_eq!(report.lost, 0);
+    // The ready probe, the warm-up and the timed pings, all echoed once.
+    assert!(echoed >= 210, "echoed {echoed}");
+    assert!(report.rtt_nanos.iter().all(|r| *r > 0));
+}
+
+#[test]
+fn the_honest_limit_is_the_fastest_sweep_step_within_a_tenth_of_a_percent_loss() {
+    let step = |target: u64, recv: f64, loss: f64| raw::SweepStep {
+        target_per_sec: target,
+        sent_per_sec: target as f64,
+        sent: 50_000,
+        recv_per_sec: recv,
+        loss_max: loss,
+    };
+    // Exactly 0.1 % counts; just above it does not, however fast.
+    let steps = [
+        step(50_000, 49_900.0, 0.0),
+        step(60_000, 59_800.0, raw::SWEEP_MAX_LOSS),
+        step(75_000, 74_000.0, 0.0011),
+    ];
+    assert!(steps[1].clean() && !steps[2].clean());
+    assert_eq!(raw::best_paced(&steps), Some(steps[1]));
+    assert_eq!(raw::best_paced(&steps[2..]), None);
+    assert_eq!(raw::best_paced(&[]), None);
+}
+
+#[test]
+fn sweep_rates_rise_from_below_the_blast_rate_and_have_a_floor() {
+    let rates = raw::sweep_rates(40_000.0);
+    assert_eq!(rates[0], 32_000);
+    assert!(rates.contains(&40_000));
+    assert!(rates.windows(2).all(|w| w[0] < w[1]));
+    assert!(*rates.last().expect("rates") >= 100_000);
+    // A collapsed blast still sweeps from 8,000/s up.
+    assert_eq!(raw::sweep_rates(0.0)[0], 8_000);
+}
+
+#[test]
+fn a_short_paced_sweep_over_loopback_finds_a_clean_step() {
+    let group = SocketAddrV4::new(group(9), ports(15).0);
+    let steps = raw::sweep(
+        &RawSendConfig {
+            group,
+            payload_bytes: 256,
+            count: 2_000,
+            ..RawSendConfig::default()
+        },
+        &RawRecvConfig {
+            group,
+            idle_timeout: Duration::from_secs(10),
+            ..RawRecvConfig::default()
+        },
+        2,
+        // 2,000 messages at 20,000/s fit any receive buffer: nothing can be lost.
+        &[20_000],
+    )
+    .expect("sweep");
+    assert_eq!(steps.len(), 1);
+    assert_eq!(steps[0].sent, 2_000);
+    assert!(steps[0].clean(), "{steps:?}");
+    assert_eq!(raw::best_paced(&steps), Some(steps[0]));
+}

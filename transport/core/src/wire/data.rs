@@ -25,8 +25,10 @@ pub mod data_field {
     pub const COUNT: Range<usize> = 12..14;
     /// Reserved, zero.
     pub const RESERVED: Range<usize> = 14..16;
+    /// The stream's epoch, u64.
+    pub const EPOCH: Range<usize> = 16..24;
     /// Where the first message starts.
-    pub const MESSAGES: usize = 16;
+    pub const MESSAGES: usize = 24;
 }
 
 /// Byte offsets in one packed message (from its start).
@@ -55,8 +57,10 @@ pub mod fragment_field {
     pub const TOPIC: Range<usize> = 16..24;
     /// The whole message's length, u32.
     pub const TOTAL_LEN: Range<usize> = 24..28;
+    /// The stream's epoch, u64.
+    pub const EPOCH: Range<usize> = 28..36;
     /// Where this fragment's bytes start.
-    pub const PAYLOAD: usize = 28;
+    pub const PAYLOAD: usize = 36;
 }
 
 /// Builds a packed data packet in place, message by message.
@@ -72,7 +76,7 @@ impl<'a> DataWriter<'a> {
     pub fn new(
         buf: &'a mut [u8],
         header: &Header,
-        region: RegionId,
+        stream: StreamId,
         seq: Seq,
     ) -> Result<DataWriter<'a>, WireError> {
         if buf.len() < HEADER_LEN + DATA_FIXED_LEN {
@@ -80,10 +84,11 @@ impl<'a> DataWriter<'a> {
         }
         header.write(buf)?;
         let b = &mut buf[HEADER_LEN..HEADER_LEN + DATA_FIXED_LEN];
-        b[data_field::REGION].copy_from_slice(&region.0.to_be_bytes());
+        b[data_field::REGION].copy_from_slice(&stream.region.0.to_be_bytes());
         b[data_field::SEQ].copy_from_slice(&seq.0.to_be_bytes());
         b[data_field::COUNT].fill(0);
         b[data_field::RESERVED].fill(0);
+        b[data_field::EPOCH].copy_from_slice(&stream.epoch.to_be_bytes());
         Ok(DataWriter {
             buf,
             len: HEADER_LEN + DATA_FIXED_LEN,
@@ -126,11 +131,23 @@ impl<'a> DataWriter<'a> {
     }
 }
 
+/// A sender's stream into one region: the region and the stream's epoch (a sender that
+/// restarts or recreates its stream starts a new epoch, numbered higher).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StreamId {
+    /// The region the stream goes to.
+    pub region: RegionId,
+    /// The epoch.
+    pub epoch: u64,
+}
+
 /// A validated packed data packet; its messages are zero-copy slices of the datagram.
 #[derive(Debug, Clone)]
 pub struct DataPacket {
     /// The stream's region.
     pub region: RegionId,
+    /// The stream's epoch.
+    pub epoch: u64,
     /// The packet's sequence number in the (sender, region) stream.
     pub seq: Seq,
     count: u16,
@@ -156,6 +173,7 @@ impl DataPacket {
         }
         Ok(DataPacket {
             region: RegionId(u64_at(&body, data_field::REGION.start)),
+            epoch: u64_at(&body, data_field::EPOCH.start),
             seq: Seq(u32_at(&body, data_field::SEQ.start)),
             count,
             body,
@@ -212,6 +230,8 @@ impl Iterator for MessageIter<'_> {
 pub struct Fragment {
     /// The stream's region.
     pub region: RegionId,
+    /// The stream's epoch.
+    pub epoch: u64,
     /// The packet's sequence number.
     pub seq: Seq,
     /// Position of this fragment in the message.
@@ -238,7 +258,7 @@ impl Fragment {
     pub fn write(
         buf: &mut [u8],
         header: &Header,
-        region: RegionId,
+        stream: StreamId,
         seq: Seq,
         index: u16,
         count: u16,
@@ -252,7 +272,8 @@ impl Fragment {
         }
         header.write(buf)?;
         let b = &mut buf[HEADER_LEN..len];
-        b[fragment_field::REGION].copy_from_slice(&region.0.to_be_bytes());
+        b[fragment_field::REGION].copy_from_slice(&stream.region.0.to_be_bytes());
+        b[fragment_field::EPOCH].copy_from_slice(&stream.epoch.to_be_bytes());
         b[fragment_field::SEQ].copy_from_slice(&seq.0.to_be_bytes());
         b[fragment_field::INDEX].copy_from_slice(&index.to_be_bytes());
         b[fragment_field::COUNT].copy_from_slice(&count.to_be_bytes());
@@ -276,6 +297,7 @@ impl Fragment {
         }
         Ok(Fragment {
             region: RegionId(u64_at(&body, fragment_field::REGION.start)),
+            epoch: u64_at(&body, fragment_field::EPOCH.start),
             seq: Seq(u32_at(&body, fragment_field::SEQ.start)),
             index,
             count,

@@ -13,7 +13,7 @@ use super::{u16_at, u32_at, u64_at, WireError};
 /// `"QS"`.
 pub const MAGIC: u16 = 0x5153;
 /// The wire version this build speaks.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Bytes in the common header.
 pub const HEADER_LEN: usize = field::SENDER.end;
 
@@ -65,6 +65,8 @@ pub enum PacketKind {
     RepairRequest = 7,
     /// A region leader's acknowledgement to a sender ([`super::SenderAck`]).
     SenderAck = 8,
+    /// A lateral repair between receivers ([`super::LecRepair`]).
+    LecRepair = 9,
     /// A gossip-plane datagram (`qs-gossip`; its body is that crate's sections).
     Gossip = 0x47,
 }
@@ -80,6 +82,7 @@ impl PacketKind {
             6 => PacketKind::TokenAck,
             7 => PacketKind::RepairRequest,
             8 => PacketKind::SenderAck,
+            9 => PacketKind::LecRepair,
             0x47 => PacketKind::Gossip,
             other => return Err(WireError::UnknownKind(other)),
         })

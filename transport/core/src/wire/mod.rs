@@ -13,23 +13,29 @@
 //! Bodies: [`Announce`] (discovery), data packets (several small messages packed, see
 //! [`DataWriter`] and [`DataPacket`], or one fragment of a large message) and [`StreamState`]
 //! (a sender's highest sequence number per stream, so receivers see losses at a stream's tail);
-//! recovery packets ([`Token`], [`TokenAck`], [`RepairRequest`], [`SenderAck`]).
+//! recovery packets ([`Token`], [`TokenAck`], [`RepairRequest`], [`SenderAck`]); lateral repairs
+//! ([`LecRepair`]: XOR or Reed–Solomon parity of a bin of data packets, between receivers).
 //! Parsing never panics on any input; every error is a [`WireError`].
 
 mod announce;
 mod data;
 mod header;
+mod lec;
 mod recovery;
 mod stream;
 
 pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
 pub use data::{
     data_field, fragment_field, message_field, DataPacket, DataWriter, Fragment, MessageIter,
-    DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
+    StreamId, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
 };
 pub use header::{field, Header, PacketKind, Seal, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
+pub use lec::{
+    lec_digest, LecCode, LecEntries, LecEntry, LecHead, LecRepair, PacketId, LEC_ENTRY_LEN,
+    LEC_FIXED_LEN, LEC_GROUP_LEN, LEC_MAX_PACKETS, LEC_MAX_PARITY,
+};
 pub use recovery::{
-    RateAggregate, RepairRequest, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
+    RateAggregate, RepairRequest, Scope, SenderAck, SeqRange, Token, TokenAck, TokenRecord,
     MAX_PARTITIONS, TOKEN_ACK_LEN,
 };
 pub use stream::{StreamState, STREAM_STATE_LEN};

@@ -1,6 +1,7 @@
-//! Recovery packets of the regional protocol (QSM): the token that circulates a region's ring,
-//! its per-hop acknowledgement, repair requests between members, and the leader's
-//! acknowledgement to a sender (stability prefix plus what the whole caretaker partition lacks).
+//! Recovery packets of the regional protocol (QSM): the tokens (one per partition, walking its
+//! members, and one walking the ring of partition leaders: [`Scope`]), their per-hop
+//! acknowledgement, repair requests between members, and the leader's acknowledgement to a
+//! sender (stability prefix plus what a whole caretaker partition lacks).
 //!
 //! Sequence ranges are `(first u32, count u32)`. Every list is length-prefixed and bounded by
 //! the datagram; decoders reject anything inconsistent with [`WireError::Malformed`].
@@ -33,6 +34,8 @@ pub const MAX_PARTITIONS: usize = 32;
 pub struct TokenRecord {
     /// The sender whose stream (in the token's region) this is about.
     pub sender: NodeId,
+    /// The stream's epoch (a restarted or recreated sender's stream is another stream).
+    pub epoch: u64,
     /// Highest sequence number any member visited so far has heard of.
     pub highest: Seq,
     /// NAK cut-off: the previous round's `highest`. Members repair only up to here, so
@@ -48,6 +51,16 @@ pub struct TokenRecord {
     /// `cleanup` is not known yet (a leader's first round of a stream it never saw a token
     /// for): members neither free nor skip anything on it.
     pub cleanup_unknown: bool,
+    /// Results that miss a member (skipped: it did not answer), whose prefixes do not count
+    /// for cleanup: in a partition token any bit; in the region token bit `q` for partition
+    /// `q`'s result.
+    pub partial: u32,
+    /// Added part-way through a walk (a member held a stream the token did not list): the
+    /// members before it did not see it, so its prefix counts for nothing yet.
+    pub incomplete: bool,
+    /// Region token: partitions whose complete results were merged into this record this
+    /// round (bit `q`); for the others their last proven prefix stands in.
+    pub reported: u32,
     /// Per partition, the previous round's lowest contiguous prefix (pull only below it).
     pub partition_prefix: Vec<Option<Seq>>,
     /// Per partition, this round's lowest contiguous prefix so far.
@@ -89,6 +102,21 @@ impl RateAggregate {
         self.sum += u64::from(rate);
     }
 
+    /// Adds another aggregate's members.
+    pub fn merge(&mut self, other: &RateAggregate) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+        self.count = self.count.saturating_add(other.count);
+        self.sum = self.sum.saturating_add(other.sum);
+    }
+
     /// The lowest rate, if any member reported one.
     pub fn slowest(&self) -> Option<u32> {
         (self.count > 0).then_some(self.min)
@@ -102,12 +130,43 @@ pub struct Token {
     pub region: RegionId,
     /// Hash of the member list the ring was formed on; members with another view ignore it.
     pub view: u64,
-    /// Round number (the leader increments it; stale rounds are dropped).
+    /// Round number (the starter increments it; stale rounds are dropped).
     pub round: u32,
-    /// Position in the ring order of the member the token is addressed to.
+    /// Which walk this token makes.
+    pub scope: Scope,
+    /// Position in the walk of the member the token is addressed to (the walk's length: back
+    /// at its starter).
     pub hop: u16,
+    /// Positions of the walk skipped this round (they did not acknowledge the token).
+    pub skipped: u64,
     /// One record per active sender.
     pub records: Vec<TokenRecord>,
+}
+
+/// The walk a token makes: the ring of partition leaders, or one partition's members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Scope {
+    /// The region token: from the region leader through every partition's leader and back.
+    Region,
+    /// A partition token: from the partition's leader through its members and back.
+    Partition(u8),
+}
+
+impl Scope {
+    fn to_u8(self) -> u8 {
+        match self {
+            Scope::Region => 0xFF,
+            Scope::Partition(q) => q,
+        }
+    }
+
+    fn from_u8(v: u8) -> Result<Scope, WireError> {
+        match v {
+            0xFF => Ok(Scope::Region),
+            q if usize::from(q) < MAX_PARTITIONS => Ok(Scope::Partition(q)),
+            _ => Err(WireError::Malformed),
+        }
+    }
 }
 
 fn put_u16(buf: &mut [u8], at: &mut usize, v: u16) -> Result<(), WireError> {
@@ -241,13 +300,16 @@ fn read_options(r: &mut Reader<'_>, n: usize) -> Result<Vec<Option<Seq>>, WireEr
 
 const RATES_LEN: usize = 2 + 4 + 4 + 8;
 
-const TOKEN_FIXED_LEN: usize = 8 + 8 + 4 + 2 + 1 + 2;
+const TOKEN_FIXED_LEN: usize = 8 + 8 + 4 + 1 + 2 + 8 + 1 + 2;
 
 impl TokenRecord {
     /// Bytes this record takes on the wire.
     pub fn wire_len(&self) -> usize {
-        8 + 4 * 4
+        8 + 8
+            + 4 * 4
             + 8
+            + 4
+            + 4
             + 2 * (4 + 4 * self.partition_prefix.len())
             + ranges_len(&self.lack)
             + ranges_len(&self.naks)
@@ -282,7 +344,9 @@ impl Token {
         put_u64(buf, &mut at, self.region.0)?;
         put_u64(buf, &mut at, self.view)?;
         put_u32(buf, &mut at, self.round)?;
+        put(buf, &mut at, &[self.scope.to_u8()])?;
         put_u16(buf, &mut at, self.hop)?;
+        put_u64(buf, &mut at, self.skipped)?;
         put(buf, &mut at, &[partitions as u8])?;
         put_u16(
             buf,
@@ -291,12 +355,17 @@ impl Token {
         )?;
         for r in &self.records {
             put_u64(buf, &mut at, r.sender.0)?;
+            put_u64(buf, &mut at, r.epoch)?;
             put_u32(buf, &mut at, r.highest.0)?;
             put_u32(buf, &mut at, r.cutoff.0)?;
             put_u32(buf, &mut at, r.prefix.map_or(0, |s| s.0))?;
             put_u32(buf, &mut at, r.cleanup.0)?;
             put_u64(buf, &mut at, r.laggard.map_or(0, |n| n.0))?;
-            let flags = u8::from(r.prefix.is_some()) | u8::from(r.cleanup_unknown) << 1;
+            put_u32(buf, &mut at, r.reported)?;
+            put_u32(buf, &mut at, r.partial)?;
+            let flags = u8::from(r.prefix.is_some())
+                | u8::from(r.cleanup_unknown) << 1
+                | u8::from(r.incomplete) << 2;
             put(buf, &mut at, &[flags])?;
             put_options(buf, &mut at, &r.partition_prefix)?;
             put_options(buf, &mut at, &r.partition_current)?;
@@ -316,34 +385,43 @@ impl Token {
         let region = RegionId(r.u64()?);
         let view = r.u64()?;
         let round = r.u32()?;
+        let scope = Scope::from_u8(r.u8()?)?;
         let hop = r.u16()?;
+        let skipped = r.u64()?;
         let partitions = usize::from(r.u8()?);
         if partitions > MAX_PARTITIONS {
             return Err(WireError::Malformed);
         }
         let n = usize::from(r.u16()?);
-        r.need(n * 8)?;
+        r.need(n * 16)?;
         let mut records = Vec::with_capacity(n);
         for _ in 0..n {
             let sender = NodeId(r.u64()?);
+            let epoch = r.u64()?;
             let highest = Seq(r.u32()?);
             let cutoff = Seq(r.u32()?);
             let prefix = Seq(r.u32()?);
             let cleanup = Seq(r.u32()?);
             let laggard = r.u64()?;
+            let reported = r.u32()?;
+            let partial = r.u32()?;
             let flags = r.u8()?;
-            if flags > 3 {
+            if flags > 7 {
                 return Err(WireError::Malformed);
             }
             let has_prefix = flags & 1 == 1;
             records.push(TokenRecord {
                 sender,
+                epoch,
                 highest,
                 cutoff,
                 prefix: has_prefix.then_some(prefix),
                 laggard: has_prefix.then_some(NodeId(laggard)),
                 cleanup,
                 cleanup_unknown: flags & 2 == 2,
+                partial,
+                incomplete: flags & 4 == 4,
+                reported,
                 partition_prefix: read_options(&mut r, partitions)?,
                 partition_current: read_options(&mut r, partitions)?,
                 lack: r.ranges()?,
@@ -361,7 +439,9 @@ impl Token {
             region,
             view,
             round,
+            scope,
             hop,
+            skipped,
             records,
         })
     }
@@ -377,12 +457,14 @@ pub struct TokenAck {
     pub view: u64,
     /// The round.
     pub round: u32,
+    /// The token's walk.
+    pub scope: Scope,
     /// The hop that received it.
     pub hop: u16,
 }
 
 /// Body bytes of a [`TokenAck`].
-pub const TOKEN_ACK_LEN: usize = 22;
+pub const TOKEN_ACK_LEN: usize = 23;
 
 impl TokenAck {
     /// Writes the body into `buf`, returning the bytes written.
@@ -391,6 +473,7 @@ impl TokenAck {
         put_u64(buf, &mut at, self.region.0)?;
         put_u64(buf, &mut at, self.view)?;
         put_u32(buf, &mut at, self.round)?;
+        put(buf, &mut at, &[self.scope.to_u8()])?;
         put_u16(buf, &mut at, self.hop)?;
         Ok(at)
     }
@@ -402,6 +485,7 @@ impl TokenAck {
             region: RegionId(r.u64()?),
             view: r.u64()?,
             round: r.u32()?,
+            scope: Scope::from_u8(r.u8()?)?,
             hop: r.u16()?,
         };
         r.end()?;
@@ -417,6 +501,8 @@ pub struct RepairRequest {
     pub region: RegionId,
     /// The stream's sender.
     pub sender: NodeId,
+    /// The stream's epoch.
+    pub epoch: u64,
     /// The missing packets.
     pub ranges: Vec<SeqRange>,
 }
@@ -427,6 +513,7 @@ impl RepairRequest {
         let mut at = 0;
         put_u64(buf, &mut at, self.region.0)?;
         put_u64(buf, &mut at, self.sender.0)?;
+        put_u64(buf, &mut at, self.epoch)?;
         put_ranges(buf, &mut at, &self.ranges)?;
         Ok(at)
     }
@@ -437,6 +524,7 @@ impl RepairRequest {
         let req = RepairRequest {
             region: RegionId(r.u64()?),
             sender: NodeId(r.u64()?),
+            epoch: r.u64()?,
             ranges: r.ranges()?,
         };
         r.end()?;
@@ -451,8 +539,13 @@ impl RepairRequest {
 pub struct SenderAck {
     /// The region.
     pub region: RegionId,
-    /// Every member of the region view has everything up to here.
+    /// The epoch of the sender's stream this is about.
+    pub epoch: u64,
+    /// Everything up to here may be freed: every member that answered this round has it.
     pub stable: Seq,
+    /// Every member of the view, those skipped this round included, has everything up to
+    /// here (at most `stable`): what a stream state may tell receivers to start after.
+    pub floor: Seq,
     /// The highest sequence number any member heard of.
     pub highest: Seq,
     /// Packets no member of their caretaker partition has.
@@ -466,7 +559,9 @@ impl SenderAck {
     pub fn write(&self, buf: &mut [u8]) -> Result<usize, WireError> {
         let mut at = 0;
         put_u64(buf, &mut at, self.region.0)?;
+        put_u64(buf, &mut at, self.epoch)?;
         put_u32(buf, &mut at, self.stable.0)?;
+        put_u32(buf, &mut at, self.floor.0)?;
         put_u32(buf, &mut at, self.highest.0)?;
         put_u32(buf, &mut at, self.slowest_rate)?;
         put_ranges(buf, &mut at, &self.naks)?;
@@ -478,7 +573,9 @@ impl SenderAck {
         let mut r = Reader { b: body, at: 0 };
         let ack = SenderAck {
             region: RegionId(r.u64()?),
+            epoch: r.u64()?,
             stable: Seq(r.u32()?),
+            floor: Seq(r.u32()?),
             highest: Seq(r.u32()?),
             slowest_rate: r.u32()?,
             naks: r.ranges()?,

@@ -8,7 +8,7 @@ use crate::{RegionId, Seq};
 use super::{u32_at, u64_at, WireError};
 
 /// Body bytes of a [`StreamState`].
-pub const STREAM_STATE_LEN: usize = stream_field::FLOOR.end;
+pub const STREAM_STATE_LEN: usize = stream_field::EPOCH.end;
 
 /// Byte offsets in a stream-state body.
 mod stream_field {
@@ -16,6 +16,7 @@ mod stream_field {
     pub const REGION: Range<usize> = 0..8;
     pub const HIGHEST: Range<usize> = 8..12;
     pub const FLOOR: Range<usize> = 12..16;
+    pub const EPOCH: Range<usize> = 16..24;
 }
 
 /// The highest sequence number a sender has sent in a region.
@@ -23,6 +24,8 @@ mod stream_field {
 pub struct StreamState {
     /// The region (stream) this is about.
     pub region: RegionId,
+    /// The stream's epoch.
+    pub epoch: u64,
     /// The highest sequence number sent so far.
     pub highest: Seq,
     /// Everything up to here was acknowledged by the region and freed by the sender.
@@ -38,6 +41,7 @@ impl StreamState {
         b[stream_field::REGION].copy_from_slice(&self.region.0.to_be_bytes());
         b[stream_field::HIGHEST].copy_from_slice(&self.highest.0.to_be_bytes());
         b[stream_field::FLOOR].copy_from_slice(&self.floor.0.to_be_bytes());
+        b[stream_field::EPOCH].copy_from_slice(&self.epoch.to_be_bytes());
         Ok(STREAM_STATE_LEN)
     }
 
@@ -50,6 +54,7 @@ impl StreamState {
             region: RegionId(u64_at(body, stream_field::REGION.start)),
             highest: Seq(u32_at(body, stream_field::HIGHEST.start)),
             floor: Seq(u32_at(body, stream_field::FLOOR.start)),
+            epoch: u64_at(body, stream_field::EPOCH.start),
         })
     }
 }

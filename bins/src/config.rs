@@ -1,0 +1,382 @@
+//! Node options for every `qs` command, from three sources in a fixed order: a command-line
+//! flag beats its `QS_*` environment variable (both through clap), which beats the TOML file
+//! named by `--config`/`QS_CONFIG`, which beats the library's default.
+//!
+//! One struct, [`NodeOpts`], is at once the clap flags and the file's schema (serde), so a
+//! new option is one field here and one line in [`NodeOpts::apply`]. Every field is an
+//! `Option`: "not given" must stay distinguishable from a value, or a file could not be
+//! overridden by a flag set back to the default. This file also resolves interfaces given by
+//! name and parses durations; it does not start nodes.
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::Args;
+use quicksilver::{NodeBuilder, NodeId};
+use serde::{Deserialize, Serialize};
+
+/// Parses a duration: humantime (`500ms`, `1m 30s`) or a bare number of seconds (`15`,
+/// `0.5`), the form scripts used before durations had units.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{s:?} is not a non-negative number of seconds"));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (e.g. 500ms, 15s, 2m)"))
+}
+
+/// Serde for optional durations written like the flags (`"500ms"`, `"15"`, or a number).
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Secs(f64),
+        }
+        match Option::<Raw>::deserialize(d)? {
+            None => Ok(None),
+            Some(Raw::Text(t)) => parse_duration(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Some(Raw::Secs(s)) => parse_duration(&s.to_string())
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// A node id in hex, as `qs top` shows them.
+fn parse_node_id(s: &str) -> Result<u64, String> {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
+}
+
+/// A block of multicast addresses, `BASE/PREFIX`.
+fn parse_group_range(s: &str) -> Result<String, String> {
+    let (base, len) = s
+        .split_once('/')
+        .ok_or("expected BASE/PREFIX, e.g. 239.255.16.0/20")?;
+    base.parse::<Ipv4Addr>()
+        .map_err(|e| format!("{base:?}: {e}"))?;
+    len.parse::<u8>().map_err(|e| format!("{len:?}: {e}"))?;
+    Ok(s.to_owned())
+}
+
+/// The node options every command shares (flags, `QS_*` variables, config file keys).
+#[derive(Args, Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+#[command(next_help_heading = "Node options (flag > QS_* variable > --config file > default)")]
+pub struct NodeOpts {
+    /// Interface for multicast and unicast, by name (eth0) or IPv4 address [default:
+    /// 127.0.0.1: loopback, nothing leaves the machine]
+    #[arg(long, env = "QS_IFACE", value_name = "NAME|ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iface: Option<String>,
+    /// Cluster name; nodes only talk within their cluster [default: quicksilver]
+    #[arg(long, env = "QS_CLUSTER", value_name = "NAME")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// Control (discovery) multicast group and port [default: 239.255.0.1:7400]
+    #[arg(long, env = "QS_CONTROL_GROUP", value_name = "GROUP:PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub control_group: Option<SocketAddrV4>,
+    /// UDP port of the region data groups [default: 7401]
+    #[arg(long, env = "QS_DATA_PORT", value_name = "PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_port: Option<u16>,
+    /// The node's unicast port [default: 0, any free port]
+    #[arg(long, env = "QS_UNICAST_PORT", value_name = "PORT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unicast_port: Option<u16>,
+    /// The block region groups are allocated from [default: 239.255.16.0/20]
+    #[arg(long, env = "QS_GROUP_RANGE", value_name = "BASE/PREFIX", value_parser = parse_group_range)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_range: Option<String>,
+    /// A peer's unicast address to join the gossip plane through, where multicast
+    /// announcements do not reach (repeatable; comma separated in QS_SEED)
+    #[arg(
+        long = "seed",
+        env = "QS_SEED",
+        value_name = "IP:PORT",
+        value_delimiter = ','
+    )]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<SocketAddr>,
+    /// Best-effort delivery: report losses as gaps instead of repairing them [default: false]
+    #[arg(long, env = "QS_BEST_EFFORT", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_effort: Option<bool>,
+    /// Slow-receiver policy: isolate this node when it falls far behind (it loses messages,
+    /// reported as gaps) instead of slowing the senders [default: false]
+    #[arg(long, env = "QS_ISOLATE_SLOW", value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub isolate_slow: Option<bool>,
+    /// Drop this fraction of incoming data packets on purpose (loss injection) [default: 0]
+    #[arg(long, env = "QS_INJECT_LOSS", value_name = "FRACTION")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inject_loss: Option<f64>,
+    /// Requested socket receive buffer; the kernel may cap it (`qs doctor` tells)
+    /// [default: 8388608]
+    #[arg(long, env = "QS_RECV_BUFFER_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recv_buffer_bytes: Option<usize>,
+    /// Requested socket send buffer [default: 4194304]
+    #[arg(long, env = "QS_SEND_BUFFER_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_buffer_bytes: Option<usize>,
+    /// Largest datagram sent, IP and UDP headers excluded: the interface MTU minus 28
+    /// [default: 1472]
+    #[arg(long, env = "QS_MAX_DATAGRAM", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_datagram: Option<usize>,
+    /// Bytes that may wait in the send queue before publishing blocks [default: 16777216]
+    #[arg(long, env = "QS_SEND_QUEUE_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub send_queue_bytes: Option<usize>,
+    /// Largest message published or accepted [default: 16777216]
+    #[arg(long, env = "QS_MAX_MESSAGE_BYTES", value_name = "BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<usize>,
+    /// Messages a subscription holds before the node waits for the application
+    /// [default: 65536]
+    #[arg(long, env = "QS_SUBSCRIPTION_QUEUE", value_name = "MESSAGES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription_queue: Option<usize>,
+    /// Publishes that may wait for the node thread [default: 4096]
+    #[arg(long, env = "QS_PUBLISH_QUEUE", value_name = "MESSAGES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_queue: Option<usize>,
+    /// Node events an event queue holds [default: 1024]
+    #[arg(long, env = "QS_EVENT_QUEUE", value_name = "EVENTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_queue: Option<usize>,
+    /// Mean time between discovery announcements [default: 500ms]
+    #[arg(long, env = "QS_ANNOUNCE_INTERVAL", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub announce_interval: Option<Duration>,
+    /// Silence after which a peer is declared gone [default: 3s]
+    #[arg(long, env = "QS_PEER_TIMEOUT", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub peer_timeout: Option<Duration>,
+    /// A fixed node id, in hex [default: random]
+    #[arg(long, env = "QS_NODE_ID", value_name = "HEX", value_parser = parse_node_id)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<u64>,
+    /// Seed of the node's protocol randomness [default: from the node id]
+    #[arg(long = "rng-seed", env = "QS_RNG_SEED", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rng_seed: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464) [default: off]
+    #[arg(long, env = "QS_METRICS", value_name = "ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Fills every option of `$dst` that is not set from `$src`.
+macro_rules! fill {
+    ($dst:ident, $src:ident: $($f:ident),* $(,)?) => {
+        $( if $dst.$f.is_none() { $dst.$f = $src.$f.clone(); } )*
+    };
+}
+
+impl NodeOpts {
+    /// These options with what is unset taken from `file` (flags and variables win).
+    pub fn or(mut self, file: &NodeOpts) -> NodeOpts {
+        let o = &mut self;
+        fill!(o, file: iface, cluster, control_group, data_port, unicast_port, group_range,
+            best_effort, isolate_slow, inject_loss, recv_buffer_bytes, send_buffer_bytes,
+            max_datagram, send_queue_bytes, max_message_bytes, subscription_queue, publish_queue,
+            event_queue, announce_interval, peer_timeout, node_id, rng_seed, metrics);
+        if o.seeds.is_empty() {
+            o.seeds = file.seeds.clone();
+        }
+        self
+    }
+
+    /// The interface address (loopback unless named).
+    pub fn interface(&self) -> anyhow::Result<Ipv4Addr> {
+        match &self.iface {
+            None => Ok(Ipv4Addr::LOCALHOST),
+            Some(s) => Ok(resolve_iface(s)?.addr),
+        }
+    }
+
+    /// The cluster name.
+    pub fn cluster_name(&self) -> &str {
+        self.cluster.as_deref().unwrap_or("quicksilver")
+    }
+
+    /// A node builder with these options (the library's defaults for the rest).
+    pub fn builder(&self) -> anyhow::Result<NodeBuilder> {
+        let mut b = quicksilver::Node::builder().interface(self.interface()?);
+        macro_rules! set {
+            ($($f:ident => $m:ident),* $(,)?) => { $( if let Some(v) = self.$f.clone() { b = b.$m(v); } )* };
+        }
+        set!(control_group => control_group, data_port => data_port, unicast_port => unicast_port,
+            isolate_slow => isolate_slow, inject_loss => inject_loss,
+            recv_buffer_bytes => recv_buffer_bytes, send_buffer_bytes => send_buffer_bytes,
+            max_datagram => max_datagram, send_queue_bytes => send_queue_bytes,
+            max_message_bytes => max_message_bytes, subscription_queue => subscription_queue,
+            publish_queue => publish_queue, event_queue => event_queue,
+            announce_interval => announce_interval, peer_timeout => peer_timeout,
+            rng_seed => seed, metrics => metrics);
+        if let Some(c) = &self.cluster {
+            b = b.cluster(c);
+        }
+        if let Some(be) = self.best_effort {
+            b = b.reliable(!be);
+        }
+        if let Some(id) = self.node_id {
+            b = b.node_id(NodeId(id));
+        }
+        if let Some(r) = &self.group_range {
+            let (base, len) = r.split_once('/').expect("checked when parsed");
+            b = b.group_range(base.parse()?, len.parse()?);
+        }
+        Ok(self.seeds.iter().fold(b, |b, s| b.gossip_seed(*s)))
+    }
+}
+
+/// The whole `--config` file: node options and logging.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    /// Node options.
+    #[serde(flatten)]
+    pub node: NodeOpts,
+    /// Log filter (tracing's EnvFilter syntax), as `--log`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log: Option<String>,
+    /// `text` or `json`, as `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+}
+
+impl FileConfig {
+    /// Reads and checks a config file.
+    pub fn load(path: &Path) -> anyhow::Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+}
+
+/// An interface as found on this machine.
+#[derive(Debug, Clone)]
+pub struct Iface {
+    /// Its name (`lo`, `eth0`), when an interface holds the address.
+    pub name: Option<String>,
+    /// Its IPv4 address.
+    pub addr: Ipv4Addr,
+}
+
+/// The IPv4 interfaces of this machine: (name, address), in the system's order.
+pub fn interfaces() -> Vec<(String, Ipv4Addr)> {
+    if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match i.ip() {
+            std::net::IpAddr::V4(a) => Some((i.name, a)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Resolves `--iface`: an interface name (its first IPv4 address) or an address that one of
+/// this machine's interfaces holds. The error lists what there is.
+pub fn resolve_iface(s: &str) -> anyhow::Result<Iface> {
+    let all = interfaces();
+    let listing = || {
+        all.iter()
+            .map(|(n, a)| format!("{n} ({a})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Ok(addr) = s.parse::<Ipv4Addr>() {
+        let name = all.iter().find(|(_, a)| *a == addr).map(|(n, _)| n.clone());
+        if name.is_none() && !addr.is_loopback() {
+            bail!(
+                "no interface of this machine has the address {addr} (interfaces: {})",
+                listing()
+            );
+        }
+        return Ok(Iface { name, addr });
+    }
+    match all.iter().find(|(n, _)| n == s) {
+        Some((n, a)) => Ok(Iface {
+            name: Some(n.clone()),
+            addr: *a,
+        }),
+        None => bail!(
+            "no interface named {s:?} with an IPv4 address (interfaces: {})",
+            listing()
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units_or_bare_seconds() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("15"), Ok(Duration::from_secs(15)));
+        assert_eq!(parse_duration("0.25"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("-1").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_config_file_fills_only_what_flags_and_variables_left_unset() {
+        let file: FileConfig = toml::from_str(
+            "cluster = \"from-file\"\ndata_port = 9001\npeer_timeout = \"2s\"\nseeds = [\"10.0.0.1:4000\"]\n",
+        )
+        .unwrap();
+        let given = NodeOpts {
+            cluster: Some("from-flag".into()),
+            ..NodeOpts::default()
+        };
+        let o = given.or(&file.node);
+        assert_eq!(o.cluster.as_deref(), Some("from-flag"));
+        assert_eq!(o.data_port, Some(9001));
+        assert_eq!(o.peer_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(o.seeds.len(), 1);
+        assert_eq!(
+            o.control_group, None,
+            "neither source set it: the default stays"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_config_file_is_an_error_not_ignored() {
+        let e = toml::from_str::<FileConfig>("clustr = \"typo\"\n").unwrap_err();
+        assert!(e.to_string().contains("clustr"), "{e}");
+    }
+
+    #[test]
+    fn loopback_resolves_by_name_and_by_address_and_a_bogus_name_is_refused() {
+        assert_eq!(resolve_iface("lo").unwrap().addr, Ipv4Addr::LOCALHOST);
+        assert_eq!(
+            resolve_iface("127.0.0.1").unwrap().name.as_deref(),
+            Some("lo")
+        );
+        let e = resolve_iface("bogus0").unwrap_err().to_string();
+        assert!(e.contains("bogus0") && e.contains("lo (127.0.0.1)"), "{e}");
+    }
+}

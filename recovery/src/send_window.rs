@@ -1,0 +1,268 @@
+//! A sender's window of one (sender, region) stream: the sequence numbers it hands out, and
+//! (reliable mode) every packet sent but not yet acknowledged as stable by the region, kept
+//! for re-multicast when a whole caretaker partition lacks it (QSM) and for peers' requests.
+//!
+//! The window builds no packet and sends nothing: the owner writes the packet with
+//! [`SendWindow::next_seq`], records it with [`SendWindow::sent`], applies the region leader's
+//! acknowledgements with [`SendWindow::ack`] and copies kept packets out with
+//! [`SendWindow::get`] when it sends them again. A full window ([`SendWindow::is_open`]) stops
+//! the stream, which pushes back on the publisher. Kept packets live in recycled buffers, so
+//! steady state allocates nothing per packet.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use qs_transport::{Instant, Seq};
+
+use crate::store::BufferPool;
+
+/// What [`SendWindow::resend`] decided about a packet the region asks for again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Send it again (its time was noted).
+    Go,
+    /// It was sent again moments ago: not again within the hold-off (no storm while
+    /// stability is held back by a slow member).
+    HeldOff,
+    /// Not in the window (acknowledged already, or never sent).
+    Gone,
+}
+
+/// The send side of one stream.
+#[derive(Debug)]
+pub struct SendWindow {
+    /// Most packets kept unacknowledged (0: best-effort, nothing is kept).
+    capacity: usize,
+    /// The first unacknowledged sequence number; everything before it is stable.
+    base: Seq,
+    next: Seq,
+    packets: VecDeque<Kept>,
+    bytes: usize,
+    peak_bytes: usize,
+    pool: BufferPool,
+}
+
+#[derive(Debug)]
+struct Kept {
+    datagram: Vec<u8>,
+    resent_at: Option<Instant>,
+}
+
+impl SendWindow {
+    /// A window keeping at most `capacity` unacknowledged packets; 0 keeps nothing (best
+    /// effort: the window never closes).
+    pub fn new(capacity: usize) -> SendWindow {
+        SendWindow {
+            capacity,
+            base: Seq::FIRST,
+            next: Seq::FIRST,
+            packets: VecDeque::new(),
+            bytes: 0,
+            peak_bytes: 0,
+            // A full window's worth, so a window in steady state allocates nothing.
+            pool: BufferPool::new(capacity),
+        }
+    }
+
+    /// The sequence number the next packet gets.
+    pub fn next_seq(&self) -> Seq {
+        self.next
+    }
+
+    /// Whether anything was sent yet.
+    pub fn started(&self) -> bool {
+        self.next != Seq::FIRST
+    }
+
+    /// The highest sequence number sent.
+    pub fn highest(&self) -> Seq {
+        Seq(self.next.0.wrapping_sub(1))
+    }
+
+    /// The stability point the region acknowledged: everything before the window.
+    pub fn acked(&self) -> Seq {
+        Seq(self.base.0.wrapping_sub(1))
+    }
+
+    /// Whether another packet may be sent (reliable mode: the window is not full).
+    pub fn is_open(&self) -> bool {
+        self.capacity == 0 || self.packets.len() < self.capacity
+    }
+
+    /// Packets held unacknowledged.
+    pub fn len(&self) -> usize {
+        self.packets.len()
+    }
+
+    /// Whether nothing is held unacknowledged.
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// Bytes held unacknowledged.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Highest [`SendWindow::bytes`] seen.
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes
+    }
+
+    /// Records the packet just written with [`SendWindow::next_seq`] (kept in reliable mode)
+    /// and moves on to the next sequence number.
+    pub fn sent(&mut self, datagram: &[u8]) {
+        self.next = self.next.next();
+        if self.capacity == 0 {
+            return; // Best effort: nothing kept, nothing ever acknowledged.
+        }
+        let datagram = self.pool.copy_of(datagram);
+        self.bytes += datagram.len();
+        self.peak_bytes = self.peak_bytes.max(self.bytes);
+        self.packets.push_back(Kept {
+            datagram,
+            resent_at: None,
+        });
+    }
+
+    /// The region holds everything up to `stable`: frees it. Returns how many packets were
+    /// freed (a point before the window frees nothing; one beyond what was sent frees all).
+    pub fn ack(&mut self, stable: Seq) -> u64 {
+        let mut freed = 0;
+        while !stable.is_before(self.base) && !self.packets.is_empty() {
+            let k = self.packets.pop_front().expect("not empty");
+            self.bytes -= k.datagram.len();
+            self.pool.give_back(k.datagram);
+            self.base = self.base.next();
+            freed += 1;
+        }
+        freed
+    }
+
+    /// Packet `seq`, if it is still held.
+    pub fn get(&self, seq: Seq) -> Option<&[u8]> {
+        self.kept(seq).map(|k| k.datagram.as_slice())
+    }
+
+    /// Whether packet `seq` may be re-multicast now; notes the time if so.
+    pub fn resend(&mut self, now: Instant, seq: Seq, holdoff: Duration) -> Resend {
+        let Some(i) = self.index(seq) else {
+            return Resend::Gone;
+        };
+        let k = &mut self.packets[i];
+        if k.resent_at.is_some_and(|t| now < t + holdoff) {
+            return Resend::HeldOff;
+        }
+        k.resent_at = Some(now);
+        Resend::Go
+    }
+
+    fn index(&self, seq: Seq) -> Option<usize> {
+        let i = usize::try_from(self.base.distance_to(seq)).ok()?;
+        (i < self.packets.len()).then_some(i)
+    }
+
+    fn kept(&self, seq: Seq) -> Option<&Kept> {
+        self.packets.get(self.index(seq)?)
+    }
+
+    /// Panics if counts drifted or the window overflowed.
+    pub fn check_invariants(&self) {
+        assert_eq!(
+            self.bytes,
+            self.packets.iter().map(|k| k.datagram.len()).sum::<usize>(),
+            "unacked byte count drifted"
+        );
+        if self.capacity == 0 {
+            assert!(
+                self.packets.is_empty(),
+                "a best-effort window keeps nothing"
+            );
+            return;
+        }
+        assert!(self.packets.len() <= self.capacity);
+        assert_eq!(
+            self.base.advance(self.packets.len() as u32),
+            self.next,
+            "send window does not end at the next sequence number"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: Instant = Instant::ZERO;
+    const HOLD: Duration = Duration::from_millis(20);
+
+    fn filled(capacity: usize, n: u32) -> SendWindow {
+        let mut w = SendWindow::new(capacity);
+        for i in 0..n {
+            assert_eq!(w.next_seq(), Seq(i + 1));
+            w.sent(&[i as u8; 10]);
+        }
+        w
+    }
+
+    #[test]
+    fn a_full_window_closes_and_an_acknowledgement_reopens_it() {
+        let mut w = filled(4, 4);
+        assert!(!w.is_open());
+        assert_eq!(w.ack(Seq(2)), 2);
+        assert!(w.is_open());
+        assert_eq!((w.len(), w.bytes(), w.acked()), (2, 20, Seq(2)));
+        assert_eq!(w.get(Seq(2)), None);
+        assert_eq!(w.get(Seq(3)), Some(&[2u8; 10][..]));
+        w.check_invariants();
+    }
+
+    #[test]
+    fn a_window_just_below_its_capacity_stays_open() {
+        let w = filled(4, 3);
+        assert!(w.is_open());
+        assert!(!filled(4, 4).is_open());
+    }
+
+    #[test]
+    fn an_acknowledgement_before_the_window_frees_nothing_and_beyond_frees_everything() {
+        let mut w = filled(8, 5);
+        w.ack(Seq(3));
+        assert_eq!(w.ack(Seq(1)), 0);
+        assert_eq!(w.ack(Seq(100)), 2);
+        assert!(w.is_empty());
+        w.check_invariants();
+    }
+
+    #[test]
+    fn a_resend_is_held_off_just_inside_the_hold_off_and_allowed_at_its_end() {
+        let mut w = filled(8, 3);
+        assert_eq!(w.resend(T0, Seq(2), HOLD), Resend::Go);
+        let just_inside = T0 + HOLD - Duration::from_nanos(1);
+        assert_eq!(w.resend(just_inside, Seq(2), HOLD), Resend::HeldOff);
+        assert_eq!(w.resend(T0 + HOLD, Seq(2), HOLD), Resend::Go);
+        assert_eq!(w.resend(T0, Seq(9), HOLD), Resend::Gone);
+    }
+
+    #[test]
+    fn a_best_effort_window_keeps_nothing_and_never_closes() {
+        let w = filled(0, 100);
+        assert!(w.is_open() && w.is_empty());
+        assert_eq!(w.highest(), Seq(100));
+        assert_eq!(w.acked(), Seq(0), "nothing is ever acknowledged");
+        w.check_invariants();
+    }
+
+    #[test]
+    fn sequence_numbers_wrap_inside_the_window() {
+        let mut w = SendWindow::new(8);
+        w.base = Seq(u32::MAX - 1);
+        w.next = w.base;
+        for _ in 0..4 {
+            w.sent(&[1]);
+        }
+        assert!(w.get(Seq(u32::MAX)).is_some() && w.get(Seq(1)).is_some());
+        assert_eq!(w.ack(Seq(0)), 3);
+        w.check_invariants();
+    }
+}

@@ -1,0 +1,360 @@
+//! Reliable delivery while membership moves, in the deterministic simulator: senders paused
+//! past failure detection, restarted with the same id, crashing as region members; receivers
+//! changing subscriptions, crashing, joining with the lowest id; slow links. An oracle checks
+//! every delivery as it happens (each receiver gets each sender's messages at most once and
+//! in publish order, uncorrupted) and every node's invariants after every event; each
+//! scenario then states what must have been delivered.
+//!
+//! `SIM_SEED=<n>` replays a seed.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use bytes::Bytes;
+use qs_sim::{replay_hint, seed_from_env, LossModel, NodeIndex, Observation, Sim, SimConfig};
+use qs_transport::{NodeId, TopicId};
+use quicksilver::core::{CoreConfig, Event, NodeCore};
+
+fn topic(t: u32) -> TopicId {
+    TopicId::from_name(&format!("m-{t}"))
+}
+
+fn addr(i: usize) -> SocketAddrV4 {
+    SocketAddrV4::new(
+        Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 1),
+        9000,
+    )
+}
+
+/// Payload: sender index, message number, topic number, then filler.
+fn payload(sender: usize, n: u32, t: u32, size: usize) -> Bytes {
+    let mut b = vec![0u8; size.max(12)];
+    b[0..4].copy_from_slice(&(sender as u32).to_be_bytes());
+    b[4..8].copy_from_slice(&n.to_be_bytes());
+    b[8..12].copy_from_slice(&t.to_be_bytes());
+    for (i, x) in b[12..].iter_mut().enumerate() {
+        *x = (n as usize + i) as u8;
+    }
+    Bytes::from(b)
+}
+
+fn decode(p: &[u8]) -> (usize, u32, u32) {
+    let u = |i: usize| u32::from_be_bytes(p[i..i + 4].try_into().unwrap());
+    (u(0) as usize, u(4), u(8))
+}
+
+/// What each receiver got, checked as it happens.
+#[derive(Default)]
+struct Oracle {
+    /// Per (receiver, sender): message numbers delivered, in order.
+    got: BTreeMap<(usize, usize), Vec<u32>>,
+    /// Gap events per receiver: (sender id, packets).
+    gaps: BTreeMap<usize, Vec<(NodeId, u32)>>,
+    /// Other events per receiver.
+    events: BTreeMap<usize, Vec<Event>>,
+}
+
+struct World {
+    sim: Sim<NodeCore>,
+    idx: Vec<NodeIndex>,
+    seed: u64,
+    size: usize,
+    oracle: Oracle,
+    /// Per node: next message number to publish.
+    next: BTreeMap<usize, u32>,
+    /// Node index by node id (ids can be reused by restarts).
+    by_id: BTreeMap<NodeId, usize>,
+}
+
+fn config(i: usize, seed: u64, incarnation: u64) -> CoreConfig {
+    let mut c = CoreConfig::new(NodeId(1000 + i as u64), addr(i));
+    c.seed = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (i as u64) ^ incarnation << 32;
+    c.incarnation = incarnation;
+    c.send_window_packets = 2048;
+    c.reorder_window_packets = 4096;
+    c.send_queue_bytes = 1 << 20;
+    c
+}
+
+impl World {
+    fn new(sim: SimConfig, nodes: usize, size: usize) -> World {
+        let seed = sim.seed;
+        let mut w = World {
+            sim: Sim::new(sim),
+            idx: Vec::new(),
+            seed,
+            size,
+            oracle: Oracle::default(),
+            next: BTreeMap::new(),
+            by_id: BTreeMap::new(),
+        };
+        for i in 0..nodes {
+            w.add(i, config(i, seed, 1));
+        }
+        w
+    }
+
+    fn add(&mut self, i: usize, c: CoreConfig) {
+        self.by_id.insert(c.id, i);
+        let core = NodeCore::new(c, self.sim.now());
+        if i < self.idx.len() {
+            self.sim.restart(self.idx[i], core);
+        } else {
+            assert_eq!(i, self.idx.len());
+            self.idx
+                .push(self.sim.add_node(SocketAddr::V4(addr(i)), core));
+        }
+    }
+
+    fn core(&self, i: usize) -> &NodeCore {
+        self.sim.node(self.idx[i])
+    }
+
+    fn subscribe(&mut self, i: usize, topics: &[u32]) {
+        let now = self.sim.now();
+        let n = self.sim.node_mut(self.idx[i]);
+        n.subscribe_all(now, topics.iter().map(|t| topic(*t)));
+        self.sim.poke(self.idx[i]);
+    }
+
+    /// Runs `d` of virtual time, checking every delivery and every node after every event.
+    fn run(&mut self, d: Duration) {
+        let (seed, by_id, oracle, idx) = (self.seed, &self.by_id, &mut self.oracle, &self.idx);
+        self.sim
+            .run_for(d, &mut |o: &mut Observation<'_, NodeCore>| {
+                o.node.check_invariants();
+                let r = idx.iter().position(|x| *x == o.index).expect("known node");
+                while let Some(e) = o.node.poll_event() {
+                    match e {
+                        Event::Delivered(dl) => {
+                            let (s, n, t) = decode(&dl.payload);
+                            assert_eq!(by_id.get(&dl.sender), Some(&s), "sender id (seed {seed})");
+                            assert_eq!(dl.topic, topic(t), "topic (seed {seed})");
+                            assert_eq!(dl.payload, payload(s, n, t, dl.payload.len()), "corrupt");
+                            let list = oracle.got.entry((r, s)).or_default();
+                            if let Some(last) = list.last() {
+                                assert!(
+                                    n > *last,
+                                    "node {r}: message {n} from {s} after {last}: duplicated or \
+                                 reordered; {}",
+                                    replay_hint(seed, "sim_membership")
+                                );
+                            }
+                            list.push(n);
+                        }
+                        Event::Gap { sender, missed, .. } => {
+                            oracle.gaps.entry(r).or_default().push((sender, missed));
+                        }
+                        other => oracle.events.entry(r).or_default().push(other),
+                    }
+                }
+            });
+    }
+
+    /// Node `i` publishes `count` messages on `t`, `per_ms` a millisecond, waiting out
+    /// back-pressure; returns the message numbers it used.
+    fn publish(&mut self, i: usize, t: u32, count: u32, per_ms: u32) -> std::ops::Range<u32> {
+        let first = *self.next.entry(i).or_insert(0);
+        let mut n = first;
+        while n < first + count {
+            let now = self.sim.now();
+            let p = payload(i, n, t, self.size);
+            let node = self.sim.node_mut(self.idx[i]);
+            if node.publish(topic(t), p).is_ok() {
+                n += 1;
+                self.sim.poke(self.idx[i]);
+                if (n - first) % per_ms.max(1) != 0 {
+                    continue;
+                }
+            }
+            let _ = now;
+            self.run(Duration::from_millis(1));
+        }
+        self.next.insert(i, n);
+        first..n
+    }
+
+    /// Messages of `from` that `r` got, in order.
+    fn got(&self, r: usize, from: usize) -> &[u32] {
+        self.oracle.got.get(&(r, from)).map_or(&[], Vec::as_slice)
+    }
+
+    fn hint(&self, name: &str) -> String {
+        replay_hint(self.seed, name)
+    }
+
+    /// Panics, briefly, unless `r` got exactly `want` of sender `from`, in order.
+    fn expect_exactly(
+        &self,
+        r: usize,
+        from: usize,
+        want: impl IntoIterator<Item = u32>,
+        name: &str,
+    ) {
+        let want: Vec<u32> = want.into_iter().collect();
+        let got = self.got(r, from);
+        if got == want.as_slice() {
+            return;
+        }
+        let missing: Vec<u32> = want
+            .iter()
+            .copied()
+            .filter(|n| got.binary_search(n).is_err())
+            .collect();
+        let extra: Vec<u32> = got
+            .iter()
+            .copied()
+            .filter(|n| want.binary_search(n).is_err())
+            .collect();
+        panic!(
+            "node {r} from {from}: {} of {} delivered; missing {:?}{}, unexpected {:?}; {}",
+            got.len(),
+            want.len(),
+            &missing[..missing.len().min(10)],
+            if missing.len() > 10 { " ..." } else { "" },
+            &extra[..extra.len().min(10)],
+            self.hint(name)
+        );
+    }
+}
+
+fn lossy(seed: u64, loss: f64) -> SimConfig {
+    SimConfig {
+        latency: Duration::from_micros(100),
+        loss: LossModel::Bernoulli(loss),
+        ..SimConfig::with_seed(seed)
+    }
+}
+
+#[test]
+fn a_sender_frozen_past_failure_detection_loses_and_duplicates_nothing() {
+    for (seed, early) in [(seed_from_env(11), true), (seed_from_env(12), false)] {
+        // Receivers 0..3 subscribe; node 3 publishes, and is frozen for 10 s mid-stream
+        // (early: after 200 messages; late: after 1,800 of 2,000), under 1% loss.
+        let mut w = World::new(lossy(seed, 0.01), 4, 200);
+        for r in 0..3 {
+            w.subscribe(r, &[1]);
+        }
+        w.run(Duration::from_secs(2));
+        let before = if early { 200 } else { 1800 };
+        w.publish(3, 1, before, 20);
+        let s = w.idx[3];
+        let until = w.sim.now() + Duration::from_secs(10);
+        w.sim.freeze(s, until);
+        w.run(Duration::from_secs(10));
+        let sender = w.core(3).id();
+        for r in 0..3 {
+            let downs = w.oracle.events.get(&r).into_iter().flatten();
+            assert!(
+                downs.filter(|e| **e == Event::PeerDown(sender)).count() > 0,
+                "node {r} never declared the frozen sender down: the test would prove nothing"
+            );
+        }
+        w.publish(3, 1, 2000 - before, 20);
+        w.run(Duration::from_secs(5));
+        for r in 0..3 {
+            w.expect_exactly(r, 3, 0..2000, "frozen");
+            assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
+        }
+        assert!(
+            w.core(3).is_idle(),
+            "everything acknowledged; {}",
+            w.hint("frozen")
+        );
+    }
+}
+
+#[test]
+fn a_sender_restarted_with_the_same_id_starts_a_new_stream_that_is_delivered_whole() {
+    for (seed, after) in [(21, 0u64), (22, 1), (23, 10)] {
+        let seed = seed_from_env(seed);
+        let mut w = World::new(lossy(seed, 0.01), 4, 200);
+        for r in 0..3 {
+            w.subscribe(r, &[1]);
+        }
+        w.run(Duration::from_secs(2));
+        let first = w.publish(3, 1, 1000, 20);
+        w.run(Duration::from_millis(50));
+        w.sim.crash(w.idx[3]);
+        w.run(Duration::from_secs(after));
+        // Same id and address, a later incarnation; its numbering starts over.
+        w.add(3, config(3, seed ^ 0xabc, 2));
+        w.next.insert(3, 1_000_000);
+        w.run(Duration::from_secs(2));
+        let second = w.publish(3, 1, 1000, 20);
+        w.run(Duration::from_secs(4));
+        for r in 0..3 {
+            let got = w.got(r, 3);
+            let new: Vec<u32> = got.iter().copied().filter(|n| *n >= second.start).collect();
+            assert!(
+                new.iter().copied().eq(second.clone()),
+                "node {r}: {} of the new stream's {} delivered; {}",
+                new.len(),
+                second.len(),
+                w.hint("restart")
+            );
+            let old = got.iter().filter(|n| first.contains(n)).count();
+            assert!(old <= 1000);
+        }
+        assert!(
+            w.core(3).is_idle(),
+            "the new stream is acknowledged; {}",
+            w.hint("restart")
+        );
+    }
+}
+
+#[test]
+fn twenty_five_receivers_behind_ten_millisecond_links_complete_their_rounds() {
+    let seed = seed_from_env(31);
+    let mut w = World::new(lossy(seed, 0.005), 26, 200);
+    for r in 0..25 {
+        w.subscribe(r, &[1]);
+        w.sim.set_node_delay(w.idx[r], Duration::from_millis(10));
+    }
+    w.run(Duration::from_secs(3));
+    w.publish(25, 1, 3000, 10);
+    w.run(Duration::from_secs(10));
+    for r in 0..25 {
+        w.expect_exactly(r, 25, 0..3000, "slow links");
+    }
+    assert!(
+        w.core(25).is_idle(),
+        "acknowledged; {}",
+        w.hint("slow links")
+    );
+    let leader = (0..25).min_by_key(|r| w.core(*r).id()).unwrap();
+    let ring = w.core(leader).ring().unwrap().stats();
+    println!("25 members behind 10 ms: {ring:?}");
+    assert!(
+        ring.rounds_regenerated * 10 <= ring.rounds_completed,
+        "rounds keep timing out: {ring:?}; {}",
+        w.hint("slow links")
+    );
+}
+
+#[test]
+fn a_new_lowest_id_member_joining_after_the_last_publish_leaves_the_sender_idle() {
+    let seed = seed_from_env(41);
+    let mut w = World::new(lossy(seed, 0.01), 4, 200);
+    for r in 0..3 {
+        w.subscribe(r, &[1]);
+    }
+    w.run(Duration::from_secs(2));
+    let sent = w.publish(3, 1, 500, 20);
+    // Node 4 gets the lowest id of all: it becomes the region's leader at once.
+    let mut c = config(4, seed, 1);
+    c.id = NodeId(1);
+    w.add(4, c);
+    w.subscribe(4, &[1]);
+    w.run(Duration::from_secs(6));
+    for r in 0..3 {
+        w.expect_exactly(r, 3, sent.clone(), "joiner");
+    }
+    assert!(
+        w.core(3).is_idle(),
+        "the sender is acknowledged; {}",
+        w.hint("joiner")
+    );
+}
