@@ -954,6 +954,14 @@ impl Membership {
         if !self.config.lifeguard {
             return min;
         }
+        // Confirmations can only come from members other than us and the suspect: when
+        // fewer than K exist, none are expected and the timer starts at the minimum
+        // (memberlist's rule, `n - 2 < k => k = 0`). Otherwise a cluster of four waits
+        // β × the minimum (6.4 s) for confirmations that cannot all arrive.
+        let confirmers = self.live.saturating_sub(2);
+        if confirmers < self.config.suspicion_confirmations as usize {
+            return min;
+        }
         let max = min.mul_f64(self.config.suspicion_max_mult.max(1.0));
         let k = f64::from(self.config.suspicion_confirmations.max(1));
         let frac = ((confirmations as f64) + 1.0).ln() / (k + 1.0).ln();
@@ -1818,6 +1826,10 @@ impl GossipObject for Membership {
             };
             match p.phase {
                 Phase::Direct => {
+                    // Helpers at distinct addresses, none at the target's: live members may
+                    // share an address (nodes behind one announced ip:port, a restart reusing
+                    // it), and a helper there only pings itself. The draw is bounded (4k
+                    // tries): with fewer distinct addresses than k it asks the ones it found.
                     let k = self.config.indirect_probes;
                     let mut chosen: Vec<Peer> = Vec::new();
                     for _ in 0..k * 4 {
@@ -1826,7 +1838,10 @@ impl GossipObject for Membership {
                         }
                         let mut rng = self.rng.fork();
                         let c = self.sample(&mut rng, |id, r| {
-                            id != self.me && id != p.target && r.status() == Status::Alive
+                            id != self.me
+                                && id != p.target
+                                && r.status() == Status::Alive
+                                && !self.same_addr(r, &p.addr)
                         });
                         match c {
                             Some(c) if !chosen.iter().any(|x| x.addr == c.addr) => chosen.push(c),
@@ -1977,6 +1992,61 @@ mod tests {
             suspecter: NodeId(99),
             age_ms: 0,
         }
+    }
+
+    #[test]
+    fn a_suspicion_waits_for_confirmations_only_when_enough_members_could_send_them() {
+        let mut m = node(1);
+        let k = m.config.suspicion_confirmations as usize;
+        // Us, the suspect and k - 1 others: k confirmations cannot arrive.
+        m.live = k + 1;
+        let min = m.suspicion_min();
+        assert_eq!(m.suspicion_timeout(0), min);
+        assert_eq!(m.suspicion_timeout(k), min);
+        // One more member and all k can: the timer starts at β × the minimum and shrinks.
+        m.live = k + 2;
+        let min = m.suspicion_min();
+        let beta = m.config.suspicion_max_mult;
+        let near = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()).abs() < 1e-6;
+        assert!(near(m.suspicion_timeout(0), min.mul_f64(beta)));
+        assert!(m.suspicion_timeout(1) < m.suspicion_timeout(0));
+        assert!(near(m.suspicion_timeout(k), min));
+    }
+
+    #[test]
+    fn indirect_probe_helpers_have_distinct_addresses_and_none_shares_the_targets() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut m = node(1);
+        // The target 2; 3 behind the target's address; 4 and 5 behind one address; 6 alone.
+        for (id, a) in [(2, 2), (3, 2), (4, 4), (5, 4), (6, 6)] {
+            m.apply(
+                now,
+                NodeId(id),
+                inc(Status::Alive, 1, addr(a)),
+                Source::FirstHand,
+                &mut out,
+            );
+        }
+        let target = Peer {
+            id: Some(NodeId(2)),
+            addr: addr(2),
+        };
+        assert!(m.start_probe(now, target, false, &mut out));
+        m.ctrl.clear();
+        m.handle_timeout(now + Duration::from_secs(1), &mut out);
+        let helpers: Vec<SocketAddr> = m
+            .ctrl
+            .iter()
+            .filter(|(_, q)| q.iter().any(|c| matches!(c, Ctrl::PingReq { .. })))
+            .map(|(a, _)| *a)
+            .collect();
+        assert_eq!(helpers, vec![addr(4), addr(6)]);
+        assert_eq!(m.stats().ping_reqs_sent, 2);
+        // The probe went on to its indirect phase (it did not hang or vanish).
+        assert_eq!(m.probes.len(), 1);
+        m.check_invariants();
     }
 
     #[test]
