@@ -331,11 +331,7 @@ impl NodeCore {
                 .region_of(id)
                 .and_then(|g| self.regions.region(g));
             let topics = listed.map_or(&[][..], |g| g.signature.topics());
-            assert_eq!(
-                topics,
-                r.topics.as_slice(),
-                "region table drifted from gossip"
-            );
+            assert_eq!(topics, &r.topics[..], "region table drifted from gossip");
         }
         self.cache.check_invariants();
         self.out.check_invariants();

@@ -69,6 +69,9 @@ impl Owed {
     pub(crate) fn take(&mut self, a: SocketAddr) -> bool {
         self.set.remove(&a)
     }
+    pub(crate) fn contains(&self, a: SocketAddr) -> bool {
+        self.set.contains(&a)
+    }
     pub(crate) fn len(&self) -> usize {
         self.set.len()
     }

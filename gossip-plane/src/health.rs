@@ -1,20 +1,23 @@
 //! Health, Astrolabe-style (seed `000_*` §3–4, DESIGN.md §5): every node publishes one
 //! [`NodeHealth`] record (load, receive rate, loss, repairs, backlog, lag) and every node ends up
-//! with a bounded picture of the cluster — some per-node records and one [`Aggregate`] (count,
-//! min, max, sum and the worst node of each metric) per region, rolled up into a cluster
-//! aggregate.
+//! with a bounded picture of the cluster in two levels of Astrolabe's zones — the per-node
+//! records of its own region, and one [`Aggregate`] (count, min, max, sum and the worst node of
+//! each metric) per region, rolled up into a cluster aggregate. A node holds O(region +
+//! regions) rows, not O(N).
 //!
 //! * Records: the owner sets ours with [`Health::set_local`] and our region with
 //!   [`Health::set_region`]; each change bumps our version. A record is replaced by a higher
-//!   version of the same node. At most `records_max` are held: our own, then the members of our
-//!   region, then a fixed per-node pseudo-random sample of the others (evicting the lowest
-//!   ranked; counted).
+//!   version of the same node. Only records of our own region are held (others are refused,
+//!   counted; a member that moves away is dropped), at most `records_max` of them (the lowest
+//!   ranked of a fixed per-node pseudo-random order is evicted; counted).
 //! * Region aggregates (Astrolabe's zone MIBs): each node that has a record computes its own
 //!   region's aggregate from the records of that region it holds, and issues it as
-//!   `(region, aggregator = us, version = held version + 1)` when its view of the region
-//!   changed and the result differs from the held aggregate, or when the held one has
-//!   disagreed with our view for `repair_after` (two members with different views then take
-//!   turns, never faster than that). Replicas keep, per region, the highest
+//!   `(region, aggregator = us, version = held version + 1)`: the region's lowest id we hold
+//!   does so whenever the result differs from the held aggregate (at most every
+//!   `aggregate_every`), any other member only once nobody has vouched for the held one for
+//!   `(2 + its rank) × repair_after` (taking over from a slow or cut-off aggregator). A member
+//!   whose own record changed pushes it to the aggregator first. Replicas keep, per region,
+//!   the highest
 //!   `(version, aggregator)`; at most `regions_max` regions (our own first, then the freshest).
 //! * The cluster aggregate is the roll-up of the held region aggregates
 //!   ([`Health::cluster`]). Sums are `f64` and computed in a fixed order, min/max ties go to the
@@ -26,7 +29,7 @@
 //!   accepted again. [`Health::forget`] (a member down or left) drops a record at once and
 //!   refuses copies born before that.
 //! * Dissemination is rumor mongering plus an anti-entropy walk, pushed to peers drawn with a
-//!   MiCA view that favours our region (`region_weight`): a new version is *hot* for
+//!   MiCA view that favours our region (`region_share` of the draws): a new version is *hot* for
 //!   `hot_sends` pushes. A push carries beats (a third of the budget: the peer's region's
 //!   records and all aggregates, freshest first), our own record, hot aggregates and hot
 //!   records (the peer's region first; news at most half the budget), then the next entries of
@@ -266,15 +269,24 @@ pub struct HealthConfig {
     pub expiry: Duration,
     /// A held aggregate of our region that disagrees with our view this long is re-issued.
     pub repair_after: Duration,
-    /// Pushes of each new entry before it only travels with the round-robin walk.
+    /// Pushes of each new record before it only travels with the walk and the repair.
     pub hot_sends: u8,
+    /// Pushes of each new aggregate (every node needs every aggregate: fewer rumors, and
+    /// the digest repair for the rest).
+    pub aggregate_hot_sends: u8,
+    /// An aggregator re-issues its region's aggregate at most this often (a burst of
+    /// record changes becomes one new version, not one per change).
+    pub aggregate_every: Duration,
     /// With nothing new, push every this many rounds.
     pub cold_every: u32,
-    /// Largest payload per push (further bounded by the runtime's budget).
+    /// Largest payload per push while something is new (further bounded by the runtime's
+    /// budget).
     pub payload_max: usize,
-    /// Peer-selection weight of the members of our region relative to the others (MiCA
-    /// view): records mostly matter inside a region, aggregates everywhere.
-    pub region_weight: f64,
+    /// Largest payload of a push with nothing new (ages and the walk only).
+    pub cold_payload_max: usize,
+    /// Share of the peer draws made among the members of our region (MiCA view): records
+    /// matter only inside a region, aggregates everywhere.
+    pub region_share: f64,
 }
 
 impl Default for HealthConfig {
@@ -282,12 +294,15 @@ impl Default for HealthConfig {
         HealthConfig {
             records_max: 256,
             regions_max: 1024,
-            expiry: Duration::from_secs(30),
+            expiry: Duration::from_secs(60),
             repair_after: Duration::from_secs(1),
             hot_sends: 8,
-            cold_every: 5,
-            payload_max: 600,
-            region_weight: 4.0,
+            aggregate_hot_sends: 8,
+            aggregate_every: Duration::from_secs(1),
+            cold_every: 10,
+            payload_max: 1200,
+            cold_payload_max: 300,
+            region_share: 0.5,
         }
     }
 }
@@ -299,10 +314,14 @@ pub struct HealthStats {
     pub records_merged: u64,
     /// Records refused or evicted because the table was full.
     pub records_overflow: u64,
+    /// Records of other regions refused (or dropped when their node moved away).
+    pub records_other_region: u64,
     /// Records dropped because they expired.
     pub records_expired: u64,
     /// Records refused because they were too old or born before their node was forgotten.
     pub records_stale: u64,
+    /// Region members we were told of but could not keep (`4 × records_max` held).
+    pub mates_overflow: u64,
     /// Region aggregates accepted.
     pub aggregates_merged: u64,
     /// Region aggregates we issued.
@@ -313,6 +332,12 @@ pub struct HealthStats {
     pub aggregates_expired: u64,
     /// Records and aggregates sent.
     pub entries_sent: u64,
+    /// Pushes written.
+    pub pushes: u64,
+    /// Of those, pushes on a cold round (ages and the walk).
+    pub cold_pushes: u64,
+    /// Repair answers sent (listings, and records a mate's listing lacked).
+    pub repairs_sent: u64,
     /// Payloads that would have exceeded the budget (a bug if not zero).
     pub budget_exceeded: u64,
     /// Peers dropped because too many pushes were pending.
@@ -406,13 +431,59 @@ fn encode_aggregate(e: &AggEntry, now: Instant, out: &mut Vec<u8>) {
     }
 }
 
-/// Decoded payload: aggregates, records, node beats, region beats (ages in ms).
+/// Decoded payload: aggregates, records, node beats, region beats (ages in ms), repair.
 type Decoded = (
     Vec<(RegionAggregate, u32)>,
     Vec<(NodeId, HealthRecord, u32)>,
     Vec<(NodeId, u32)>,
     Vec<(Option<RegionId>, u32)>,
+    Repair,
 );
+
+/// The region-records repair part of a payload: the sender's digest of its region's
+/// records, and/or its listing of them (sorted by id; `complete` if nothing was left out).
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Repair {
+    digest: Option<(u32, u16)>,
+    listing: Option<(Vec<(NodeId, u64)>, bool)>,
+    agg_digest: Option<(u32, u16)>,
+    agg_listing: Option<(Vec<AggKey>, bool)>,
+}
+
+/// What identifies a held aggregate's version: region, version, aggregator.
+type AggKey = (Option<RegionId>, u64, NodeId);
+
+/// Whether `list` is strictly increasing by `key` except for at most one wrap (a listing
+/// that starts at a rotating point of a sorted table and wraps around).
+fn rotated_sorted<T, K: Ord>(list: &[T], key: impl Fn(&T) -> K) -> bool {
+    let descents = list.windows(2).filter(|w| key(&w[0]) >= key(&w[1])).count();
+    match (descents, list.first(), list.last()) {
+        (0, _, _) => true,
+        (1, Some(first), Some(last)) => key(last) < key(first),
+        _ => false,
+    }
+}
+
+/// Whether `x` lies in the circular interval from `first` to `last` (inclusive).
+fn covers<K: Ord>(first: &K, last: &K, x: &K) -> bool {
+    if first <= last {
+        first <= x && x <= last
+    } else {
+        x >= first || x <= last
+    }
+}
+
+const REPAIR_DIGEST: u8 = 1;
+const REPAIR_LISTING: u8 = 2;
+const REPAIR_COMPLETE: u8 = 4;
+const REPAIR_AGG_DIGEST: u8 = 8;
+const REPAIR_AGG_LISTING: u8 = 16;
+const REPAIR_AGG_COMPLETE: u8 = 32;
+const REPAIR_FLAGS: u8 = 63;
+/// Records owed to a peer after its listing, at most.
+const OWED_RECORDS_MAX: usize = 64;
+/// Peers owed records or a listing, at most.
+const REPAIR_PEERS_MAX: usize = 64;
 
 /// A beat's age: tenths of a second, rounded up so that relaying never makes news younger.
 fn beat_age(now: Instant, born: i64) -> u16 {
@@ -488,10 +559,45 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
         let region = read_region(&mut r)?;
         region_beats.push((region, u32::from(r.u16()?) * 100));
     }
+    let mut repair = Repair::default();
+    if !r.is_empty() {
+        let flags = r.u8()?;
+        if flags & !REPAIR_FLAGS != 0 {
+            return Err(WireError::Malformed);
+        }
+        if flags & REPAIR_DIGEST != 0 {
+            repair.digest = Some((r.u32()?, r.u16()?));
+        }
+        if flags & REPAIR_LISTING != 0 {
+            let n = usize::from(r.u8()?);
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push((NodeId(r.u64()?), r.u64()?));
+            }
+            if !rotated_sorted(&list, |x| x.0) {
+                return Err(WireError::Malformed);
+            }
+            repair.listing = Some((list, flags & REPAIR_COMPLETE != 0));
+        }
+        if flags & REPAIR_AGG_DIGEST != 0 {
+            repair.agg_digest = Some((r.u32()?, r.u16()?));
+        }
+        if flags & REPAIR_AGG_LISTING != 0 {
+            let n = usize::from(r.u8()?);
+            let mut list = Vec::with_capacity(n);
+            for _ in 0..n {
+                list.push((read_region(&mut r)?, r.u64()?, NodeId(r.u64()?)));
+            }
+            if !rotated_sorted(&list, |x| x.0) {
+                return Err(WireError::Malformed);
+            }
+            repair.agg_listing = Some((list, flags & REPAIR_AGG_COMPLETE != 0));
+        }
+    }
     if !r.is_empty() {
         return Err(WireError::Malformed);
     }
-    Ok((aggs, recs, node_beats, region_beats))
+    Ok((aggs, recs, node_beats, region_beats, repair))
 }
 
 /// The health object. See the module documentation.
@@ -504,11 +610,30 @@ pub struct Health {
     records: BTreeMap<NodeId, RecEntry>,
     aggs: BTreeMap<Option<RegionId>, AggEntry>,
     forgotten: BTreeMap<NodeId, i64>,
+    /// Members of our region we were told of ([`Health::set_mate`]).
+    mates: std::collections::BTreeSet<NodeId>,
+    /// Our record changed: push it to the aggregator first.
+    tell_aggregator: bool,
+    /// Where our next record listing starts (listings cut short rotate).
+    listing_cursor: NodeId,
+    /// Where our next aggregate listing starts.
+    agg_listing_cursor: Option<RegionId>,
     owed: Owed,
+    /// Mates whose digest differed from ours: they are owed our listing.
+    listing_owed: Owed,
+    /// Records a mate's listing lacked (or held older), owed to it.
+    records_owed: BTreeMap<std::net::SocketAddr, Vec<NodeId>>,
+    /// Peers whose aggregate digest differed from ours: they are owed our listing of them.
+    agg_listing_owed: Owed,
+    /// Aggregates a peer's listing lacked (or held older), owed to it.
+    aggs_owed: BTreeMap<std::net::SocketAddr, Vec<Option<RegionId>>>,
     rec_cursor: Option<NodeId>,
     agg_cursor: Option<Option<RegionId>>,
-    last_computed: Option<Aggregate>,
+    beat_cursor: Option<Option<RegionId>>,
+    /// Our view of our region (its aggregate and our rank in it), until the records change.
+    view: Option<(Aggregate, usize)>,
     disagree_since: Option<Instant>,
+    last_issued: Option<Instant>,
     rounds: u64,
     stats: HealthStats,
 }
@@ -525,10 +650,20 @@ impl Health {
             records: BTreeMap::new(),
             aggs: BTreeMap::new(),
             forgotten: BTreeMap::new(),
+            mates: std::collections::BTreeSet::new(),
+            tell_aggregator: false,
+            listing_cursor: NodeId(0),
+            agg_listing_cursor: None,
+            listing_owed: Owed::new(REPAIR_PEERS_MAX),
+            records_owed: BTreeMap::new(),
+            agg_listing_owed: Owed::new(REPAIR_PEERS_MAX),
+            aggs_owed: BTreeMap::new(),
             rec_cursor: None,
             agg_cursor: None,
-            last_computed: None,
+            beat_cursor: None,
+            view: None,
             disagree_since: None,
+            last_issued: None,
             rounds: 0,
             stats: HealthStats::default(),
         }
@@ -551,7 +686,22 @@ impl Health {
             hot: self.config.hot_sends,
         };
         self.records.insert(self.me, e);
+        self.view = None;
+        // Our next push goes to our region's aggregator, which re-issues the aggregate: a
+        // change reaches the cluster in one hop plus the aggregate's spread.
+        self.tell_aggregator = self.aggregator().is_some_and(|a| a != self.me);
         self.settle(now);
+    }
+
+    /// Our region's aggregator as we know it: the lowest id among its members we hold or
+    /// were told of.
+    fn aggregator(&self) -> Option<NodeId> {
+        let held = self.records.keys().next().copied();
+        let told = self.mates.iter().next().copied();
+        match (held, told) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Sets our region (from our subscription signature, see `qs_regions::Signature::region`).
@@ -560,6 +710,13 @@ impl Health {
             return;
         }
         self.region = region;
+        // Only our region's records are ours to hold.
+        let me = self.me;
+        let before = self.records.len();
+        self.records
+            .retain(|id, e| *id == me || e.rec.region == region);
+        self.stats.records_other_region += (before - self.records.len()) as u64;
+        self.view = None;
         if let Some(h) = self.records.get(&self.me).map(|e| e.rec.health) {
             self.set_local(now, h);
         }
@@ -629,12 +786,56 @@ impl Health {
         acc
     }
 
-    /// Drops the record of a member that is down or left, and refuses copies born before now.
+    /// Refreshes the age of every held record whose node `is_live` says is a live member:
+    /// the failure detector vouches for it, so records need no heartbeats of their own and
+    /// expire only when membership no longer knows their node.
+    pub fn vouch(&mut self, now: Instant, is_live: impl Fn(NodeId) -> bool) {
+        let born = born_at(now, 0);
+        for (id, e) in self.records.iter_mut() {
+            if is_live(*id) {
+                e.born = born;
+            }
+        }
+    }
+
+    /// Tells us whether `id` is a member of our region (the owner knows it from the
+    /// subscription records: one region per signature), so that records reach region
+    /// members before we hold theirs. At most `4 × records_max` are kept (counted). Once any
+    /// mate is known, our own record goes only to mates: the hint must agree with
+    /// [`Health::set_region`] (the gossip node derives both from the signature).
+    pub fn set_mate(&mut self, id: NodeId, mate: bool) {
+        if id == self.me {
+            return;
+        }
+        if !mate {
+            self.mates.remove(&id);
+        } else if self.mates.len() < 4 * self.config.records_max.max(1) {
+            self.mates.insert(id);
+        } else {
+            self.stats.mates_overflow += 1;
+        }
+    }
+
+    /// Forgets every region member we were told of (our region changed).
+    pub fn clear_mates(&mut self) {
+        self.mates.clear();
+    }
+
+    /// Accepts copies about `id` again (membership holds it live again).
+    pub fn readmit(&mut self, id: NodeId) {
+        self.forgotten.remove(&id);
+    }
+
+    /// Drops the record of a member that is down or left, and refuses copies until it is readmitted (or
+    /// twice `expiry` passed).
     pub fn forget(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
         }
-        self.records.remove(&id);
+        self.mates.remove(&id);
+        if self.records.remove(&id).is_some() {
+            self.view = None;
+        }
         if self.forgotten.len() < FORGOTTEN_MAX || self.forgotten.contains_key(&id) {
             self.forgotten.insert(id, born_at(now, 0));
         }
@@ -672,20 +873,37 @@ impl Health {
         if !self.records.contains_key(&self.me) {
             return;
         }
-        let Some(computed) = self.own_region_aggregate() else {
-            return;
+        let (computed, rank) = match self.view {
+            Some(v) => v,
+            None => {
+                let Some(a) = self.own_region_aggregate() else {
+                    return;
+                };
+                let rank = self
+                    .records
+                    .keys()
+                    .position(|id| *id == self.me)
+                    .unwrap_or(0);
+                self.view = Some((a, rank));
+                (a, rank)
+            }
         };
-        // Our view changed (not merely a record's version): what we know is news.
-        let dirty = self.last_computed != Some(computed);
-        self.last_computed = Some(computed);
+        // One aggregator per region: the lowest id we hold of it (the records are ordered
+        // by id). It re-issues as its view changes, at most every `aggregate_every`;
+        // the others vouch for what matches their view and take over, in id order, only
+        // once nobody has vouched for the held aggregate for (2 + rank) × `repair_after`
+        // (the aggregator and every member agreeing with it are slow, cut off or gone).
+        // Members issuing on every change of their own partial views made large regions
+        // churn for ever.
+        let gap = self.config.aggregate_every;
         let issue = match self.aggs.get(&self.region) {
             None => true,
             Some(h) if h.agg.aggregate != computed => {
-                if dirty {
-                    true
+                self.disagree_since.get_or_insert(now);
+                if rank == 0 {
+                    self.last_issued.is_none_or(|t| now - t >= gap)
                 } else {
-                    let since = *self.disagree_since.get_or_insert(now);
-                    now - since >= self.config.repair_after
+                    older_than(now, h.born, self.config.repair_after * (2 + rank as u32))
                 }
             }
             Some(_) => {
@@ -705,6 +923,7 @@ impl Health {
             return;
         }
         self.disagree_since = None;
+        self.last_issued = Some(now);
         let version = self.aggs.get(&self.region).map_or(0, |h| h.agg.version) + 1;
         let e = AggEntry {
             agg: RegionAggregate {
@@ -714,7 +933,7 @@ impl Health {
                 aggregate: computed,
             },
             born: born_at(now, 0),
-            hot: self.config.hot_sends,
+            hot: self.config.aggregate_hot_sends,
         };
         self.stats.aggregates_issued += 1;
         self.insert_aggregate(e);
@@ -764,8 +983,11 @@ impl Health {
                 (agg.version, agg.aggregator),
                 (h.agg.version, h.agg.aggregator),
             );
-            if new == old && born > h.born {
-                h.born = born;
+            if new == old {
+                if born > h.born {
+                    h.born = born;
+                }
+                h.hot = h.hot.saturating_sub(1);
             }
             if new <= old {
                 return;
@@ -774,7 +996,7 @@ impl Health {
         let e = AggEntry {
             agg,
             born,
-            hot: self.config.hot_sends,
+            hot: self.config.aggregate_hot_sends,
         };
         if self.insert_aggregate(e) {
             self.stats.aggregates_merged += 1;
@@ -786,14 +1008,35 @@ impl Health {
             return;
         }
         let born = born_at(now, age);
-        if age >= ms(self.config.expiry) || self.forgotten.get(&id).is_some_and(|f| born <= *f) {
+        // A forgotten node stays out until membership readmits it ([`Self::readmit`]): a
+        // copy from someone who has not heard yet (and vouched for it since) must not bring
+        // it back.
+        if age >= ms(self.config.expiry) || self.forgotten.contains_key(&id) {
             self.stats.records_stale += 1;
             return;
         }
+        if rec.region != self.region {
+            // Another zone: its aggregate tells us what we need; a member that moved away
+            // leaves our table.
+            if self
+                .records
+                .get(&id)
+                .is_some_and(|o| rec.version > o.rec.version)
+            {
+                self.records.remove(&id);
+                self.view = None;
+            }
+            self.stats.records_other_region += 1;
+            return;
+        }
         if let Some(old) = self.records.get_mut(&id) {
-            if rec.version == old.rec.version && born > old.born {
-                // A younger copy: the node was alive more recently than we knew.
-                old.born = born;
+            if rec.version == old.rec.version {
+                if born > old.born {
+                    // A younger copy: the node was alive more recently than we knew.
+                    old.born = born;
+                }
+                // Whoever pushed it to us had it: the news is saturating, push it less.
+                old.hot = old.hot.saturating_sub(1);
             }
             if rec.version <= old.rec.version {
                 return;
@@ -804,6 +1047,7 @@ impl Health {
                 hot: self.config.hot_sends,
             };
             self.stats.records_merged += 1;
+            self.view = None;
             return;
         }
         if self.records.len() >= self.config.records_max {
@@ -823,14 +1067,10 @@ impl Health {
                 }
             }
         }
-        // A record new to us but not of our region is a sample: no news for the others.
-        let hot = if rec.region == self.region {
-            self.config.hot_sends
-        } else {
-            0
-        };
+        let hot = self.config.hot_sends;
         self.records.insert(id, RecEntry { rec, born, hot });
         self.stats.records_merged += 1;
+        self.view = None;
     }
 
     fn expire(&mut self, now: Instant) {
@@ -839,6 +1079,9 @@ impl Health {
         let before = self.records.len();
         self.records
             .retain(|id, e| *id == me || !older_than(now, e.born, expiry));
+        if self.records.len() != before {
+            self.view = None;
+        }
         self.stats.records_expired += (before - self.records.len()) as u64;
         let before = self.aggs.len();
         self.aggs.retain(|_, e| !older_than(now, e.born, expiry));
@@ -854,6 +1097,167 @@ impl Health {
         }
     }
 
+    /// XOR of the fingerprints of our region's records (id and version) and their count.
+    fn region_digest(&self) -> (u32, u16) {
+        let mut h = 0u32;
+        for (id, e) in &self.records {
+            h ^= crate::sync::fingerprint(*id, &[e.rec.version]);
+        }
+        (h, u16::try_from(self.records.len()).unwrap_or(u16::MAX))
+    }
+
+    /// XOR of the fingerprints of the held aggregates (region, version, aggregator) and
+    /// their count.
+    fn aggregate_digest(&self) -> (u32, u16) {
+        let mut h = 0u32;
+        for (r, e) in &self.aggs {
+            let region = r.map_or(u64::MAX, |r| r.0);
+            h ^= crate::sync::fingerprint(e.agg.aggregator, &[region, e.agg.version]);
+        }
+        (h, u16::try_from(self.aggs.len()).unwrap_or(u16::MAX))
+    }
+
+    fn is_mate(&self, id: Option<NodeId>) -> bool {
+        id.is_some_and(|id| self.records.contains_key(&id) || self.mates.contains(&id))
+    }
+
+    /// Writes a repair answer: what a listing lacked (records to a mate, aggregates to
+    /// anyone) and/or our own listings.
+    #[allow(clippy::too_many_arguments)]
+    fn write_repair(
+        &mut self,
+        now: Instant,
+        to: &Peer,
+        budget: usize,
+        listing: bool,
+        owed: Vec<NodeId>,
+        agg_listing: bool,
+        owed_aggs: Vec<Option<RegionId>>,
+        out: &mut Vec<u8>,
+    ) {
+        let budget = budget.min(self.config.payload_max);
+        // Counts (4), the repair flags (1), the listings' counts (2).
+        let mut used = 7;
+        let mut aggs = Vec::new();
+        let mut aggs_left = Vec::new();
+        for r in owed_aggs {
+            match self.aggs.get(&r) {
+                Some(e)
+                    if used + aggregate_len(&e.agg) <= budget && aggs.len() < PER_SECTION_MAX =>
+                {
+                    used += aggregate_len(&e.agg);
+                    aggs.push(r);
+                }
+                Some(_) => aggs_left.push(r),
+                None => {}
+            }
+        }
+        if !aggs_left.is_empty() {
+            self.aggs_owed.insert(to.addr, aggs_left);
+        }
+        let mut recs = Vec::new();
+        let mut left = Vec::new();
+        for id in owed {
+            match self.records.get(&id) {
+                Some(e) if used + record_len(&e.rec) <= budget && recs.len() < PER_SECTION_MAX => {
+                    used += record_len(&e.rec);
+                    recs.push(id);
+                }
+                Some(_) => left.push(id),
+                None => {}
+            }
+        }
+        let mut list: Vec<(NodeId, u64)> = Vec::new();
+        let mut complete = true;
+        if listing {
+            // From a rotating point: a listing cut short by the budget covers a different
+            // stretch each time, so every record is eventually offered.
+            let from = self.listing_cursor;
+            for (id, e) in self.records.range(from..).chain(self.records.range(..from)) {
+                if used + 16 > budget || list.len() >= PER_SECTION_MAX {
+                    complete = false;
+                    self.listing_cursor = *id;
+                    break;
+                }
+                used += 16;
+                list.push((*id, e.rec.version));
+            }
+        }
+        if !left.is_empty() {
+            self.records_owed.insert(to.addr, left);
+        }
+        let mut alist: Vec<AggKey> = Vec::new();
+        let mut acomplete = true;
+        if agg_listing {
+            let from = self.agg_listing_cursor;
+            for (r, e) in self.aggs.range(from..).chain(self.aggs.range(..from)) {
+                let len = region_len(*r) + 16;
+                if used + len > budget || alist.len() >= PER_SECTION_MAX {
+                    acomplete = false;
+                    self.agg_listing_cursor = *r;
+                    break;
+                }
+                used += len;
+                alist.push((*r, e.agg.version, e.agg.aggregator));
+            }
+        }
+        if recs.is_empty() && !listing && aggs.is_empty() && !agg_listing {
+            return;
+        }
+        out.push(aggs.len() as u8);
+        for r in &aggs {
+            if let Some(e) = self.aggs.get(r) {
+                encode_aggregate(e, now, out);
+            }
+        }
+        out.push(recs.len() as u8);
+        for id in &recs {
+            if let Some(e) = self.records.get(id) {
+                encode_record(*id, e, now, out);
+            }
+        }
+        out.push(0);
+        out.push(0);
+        let mut flags = 0;
+        if listing {
+            flags |= REPAIR_LISTING | if complete { REPAIR_COMPLETE } else { 0 };
+        }
+        if agg_listing {
+            flags |= REPAIR_AGG_LISTING | if acomplete { REPAIR_AGG_COMPLETE } else { 0 };
+        }
+        out.push(flags);
+        if listing {
+            out.push(list.len() as u8);
+            for (id, v) in &list {
+                out.extend_from_slice(&id.0.to_be_bytes());
+                out.extend_from_slice(&v.to_be_bytes());
+            }
+        }
+        if agg_listing {
+            out.push(alist.len() as u8);
+            for (r, v, a) in &alist {
+                put_region(out, *r);
+                out.extend_from_slice(&v.to_be_bytes());
+                out.extend_from_slice(&a.0.to_be_bytes());
+            }
+        }
+        self.stats.repairs_sent += 1;
+        self.stats.entries_sent += (recs.len() + aggs.len()) as u64;
+    }
+
+    /// Rounds seen.
+    pub fn rounds_seen(&self) -> u64 {
+        self.rounds
+    }
+
+    /// Entries still owed pushes as news: (records, aggregates).
+    pub fn news(&self) -> (usize, usize) {
+        (
+            self.records.values().filter(|e| e.hot > 0).count(),
+            self.aggs.values().filter(|e| e.hot > 0).count(),
+        )
+    }
+
     fn has_hot(&self) -> bool {
         self.aggs.values().any(|e| e.hot > 0) || self.records.values().any(|e| e.hot > 0)
     }
@@ -861,43 +1265,62 @@ impl Health {
     /// Writes one push within `budget`: hot aggregates, hot records (the peer's region first),
     /// then the round-robin walk.
     fn write_push(&mut self, now: Instant, to: &Peer, budget: usize, out: &mut Vec<u8>) {
-        let budget = budget.min(self.config.payload_max);
+        // A cold push (every `cold_every` rounds) refreshes ages and walks the tables within
+        // `cold_payload_max`; between them a push carries only what is new.
+        let cold = self.rounds % u64::from(self.config.cold_every.max(1)) == 0;
+        let cap = if cold {
+            self.config.cold_payload_max.max(if self.has_hot() {
+                self.config.payload_max
+            } else {
+                0
+            })
+        } else {
+            self.config.payload_max
+        };
+        // The repair part at the end: flags, our aggregate digest and, to a mate, our region
+        // digest.
+        let budget = budget.min(cap).saturating_sub(13);
         if budget < 2 {
             return;
         }
         self.refresh_own(now);
         let start = out.len();
         let mut used = 4;
-        // Beats first, within a third of the budget: the ages of the records of the peer's
-        // region and of the aggregates, freshest first (10 and 3 or 11 bytes each). They keep
-        // entries alive everywhere without resending them.
-        let their_region = to
+        // Records travel only between members of a region (we hold the peer's record, so it
+        // is one of ours); our own record rides every push, which is how members find each
+        // other. Aggregates go everywhere.
+        let same = to
             .id
-            .and_then(|id| self.records.get(&id))
-            .map_or(self.region, |e| e.rec.region);
-        let beat_limit = budget / 3;
-        let mut node_beats: Vec<(i64, NodeId)> = self
-            .records
-            .iter()
-            .filter(|(id, e)| e.rec.region == their_region && Some(**id) != to.id)
-            .map(|(id, e)| (e.born, *id))
-            .collect();
-        node_beats.sort_by(|a, b| b.cmp(a));
-        node_beats.truncate(((beat_limit.saturating_sub(used)) / 10).min(PER_SECTION_MAX));
-        used += 10 * node_beats.len();
-        let mut region_beats: Vec<(i64, Option<RegionId>)> =
-            self.aggs.iter().map(|(r, e)| (e.born, *r)).collect();
-        region_beats.sort_by(|a, b| b.cmp(a));
-        let mut keep = 0;
-        for (_, r) in &region_beats {
-            let len = region_len(*r) + 2;
-            if used + len > beat_limit || keep >= PER_SECTION_MAX {
-                break;
+            .is_some_and(|id| self.records.contains_key(&id) || self.mates.contains(&id));
+        let their_region = self.region;
+        // Beats first (cold pushes), within a third of the budget: the ages of the aggregates,
+        // round-robin (3 or 11 bytes each), keeping them alive everywhere without resending
+        // them. Records need no beats: their members' liveness refreshes them
+        // ([`Health::vouch`]).
+        let beat_limit = if cold { budget / 3 } else { 0 };
+        let node_beats: Vec<(i64, NodeId)> = Vec::new();
+        let mut region_beats: Vec<(i64, Option<RegionId>)> = Vec::new();
+        if cold && !self.aggs.is_empty() {
+            let from = self.beat_cursor;
+            let order: Vec<(Option<RegionId>, i64)> = match from {
+                Some(c) => self
+                    .aggs
+                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
+                    .chain(self.aggs.range(..=c))
+                    .map(|(r, e)| (*r, e.born))
+                    .collect(),
+                None => self.aggs.iter().map(|(r, e)| (*r, e.born)).collect(),
+            };
+            for (r, born) in order {
+                let len = region_len(r) + 2;
+                if used + len > beat_limit || region_beats.len() >= PER_SECTION_MAX {
+                    break;
+                }
+                used += len;
+                region_beats.push((born, r));
+                self.beat_cursor = Some(r);
             }
-            used += len;
-            keep += 1;
         }
-        region_beats.truncate(keep);
         if used > budget {
             return;
         }
@@ -931,7 +1354,9 @@ impl Health {
         let mut hot: Vec<(u8, u8, i64, NodeId)> = self
             .records
             .iter()
-            .filter(|(id, e)| e.hot > 0 || **id == self.me)
+            .filter(|(id, e)| {
+                (same && e.hot > 0) || (**id == self.me && (same || self.mates.is_empty()))
+            })
             .map(|(id, e)| {
                 // Our own record rides every push: it tells the peer we are alive.
                 let tier = if *id == self.me {
@@ -988,10 +1413,12 @@ impl Health {
             last
         };
         let half = used + (budget - used) / 2;
-        if let Some(last) = cold_aggs(self, &mut used, half, &mut aggs) {
-            self.agg_cursor = Some(last);
+        if cold {
+            if let Some(last) = cold_aggs(self, &mut used, half, &mut aggs) {
+                self.agg_cursor = Some(last);
+            }
         }
-        {
+        if cold && same {
             // The walk visits the peer's region first.
             let mut order: Vec<NodeId> = match self.rec_cursor {
                 Some(c) => self
@@ -1016,8 +1443,10 @@ impl Health {
                 self.rec_cursor = Some(id);
             }
         }
-        if let Some(last) = cold_aggs(self, &mut used, budget, &mut aggs) {
-            self.agg_cursor = Some(last);
+        if cold {
+            if let Some(last) = cold_aggs(self, &mut used, budget, &mut aggs) {
+                self.agg_cursor = Some(last);
+            }
         }
         if aggs.is_empty() && recs.is_empty() && node_beats.is_empty() && region_beats.is_empty() {
             return;
@@ -1046,8 +1475,23 @@ impl Health {
             put_region(out, *r);
             out.extend_from_slice(&beat_age(now, *born).to_be_bytes());
         }
+        // A peer whose aggregates (a mate whose records) differ answers with a listing (see
+        // `handle`): the repair that makes the tails converge without walking everything.
+        out.push(REPAIR_AGG_DIGEST | if same { REPAIR_DIGEST } else { 0 });
+        if same {
+            let (h, c) = self.region_digest();
+            out.extend_from_slice(&h.to_be_bytes());
+            out.extend_from_slice(&c.to_be_bytes());
+        }
+        let (h, c) = self.aggregate_digest();
+        out.extend_from_slice(&h.to_be_bytes());
+        out.extend_from_slice(&c.to_be_bytes());
         self.stats.entries_sent += (aggs.len() + recs.len()) as u64;
-        if out.len() - start > budget {
+        self.stats.pushes += 1;
+        if cold {
+            self.stats.cold_pushes += 1;
+        }
+        if out.len() - start > budget + 13 {
             self.stats.budget_exceeded += 1;
             out.truncate(start);
         }
@@ -1061,7 +1505,7 @@ impl GossipObject for Health {
     fn name(&self) -> &'static str {
         "health"
     }
-    fn view(&self, peers: &[Peer]) -> PeerView {
+    fn view(&self) -> PeerView {
         if self.records.is_empty() && self.aggs.is_empty() {
             return PeerView::Nobody;
         }
@@ -1069,36 +1513,58 @@ impl GossipObject for Health {
         if !cold && !self.has_hot() {
             return PeerView::Nobody;
         }
-        let w = self.config.region_weight;
-        if !self.records.contains_key(&self.me) || !w.is_finite() || w <= 0.0 || w == 1.0 {
+        let share = self.config.region_share;
+        if self.tell_aggregator {
+            if let Some(a) = self.aggregator().filter(|a| *a != self.me) {
+                return PeerView::Favour {
+                    ids: vec![a],
+                    share: 1.0,
+                };
+            }
+        }
+        if !self.records.contains_key(&self.me) || !share.is_finite() || share <= 0.0 {
             return PeerView::Uniform;
         }
-        PeerView::Weighted(
-            peers
-                .iter()
-                .map(|p| {
-                    let same =
-                        p.id.and_then(|id| self.records.get(&id))
-                            .is_some_and(|e| e.rec.region == self.region);
-                    if same {
-                        w
-                    } else {
-                        1.0
-                    }
-                })
-                .collect(),
-        )
+        // A rotating window of at most 16 members: over rounds every member is favoured
+        // alike, and a round costs O(16), not O(region).
+        let (ids, n): (Box<dyn Iterator<Item = &NodeId> + '_>, usize) = if self.mates.is_empty() {
+            (Box::new(self.records.keys()), self.records.len())
+        } else {
+            (Box::new(self.mates.iter()), self.mates.len())
+        };
+        let skip = (self.rounds as usize).wrapping_mul(16) % n.max(1);
+        let ids: Vec<NodeId> = ids
+            .skip(skip)
+            .take(16)
+            .copied()
+            .filter(|id| *id != self.me)
+            .collect();
+        PeerView::Favour {
+            ids,
+            share: share.min(1.0),
+        }
     }
     fn on_round(&mut self, now: Instant, _out: &mut Outbox<'_>) {
         self.rounds += 1;
-        self.expire(now);
+        // Expiry is measured in tens of seconds: walking the tables every cold round is
+        // plenty.
+        if self.rounds % u64::from(self.config.cold_every.max(1)) == 1 {
+            self.expire(now);
+        }
         self.refresh_own(now);
         self.settle(now);
     }
     fn gossip_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
         if self.owed.add(peer.addr) {
-            out.send_to(peer.addr);
+            out.initiate(peer);
         }
+    }
+    fn forget_peer(&mut self, addr: std::net::SocketAddr) {
+        self.owed.take(addr);
+        self.listing_owed.take(addr);
+        self.records_owed.remove(&addr);
+        self.agg_listing_owed.take(addr);
+        self.aggs_owed.remove(&addr);
     }
     fn write(
         &mut self,
@@ -1108,22 +1574,42 @@ impl GossipObject for Health {
         budget: usize,
         out: &mut Vec<u8>,
     ) {
-        if priority == Priority::Bulk && self.owed.take(to.addr) {
-            self.write_push(now, to, budget, out);
+        if priority != Priority::Bulk {
+            return;
         }
+        if self.owed.take(to.addr) {
+            if to.id.is_some() && to.id == self.aggregator() {
+                self.tell_aggregator = false;
+            }
+            self.write_push(now, to, budget, out);
+            return;
+        }
+        let listing = self.listing_owed.take(to.addr);
+        let owed = self.records_owed.remove(&to.addr).unwrap_or_default();
+        let agg_listing = self.agg_listing_owed.take(to.addr);
+        let owed_aggs = self.aggs_owed.remove(&to.addr).unwrap_or_default();
+        if listing || !owed.is_empty() || agg_listing || !owed_aggs.is_empty() {
+            self.write_repair(now, to, budget, listing, owed, agg_listing, owed_aggs, out);
+        }
+    }
+    fn has_more(&self, to: &Peer) -> bool {
+        self.listing_owed.contains(to.addr)
+            || self.records_owed.contains_key(&to.addr)
+            || self.agg_listing_owed.contains(to.addr)
+            || self.aggs_owed.contains_key(&to.addr)
     }
     fn handle(
         &mut self,
         now: Instant,
-        _from: &Peer,
+        from: &Peer,
         priority: Priority,
         payload: &[u8],
-        _out: &mut Outbox<'_>,
+        out: &mut Outbox<'_>,
     ) -> Result<(), WireError> {
         if priority != Priority::Bulk {
             return Err(WireError::Malformed);
         }
-        let (aggs, recs, node_beats, region_beats) = decode(payload)?;
+        let (aggs, recs, node_beats, region_beats, repair) = decode(payload)?;
         for (id, age) in node_beats {
             let born = born_at(now, age);
             if let Some(e) = self.records.get_mut(&id) {
@@ -1142,6 +1628,79 @@ impl GossipObject for Health {
         for (agg, age) in aggs {
             self.merge_aggregate(now, agg, age);
         }
+        if let Some(d) = repair.agg_digest {
+            if d != self.aggregate_digest() && self.agg_listing_owed.add(from.addr) {
+                out.send_to(from.addr);
+            }
+        }
+        if let Some((mut list, complete)) = repair.agg_listing {
+            let span = list.first().zip(list.last()).map(|(f, l)| (f.0, l.0));
+            list.sort_by_key(|x| x.0);
+            let owed: Vec<Option<RegionId>> = self
+                .aggs
+                .iter()
+                .filter(|(r, _)| complete || span.is_some_and(|(f, l)| covers(&f, &l, *r)))
+                .filter(|(r, e)| match list.binary_search_by_key(*r, |x| x.0) {
+                    Ok(i) => (e.agg.version, e.agg.aggregator) > (list[i].1, list[i].2),
+                    Err(_) => true,
+                })
+                .map(|(r, _)| *r)
+                .take(OWED_RECORDS_MAX)
+                .collect();
+            let room =
+                self.aggs_owed.contains_key(&from.addr) || self.aggs_owed.len() < REPAIR_PEERS_MAX;
+            if !owed.is_empty() && room {
+                self.aggs_owed.insert(from.addr, owed);
+                out.send_to(from.addr);
+            }
+            // The listing shows something we lack or hold older: our own listing lets the
+            // peer send it (the repair works both ways).
+            let behind = list.iter().any(|(r, v, a)| {
+                self.aggs
+                    .get(r)
+                    .is_none_or(|e| (e.agg.version, e.agg.aggregator) < (*v, *a))
+            });
+            if behind && self.agg_listing_owed.add(from.addr) {
+                out.send_to(from.addr);
+            }
+        }
+        if self.is_mate(from.id) {
+            if let Some(d) = repair.digest {
+                if d != self.region_digest() && self.listing_owed.add(from.addr) {
+                    out.send_to(from.addr);
+                }
+            }
+            if let Some((mut list, complete)) = repair.listing {
+                let span = list.first().zip(list.last()).map(|(f, l)| (f.0, l.0));
+                list.sort_by_key(|x| x.0);
+                let owed: Vec<NodeId> = self
+                    .records
+                    .iter()
+                    .filter(|(id, _)| {
+                        Some(**id) != from.id
+                            && (complete || span.is_some_and(|(f, l)| covers(&f, &l, *id)))
+                    })
+                    .filter(|(id, e)| match list.binary_search_by_key(*id, |x| x.0) {
+                        Ok(i) => e.rec.version > list[i].1,
+                        Err(_) => true,
+                    })
+                    .map(|(id, _)| *id)
+                    .take(OWED_RECORDS_MAX)
+                    .collect();
+                let room = self.records_owed.contains_key(&from.addr)
+                    || self.records_owed.len() < REPAIR_PEERS_MAX;
+                if !owed.is_empty() && room {
+                    self.records_owed.insert(from.addr, owed);
+                    out.send_to(from.addr);
+                }
+                let behind = list.iter().any(|(id, v)| {
+                    *id != self.me && self.records.get(id).is_none_or(|e| e.rec.version < *v)
+                });
+                if behind && self.listing_owed.add(from.addr) {
+                    out.send_to(from.addr);
+                }
+            }
+        }
         self.settle(now);
         Ok(())
     }
@@ -1149,6 +1708,14 @@ impl GossipObject for Health {
         assert!(self.records.len() <= self.config.records_max.max(1));
         assert!(self.aggs.len() <= self.config.regions_max.max(1));
         assert!(self.forgotten.len() <= FORGOTTEN_MAX);
+        assert!(self.mates.len() <= 4 * self.config.records_max.max(1));
+        assert!(self.records_owed.len() <= REPAIR_PEERS_MAX);
+        assert!(self
+            .records_owed
+            .values()
+            .all(|v| v.len() <= OWED_RECORDS_MAX));
+        assert!(self.aggs_owed.len() <= REPAIR_PEERS_MAX);
+        assert!(self.aggs_owed.values().all(|v| v.len() <= OWED_RECORDS_MAX));
         assert!(self.owed.len() <= self.owed.max());
         if let Some(e) = self.records.get(&self.me) {
             assert_eq!(e.rec.version, self.version);
@@ -1173,7 +1740,7 @@ impl GossipObject for Health {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::Intents;
+    use crate::peers::Peers;
     use std::net::SocketAddr;
 
     fn h(v: f32) -> NodeHealth {
@@ -1195,9 +1762,9 @@ mod tests {
     }
 
     fn push(from: &mut Health, to: &mut Health, now: Instant, budget: usize) -> usize {
-        let mut intents = Intents::new(8);
+        let mut peers = Peers::scratch(now);
         let p = peer(to.me.0);
-        from.gossip_with(now, &p, &mut intents.outbox(0));
+        from.gossip_with(now, &p, &mut Outbox::new(&mut peers, 0, now));
         let mut out = Vec::new();
         from.write(now, &p, Priority::Bulk, budget, &mut out);
         assert!(out.len() <= budget);
@@ -1207,7 +1774,7 @@ mod tests {
                 &peer(from.me.0),
                 Priority::Bulk,
                 &out,
-                &mut intents.outbox(0),
+                &mut Outbox::new(&mut peers, 0, now),
             )
             .unwrap();
         }
@@ -1228,6 +1795,10 @@ mod tests {
         assert_eq!(all.metric(Metric::Lag).worst, NodeId(1));
     }
 
+    fn cfg_gap() -> Duration {
+        HealthConfig::default().aggregate_every
+    }
+
     #[test]
     fn two_members_of_a_region_agree_and_an_outsider_learns_both_aggregates() {
         let now = Instant(1_000_000_000);
@@ -1242,11 +1813,28 @@ mod tests {
         b.set_local(now, h(2.0));
         c.set_local(now, h(7.0));
         push(&mut a, &mut b, now, 1000);
-        push(&mut b, &mut c, now, 1000);
-        push(&mut c, &mut a, now, 1000);
+        // b is not its region's aggregator (a has the lower id): it waits for a, who
+        // re-issues once it learns b's record.
+        assert_eq!(
+            b.region_aggregate(Some(RegionId(5)))
+                .unwrap()
+                .aggregate
+                .count,
+            1
+        );
+        // (An aggregator re-issues at most every quarter `repair_after`.)
+        let later = now + cfg_gap();
+        push(&mut b, &mut a, later, 1000);
+        push(&mut a, &mut b, later, 1000);
+        push(&mut b, &mut c, later, 1000);
+        push(&mut c, &mut a, later, 1000);
         let agg = b.region_aggregate(Some(RegionId(5))).unwrap();
         assert_eq!(agg.aggregate.count, 2);
-        assert_eq!(agg.aggregator, NodeId(2));
+        assert_eq!(agg.aggregator, NodeId(1));
+        assert!(
+            c.records().all(|(id, _)| id == NodeId(3)),
+            "records stay in their region"
+        );
         let cluster = a.cluster().unwrap();
         assert_eq!(cluster.count, 3);
         assert_eq!(cluster.metric(Metric::Load).worst, NodeId(3));
@@ -1257,7 +1845,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_keeps_its_own_region_and_every_push_fits_its_budget() {
+    fn a_node_holds_only_records_of_its_own_region_within_the_cap_and_pushes_fit_their_budget() {
         let now = Instant(1_000_000_000);
         let cfg = HealthConfig {
             records_max: 5,
@@ -1279,7 +1867,12 @@ mod tests {
             .records()
             .filter(|(_, r)| r.region == Some(RegionId(1)))
             .count();
-        assert_eq!(own, 5, "members of our region outrank the others");
+        assert_eq!(own, 5, "only members of our region are held");
+        assert!(me.stats().records_other_region > 0);
+        assert!(
+            me.stats().records_overflow > 0,
+            "the cap was reached and counted"
+        );
         me.check_invariants();
     }
 
@@ -1299,8 +1892,8 @@ mod tests {
         push(&mut c, &mut b, t0 + Duration::from_secs(2), 1000);
         assert!(b.record(NodeId(1)).is_none(), "an old copy came back");
         let late = t0 + cfg.expiry + Duration::from_secs(1);
-        let mut intents = Intents::new(8);
-        c.on_round(late, &mut intents.outbox(0));
+        let mut peers = Peers::scratch(late);
+        c.on_round(late, &mut Outbox::new(&mut peers, 0, late));
         assert!(c.record(NodeId(1)).is_none());
         assert_eq!(c.stats().records_expired, 1);
     }

@@ -1,40 +1,64 @@
 //! Membership and failure detection (SWIM with Lifeguard), as a gossip object.
 //!
-//! * Probing: each round the runtime picks a peer; we ping it. No ack within
-//!   `probe_timeout × (1 + lhm)` → ping-req through `indirect_probes` other members; still
-//!   nothing within `indirect_timeout × (1 + lhm)` → the target is *suspect*.
-//! * Suspicion: a suspect is declared *down* when its timer expires. With Lifeguard the timer
-//!   starts at `suspicion_max_mult ×` the minimum and shrinks logarithmically with each
-//!   independent confirmation (another member suspecting the same incarnation), reaching the
-//!   minimum `suspicion_mult × max(1, log10 n) × round` after `suspicion_confirmations`.
-//! * Refutation: a node that hears it is suspect (or down) bumps its incarnation and
-//!   disseminates `alive`. Precedence: `alive(i) < suspect(i) < down(i) < alive(i+1)`, `left`
-//!   beats everything (ids are unique per process lifetime, so a left node never returns).
-//! * Dissemination: every change is piggybacked on liveness payloads, fewest-sent first, each
-//!   `retransmit_mult × ⌈log10(n+1)⌉` times; a message about a suspect/down peer goes to that
-//!   peer first (Lifeguard's buddy system), so it can refute at once. Bulk anti-entropy
-//!   ([`crate::sync`]) makes all tables converge, including nodes that joined late or missed
-//!   broadcasts.
-//! * Lifeguard local health (LHM, 0..=`lhm_max`): +1 per failed probe and per refutation,
-//!   −1 per successful probe, set to the maximum when the node notices it was stalled (its
-//!   timer ran more than a round late); probe timeouts and the round interval stretch by
-//!   `1 + lhm`, and probes that expired while we were stalled accuse nobody.
+//! * **Probing.** Each round the runtime picks a peer; we ping it (a random 32-bit nonce, so
+//!   acks cannot be guessed). No ack within the *direct timeout* → ping-req through
+//!   `indirect_probes` other members and a second direct ping; still nothing within the
+//!   *indirect timeout* → the target is *suspect*. Both timeouts follow the measured round
+//!   trip (RFC 6298 smoothing over direct acks: `srtt + 4·rttvar`, ×3 for the indirect path),
+//!   clamped to `[probe_timeout_min, probe_timeout]` and `[indirect_timeout_min,
+//!   indirect_timeout]`, then stretched by Lifeguard's `1 + lhm`.
+//! * **Lifeguard.** A relay that gets no ack from the target within 80% of the requester's
+//!   timeout sends a *nack*: nacks prove the requester's own path works, so a failed probe
+//!   raises the local health score (LHM) by the number of *missing* nacks (by 1 when no relay
+//!   was asked). A refutation and a detected stall (a wake-up more than a round late) raise
+//!   it by one; every direct ack lowers it by one, so it rises and decays gradually. Timeouts
+//!   and the round interval stretch by `1 + lhm`; probes that expired while we were stalled
+//!   accuse nobody. The suspicion timeout starts at `suspicion_max_mult ×` the minimum
+//!   `suspicion_mult × max(1, log10 n) × round` and shrinks with each independent confirmation.
+//! * **Incarnations** compare in serial-number arithmetic (RFC 1982): `b` is newer than `a` if
+//!   `b - a` (wrapping) is below 2³¹. A refutation is the accused incarnation plus one,
+//!   wrapping, so it never saturates: a `Down` at `u32::MAX` is refuted by `alive(0)`.
+//!   Precedence at one incarnation: `alive < suspect < down < left`. A record more than
+//!   `incarnation_jump_max` ahead of the one held is refused unless its member says it
+//!   itself (counted): a forged incarnation cannot push a member's records out of the window
+//!   where the order is total.
+//! * **Left** is taken at once only from the member itself (its own datagram). A `left`
+//!   relayed by anyone else is a claim: we probe the member first and record the leave only
+//!   if the probe fails (nobody can declare a live node left). A live node that hears a
+//!   `left` about itself refutes it like a suspicion.
+//! * **Dissemination.** A change we decided or heard first-hand or as a rumor is piggybacked
+//!   on liveness payloads, fewest-sent first, `retransmit_mult × ⌈log10(n+1)⌉` times; bad news
+//!   about the destination goes to it first (Lifeguard's buddy system); hearing a rumor one
+//!   already knows counts as a send of it, so a saturated rumor dies out. Anti-entropy
+//!   ([`crate::sync`], range reconciliation from a root sum) runs with the round's partner
+//!   every `sync_every` rounds; what it learns is not re-gossiped. A node missing whole
+//!   ranges (a joiner) asks several peers at once (`catch_up_fanout` extra exchanges).
+//! * **Reaping.** `down` and `left` records carry their age on the wire (a death
+//!   certificate that only grows older) and are dropped `reap_after` after the death, on
+//!   every node alike; an older certificate is refused. A member first learned of as dead is
+//!   kept only as such a tombstone, and [`MembershipEvent::MemberForgotten`] tells the other
+//!   objects to drop anything they hold about it (also when a record is reaped). A phantom
+//!   (a member that never answers) is suspected, declared down and reaped like any other.
+//! * **Bounds.** At most `members_max` records (a full table evicts the oldest tombstone,
+//!   else refuses, counted), bounded probe, relay, control and broadcast tables; per-peer
+//!   state is dropped when the runtime forgets the peer.
 //! * Join: ping the seed addresses every round until some member is known. Leave: broadcast
 //!   `left` for a few rounds, then go quiet. Down members are pinged now and then
 //!   (`reconnect_every` rounds) so a healed partition merges back.
 //!
-//! Not done: per-peer RTT estimates, nack messages of Lifeguard, TCP push-pull.
+//! Not done: per-peer round-trip estimates (one estimate for all peers); TCP push-pull.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::time::Duration;
 
 use qs_transport::wire::WireError;
 use qs_transport::{Instant, NodeId, Prng};
 
+use crate::epidemic::{age_ms, born_at, ms, older_than};
 use crate::object::{GossipObject, Outbox, Peer};
-use crate::sync::{fingerprint, SyncRecord, SyncStats, Syncer, Table};
-use crate::wire::{addr_len, put_addr, Priority, Reader};
+use crate::sync::{self, fingerprint, listing_answer, Codec, SyncRecord, SyncStats, Syncer, Table};
+use crate::wire::{put_addr, Priority, Reader};
 
 /// Section tag of the membership object.
 pub const MEMBERSHIP_TAG: u8 = 0;
@@ -48,7 +72,7 @@ pub enum Status {
     Suspect = 1,
     /// Declared failed (it may come back with a higher incarnation).
     Down = 2,
-    /// Left gracefully (final).
+    /// Left gracefully.
     Left = 3,
 }
 
@@ -68,12 +92,19 @@ impl Status {
     }
 }
 
-/// One member's replicated record.
+/// Whether incarnation `a` is newer than `b` (serial-number arithmetic: the difference,
+/// wrapping, is below 2³¹).
+pub fn incarnation_newer(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 1 << 31
+}
+
+/// One member's replicated record, as this node holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Member {
     /// Its unicast gossip address.
     pub addr: SocketAddr,
-    /// Its incarnation (bumped to refute suspicion).
+    /// Its incarnation (bumped to refute suspicion; compared with [`incarnation_newer`]).
     pub incarnation: u32,
     /// Its status.
     pub status: Status,
@@ -82,52 +113,20 @@ pub struct Member {
 }
 
 impl Member {
-    /// The precedence key: a record replaces another iff its key is greater.
-    pub fn key(&self) -> u64 {
-        match self.status {
-            Status::Left => u64::MAX,
-            s => u64::from(self.incarnation) * 3 + s as u64,
-        }
+    /// Whether this record replaces `other` (same member): a newer incarnation, or the same
+    /// with a graver status.
+    pub fn supersedes(&self, other: &Member) -> bool {
+        supersedes(
+            self.incarnation,
+            self.status,
+            other.incarnation,
+            other.status,
+        )
     }
 }
 
-impl SyncRecord for Member {
-    fn fingerprint(&self, id: NodeId) -> u32 {
-        fingerprint(id, &[self.key()])
-    }
-    fn encoded_len(&self) -> usize {
-        8 + 4 + 1 + addr_len(&self.addr) + if self.status == Status::Suspect { 8 } else { 0 }
-    }
-    fn encode(&self, id: NodeId, out: &mut Vec<u8>) {
-        out.extend_from_slice(&id.0.to_be_bytes());
-        out.extend_from_slice(&self.incarnation.to_be_bytes());
-        out.push(self.status as u8);
-        put_addr(out, &self.addr);
-        if self.status == Status::Suspect {
-            out.extend_from_slice(&self.suspecter.0.to_be_bytes());
-        }
-    }
-}
-
-fn decode_member(r: &mut Reader<'_>) -> Result<(NodeId, Member), WireError> {
-    let id = NodeId(r.u64()?);
-    let incarnation = r.u32()?;
-    let status = Status::from_u8(r.u8()?)?;
-    let addr = r.addr()?;
-    let suspecter = if status == Status::Suspect {
-        NodeId(r.u64()?)
-    } else {
-        NodeId(0)
-    };
-    Ok((
-        id,
-        Member {
-            addr,
-            incarnation,
-            status,
-            suspecter,
-        },
-    ))
+fn supersedes(inc: u32, status: Status, old_inc: u32, old_status: Status) -> bool {
+    incarnation_newer(inc, old_inc) || (inc == old_inc && status > old_status)
 }
 
 /// A change in membership, as this node sees it.
@@ -164,6 +163,12 @@ pub enum MembershipEvent {
         /// The node.
         id: NodeId,
     },
+    /// Drop anything held about this node: its record was reaped, or it was first heard of
+    /// already dead (it never was a member here).
+    MemberForgotten {
+        /// The node.
+        id: NodeId,
+    },
 }
 
 /// Membership settings.
@@ -171,10 +176,16 @@ pub enum MembershipEvent {
 pub struct MembershipConfig {
     /// Addresses to ping until some member is known.
     pub seeds: Vec<SocketAddr>,
-    /// Wait for a direct ack.
+    /// Longest wait for a direct ack (the fixed timeout without `rtt_timeouts`).
     pub probe_timeout: Duration,
-    /// Wait for an indirect ack after sending ping-reqs.
+    /// Shortest wait for a direct ack.
+    pub probe_timeout_min: Duration,
+    /// Longest wait for an indirect ack after sending ping-reqs.
     pub indirect_timeout: Duration,
+    /// Shortest wait for an indirect ack.
+    pub indirect_timeout_min: Duration,
+    /// Timeouts follow the measured round trip (else they are the fixed maxima).
+    pub rtt_timeouts: bool,
     /// Members asked to ping a silent target on our behalf (SWIM's k).
     pub indirect_probes: usize,
     /// α: minimum suspicion timeout = α × max(1, log10 n) × round.
@@ -189,9 +200,9 @@ pub struct MembershipConfig {
     pub piggyback_max: usize,
     /// Most changes queued for dissemination (the most-sent is dropped first, counted).
     pub broadcast_queue_max: usize,
-    /// Most members (down ones included) kept; further nodes are counted and ignored.
+    /// Most records kept (tombstones included).
     pub members_max: usize,
-    /// Lifeguard: local health multiplier, dynamic suspicion, stall detection.
+    /// Lifeguard: local health multiplier, nacks, dynamic suspicion, stall detection.
     pub lifeguard: bool,
     /// Highest local health score.
     pub lhm_max: u32,
@@ -199,14 +210,25 @@ pub struct MembershipConfig {
     pub reconnect_every: u32,
     /// Rounds spent spreading our `left` record after [`Membership::leave`].
     pub leave_rounds: u32,
+    /// Down and left records are dropped this long after the death.
+    pub reap_after: Duration,
+    /// A record this far ahead of the held incarnation is refused unless first-hand.
+    pub incarnation_jump_max: u32,
+    /// Anti-entropy with the round's partner every this many rounds.
+    pub sync_every: u32,
+    /// Extra exchanges per round while we lack whole ranges (joining).
+    pub catch_up_fanout: usize,
 }
 
 impl Default for MembershipConfig {
     fn default() -> MembershipConfig {
         MembershipConfig {
             seeds: Vec::new(),
-            probe_timeout: Duration::from_millis(50),
-            indirect_timeout: Duration::from_millis(100),
+            probe_timeout: Duration::from_millis(100),
+            probe_timeout_min: Duration::from_millis(5),
+            indirect_timeout: Duration::from_millis(200),
+            indirect_timeout_min: Duration::from_millis(10),
+            rtt_timeouts: true,
             indirect_probes: 3,
             suspicion_mult: 8.0,
             suspicion_max_mult: 4.0,
@@ -214,11 +236,15 @@ impl Default for MembershipConfig {
             retransmit_mult: 4,
             piggyback_max: 8,
             broadcast_queue_max: 1024,
-            members_max: 16_384,
+            members_max: 65_536,
             lifeguard: true,
             lhm_max: 8,
             reconnect_every: 5,
             leave_rounds: 3,
+            reap_after: Duration::from_secs(30),
+            incarnation_jump_max: 1024,
+            sync_every: 2,
+            catch_up_fanout: 3,
         }
     }
 }
@@ -238,6 +264,12 @@ pub struct MembershipStats {
     pub ping_reqs_sent: u64,
     /// Ping-reqs relayed for others.
     pub ping_reqs_relayed: u64,
+    /// Ping-reqs refused (unknown target or address, full relay table).
+    pub ping_reqs_refused: u64,
+    /// Nacks sent for relayed probes that got no ack in time.
+    pub nacks_sent: u64,
+    /// Nacks received for our probes.
+    pub nacks_received: u64,
     /// Suspicions we raised ourselves.
     pub suspicions_raised: u64,
     /// Times we refuted a suspicion about ourselves.
@@ -256,6 +288,18 @@ pub struct MembershipStats {
     pub control_overflow: u64,
     /// Events dropped from the full event queue.
     pub events_overflow: u64,
+    /// `left` records about others taken as claims to check by a probe.
+    pub left_claims: u64,
+    /// Of those, refuted by the member answering our probe.
+    pub left_claims_refuted: u64,
+    /// Records refused for an incarnation implausibly far ahead (or accusations of us).
+    pub implausible_incarnations: u64,
+    /// Death certificates refused as older than `reap_after`.
+    pub stale_deaths: u64,
+    /// Down and left records reaped.
+    pub reaped: u64,
+    /// Members first learned of already dead (kept as tombstones only).
+    pub first_seen_dead: u64,
     /// Anti-entropy counters.
     pub sync: SyncStats,
 }
@@ -264,7 +308,13 @@ pub struct MembershipStats {
 enum Ctrl {
     Ping(u32),
     Ack(u32),
-    PingReq(u32, NodeId, SocketAddr),
+    PingReq {
+        nonce: u32,
+        target: NodeId,
+        addr: SocketAddr,
+        timeout_ms: u16,
+    },
+    Nack(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -278,14 +328,21 @@ struct Probe {
     target: NodeId,
     addr: SocketAddr,
     incarnation: u32,
+    started: Instant,
     deadline: Instant,
     phase: Phase,
+    expected_nacks: u32,
+    nacks: u32,
+    /// The probe checks a `left` claim about the target.
+    verify_left: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Relay {
     origin: SocketAddr,
-    origin_seq: u32,
+    origin_nonce: u32,
+    nack_at: Instant,
+    nacked: bool,
     deadline: Instant,
 }
 
@@ -294,13 +351,182 @@ struct Suspicion {
     started: Instant,
     deadline: Instant,
     confirmers: BTreeSet<NodeId>,
+    suspecter: NodeId,
+}
+
+/// Round-trip estimate (RFC 6298).
+#[derive(Debug, Clone, Copy, Default)]
+struct Rtt {
+    srtt: f64,
+    rttvar: f64,
+    samples: u64,
+}
+
+impl Rtt {
+    fn sample(&mut self, r: Duration) {
+        let r = r.as_secs_f64();
+        if self.samples == 0 {
+            self.srtt = r;
+            self.rttvar = r / 2.0;
+        } else {
+            self.rttvar = 0.75 * self.rttvar + 0.25 * (self.srtt - r).abs();
+            self.srtt = 0.875 * self.srtt + 0.125 * r;
+        }
+        self.samples += 1;
+    }
+    fn rto(&self) -> Option<Duration> {
+        (self.samples > 0).then(|| Duration::from_secs_f64(self.srtt + 4.0 * self.rttvar))
+    }
 }
 
 const PROBES_MAX: usize = 16;
 const RELAYS_MAX: usize = 64;
-const CTRL_PEERS_MAX: usize = 256;
+const CTRL_PEERS_MAX: usize = 1024;
 const CTRL_PER_PEER_MAX: usize = 8;
 const EVENTS_MAX: usize = 4096;
+const SYNC_PEERS_MAX: usize = 256;
+const SYNC_WORK_MAX: usize = 128;
+const SAMPLE_TRIES: usize = 64;
+
+const ST_MASK: u8 = 0b11;
+const V6_FLAG: u8 = 0b100;
+
+/// A member record packed for the table (12 bytes): incarnation, IPv4 address and port
+/// (or an index into the IPv6 arena), status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rec {
+    inc: u32,
+    ip: u32,
+    port: u16,
+    flags: u8,
+}
+
+impl Rec {
+    fn status(&self) -> Status {
+        Status::from_u8(self.flags & ST_MASK).unwrap_or(Status::Down)
+    }
+    fn with_status(mut self, s: Status) -> Rec {
+        self.flags = (self.flags & !ST_MASK) | s as u8;
+        self
+    }
+}
+
+impl SyncRecord for Rec {
+    fn fingerprint(&self, id: NodeId) -> u32 {
+        fingerprint(
+            id,
+            &[u64::from(self.inc) << 2 | u64::from(self.flags & ST_MASK)],
+        )
+    }
+}
+
+/// IPv6 addresses, interned (the packed record holds an index).
+#[derive(Debug, Default)]
+struct V6Arena {
+    addrs: Vec<(SocketAddrV6, u32)>,
+    index: BTreeMap<SocketAddrV6, u32>,
+    free: Vec<u32>,
+}
+
+impl V6Arena {
+    fn intern(&mut self, a: SocketAddrV6) -> u32 {
+        if let Some(&i) = self.index.get(&a) {
+            self.addrs[i as usize].1 += 1;
+            return i;
+        }
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.addrs[i as usize] = (a, 1);
+                i
+            }
+            None => {
+                self.addrs.push((a, 1));
+                (self.addrs.len() - 1) as u32
+            }
+        };
+        self.index.insert(a, i);
+        i
+    }
+    fn release(&mut self, i: u32) {
+        let Some(e) = self.addrs.get_mut(i as usize) else {
+            return;
+        };
+        e.1 = e.1.saturating_sub(1);
+        if e.1 == 0 {
+            self.index.remove(&e.0);
+            self.free.push(i);
+        }
+    }
+    fn get(&self, i: u32) -> SocketAddr {
+        self.addrs.get(i as usize).map_or(
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+            |e| SocketAddr::V6(e.0),
+        )
+    }
+}
+
+/// Encodes member records for the synchroniser (needs the arena, the suspicions and the
+/// death ages).
+struct MemberCodec<'a> {
+    m: &'a Membership,
+    now: Instant,
+}
+
+impl Codec<Rec> for MemberCodec<'_> {
+    fn encoded_len(&self, id: NodeId, r: &Rec) -> usize {
+        self.m.record_len(id, r)
+    }
+    fn encode(&self, id: NodeId, r: &Rec, out: &mut Vec<u8>) {
+        self.m.encode_record(self.now, id, r, out);
+    }
+}
+
+/// A record as it arrives from the network.
+#[derive(Debug, Clone, Copy)]
+struct Incoming {
+    addr: SocketAddr,
+    inc: u32,
+    status: Status,
+    suspecter: NodeId,
+    /// For down and left records: how long ago the death happened.
+    age_ms: u32,
+}
+
+/// Where a record came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The member's own datagram says so.
+    FirstHand,
+    /// A piggybacked rumor.
+    Rumor,
+    /// Anti-entropy.
+    Sync,
+    /// Our own verdict.
+    Own,
+}
+
+fn decode_member(r: &mut Reader<'_>) -> Result<(NodeId, Incoming), WireError> {
+    let id = NodeId(r.u64()?);
+    let inc = r.u32()?;
+    let status = Status::from_u8(r.u8()?)?;
+    let addr = r.addr()?;
+    let suspecter = if status == Status::Suspect {
+        NodeId(r.u64()?)
+    } else {
+        NodeId(0)
+    };
+    let age_ms = if status.is_live() { 0 } else { r.u32()? };
+    Ok((
+        id,
+        Incoming {
+            addr,
+            inc,
+            status,
+            suspecter,
+            age_ms,
+        },
+    ))
+}
 
 /// The SWIM/Lifeguard membership object. See the module documentation.
 #[derive(Debug)]
@@ -310,10 +536,12 @@ pub struct Membership {
     config: MembershipConfig,
     round: Duration,
     incarnation: u32,
-    table: Table<Member>,
-    by_addr: BTreeMap<SocketAddr, NodeId>,
+    table: Table<Rec>,
+    v6: V6Arena,
     live: usize,
     suspicions: BTreeMap<NodeId, Suspicion>,
+    /// Birth (signed local nanoseconds) of each down or left record's death.
+    dead: BTreeMap<NodeId, i64>,
     // Piggyback queue: (times sent, newest first, id) ordered; `queued` maps id -> its key.
     queue: BTreeSet<(u32, u64, NodeId)>,
     queued: BTreeMap<NodeId, (u32, u64)>,
@@ -321,7 +549,7 @@ pub struct Membership {
     probes: BTreeMap<u32, Probe>,
     relays: BTreeMap<u32, Relay>,
     ctrl: BTreeMap<SocketAddr, Vec<Ctrl>>,
-    seq: u32,
+    rtt: Rtt,
     lhm: u32,
     rounds: u64,
     left_at_round: Option<u64>,
@@ -339,44 +567,132 @@ impl Membership {
         my_addr: SocketAddr,
         round: Duration,
         config: MembershipConfig,
-        mut rng: Prng,
+        rng: Prng,
     ) -> Membership {
-        let mut table = Table::default();
-        table.insert(
-            me,
-            Member {
-                addr: my_addr,
-                incarnation: 0,
-                status: Status::Alive,
-                suspecter: NodeId(0),
-            },
-        );
-        let syncer = Syncer::new(rng.fork(), CTRL_PEERS_MAX);
-        Membership {
+        let mut m = Membership {
             me,
             my_addr,
             config,
             round,
             incarnation: 0,
-            table,
-            by_addr: BTreeMap::from([(my_addr, me)]),
+            table: Table::default(),
+            v6: V6Arena::default(),
             live: 1,
             suspicions: BTreeMap::new(),
+            dead: BTreeMap::new(),
             queue: BTreeSet::new(),
             queued: BTreeMap::new(),
             queue_seq: 0,
             probes: BTreeMap::new(),
             relays: BTreeMap::new(),
             ctrl: BTreeMap::new(),
-            seq: 0,
+            rtt: Rtt::default(),
             lhm: 0,
             rounds: 0,
             left_at_round: None,
             expected_wakeup: None,
-            syncer,
+            syncer: Syncer::new(SYNC_PEERS_MAX, SYNC_WORK_MAX),
             rng,
             events: VecDeque::new(),
             stats: MembershipStats::default(),
+        };
+        let rec = m.pack(my_addr, 0, Status::Alive);
+        m.table.insert(me, rec);
+        m
+    }
+
+    fn pack(&mut self, addr: SocketAddr, inc: u32, status: Status) -> Rec {
+        match addr {
+            SocketAddr::V4(a) => Rec {
+                inc,
+                ip: u32::from(*a.ip()),
+                port: a.port(),
+                flags: status as u8,
+            },
+            SocketAddr::V6(a) => Rec {
+                inc,
+                ip: self.v6.intern(a),
+                port: a.port(),
+                flags: status as u8 | V6_FLAG,
+            },
+        }
+    }
+
+    fn addr_of(&self, r: &Rec) -> SocketAddr {
+        if r.flags & V6_FLAG != 0 {
+            self.v6.get(r.ip)
+        } else {
+            SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(r.ip), r.port))
+        }
+    }
+
+    fn same_addr(&self, r: &Rec, addr: &SocketAddr) -> bool {
+        match addr {
+            SocketAddr::V4(a) => {
+                r.flags & V6_FLAG == 0 && r.ip == u32::from(*a.ip()) && r.port == a.port()
+            }
+            SocketAddr::V6(_) => r.flags & V6_FLAG != 0 && self.addr_of(r) == *addr,
+        }
+    }
+
+    /// Replaces the record of `id` (releasing an interned address it no longer uses).
+    fn store(&mut self, id: NodeId, rec: Rec) {
+        if let Some(old) = self.table.get(id).copied() {
+            if old.flags & V6_FLAG != 0 && !(rec.flags & V6_FLAG != 0 && rec.ip == old.ip) {
+                self.v6.release(old.ip);
+            }
+        }
+        self.table.insert(id, rec);
+    }
+
+    fn unstore(&mut self, id: NodeId) {
+        if let Some(old) = self.table.remove(id) {
+            if old.flags & V6_FLAG != 0 {
+                self.v6.release(old.ip);
+            }
+        }
+    }
+
+    fn view(&self, id: NodeId, r: &Rec) -> Member {
+        Member {
+            addr: self.addr_of(r),
+            incarnation: r.inc,
+            status: r.status(),
+            suspecter: if r.status() == Status::Suspect {
+                self.suspicions.get(&id).map_or(NodeId(0), |s| s.suspecter)
+            } else {
+                NodeId(0)
+            },
+        }
+    }
+
+    fn record_len(&self, _id: NodeId, r: &Rec) -> usize {
+        let addr = if r.flags & V6_FLAG != 0 { 19 } else { 7 };
+        8 + 4
+            + 1
+            + addr
+            + match r.status() {
+                Status::Suspect => 8,
+                Status::Alive => 0,
+                Status::Down | Status::Left => 4,
+            }
+    }
+
+    fn encode_record(&self, now: Instant, id: NodeId, r: &Rec, out: &mut Vec<u8>) {
+        out.extend_from_slice(&id.0.to_be_bytes());
+        out.extend_from_slice(&r.inc.to_be_bytes());
+        out.push(r.status() as u8);
+        put_addr(out, &self.addr_of(r));
+        match r.status() {
+            Status::Suspect => {
+                let s = self.suspicions.get(&id).map_or(NodeId(0), |s| s.suspecter);
+                out.extend_from_slice(&s.0.to_be_bytes());
+            }
+            Status::Alive => {}
+            Status::Down | Status::Left => {
+                let age = self.dead.get(&id).map_or(0, |b| age_ms(now, *b));
+                out.extend_from_slice(&age.to_be_bytes());
+            }
         }
     }
 
@@ -391,14 +707,36 @@ impl Membership {
     }
 
     /// The record of `id`.
-    pub fn member(&self, id: NodeId) -> Option<&Member> {
-        self.table.get(id)
+    pub fn member(&self, id: NodeId) -> Option<Member> {
+        self.table.get(id).map(|r| self.view(id, r))
     }
 
     /// Every known node (ourselves and down/left ones included), in a fixed pseudo-random
     /// order.
-    pub fn members(&self) -> impl Iterator<Item = (NodeId, &Member)> {
-        self.table.iter()
+    pub fn members(&self) -> impl Iterator<Item = (NodeId, Member)> + '_ {
+        self.table.iter().map(|(id, r)| (id, self.view(id, r)))
+    }
+
+    /// How long ago `id` died (was declared down or left), for a down or left record.
+    pub fn death_age(&self, now: Instant, id: NodeId) -> Option<Duration> {
+        self.dead
+            .get(&id)
+            .map(|b| Duration::from_millis(u64::from(age_ms(now, *b))))
+    }
+
+    /// Changes still queued for piggybacking (rumors not yet sent enough times).
+    pub fn rumors(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Records held (tombstones included).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Never true: our own record is always held.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
     }
 
     /// Number of live (alive or suspect) members, ourselves included.
@@ -406,24 +744,87 @@ impl Membership {
         self.live
     }
 
-    /// Live members other than ourselves: the peer list the runtime selects from.
+    /// A fingerprint of the whole table (equal tables, equal fingerprints).
+    pub fn table_hash(&self) -> u32 {
+        self.table.root().hash
+    }
+
+    /// Live members other than ourselves (O(N); the runtime samples with
+    /// [`Membership::sample_peer`] instead).
     pub fn peers(&self) -> Vec<Peer> {
         if self.left_at_round.is_some() {
             return Vec::new();
         }
         self.table
             .iter()
-            .filter(|(id, m)| *id != self.me && m.status.is_live())
-            .map(|(id, m)| Peer {
+            .filter(|(id, r)| *id != self.me && r.status().is_live())
+            .map(|(id, r)| Peer {
                 id: Some(id),
-                addr: m.addr,
+                addr: self.addr_of(r),
             })
             .collect()
     }
 
-    /// The node at `addr`, if it is a known member.
+    /// Number of peers [`Membership::sample_peer`] draws from.
+    pub fn peer_count(&self) -> usize {
+        if self.left_at_round.is_some() {
+            0
+        } else {
+            self.live.saturating_sub(1)
+        }
+    }
+
+    /// A live member other than ourselves, uniformly at random (O(1) expected).
+    pub fn sample_peer(&self, rng: &mut Prng) -> Option<Peer> {
+        self.sample(rng, |id, r| id != self.me && r.status().is_live())
+    }
+
+    fn sample(&self, rng: &mut Prng, ok: impl Fn(NodeId, &Rec) -> bool) -> Option<Peer> {
+        let n = self.table.len();
+        // `live` counts us only while we are live ourselves.
+        let others = if self.left_at_round.is_some() {
+            self.live
+        } else {
+            self.live.saturating_sub(1)
+        };
+        if n == 0 || others == 0 {
+            return None;
+        }
+        let peer = |id: NodeId, r: &Rec| Peer {
+            id: Some(id),
+            addr: self.addr_of(r),
+        };
+        for _ in 0..SAMPLE_TRIES {
+            let i = rng.below(n as u64) as usize;
+            if let Some((id, r)) = self.table.nth(i) {
+                if ok(id, r) {
+                    return Some(peer(id, r));
+                }
+            }
+        }
+        // Mostly dead table: scan from a random start.
+        let start = rng.below(n as u64) as usize;
+        (0..n)
+            .filter_map(|k| self.table.nth((start + k) % n))
+            .find(|(id, r)| ok(*id, r))
+            .map(|(id, r)| peer(id, r))
+    }
+
+    /// The live member `id` as a peer.
+    pub fn peer(&self, id: NodeId) -> Option<Peer> {
+        let r = self.table.get(id)?;
+        (id != self.me && r.status().is_live()).then(|| Peer {
+            id: Some(id),
+            addr: self.addr_of(r),
+        })
+    }
+
+    /// The node at `addr`, if it is a known member (O(N): a scan).
     pub fn id_at(&self, addr: SocketAddr) -> Option<NodeId> {
-        self.by_addr.get(&addr).copied()
+        self.table
+            .iter()
+            .find(|(_, r)| self.same_addr(r, &addr))
+            .map(|(id, _)| id)
     }
 
     /// Current Lifeguard local health score (0 = healthy).
@@ -434,6 +835,11 @@ impl Membership {
     /// The factor by which Lifeguard stretches timeouts and the round interval.
     pub fn health_multiplier(&self) -> u32 {
         1 + self.lhm
+    }
+
+    /// The smoothed round trip of direct probes, once measured.
+    pub fn smoothed_rtt(&self) -> Option<Duration> {
+        (self.rtt.samples > 0).then(|| Duration::from_secs_f64(self.rtt.srtt))
     }
 
     /// Counters.
@@ -489,7 +895,7 @@ impl Membership {
         }
         self.expected_wakeup = None;
         self.stats.stalls += 1;
-        self.lhm = self.config.lhm_max;
+        self.lhm = (self.lhm + 1).min(self.config.lhm_max);
         let n = self.probes.len() as u64;
         self.stats.probes_cancelled_stall += n;
         self.probes.clear();
@@ -508,13 +914,23 @@ impl Membership {
     }
 
     fn set_self(&mut self, status: Status) {
-        let rec = Member {
-            addr: self.my_addr,
-            incarnation: self.incarnation,
-            status,
-            suspecter: NodeId(0),
-        };
-        let was_live = self.table.get(self.me).is_some_and(|m| m.status.is_live());
+        let was_live = self
+            .table
+            .get(self.me)
+            .is_some_and(|r| r.status().is_live());
+        let old = self.table.get(self.me).copied();
+        let mut rec = old.unwrap_or(Rec {
+            inc: 0,
+            ip: 0,
+            port: 0,
+            flags: 0,
+        });
+        if old.is_none() {
+            let addr = self.my_addr;
+            rec = self.pack(addr, self.incarnation, status);
+        }
+        rec.inc = self.incarnation;
+        let rec = rec.with_status(status);
         self.table.insert(self.me, rec);
         if was_live && !status.is_live() {
             self.live -= 1;
@@ -538,11 +954,40 @@ impl Membership {
         if !self.config.lifeguard {
             return min;
         }
+        // Confirmations can only come from members other than us and the suspect: when
+        // fewer than K exist, none are expected and the timer starts at the minimum
+        // (memberlist's rule, `n - 2 < k => k = 0`). Otherwise a cluster of four waits
+        // β × the minimum (6.4 s) for confirmations that cannot all arrive.
+        let confirmers = self.live.saturating_sub(2);
+        if confirmers < self.config.suspicion_confirmations as usize {
+            return min;
+        }
         let max = min.mul_f64(self.config.suspicion_max_mult.max(1.0));
         let k = f64::from(self.config.suspicion_confirmations.max(1));
         let frac = ((confirmations as f64) + 1.0).ln() / (k + 1.0).ln();
         let t = max.as_secs_f64() - (max - min).as_secs_f64() * frac.min(1.0);
         Duration::from_secs_f64(t.max(min.as_secs_f64()))
+    }
+
+    fn direct_timeout(&self) -> Duration {
+        let base = match self.rtt.rto() {
+            Some(rto) if self.config.rtt_timeouts => {
+                rto.clamp(self.config.probe_timeout_min, self.config.probe_timeout)
+            }
+            _ => self.config.probe_timeout,
+        };
+        base * self.health_multiplier()
+    }
+
+    fn indirect_timeout(&self) -> Duration {
+        let base = match self.rtt.rto() {
+            Some(rto) if self.config.rtt_timeouts => (rto * 3).clamp(
+                self.config.indirect_timeout_min,
+                self.config.indirect_timeout,
+            ),
+            _ => self.config.indirect_timeout,
+        };
+        base * self.health_multiplier()
     }
 
     fn emit(&mut self, e: MembershipEvent) {
@@ -571,122 +1016,283 @@ impl Membership {
         self.queued.insert(id, key);
     }
 
-    fn push_ctrl(&mut self, to: SocketAddr, c: Ctrl, out: &mut Outbox<'_>) {
-        if !self.ctrl.contains_key(&to) && self.ctrl.len() >= CTRL_PEERS_MAX {
+    /// Counts a duplicate of a queued rumor as one more send of it.
+    fn heard_again(&mut self, id: NodeId) {
+        let limit = self.retransmit_limit();
+        if let Some((sent, order)) = self.queued.remove(&id) {
+            self.queue.remove(&(sent, order, id));
+            if sent + 1 < limit {
+                self.queue.insert((sent + 1, order, id));
+                self.queued.insert(id, (sent + 1, order));
+            }
+        }
+    }
+
+    fn dequeue(&mut self, id: NodeId) {
+        if let Some(old) = self.queued.remove(&id) {
+            self.queue.remove(&(old.0, old.1, id));
+        }
+    }
+
+    fn push_ctrl(&mut self, to: Peer, c: Ctrl, initiative: bool, out: &mut Outbox<'_>) {
+        if !self.ctrl.contains_key(&to.addr) && self.ctrl.len() >= CTRL_PEERS_MAX {
             self.stats.control_overflow += 1;
             return;
         }
-        let q = self.ctrl.entry(to).or_default();
+        let q = self.ctrl.entry(to.addr).or_default();
         if q.len() >= CTRL_PER_PEER_MAX {
             self.stats.control_overflow += 1;
             return;
         }
         q.push(c);
-        out.send_to(to);
+        if initiative {
+            out.initiate(&to);
+        } else {
+            out.send_to(to.addr);
+        }
     }
 
-    fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
+    fn nonce(&mut self) -> u32 {
+        loop {
+            let n = self.rng.next_u64() as u32;
+            if n != 0 && !self.probes.contains_key(&n) && !self.relays.contains_key(&n) {
+                return n;
+            }
+        }
+    }
+
+    fn start_probe(
+        &mut self,
+        now: Instant,
+        peer: Peer,
+        verify_left: bool,
+        out: &mut Outbox<'_>,
+    ) -> bool {
+        let Some(id) = peer.id else { return false };
+        let Some(r) = self.table.get(id).copied() else {
+            return false;
+        };
+        if let Some(p) = self.probes.values_mut().find(|p| p.target == id) {
+            p.verify_left |= verify_left;
+            return true;
+        }
+        if self.probes.len() >= PROBES_MAX {
+            self.stats.control_overflow += 1;
+            return false;
+        }
+        let nonce = self.nonce();
+        self.stats.probes += 1;
+        self.probes.insert(
+            nonce,
+            Probe {
+                target: id,
+                addr: peer.addr,
+                incarnation: r.inc,
+                started: now,
+                deadline: now + self.direct_timeout(),
+                phase: Phase::Direct,
+                expected_nacks: 0,
+                nacks: 0,
+                verify_left,
+            },
+        );
+        self.push_ctrl(peer, Ctrl::Ping(nonce), true, out);
+        true
     }
 
     /// Applies a record heard from the network (or our own verdict).
-    fn apply(&mut self, now: Instant, id: NodeId, rec: Member) {
+    fn apply(
+        &mut self,
+        now: Instant,
+        id: NodeId,
+        rec: Incoming,
+        src: Source,
+        out: &mut Outbox<'_>,
+    ) {
         if id == self.me {
-            if self.left_at_round.is_some() {
+            self.accused(rec);
+            return;
+        }
+        if !rec.status.is_live() && src != Source::Own && rec.age_ms >= ms(self.config.reap_after) {
+            self.stats.stale_deaths += 1;
+            return;
+        }
+        let jump = self.config.incarnation_jump_max;
+        let Some(old) = self.table.get(id).copied() else {
+            self.insert_new(now, id, rec, src);
+            return;
+        };
+        let (old_inc, old_status) = (old.inc, old.status());
+        let newer = supersedes(rec.inc, rec.status, old_inc, old_status);
+        let ahead = rec.inc.wrapping_sub(old_inc);
+        if !newer {
+            // The member itself overrides a record implausibly far ahead of what it says.
+            let implausible_old =
+                old_inc.wrapping_sub(rec.inc) > jump && old_inc.wrapping_sub(rec.inc) < 1 << 31;
+            if src == Source::FirstHand && implausible_old {
+                self.stats.implausible_incarnations += 1;
+            } else {
+                if rec.status == Status::Suspect
+                    && old_status == Status::Suspect
+                    && rec.inc == old_inc
+                {
+                    self.confirm(id, rec.suspecter);
+                } else if src == Source::Rumor && rec.inc == old_inc && rec.status == old_status {
+                    // The rumor reached someone who already had it: it is saturating, spread
+                    // it less (Demers et al.'s counter).
+                    self.heard_again(id);
+                }
                 return;
             }
-            let mine = self.table.get(self.me).copied();
-            if matches!(rec.status, Status::Suspect | Status::Down)
-                && mine.is_some_and(|m| rec.key() >= m.key())
-            {
-                self.incarnation = rec.incarnation.saturating_add(1);
-                self.stats.refutations += 1;
-                if self.config.lifeguard {
-                    self.lhm = (self.lhm + 1).min(self.config.lhm_max);
-                }
-                self.set_self(Status::Alive);
+        } else if src != Source::FirstHand && src != Source::Own && ahead > jump {
+            self.stats.implausible_incarnations += 1;
+            return;
+        }
+        if rec.status == Status::Left
+            && src != Source::FirstHand
+            && src != Source::Own
+            && old_status.is_live()
+        {
+            // Nobody can declare another node left: check it ourselves first.
+            self.stats.left_claims += 1;
+            if let Some(p) = self.peer(id) {
+                self.start_probe(now, p, true, out);
             }
             return;
         }
-        let old = self.table.get(id).copied();
-        match old {
-            None => {
-                if self.table.len() >= self.config.members_max {
-                    self.stats.members_overflow += 1;
-                    return;
+        let addr_changed = !self.same_addr(&old, &rec.addr);
+        let mut new = if addr_changed {
+            self.pack(rec.addr, rec.inc, rec.status)
+        } else {
+            old.with_status(rec.status)
+        };
+        new.inc = rec.inc;
+        self.store(id, new);
+        match (old_status.is_live(), rec.status.is_live()) {
+            (true, false) => self.live -= 1,
+            (false, true) => self.live += 1,
+            _ => {}
+        }
+        if old_status == Status::Suspect && rec.status != Status::Suspect {
+            self.suspicions.remove(&id);
+        }
+        if rec.status.is_live() {
+            self.dead.remove(&id);
+        } else {
+            let born = if src == Source::Own {
+                born_at(now, 0)
+            } else {
+                born_at(now, rec.age_ms)
+            };
+            self.dead.insert(id, born);
+        }
+        match rec.status {
+            Status::Alive if old_status.is_live() => {
+                if old_status == Status::Suspect {
+                    self.emit(MembershipEvent::MemberAlive {
+                        id,
+                        incarnation: rec.inc,
+                    });
                 }
-                self.table.insert(id, rec);
-                self.by_addr.insert(rec.addr, id);
-                if rec.status.is_live() {
-                    self.live += 1;
+            }
+            Status::Alive => self.emit(MembershipEvent::MemberUp { id, addr: rec.addr }),
+            Status::Suspect => {
+                if !old_status.is_live() {
                     self.emit(MembershipEvent::MemberUp { id, addr: rec.addr });
                 }
-                if rec.status == Status::Suspect {
-                    self.start_suspicion(now, id, rec);
-                }
-                self.enqueue(id);
+                self.start_suspicion(now, id, rec);
             }
-            Some(old) if rec.key() > old.key() => {
-                self.table.insert(id, rec);
-                match (old.status.is_live(), rec.status.is_live()) {
-                    (true, false) => self.live -= 1,
-                    (false, true) => self.live += 1,
-                    _ => {}
-                }
-                if old.status == Status::Suspect && rec.status != Status::Suspect {
-                    self.suspicions.remove(&id);
-                }
-                match rec.status {
-                    Status::Alive if old.status.is_live() => {
-                        if old.status == Status::Suspect {
-                            self.emit(MembershipEvent::MemberAlive {
-                                id,
-                                incarnation: rec.incarnation,
-                            });
-                        }
-                    }
-                    Status::Alive => self.emit(MembershipEvent::MemberUp { id, addr: rec.addr }),
-                    Status::Suspect => {
-                        if !old.status.is_live() {
-                            self.emit(MembershipEvent::MemberUp { id, addr: rec.addr });
-                        }
-                        self.start_suspicion(now, id, rec);
-                    }
-                    Status::Down => self.emit(MembershipEvent::MemberDown { id }),
-                    Status::Left => self.emit(MembershipEvent::MemberLeft { id }),
-                }
-                self.enqueue(id);
-            }
-            Some(old)
-                if rec.status == Status::Suspect
-                    && old.status == Status::Suspect
-                    && rec.key() == old.key() =>
-            {
-                // Lifeguard: an independent confirmation shortens the timer.
-                let mut new_deadline = None;
-                if let Some(s) = self.suspicions.get(&id) {
-                    if !s.confirmers.contains(&rec.suspecter)
-                        && s.confirmers.len() <= self.config.suspicion_confirmations as usize
-                    {
-                        let c = s.confirmers.len();
-                        new_deadline = Some(s.started + self.suspicion_timeout(c));
-                    }
-                }
-                if let (Some(d), Some(s)) = (new_deadline, self.suspicions.get_mut(&id)) {
-                    s.confirmers.insert(rec.suspecter);
-                    s.deadline = d;
-                    // Re-broadcast naming the new suspecter, so others count it too (the
-                    // suspecter is not part of the fingerprint: digests are unaffected).
-                    self.table.update(id, |m| m.suspecter = rec.suspecter);
-                    self.enqueue(id);
-                }
-            }
-            Some(_) => {}
+            Status::Down if old_status.is_live() => self.emit(MembershipEvent::MemberDown { id }),
+            Status::Left if old_status.is_live() => self.emit(MembershipEvent::MemberLeft { id }),
+            Status::Down | Status::Left => {}
+        }
+        if src != Source::Sync {
+            self.enqueue(id);
         }
     }
 
-    fn start_suspicion(&mut self, now: Instant, id: NodeId, rec: Member) {
+    /// A record about a node we did not know.
+    fn insert_new(&mut self, now: Instant, id: NodeId, rec: Incoming, src: Source) {
+        if self.table.len() >= self.config.members_max {
+            // Make room by dropping the oldest tombstone; never a live member.
+            let oldest = self.dead.iter().min_by_key(|(_, b)| **b).map(|(id, _)| *id);
+            match oldest {
+                Some(victim) if rec.status.is_live() => {
+                    self.reap(victim);
+                    self.stats.members_overflow += 1;
+                }
+                _ => {
+                    self.stats.members_overflow += 1;
+                    return;
+                }
+            }
+        }
+        let r = self.pack(rec.addr, rec.inc, rec.status);
+        self.store(id, r);
+        if rec.status.is_live() {
+            self.live += 1;
+            self.emit(MembershipEvent::MemberUp { id, addr: rec.addr });
+            if rec.status == Status::Suspect {
+                self.start_suspicion(now, id, rec);
+            }
+        } else {
+            // Known only as dead: a tombstone that keeps stale copies out; nobody else
+            // should hold anything about it.
+            self.stats.first_seen_dead += 1;
+            self.dead.insert(id, born_at(now, rec.age_ms));
+            self.emit(MembershipEvent::MemberForgotten { id });
+        }
+        if src != Source::Sync {
+            self.enqueue(id);
+        }
+    }
+
+    /// Someone says we are suspect, down or left: refute with a higher incarnation.
+    fn accused(&mut self, rec: Incoming) {
+        if self.left_at_round.is_some() || rec.status == Status::Alive {
+            return;
+        }
+        let d = rec.inc.wrapping_sub(self.incarnation);
+        if d >= 1 << 31 {
+            return; // about an incarnation we left behind
+        }
+        self.incarnation = if d == 0 {
+            self.incarnation.wrapping_add(1)
+        } else if d <= self.config.incarnation_jump_max {
+            rec.inc.wrapping_add(1)
+        } else {
+            // Only we bump our incarnation: this one is forged or corrupt.
+            self.stats.implausible_incarnations += 1;
+            self.incarnation.wrapping_add(1)
+        };
+        self.stats.refutations += 1;
+        if self.config.lifeguard {
+            self.lhm = (self.lhm + 1).min(self.config.lhm_max);
+        }
+        self.set_self(Status::Alive);
+    }
+
+    fn confirm(&mut self, id: NodeId, suspecter: NodeId) {
+        // Lifeguard: an independent confirmation shortens the timer.
+        let k = self.config.suspicion_confirmations as usize;
+        let Some(s) = self.suspicions.get(&id) else {
+            return;
+        };
+        if s.confirmers.contains(&suspecter) || s.confirmers.len() > k {
+            return;
+        }
+        let deadline = s.started + self.suspicion_timeout(s.confirmers.len());
+        if let Some(s) = self.suspicions.get_mut(&id) {
+            s.confirmers.insert(suspecter);
+            s.deadline = deadline;
+            // Re-broadcast naming the new suspecter, so others count it too (the suspecter is
+            // not part of the fingerprint: digests are unaffected).
+            s.suspecter = suspecter;
+        }
+        self.enqueue(id);
+    }
+
+    fn start_suspicion(&mut self, now: Instant, id: NodeId, rec: Incoming) {
         let timeout = self.suspicion_timeout(0);
         let mut confirmers = BTreeSet::new();
         confirmers.insert(rec.suspecter);
@@ -696,40 +1302,55 @@ impl Membership {
                 started: now,
                 deadline: now + timeout,
                 confirmers,
+                suspecter: rec.suspecter,
             },
         );
         self.emit(MembershipEvent::MemberSuspect {
             id,
-            incarnation: rec.incarnation,
+            incarnation: rec.inc,
         });
     }
 
-    fn suspect(&mut self, now: Instant, id: NodeId, incarnation: u32) {
-        let Some(m) = self.table.get(id).copied() else {
+    fn suspect(&mut self, now: Instant, id: NodeId, incarnation: u32, out: &mut Outbox<'_>) {
+        let Some(r) = self.table.get(id).copied() else {
             return;
         };
-        if m.incarnation != incarnation || !m.status.is_live() {
+        if r.inc != incarnation || !r.status().is_live() {
             return;
         }
-        if m.status == Status::Suspect
-            && self
+        if r.status() == Status::Suspect {
+            if self
                 .suspicions
                 .get(&id)
                 .is_none_or(|s| s.confirmers.contains(&self.me))
-        {
+            {
+                return;
+            }
+            // A suspect we failed to reach too: our suspicion is a Lifeguard confirmation.
+            self.stats.suspicions_raised += 1;
+            self.confirm(id, self.me);
             return;
         }
-        // A suspect we failed to reach too: our suspicion is a Lifeguard confirmation.
         self.stats.suspicions_raised += 1;
-        let rec = Member {
+        let rec = Incoming {
+            addr: self.addr_of(&r),
+            inc: r.inc,
             status: Status::Suspect,
             suspecter: self.me,
-            ..m
+            age_ms: 0,
         };
-        self.apply(now, id, rec);
+        self.apply(now, id, rec, Source::Own, out);
     }
 
-    fn write_liveness(&mut self, to: &Peer, budget: usize, out: &mut Vec<u8>) {
+    fn reap(&mut self, id: NodeId) {
+        self.dead.remove(&id);
+        self.dequeue(id);
+        self.unstore(id);
+        self.stats.reaped += 1;
+        self.emit(MembershipEvent::MemberForgotten { id });
+    }
+
+    fn write_liveness(&mut self, now: Instant, to: &Peer, budget: usize, out: &mut Vec<u8>) {
         let start = out.len();
         let self_status = if self.left_at_round.is_some() {
             Status::Left
@@ -743,6 +1364,7 @@ impl Membership {
         let n_at = out.len();
         out.push(0);
         let mut n = 0u8;
+        let mut left = Vec::new();
         for c in ctrl {
             let before = out.len();
             match c {
@@ -754,19 +1376,33 @@ impl Membership {
                     out.push(2);
                     out.extend_from_slice(&s.to_be_bytes());
                 }
-                Ctrl::PingReq(s, id, addr) => {
+                Ctrl::PingReq {
+                    nonce,
+                    target,
+                    addr,
+                    timeout_ms,
+                } => {
                     out.push(3);
-                    out.extend_from_slice(&s.to_be_bytes());
-                    out.extend_from_slice(&id.0.to_be_bytes());
+                    out.extend_from_slice(&nonce.to_be_bytes());
+                    out.extend_from_slice(&target.0.to_be_bytes());
                     put_addr(out, &addr);
+                    out.extend_from_slice(&timeout_ms.to_be_bytes());
+                }
+                Ctrl::Nack(s) => {
+                    out.push(4);
+                    out.extend_from_slice(&s.to_be_bytes());
                 }
             }
             if out.len() - start + 1 > budget {
+                // It waits for the next datagram to this peer.
                 out.truncate(before);
-                self.stats.control_overflow += 1;
+                left.push(c);
                 continue;
             }
             n += 1;
+        }
+        if !left.is_empty() {
+            self.ctrl.insert(to.addr, left);
         }
         out[n_at] = n;
         // Piggybacked changes: the peer's own bad news first (buddy system), then fewest-sent.
@@ -779,7 +1415,7 @@ impl Membership {
             if self
                 .table
                 .get(id)
-                .is_some_and(|m| matches!(m.status, Status::Suspect | Status::Down))
+                .is_some_and(|r| r.status() != Status::Alive)
             {
                 picked.push(id);
             }
@@ -793,13 +1429,13 @@ impl Membership {
             }
         }
         for id in picked {
-            let Some(m) = self.table.get(id).copied() else {
+            let Some(r) = self.table.get(id).copied() else {
                 continue;
             };
-            if out.len() - start + m.encoded_len() > budget {
+            if out.len() - start + self.record_len(id, &r) > budget {
                 break;
             }
-            m.encode(id, out);
+            self.encode_record(now, id, &r, out);
             u += 1;
             self.stats.piggybacked += 1;
             if let Some((sent, order)) = self.queued.remove(&id) {
@@ -830,13 +1466,14 @@ impl Membership {
             return Err(WireError::Malformed);
         }
         if sender != self.me {
-            let rec = Member {
+            let rec = Incoming {
                 addr: from.addr,
-                incarnation: inc,
+                inc,
                 status,
                 suspecter: NodeId(0),
+                age_ms: 0,
             };
-            self.apply(now, sender, rec);
+            self.apply(now, sender, rec, Source::FirstHand, out);
         }
         let n = r.u8()?;
         for _ in 0..n {
@@ -844,40 +1481,26 @@ impl Membership {
                 1 => {
                     let s = r.u32()?;
                     if self.left_at_round.is_none() {
-                        self.push_ctrl(from.addr, Ctrl::Ack(s), out);
+                        self.push_ctrl(*from, Ctrl::Ack(s), false, out);
                     }
                 }
                 2 => {
                     let s = r.u32()?;
-                    if let Some(p) = self.probes.remove(&s) {
-                        self.stats.probes_acked += 1;
-                        if p.phase == Phase::Direct {
-                            self.lhm = self.lhm.saturating_sub(1);
-                        }
-                    } else if let Some(relay) = self.relays.remove(&s) {
-                        self.push_ctrl(relay.origin, Ctrl::Ack(relay.origin_seq), out);
-                    }
+                    self.acked(now, s, from, out);
                 }
                 3 => {
-                    let s = r.u32()?;
-                    let _target = NodeId(r.u64()?);
+                    let nonce = r.u32()?;
+                    let target = NodeId(r.u64()?);
                     let addr = r.addr()?;
-                    if self.relays.len() >= RELAYS_MAX {
-                        self.stats.control_overflow += 1;
-                        continue;
+                    let timeout_ms = r.u16()?;
+                    self.relay(now, from, nonce, target, addr, timeout_ms, out);
+                }
+                4 => {
+                    let s = r.u32()?;
+                    if let Some(p) = self.probes.get_mut(&s) {
+                        p.nacks += 1;
+                        self.stats.nacks_received += 1;
                     }
-                    let mine = self.next_seq();
-                    let deadline = now + self.config.probe_timeout + self.config.indirect_timeout;
-                    self.relays.insert(
-                        mine,
-                        Relay {
-                            origin: from.addr,
-                            origin_seq: s,
-                            deadline,
-                        },
-                    );
-                    self.stats.ping_reqs_relayed += 1;
-                    self.push_ctrl(addr, Ctrl::Ping(mine), out);
                 }
                 _ => return Err(WireError::Malformed),
             }
@@ -885,40 +1508,126 @@ impl Membership {
         let u = r.u8()?;
         for _ in 0..u {
             let (id, rec) = decode_member(&mut r)?;
-            self.apply(now, id, rec);
+            self.apply(now, id, rec, Source::Rumor, out);
         }
         Ok(())
     }
 
-    /// Panics if the table, counts, queues or timers are inconsistent.
+    fn acked(&mut self, now: Instant, nonce: u32, from: &Peer, out: &mut Outbox<'_>) {
+        if let Some(p) = self.probes.get(&nonce).copied() {
+            // The ack must come from the member we pinged, or from a relay we asked.
+            let from_target = from.id == Some(p.target);
+            if !from_target && p.phase == Phase::Direct {
+                return;
+            }
+            self.probes.remove(&nonce);
+            self.stats.probes_acked += 1;
+            if p.phase == Phase::Direct && from_target {
+                self.rtt.sample(now.saturating_duration_since(p.started));
+                self.lhm = self.lhm.saturating_sub(1);
+            }
+            if p.verify_left {
+                self.stats.left_claims_refuted += 1;
+            }
+        } else if let Some(relay) = self.relays.remove(&nonce) {
+            let origin = Peer {
+                id: None,
+                addr: relay.origin,
+            };
+            self.push_ctrl(origin, Ctrl::Ack(relay.origin_nonce), false, out);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn relay(
+        &mut self,
+        now: Instant,
+        from: &Peer,
+        nonce: u32,
+        target: NodeId,
+        addr: SocketAddr,
+        timeout_ms: u16,
+        out: &mut Outbox<'_>,
+    ) {
+        // Only a member we know, at the address we know: a ping-req cannot aim our pings
+        // at an arbitrary address.
+        let known = self
+            .table
+            .get(target)
+            .is_some_and(|r| r.status().is_live() && self.same_addr(r, &addr));
+        if !known || self.relays.len() >= RELAYS_MAX || self.left_at_round.is_some() {
+            self.stats.ping_reqs_refused += 1;
+            return;
+        }
+        let mine = self.nonce();
+        let timeout = Duration::from_millis(u64::from(timeout_ms.max(1)));
+        self.relays.insert(
+            mine,
+            Relay {
+                origin: from.addr,
+                origin_nonce: nonce,
+                nack_at: now + timeout.mul_f64(0.8),
+                nacked: false,
+                deadline: now + timeout,
+            },
+        );
+        self.stats.ping_reqs_relayed += 1;
+        let peer = Peer {
+            id: Some(target),
+            addr,
+        };
+        self.push_ctrl(peer, Ctrl::Ping(mine), true, out);
+    }
+
+    /// Panics if the table, counts, queues or timers are inconsistent (O(N)).
     pub fn check_invariants(&self) {
         self.table.check_invariants();
         self.syncer.check_invariants();
         let live = self
             .table
             .iter()
-            .filter(|(_, m)| m.status.is_live())
+            .filter(|(_, r)| r.status().is_live())
             .count();
         assert_eq!(live, self.live, "live count drifted");
+        self.check_bounds();
+        for (id, r) in self.table.iter().filter(|(id, _)| *id != self.me) {
+            assert_eq!(
+                self.dead.contains_key(&id),
+                !r.status().is_live(),
+                "tombstones and dead records disagree"
+            );
+        }
+    }
+
+    /// The O(1)-ish part of [`Membership::check_invariants`]: bounds and cross-checks that do
+    /// not walk the table.
+    pub fn check_bounds(&self) {
         assert_eq!(self.queue.len(), self.queued.len());
         assert!(self.queue.len() <= self.config.broadcast_queue_max);
-        assert!(self.table.len() <= self.config.members_max.max(1));
+        assert!(self.table.len() <= self.config.members_max.max(1) + 1);
         assert!(self.probes.len() <= PROBES_MAX);
         assert!(self.relays.len() <= RELAYS_MAX);
         assert!(self.ctrl.len() <= CTRL_PEERS_MAX);
         assert!(self.events.len() <= EVENTS_MAX);
         assert!(self.lhm <= self.config.lhm_max);
-        for id in self.suspicions.keys() {
+        assert!(self.dead.len() <= self.table.len());
+        for (id, s) in &self.suspicions {
             assert_eq!(
-                self.table.get(*id).map(|m| m.status),
+                self.table.get(*id).map(|r| r.status()),
                 Some(Status::Suspect),
                 "suspicion timer for a non-suspect"
             );
+            assert!(s.confirmers.len() <= self.config.suspicion_confirmations as usize + 2);
         }
         assert_eq!(
-            self.table.get(self.me).map(|m| m.incarnation),
+            self.table.get(self.me).map(|r| r.inc),
             Some(self.incarnation)
         );
+    }
+
+    /// Bytes of memory the member table holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.table.memory_bytes()
     }
 }
 
@@ -931,29 +1640,35 @@ impl GossipObject for Membership {
         "membership"
     }
 
-    fn on_round(&mut self, _now: Instant, out: &mut Outbox<'_>) {
+    fn on_round(&mut self, now: Instant, out: &mut Outbox<'_>) {
         self.rounds += 1;
+        self.syncer.expire(now);
         if self.is_gone() {
             return;
         }
         if let Some(r) = self.left_at_round {
             // Spread the leave directly to a few members.
             if self.rounds <= r + u64::from(self.config.leave_rounds) {
-                let peers: Vec<Peer> = self
-                    .table
-                    .iter()
-                    .filter(|(id, m)| *id != self.me && m.status.is_live())
-                    .map(|(id, m)| Peer {
-                        id: Some(id),
-                        addr: m.addr,
-                    })
-                    .collect();
-                for _ in 0..self.config.indirect_probes.min(peers.len()) {
-                    let p = peers[self.rng.below(peers.len() as u64) as usize];
-                    out.send_to(p.addr);
+                for _ in 0..self.config.indirect_probes {
+                    let mut rng = self.rng.fork();
+                    let p = self.sample(&mut rng, |id, r| id != self.me && r.status().is_live());
+                    if let Some(p) = p {
+                        out.initiate(&p);
+                    }
                 }
             }
             return;
+        }
+        // Reap dead records whose certificate ran out.
+        let reap_after = self.config.reap_after;
+        let expired: Vec<NodeId> = self
+            .dead
+            .iter()
+            .filter(|(_, b)| older_than(now, **b, reap_after))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            self.reap(id);
         }
         if self.live <= 1 {
             let seeds: Vec<SocketAddr> = self
@@ -964,23 +1679,24 @@ impl GossipObject for Membership {
                 .filter(|s| *s != self.my_addr)
                 .collect();
             for s in seeds {
-                let seq = self.next_seq();
-                self.push_ctrl(s, Ctrl::Ping(seq), out);
+                let nonce = self.nonce();
+                let seed = Peer { id: None, addr: s };
+                self.push_ctrl(seed, Ctrl::Ping(nonce), true, out);
                 self.syncer.start(s);
             }
         }
         let every = u64::from(self.config.reconnect_every);
-        if every > 0 && self.rounds % every == 0 {
-            let down: Vec<SocketAddr> = self
-                .table
-                .iter()
-                .filter(|(_, m)| m.status == Status::Down)
-                .map(|(_, m)| m.addr)
-                .collect();
-            if !down.is_empty() {
-                let a = down[self.rng.below(down.len() as u64) as usize];
-                let seq = self.next_seq();
-                self.push_ctrl(a, Ctrl::Ping(seq), out);
+        if every > 0 && self.rounds % every == 0 && !self.dead.is_empty() {
+            let k = self.rng.below(self.dead.len() as u64) as usize;
+            if let Some(id) = self.dead.keys().nth(k).copied() {
+                if let Some(r) = self.table.get(id).copied() {
+                    let nonce = self.nonce();
+                    let p = Peer {
+                        id: Some(id),
+                        addr: self.addr_of(&r),
+                    };
+                    self.push_ctrl(p, Ctrl::Ping(nonce), true, out);
+                }
             }
         }
     }
@@ -989,34 +1705,33 @@ impl GossipObject for Membership {
         if self.left_at_round.is_some() {
             return;
         }
-        let Some(id) = peer.id else { return };
-        let Some(m) = self.table.get(id).copied() else {
-            return;
-        };
-        let seq = self.next_seq();
-        if self.probes.len() < PROBES_MAX {
-            self.stats.probes += 1;
-            let deadline = now + self.config.probe_timeout * self.health_multiplier();
-            self.probes.insert(
-                seq,
-                Probe {
-                    target: id,
-                    addr: m.addr,
-                    incarnation: m.incarnation,
-                    deadline,
-                    phase: Phase::Direct,
-                },
-            );
-        } else {
-            self.stats.control_overflow += 1;
+        if !self.start_probe(now, *peer, false, out) {
+            let nonce = self.nonce();
+            self.push_ctrl(*peer, Ctrl::Ping(nonce), true, out);
         }
-        self.push_ctrl(peer.addr, Ctrl::Ping(seq), out);
+        let every = u64::from(self.config.sync_every.max(1));
+        if self.rounds % every == 0 {
+            self.syncer.start(peer.addr);
+        }
+    }
+
+    fn extra_peers(&mut self) -> usize {
+        // We lack whole ranges: ask more peers at once (each for different ranges).
+        if self.left_at_round.is_none() && self.syncer.take_backlog() {
+            self.config.catch_up_fanout
+        } else {
+            0
+        }
+    }
+
+    fn catch_up_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
         self.syncer.start(peer.addr);
+        out.initiate(peer);
     }
 
     fn write(
         &mut self,
-        _now: Instant,
+        now: Instant,
         to: &Peer,
         priority: Priority,
         budget: usize,
@@ -1025,10 +1740,15 @@ impl GossipObject for Membership {
         match priority {
             Priority::Liveness => {
                 if budget >= 7 {
-                    self.write_liveness(to, budget, out);
+                    self.write_liveness(now, to, budget, out);
                 }
             }
-            Priority::Bulk => self.syncer.write(to.addr, &self.table, budget, out),
+            Priority::Bulk => {
+                let mut syncer = std::mem::replace(&mut self.syncer, Syncer::new(0, 0));
+                let codec = MemberCodec { m: self, now };
+                syncer.write(to.addr, &self.table, &codec, &[], budget, out);
+                self.syncer = syncer;
+            }
         }
     }
 
@@ -1047,17 +1767,44 @@ impl GossipObject for Membership {
         match priority {
             Priority::Liveness => self.handle_liveness(now, from, payload, out),
             Priority::Bulk => {
-                let bulk = Syncer::parse(payload)?;
-                let mut r = bulk.records.clone();
-                for _ in 0..bulk.count {
-                    let (id, rec) = decode_member(&mut r)?;
-                    self.apply(now, id, rec);
+                let bulk = sync::parse(payload)?;
+                let mut r = bulk.reader.clone();
+                let mut read = 0usize;
+                let haves: Vec<_> = bulk.haves().collect();
+                let mut answers = Vec::new();
+                for (range, n) in haves {
+                    let mut listing = Vec::with_capacity(usize::from(n));
+                    for _ in 0..n {
+                        let (id, rec) = decode_member(&mut r)?;
+                        if !range.contains(sync::mix(id)) {
+                            return Err(WireError::Malformed);
+                        }
+                        self.apply(now, id, rec, Source::Sync, out);
+                        listing.push((id, (rec.inc, rec.status)));
+                    }
+                    read += usize::from(n);
+                    answers.push((range, listing));
                 }
-                if self.left_at_round.is_none()
-                    && self
-                        .syncer
-                        .received(from.addr, bulk.digest, bulk.reply_wanted, &self.table)
-                {
+                for k in read..usize::from(bulk.records) {
+                    let (id, rec) = decode_member(&mut r)?;
+                    let src = if k < read + usize::from(bulk.rumors) {
+                        Source::Rumor
+                    } else {
+                        Source::Sync
+                    };
+                    self.apply(now, id, rec, src, out);
+                }
+                if self.left_at_round.is_some() {
+                    return Ok(());
+                }
+                for (range, listing) in answers {
+                    let ids = listing_answer(&self.table, range, &listing, |ours, theirs| {
+                        supersedes(ours.inc, ours.status(), theirs.0, theirs.1)
+                    });
+                    self.syncer.send_ids(from.addr, ids);
+                }
+                self.syncer.handle(now, from.addr, &bulk.items, &self.table);
+                if self.syncer.owes(from.addr) {
                     out.send_to(from.addr);
                 }
                 Ok(())
@@ -1073,45 +1820,104 @@ impl GossipObject for Membership {
             .filter(|(_, p)| p.deadline <= now)
             .map(|(s, _)| *s)
             .collect();
-        for seq in due {
-            let Some(mut p) = self.probes.remove(&seq) else {
+        for nonce in due {
+            let Some(mut p) = self.probes.remove(&nonce) else {
                 continue;
             };
             match p.phase {
                 Phase::Direct => {
-                    let helpers: Vec<SocketAddr> = self
-                        .table
-                        .iter()
-                        .filter(|(id, m)| {
-                            *id != self.me && *id != p.target && m.status == Status::Alive
-                        })
-                        .map(|(_, m)| m.addr)
-                        .collect();
-                    let k = self.config.indirect_probes.min(helpers.len());
-                    let mut chosen: Vec<SocketAddr> = Vec::new();
-                    while chosen.len() < k {
-                        let a = helpers[self.rng.below(helpers.len() as u64) as usize];
-                        if !chosen.contains(&a) {
-                            chosen.push(a);
+                    // Helpers at distinct addresses, none at the target's: live members may
+                    // share an address (nodes behind one announced ip:port, a restart reusing
+                    // it), and a helper there only pings itself. The draw is bounded (4k
+                    // tries): with fewer distinct addresses than k it asks the ones it found.
+                    let k = self.config.indirect_probes;
+                    let mut chosen: Vec<Peer> = Vec::new();
+                    for _ in 0..k * 4 {
+                        if chosen.len() >= k {
+                            break;
+                        }
+                        let mut rng = self.rng.fork();
+                        let c = self.sample(&mut rng, |id, r| {
+                            id != self.me
+                                && id != p.target
+                                && r.status() == Status::Alive
+                                && !self.same_addr(r, &p.addr)
+                        });
+                        match c {
+                            Some(c) if !chosen.iter().any(|x| x.addr == c.addr) => chosen.push(c),
+                            Some(_) => {}
+                            None => break,
                         }
                     }
-                    for a in chosen {
+                    let timeout = self.indirect_timeout();
+                    let timeout_ms = u16::try_from(timeout.as_millis().max(1)).unwrap_or(u16::MAX);
+                    for c in &chosen {
                         self.stats.ping_reqs_sent += 1;
-                        self.push_ctrl(a, Ctrl::PingReq(seq, p.target, p.addr), out);
+                        let req = Ctrl::PingReq {
+                            nonce,
+                            target: p.target,
+                            addr: p.addr,
+                            timeout_ms,
+                        };
+                        self.push_ctrl(*c, req, true, out);
                     }
                     // SWIM: keep listening for the direct ack too (ping again alongside).
-                    self.push_ctrl(p.addr, Ctrl::Ping(seq), out);
+                    let target = Peer {
+                        id: Some(p.target),
+                        addr: p.addr,
+                    };
+                    self.push_ctrl(target, Ctrl::Ping(nonce), true, out);
                     p.phase = Phase::Indirect;
-                    p.deadline = now + self.config.indirect_timeout * self.health_multiplier();
-                    self.probes.insert(seq, p);
+                    p.expected_nacks = chosen.len() as u32;
+                    p.deadline = now + timeout;
+                    self.probes.insert(nonce, p);
                 }
                 Phase::Indirect => {
                     self.stats.probes_failed += 1;
                     if self.config.lifeguard {
-                        self.lhm = (self.lhm + 1).min(self.config.lhm_max);
+                        // Missing nacks say our own path is bad, not the target.
+                        let delta = if p.expected_nacks > 0 {
+                            p.expected_nacks.saturating_sub(p.nacks)
+                        } else {
+                            1
+                        };
+                        self.lhm = (self.lhm + delta).min(self.config.lhm_max);
                     }
-                    self.suspect(now, p.target, p.incarnation);
+                    if p.verify_left {
+                        // The claim holds: it does not answer.
+                        if let Some(r) = self.table.get(p.target).copied() {
+                            let rec = Incoming {
+                                addr: self.addr_of(&r),
+                                inc: r.inc,
+                                status: Status::Left,
+                                suspecter: NodeId(0),
+                                age_ms: 0,
+                            };
+                            self.apply(now, p.target, rec, Source::Own, out);
+                        }
+                    } else {
+                        self.suspect(now, p.target, p.incarnation, out);
+                    }
                 }
+            }
+        }
+        // Relays: nack at 80% of the requester's timeout, give up at the timeout.
+        let nacks: Vec<u32> = self
+            .relays
+            .iter()
+            .filter(|(_, r)| !r.nacked && r.nack_at <= now)
+            .map(|(n, _)| *n)
+            .collect();
+        for n in nacks {
+            if let Some(r) = self.relays.get_mut(&n) {
+                r.nacked = true;
+                let (origin, nonce) = (r.origin, r.origin_nonce);
+                self.stats.nacks_sent += 1;
+                let p = Peer {
+                    id: None,
+                    addr: origin,
+                };
+                self.push_ctrl(p, Ctrl::Nack(nonce), false, out);
             }
         }
         self.relays.retain(|_, r| r.deadline > now);
@@ -1124,14 +1930,16 @@ impl GossipObject for Membership {
             .collect();
         for id in expired {
             self.suspicions.remove(&id);
-            if let Some(m) = self.table.get(id).copied() {
+            if let Some(r) = self.table.get(id).copied() {
                 self.stats.declared_down += 1;
-                let rec = Member {
+                let rec = Incoming {
+                    addr: self.addr_of(&r),
+                    inc: r.inc,
                     status: Status::Down,
                     suspecter: NodeId(0),
-                    ..m
+                    age_ms: 0,
                 };
-                self.apply(now, id, rec);
+                self.apply(now, id, rec, Source::Own, out);
             }
         }
     }
@@ -1139,11 +1947,336 @@ impl GossipObject for Membership {
     fn poll_timeout(&self) -> Option<Instant> {
         let p = self.probes.values().map(|p| p.deadline).min();
         let s = self.suspicions.values().map(|s| s.deadline).min();
-        let r = self.relays.values().map(|r| r.deadline).min();
+        let r = self
+            .relays
+            .values()
+            .map(|r| if r.nacked { r.deadline } else { r.nack_at })
+            .min();
         [p, s, r].into_iter().flatten().min()
+    }
+
+    fn forget_peer(&mut self, addr: SocketAddr) {
+        self.ctrl.remove(&addr);
+        self.syncer.forget(addr);
     }
 
     fn check_invariants(&self) {
         Membership::check_invariants(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::Peers;
+
+    fn addr(i: u8) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, i], 7000))
+    }
+
+    fn node(i: u8) -> Membership {
+        Membership::new(
+            NodeId(u64::from(i)),
+            addr(i),
+            Duration::from_millis(200),
+            MembershipConfig::default(),
+            Prng::new(u64::from(i)),
+        )
+    }
+
+    fn inc(status: Status, inc: u32, a: SocketAddr) -> Incoming {
+        Incoming {
+            addr: a,
+            inc,
+            status,
+            suspecter: NodeId(99),
+            age_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_suspicion_waits_for_confirmations_only_when_enough_members_could_send_them() {
+        let mut m = node(1);
+        let k = m.config.suspicion_confirmations as usize;
+        // Us, the suspect and k - 1 others: k confirmations cannot arrive.
+        m.live = k + 1;
+        let min = m.suspicion_min();
+        assert_eq!(m.suspicion_timeout(0), min);
+        assert_eq!(m.suspicion_timeout(k), min);
+        // One more member and all k can: the timer starts at β × the minimum and shrinks.
+        m.live = k + 2;
+        let min = m.suspicion_min();
+        let beta = m.config.suspicion_max_mult;
+        let near = |a: Duration, b: Duration| (a.as_secs_f64() - b.as_secs_f64()).abs() < 1e-6;
+        assert!(near(m.suspicion_timeout(0), min.mul_f64(beta)));
+        assert!(m.suspicion_timeout(1) < m.suspicion_timeout(0));
+        assert!(near(m.suspicion_timeout(k), min));
+    }
+
+    #[test]
+    fn indirect_probe_helpers_have_distinct_addresses_and_none_shares_the_targets() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut m = node(1);
+        // The target 2; 3 behind the target's address; 4 and 5 behind one address; 6 alone.
+        for (id, a) in [(2, 2), (3, 2), (4, 4), (5, 4), (6, 6)] {
+            m.apply(
+                now,
+                NodeId(id),
+                inc(Status::Alive, 1, addr(a)),
+                Source::FirstHand,
+                &mut out,
+            );
+        }
+        let target = Peer {
+            id: Some(NodeId(2)),
+            addr: addr(2),
+        };
+        assert!(m.start_probe(now, target, false, &mut out));
+        m.ctrl.clear();
+        m.handle_timeout(now + Duration::from_secs(1), &mut out);
+        let helpers: Vec<SocketAddr> = m
+            .ctrl
+            .iter()
+            .filter(|(_, q)| q.iter().any(|c| matches!(c, Ctrl::PingReq { .. })))
+            .map(|(a, _)| *a)
+            .collect();
+        assert_eq!(helpers, vec![addr(4), addr(6)]);
+        assert_eq!(m.stats().ping_reqs_sent, 2);
+        // The probe went on to its indirect phase (it did not hang or vanish).
+        assert_eq!(m.probes.len(), 1);
+        m.check_invariants();
+    }
+
+    #[test]
+    fn incarnations_compare_across_the_wrap() {
+        assert!(incarnation_newer(1, 0));
+        assert!(incarnation_newer(0, u32::MAX));
+        assert!(!incarnation_newer(u32::MAX, 0));
+        assert!(!incarnation_newer(5, 5));
+        assert!(incarnation_newer(5 + (1 << 31) - 1, 5));
+        assert!(!incarnation_newer(5 + (1 << 31), 5));
+    }
+
+    #[test]
+    fn a_down_at_the_highest_incarnation_is_refuted_without_saturating() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut me = node(1);
+        me.incarnation = u32::MAX;
+        me.set_self(Status::Alive);
+        me.apply(
+            now,
+            NodeId(1),
+            inc(Status::Down, u32::MAX, addr(1)),
+            Source::Rumor,
+            &mut out,
+        );
+        assert_eq!(me.incarnation(), 0, "u32::MAX + 1 wraps to 0");
+        assert_eq!(me.stats().refutations, 1);
+        // A node that holds the down record takes the refutation as newer.
+        let mut other = node(2);
+        other.apply(
+            now,
+            NodeId(1),
+            inc(Status::Down, u32::MAX, addr(1)),
+            Source::Rumor,
+            &mut out,
+        );
+        assert_eq!(other.member(NodeId(1)).unwrap().status, Status::Down);
+        other.apply(
+            now,
+            NodeId(1),
+            inc(Status::Alive, 0, addr(1)),
+            Source::Rumor,
+            &mut out,
+        );
+        let m = other.member(NodeId(1)).unwrap();
+        assert_eq!((m.status, m.incarnation), (Status::Alive, 0));
+        me.check_invariants();
+        other.check_invariants();
+    }
+
+    #[test]
+    fn a_relayed_left_about_a_live_member_is_only_a_claim_to_check() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut m = node(1);
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Alive, 3, addr(2)),
+            Source::FirstHand,
+            &mut out,
+        );
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Left, 3, addr(2)),
+            Source::Rumor,
+            &mut out,
+        );
+        assert_eq!(m.member(NodeId(2)).unwrap().status, Status::Alive);
+        assert_eq!(m.stats().left_claims, 1);
+        assert_eq!(m.probes.values().filter(|p| p.verify_left).count(), 1);
+        // It answers: the claim is refuted and it stays alive.
+        let nonce = *m.probes.keys().next().unwrap();
+        let from = Peer {
+            id: Some(NodeId(2)),
+            addr: addr(2),
+        };
+        m.acked(now + Duration::from_millis(1), nonce, &from, &mut out);
+        assert_eq!(m.stats().left_claims_refuted, 1);
+        assert_eq!(m.member(NodeId(2)).unwrap().status, Status::Alive);
+        // Its own word is taken at once.
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Left, 3, addr(2)),
+            Source::FirstHand,
+            &mut out,
+        );
+        assert_eq!(m.member(NodeId(2)).unwrap().status, Status::Left);
+        m.check_invariants();
+    }
+
+    #[test]
+    fn a_record_far_ahead_of_the_held_incarnation_is_refused_unless_first_hand() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut m = node(1);
+        let jump = m.config.incarnation_jump_max;
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Alive, 10, addr(2)),
+            Source::FirstHand,
+            &mut out,
+        );
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Down, 10 + jump + 1, addr(2)),
+            Source::Rumor,
+            &mut out,
+        );
+        assert_eq!(m.member(NodeId(2)).unwrap().status, Status::Alive);
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Down, 10 + jump, addr(2)),
+            Source::Rumor,
+            &mut out,
+        );
+        assert_eq!(
+            m.member(NodeId(2)).unwrap().status,
+            Status::Down,
+            "inside the window"
+        );
+        assert_eq!(m.stats().implausible_incarnations, 1);
+        // A forged accusation of ourselves far ahead is refuted from our own incarnation.
+        m.apply(
+            now,
+            NodeId(1),
+            inc(Status::Down, 1 << 20, addr(1)),
+            Source::Rumor,
+            &mut out,
+        );
+        assert_eq!(m.incarnation(), 1);
+        m.check_invariants();
+    }
+
+    #[test]
+    fn death_certificates_are_reaped_on_time_and_refused_when_older() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut m = node(1);
+        let reap = m.config.reap_after;
+        {
+            let mut out = Outbox::new(&mut peers, 0, now);
+            m.apply(
+                now,
+                NodeId(2),
+                inc(Status::Alive, 0, addr(2)),
+                Source::FirstHand,
+                &mut out,
+            );
+            let mut down = inc(Status::Down, 0, addr(2));
+            down.age_ms = 1000;
+            m.apply(now, NodeId(2), down, Source::Rumor, &mut out);
+            // First heard of already dead: a tombstone, and the others are told to forget.
+            let mut dead = inc(Status::Down, 0, addr(3));
+            dead.age_ms = 500;
+            m.apply(now, NodeId(3), dead, Source::Sync, &mut out);
+            let mut stale = inc(Status::Down, 0, addr(4));
+            stale.age_ms = ms(reap);
+            m.apply(now, NodeId(4), stale, Source::Sync, &mut out);
+        }
+        assert!(
+            m.member(NodeId(4)).is_none(),
+            "an expired certificate is refused"
+        );
+        assert_eq!(m.stats().stale_deaths, 1);
+        let events: Vec<_> = std::iter::from_fn(|| m.poll_event()).collect();
+        assert!(events.contains(&MembershipEvent::MemberForgotten { id: NodeId(3) }));
+        assert!(events.contains(&MembershipEvent::MemberDown { id: NodeId(2) }));
+        // Node 2 died 1 s ago: reaped at reap_after - 1 s, node 3 at reap_after - 0.5 s.
+        let mut out = Outbox::new(&mut peers, 0, now);
+        m.on_round(now + reap - Duration::from_millis(1001), &mut out);
+        assert!(m.member(NodeId(2)).is_some());
+        m.on_round(now + reap - Duration::from_millis(999), &mut out);
+        assert!(m.member(NodeId(2)).is_none());
+        assert!(m.member(NodeId(3)).is_some());
+        m.on_round(now + reap, &mut out);
+        assert!(m.member(NodeId(3)).is_none());
+        assert_eq!(m.stats().reaped, 2);
+        m.check_invariants();
+    }
+
+    #[test]
+    fn round_trip_samples_shorten_the_probe_timeout_within_its_bounds() {
+        let mut m = node(1);
+        assert_eq!(m.direct_timeout(), m.config.probe_timeout);
+        for _ in 0..20 {
+            m.rtt.sample(Duration::from_micros(200));
+        }
+        assert_eq!(m.direct_timeout(), m.config.probe_timeout_min);
+        for _ in 0..50 {
+            m.rtt.sample(Duration::from_millis(30));
+        }
+        let t = m.direct_timeout();
+        assert!(
+            t > Duration::from_millis(30) && t < m.config.probe_timeout,
+            "{t:?}"
+        );
+        for _ in 0..50 {
+            m.rtt.sample(Duration::from_secs(1));
+        }
+        assert_eq!(m.direct_timeout(), m.config.probe_timeout);
+        m.lhm = 2;
+        assert_eq!(m.direct_timeout(), m.config.probe_timeout * 3);
+    }
+
+    #[test]
+    fn a_stall_raises_local_health_by_one_and_acks_bring_it_down() {
+        let now = Instant(1_000_000_000);
+        let mut m = node(1);
+        m.set_expected_wakeup(Some(now));
+        m.observe_clock(now + Duration::from_secs(1));
+        assert_eq!(
+            m.local_health(),
+            1,
+            "one late wake-up is one step, not the maximum"
+        );
+        m.set_expected_wakeup(Some(now + Duration::from_secs(2)));
+        m.observe_clock(now + Duration::from_secs(3));
+        assert_eq!(m.local_health(), 2);
+        m.set_expected_wakeup(Some(now + Duration::from_secs(3)));
+        m.observe_clock(now + Duration::from_secs(3) + Duration::from_millis(199));
+        assert_eq!(m.local_health(), 2, "less than a round late is no stall");
     }
 }

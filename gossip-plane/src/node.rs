@@ -1,6 +1,8 @@
 //! The gossip node: the runtime that drives gossip objects, selects peers with MiCA's
-//! correlated merge, bundles sections per peer into one datagram, and implements
-//! [`qs_transport::Driven`].
+//! correlated merge (in O(1) per round: views are described, peers sampled), bundles sections
+//! per peer into one datagram within the reply budget of [`crate::peers`], and implements
+//! [`qs_transport::Driven`]. It owns no protocol state of its own beyond the per-peer table;
+//! what the objects know is theirs.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,11 +15,12 @@ use qs_transport::{
 };
 
 use crate::health::{Health, HealthConfig, HEALTH_TAG};
-use crate::membership::{Membership, MembershipConfig, MembershipEvent, MEMBERSHIP_TAG};
-use crate::object::{GossipObject, Intents, Peer, PeerView};
+use crate::membership::{Membership, MembershipConfig, MembershipEvent, Status, MEMBERSHIP_TAG};
+use crate::object::{GossipObject, Outbox, Peer, PeerView};
+use crate::peers::{Peers, PeersConfig, PeersStats, ECHO_BIT, REPLY_MIN, RUNTIME_TAG};
 use crate::reachability::{Reachability, ReachabilityConfig, ReachabilityEvent, REACHABILITY_TAG};
 use crate::subscriptions::{Subscriptions, SubscriptionsConfig, SUBSCRIPTIONS_TAG};
-use crate::wire::{self, Priority, Sections, SECTION_HEADER_LEN};
+use crate::wire::{self, Priority, Reader, Sections, SECTION_HEADER_LEN};
 
 /// Gossip node settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,8 +43,10 @@ pub struct GossipConfig {
     /// Seals and opens datagrams when the node runs standalone (its [`Driven`] impl); a node
     /// embedded in another core gets opened packets and returns unsealed ones instead.
     pub seal: Seal,
-    /// Most peers with pending sends (further requests are counted and dropped).
-    pub intents_max: usize,
+    /// Per-peer table and reply budget.
+    pub peers: PeersConfig,
+    /// Subscription records checked per round for an owner membership knows.
+    pub sweep_per_round: usize,
     /// Membership and failure detection.
     pub membership: MembershipConfig,
     /// Subscriptions.
@@ -65,7 +70,8 @@ impl GossipConfig {
             bundling: true,
             seed: id.0,
             seal: Seal::new(),
-            intents_max: 1024,
+            peers: PeersConfig::default(),
+            sweep_per_round: 32,
             membership: MembershipConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
             reachability: ReachabilityConfig::default(),
@@ -123,14 +129,17 @@ pub struct NodeStats {
     pub dropped_own: u64,
     /// Sections with an unknown tag (skipped).
     pub unknown_sections: u64,
-    /// Send requests dropped because too many peers had pending sends.
-    pub intents_overflow: u64,
     /// Objects left without a peer after the correlated selection's draw limit.
     pub selection_overflow: u64,
     /// Events dropped from the full event queue.
     pub events_overflow: u64,
     /// Payloads an object wrote beyond its budget (dropped; a bug in that object).
     pub oversize_writes: u64,
+    /// Subscription records dropped because membership holds their owner as dead or does
+    /// not know it.
+    pub orphan_records: u64,
+    /// Per-peer table and reply budget.
+    pub peers: PeersStats,
     /// Per object, in object order (membership, subscriptions, reachability, health, then
     /// added objects).
     pub objects: Vec<(&'static str, ObjectStats)>,
@@ -141,7 +150,7 @@ pub struct NodeStats {
 pub enum AddObjectError {
     /// Another object already uses this tag.
     DuplicateTag(u8),
-    /// A node runs at most 64 objects.
+    /// A node runs at most 63 objects.
     TooManyObjects,
 }
 
@@ -149,7 +158,7 @@ impl std::fmt::Display for AddObjectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             AddObjectError::DuplicateTag(t) => write!(f, "gossip object tag {t} already in use"),
-            AddObjectError::TooManyObjects => write!(f, "too many gossip objects (max 64)"),
+            AddObjectError::TooManyObjects => write!(f, "too many gossip objects (max 63)"),
         }
     }
 }
@@ -158,6 +167,8 @@ impl std::error::Error for AddObjectError {}
 
 const EVENTS_MAX: usize = 16_384;
 const SELECTION_DRAWS_MAX: usize = 64;
+/// Runtime section: section header and echo, plus a cookie when the peer needs one.
+const RUNTIME_SECTION_LEN: usize = SECTION_HEADER_LEN + 4;
 
 /// A gossip node: membership, subscriptions and any added [`GossipObject`]s over one unicast
 /// socket, driven through [`Driven`].
@@ -172,7 +183,7 @@ pub struct GossipNode {
     health: Health,
     extras: Vec<Box<dyn GossipObject>>,
     now: Instant,
-    intents: Intents,
+    peers: Peers,
     next_round: Instant,
     /// `leave` was called: rounds run four times as often until the goodbye has spread.
     leaving: bool,
@@ -197,7 +208,7 @@ impl std::fmt::Debug for GossipNode {
 /// Reachability comes before health so that health, the larger, gets what is left of the MTU.
 const BUILTIN_OBJECTS: usize = 4;
 
-/// Object `i` of a node, borrowing only its object fields (so `self.intents` etc. stay free).
+/// Object `i` of a node, borrowing only its object fields (so `self.peers` etc. stay free).
 macro_rules! object {
     ($node:ident, $i:expr) => {
         object(
@@ -228,6 +239,38 @@ fn object<'a>(
     }
 }
 
+/// One due object's view, resolved against the live members for this round.
+struct Resolved {
+    object: usize,
+    view: PeerView,
+    /// Live favoured peers (sorted by id), for `PeerView::Favour`.
+    favoured: Vec<Peer>,
+}
+
+impl Resolved {
+    fn is_favoured(&self, id: Option<NodeId>) -> bool {
+        id.is_some_and(|id| {
+            self.favoured
+                .binary_search_by_key(&Some(id), |p| p.id)
+                .is_ok()
+        })
+    }
+    fn weight(&self, n: usize, p: &Peer) -> f64 {
+        self.view
+            .weight(n, self.favoured.len(), self.is_favoured(p.id))
+    }
+    /// A draw from this view alone.
+    fn sample(&self, membership: &Membership, rng: &mut Prng) -> Option<Peer> {
+        if let PeerView::Favour { share, .. } = &self.view {
+            if !self.favoured.is_empty() && rng.chance(share.clamp(0.0, 1.0)) {
+                let i = rng.below(self.favoured.len() as u64) as usize;
+                return Some(self.favoured[i]);
+            }
+        }
+        membership.sample_peer(rng)
+    }
+}
+
 impl GossipNode {
     /// A node created at `now`; its first round comes within one round interval (at a random
     /// phase, so nodes started together do not gossip in lockstep).
@@ -240,12 +283,7 @@ impl GossipNode {
             config.membership.clone(),
             rng.fork(),
         );
-        let subscriptions = Subscriptions::new(
-            config.id,
-            config.addr,
-            config.subscriptions.clone(),
-            rng.fork(),
-        );
+        let subscriptions = Subscriptions::new(config.id, config.subscriptions.clone());
         let phase = rng.below(config.round.as_nanos().max(1) as u64);
         let mut stats = NodeStats::default();
         stats.objects.push(("membership", ObjectStats::default()));
@@ -255,7 +293,7 @@ impl GossipNode {
         stats.objects.push(("reachability", ObjectStats::default()));
         stats.objects.push(("health", ObjectStats::default()));
         GossipNode {
-            intents: Intents::new(config.intents_max),
+            peers: Peers::new(config.peers.clone(), rng.fork(), now),
             next_round: now + Duration::from_nanos(phase),
             leaving: false,
             membership,
@@ -274,18 +312,19 @@ impl GossipNode {
     }
 
     /// Adds a gossip object (its tag must be unused; membership is 0, subscriptions 1,
-    /// reachability 2, health 3).
+    /// reachability 2, health 3, the runtime's own section 255).
     pub fn add_object(&mut self, object: Box<dyn GossipObject>) -> Result<(), AddObjectError> {
         let tag = object.tag();
         if tag == MEMBERSHIP_TAG
             || tag == SUBSCRIPTIONS_TAG
             || tag == REACHABILITY_TAG
             || tag == HEALTH_TAG
+            || tag == RUNTIME_TAG
             || self.extras.iter().any(|o| o.tag() == tag)
         {
             return Err(AddObjectError::DuplicateTag(tag));
         }
-        if self.extras.len() + BUILTIN_OBJECTS >= 64 {
+        if self.extras.len() + BUILTIN_OBJECTS >= 63 {
             return Err(AddObjectError::TooManyObjects);
         }
         self.stats
@@ -335,6 +374,15 @@ impl GossipNode {
     /// [`GossipNode::poll_event`].
     pub fn reachability_mut(&mut self) -> &mut Reachability {
         &mut self.reachability
+    }
+
+    /// Sends our own reachability report to `to` in the next datagram to it (reports are
+    /// accepted only from their author: the owner sends ours to those who act on it, e.g. the
+    /// senders of our region).
+    pub fn push_reachability_to(&mut self, to: SocketAddr) {
+        if self.reachability.owe(to) {
+            self.peers.add(self.now, to, 2, true, None);
+        }
     }
 
     /// A subscription record learned outside gossip (a multicast announcement the owner
@@ -399,20 +447,37 @@ impl GossipNode {
     /// Counters.
     pub fn stats(&self) -> NodeStats {
         let mut s = self.stats.clone();
-        s.intents_overflow = self.intents.overflow;
+        s.peers = self.peers.stats;
         s
     }
 
-    /// Panics if any object or the runtime is inconsistent.
+    /// Peers with a slot in the per-peer table.
+    pub fn peer_slots(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether the per-peer table holds a slot for `addr` (state kept for that address).
+    pub fn has_peer_slot(&self, addr: SocketAddr) -> bool {
+        self.peers.contains(addr)
+    }
+
+    /// Panics if any object or the runtime is inconsistent (O(N): walks the tables).
     pub fn check_invariants(&self) {
         self.membership.check_invariants();
         GossipObject::check_invariants(&self.subscriptions);
-        GossipObject::check_invariants(&self.reachability);
-        GossipObject::check_invariants(&self.health);
+        self.check_light();
         for o in &self.extras {
             o.check_invariants();
         }
-        self.intents.check_invariants();
+    }
+
+    /// The checks of [`GossipNode::check_invariants`] that do not walk the replicated tables
+    /// (cheap enough for every event of a large simulation).
+    pub fn check_light(&self) {
+        self.membership.check_bounds();
+        GossipObject::check_invariants(&self.reachability);
+        GossipObject::check_invariants(&self.health);
+        self.peers.check_invariants();
         assert!(self.events.len() <= EVENTS_MAX);
         assert!(self.next_round > Instant::ZERO || self.rounds == 0);
     }
@@ -429,20 +494,39 @@ impl GossipNode {
         }
     }
 
+    fn member_is_dead(&self, id: NodeId) -> bool {
+        self.membership
+            .member(id)
+            .is_some_and(|m| !m.status.is_live())
+    }
+
     fn pump_events(&mut self) {
         while let Some(e) = self.membership.poll_event() {
             match e {
-                MembershipEvent::MemberDown { id } | MembershipEvent::MemberLeft { id } => {
+                MembershipEvent::MemberDown { id }
+                | MembershipEvent::MemberLeft { id }
+                | MembershipEvent::MemberForgotten { id } => {
                     self.subscriptions.forget(id);
                     self.health.forget(self.now, id);
                     self.reachability.forget(self.now, id);
                 }
-                MembershipEvent::MemberUp { id, .. } => self.subscriptions.readmit(id),
-                _ => {}
+                MembershipEvent::MemberUp { id, .. } | MembershipEvent::MemberAlive { id, .. } => {
+                    self.health.readmit(id);
+                    self.reachability.readmit(id);
+                }
+                MembershipEvent::MemberSuspect { .. } => {}
             }
             self.push_event(GossipEvent::Membership(e));
         }
         while let Some(id) = self.subscriptions.poll_change() {
+            if self.member_is_dead(id) && self.subscriptions.record(id).is_some() {
+                // A copy of a dead member's record came back through someone who has not
+                // heard yet: it stays out while membership holds the tombstone.
+                self.subscriptions.forget(id);
+                self.stats.orphan_records += 1;
+                continue;
+            }
+            self.tell_health_mates(id);
             self.push_event(GossipEvent::SubscriptionsChanged(id));
         }
         while let Some(e) = self.reachability.poll_event() {
@@ -450,117 +534,180 @@ impl GossipNode {
         }
     }
 
+    /// Health learns region members from the subscription records (one region per
+    /// signature), before it holds their health records.
+    fn tell_health_mates(&mut self, id: NodeId) {
+        let me = self.config.id;
+        let Some(mine) = self.subscriptions.record(me) else {
+            return;
+        };
+        if id == me {
+            // Our own signature changed: everyone is re-judged (rare: a subscription change).
+            self.health.clear_mates();
+            let mates: Vec<NodeId> = self
+                .subscriptions
+                .records()
+                .filter(|(other, r)| *other != me && r.topics == mine.topics)
+                .map(|(other, _)| other)
+                .collect();
+            for m in mates {
+                self.health.set_mate(m, true);
+            }
+            return;
+        }
+        let mate = self.subscriptions.record(id).is_some_and(|r| {
+            std::sync::Arc::ptr_eq(&r.topics, &mine.topics) || r.topics == mine.topics
+        });
+        self.health.set_mate(id, mate);
+    }
+
     fn after_entry(&mut self) {
+        for addr in self.peers.take_forgotten() {
+            for i in 0..self.object_count() {
+                object!(self, i).forget_peer(addr);
+            }
+        }
         self.pump_events();
         let t = self.poll_timeout();
         self.membership.set_expected_wakeup(t);
     }
 
-    fn pick(rng: &mut Prng, weights: &[f64]) -> Option<usize> {
-        let total: f64 = weights.iter().sum();
-        if total.is_nan() || total <= 0.0 {
-            return None;
-        }
-        let mut x = rng.unit() * total;
-        for (i, w) in weights.iter().enumerate() {
-            if x < *w {
-                return Some(i);
-            }
-            x -= w;
-        }
-        weights.iter().rposition(|w| *w > 0.0)
-    }
-
-    fn weights(view: &PeerView, n: usize) -> Option<Vec<f64>> {
-        match view {
-            PeerView::Nobody => None,
-            PeerView::Uniform => Some(vec![1.0 / n as f64; n]),
-            PeerView::Weighted(w) => {
-                if w.len() != n {
-                    return None;
+    /// The due objects' views, resolved against the live members.
+    fn resolve(&mut self, due: Vec<(usize, PeerView)>) -> Vec<Resolved> {
+        due.into_iter()
+            .map(|(object, view)| {
+                let favoured = match &view {
+                    PeerView::Favour { ids, .. } => {
+                        let mut f: Vec<Peer> = ids
+                            .iter()
+                            .filter_map(|id| self.membership.peer(*id))
+                            .collect();
+                        f.sort_by_key(|p| p.id);
+                        f.dedup_by_key(|p| p.id);
+                        f
+                    }
+                    _ => Vec::new(),
+                };
+                Resolved {
+                    object,
+                    view,
+                    favoured,
                 }
-                let w: Vec<f64> = w
-                    .iter()
-                    .map(|x| if x.is_finite() && *x > 0.0 { *x } else { 0.0 })
-                    .collect();
-                let total: f64 = w.iter().sum();
-                (total > 0.0).then(|| w.iter().map(|x| x / total).collect())
-            }
-        }
+            })
+            .collect()
     }
 
     fn run_round(&mut self, now: Instant) {
         self.rounds += 1;
         self.stats.rounds += 1;
+        self.peers.tick(now);
+        for addr in self.peers.take_forgotten() {
+            for i in 0..self.object_count() {
+                object!(self, i).forget_peer(addr);
+            }
+        }
         let count = self.object_count();
         for i in 0..count {
             let o = object!(self, i);
-            o.on_round(now, &mut self.intents.outbox(i));
+            o.on_round(now, &mut Outbox::new(&mut self.peers, i, now));
         }
-        let peers = self.membership.peers();
-        if peers.is_empty() {
+        let dropped = {
+            let m = &self.membership;
+            self.subscriptions.sweep(self.config.sweep_per_round, |id| {
+                m.member(id).is_some_and(|r| r.status.is_live())
+            })
+        };
+        self.stats.orphan_records += dropped.len() as u64;
+        if self.rounds % u64::from(self.config.health.cold_every.max(1)) == 0 {
+            let m = &self.membership;
+            self.health
+                .vouch(now, |id| m.member(id).is_some_and(|r| r.status.is_live()));
+        }
+        let n = self.membership.peer_count();
+        if n == 0 {
             return;
         }
-        let n = peers.len();
         let mut due: Vec<(usize, PeerView)> = Vec::new();
         for i in 0..count {
             let o = object!(self, i);
             if self.rounds % u64::from(o.rate().max(1)) == 0 {
-                let v = o.view(&peers);
+                let v = o.view();
                 if v != PeerView::Nobody {
                     due.push((i, v));
                 }
             }
         }
-        if due.is_empty() {
+        let mut choices: Vec<(usize, Peer)> = Vec::new();
+        if !due.is_empty() {
+            let views = self.resolve(due);
+            self.select(&views, n, &mut choices);
+        }
+        for (i, peer) in choices {
+            let o = object!(self, i);
+            o.gossip_with(now, &peer, &mut Outbox::new(&mut self.peers, i, now));
+        }
+        // Extra partners (catching up): uniform draws, one object at a time.
+        for i in 0..count {
+            let k = object!(self, i).extra_peers();
+            for _ in 0..k {
+                let mut rng = self.rng.fork();
+                if let Some(peer) = self.membership.sample_peer(&mut rng) {
+                    let o = object!(self, i);
+                    o.catch_up_with(now, &peer, &mut Outbox::new(&mut self.peers, i, now));
+                }
+            }
+        }
+    }
+
+    /// Picks a peer for every due object: MiCA's correlated merge, by rejection sampling so
+    /// that nothing is enumerated.
+    fn select(&mut self, views: &[Resolved], n: usize, choices: &mut Vec<(usize, Peer)>) {
+        if !self.config.bundling {
+            for v in views {
+                if let Some(p) = v.sample(&self.membership, &mut self.rng) {
+                    choices.push((v.object, p));
+                }
+            }
             return;
         }
-        let mut choices: Vec<(usize, usize)> = Vec::new(); // (object, peer index)
-        if !self.config.bundling {
-            for (i, v) in &due {
-                if let Some(w) = Self::weights(v, n) {
-                    if let Some(p) = Self::pick(&mut self.rng, &w) {
-                        choices.push((*i, p));
-                    }
+        if views.iter().all(|v| v.view == PeerView::Uniform) {
+            if let Some(p) = self.membership.sample_peer(&mut self.rng) {
+                choices.extend(views.iter().map(|v| (v.object, p)));
+            }
+            return;
+        }
+        // Draw p from the composite c(p) = max_i w_i(p); each remaining object joins with
+        // probability w_i(p) / c(p). Repeating with the composite fixed until every object
+        // joined gives each object exactly its own view, while overlapping views share peers
+        // (and datagrams). The composite is sampled by proposing from the mixture of the
+        // views and accepting with max_i w_i / sum_i w_i (the max never exceeds the sum).
+        let mut remaining: Vec<bool> = vec![true; views.len()];
+        let mut draws = 0;
+        let mut tries = 0;
+        while remaining.iter().any(|r| *r) && draws < SELECTION_DRAWS_MAX {
+            tries += 1;
+            if tries > SELECTION_DRAWS_MAX * 8 {
+                break;
+            }
+            let j = self.rng.below(views.len() as u64) as usize;
+            let Some(p) = views[j].sample(&self.membership, &mut self.rng) else {
+                break;
+            };
+            let w: Vec<f64> = views.iter().map(|v| v.weight(n, &p)).collect();
+            let max = w.iter().copied().fold(0.0, f64::max);
+            let sum: f64 = w.iter().sum();
+            if sum <= 0.0 || !self.rng.chance(max / sum) {
+                continue;
+            }
+            draws += 1;
+            for (k, v) in views.iter().enumerate() {
+                if remaining[k] && self.rng.chance(w[k] / max) {
+                    remaining[k] = false;
+                    choices.push((v.object, p));
                 }
             }
-        } else if due.iter().all(|(_, v)| *v == PeerView::Uniform) {
-            let p = self.rng.below(n as u64) as usize;
-            choices.extend(due.iter().map(|(i, _)| (*i, p)));
-        } else {
-            // MiCA's correlated merge, generalised to k objects: draw a peer from the
-            // pointwise maximum of the views; each remaining object joins with probability
-            // w_i(p) / max_j w_j(p). Repeating with the composite fixed until every object
-            // joined gives each object exactly its own view, while overlapping views share
-            // peers (and datagrams).
-            let ws: Vec<(usize, Vec<f64>)> = due
-                .iter()
-                .filter_map(|(i, v)| Self::weights(v, n).map(|w| (*i, w)))
-                .collect();
-            let composite: Vec<f64> = (0..n)
-                .map(|p| ws.iter().map(|(_, w)| w[p]).fold(0.0, f64::max))
-                .collect();
-            let mut remaining: Vec<bool> = vec![true; ws.len()];
-            let mut draws = 0;
-            while remaining.iter().any(|r| *r) && draws < SELECTION_DRAWS_MAX {
-                draws += 1;
-                let Some(p) = Self::pick(&mut self.rng, &composite) else {
-                    break;
-                };
-                for (k, (i, w)) in ws.iter().enumerate() {
-                    if remaining[k] && self.rng.chance(w[p] / composite[p]) {
-                        remaining[k] = false;
-                        choices.push((*i, p));
-                    }
-                }
-            }
-            self.stats.selection_overflow += remaining.iter().filter(|r| **r).count() as u64;
         }
-        for (i, p) in choices {
-            let peer = peers[p];
-            let o = object!(self, i);
-            o.gossip_with(now, &peer, &mut self.intents.outbox(i));
-        }
+        self.stats.selection_overflow += remaining.iter().filter(|r| **r).count() as u64;
     }
 
     fn handle_packet_inner(
@@ -585,6 +732,18 @@ impl GossipNode {
         }
         self.stats.datagrams_received += 1;
         self.stats.bytes_received += (HEADER_LEN + body.len()) as u64;
+        // The runtime section (echo and cookie, last when present); without a valid echo the
+        // sender proves nothing and its replies are held to what it sent.
+        let (mut echo, mut cookie) = (0u32, None);
+        for s in Sections::new(body).flatten() {
+            if s.tag == RUNTIME_TAG {
+                let mut r = Reader::new(s.payload);
+                echo = r.u32().unwrap_or(0);
+                cookie = r.u32().ok().filter(|c| *c != 0);
+            }
+        }
+        self.peers
+            .received(now, from, sender, HEADER_LEN + body.len(), echo, cookie);
         let peer = Peer {
             id: Some(sender),
             addr: from,
@@ -595,6 +754,9 @@ impl GossipNode {
                 self.stats.dropped_malformed += 1;
                 break;
             };
+            if section.tag == RUNTIME_TAG {
+                continue;
+            }
             let idx = (0..count).find(|&i| object!(self, i).tag() == section.tag);
             let Some(i) = idx else {
                 self.stats.unknown_sections += 1;
@@ -609,7 +771,7 @@ impl GossipNode {
                 &peer,
                 section.priority,
                 section.payload,
-                &mut self.intents.outbox(i),
+                &mut Outbox::new(&mut self.peers, i, now),
             )
             .is_err()
             {
@@ -649,14 +811,15 @@ impl GossipNode {
         for i in 0..self.object_count() {
             let o = object!(self, i);
             if o.poll_timeout().is_some_and(|t| t <= now) {
-                o.handle_timeout(now, &mut self.intents.outbox(i));
+                o.handle_timeout(now, &mut Outbox::new(&mut self.peers, i, now));
             }
         }
         self.after_entry();
     }
 
     /// Writes the next gossip datagram (header and body, unsealed: the owner seals it) into
-    /// `buf`, within the MTU less `reserve` bytes (the seal's trailer).
+    /// `buf`, within the MTU less `reserve` bytes (the seal's trailer) and the peer's reply
+    /// budget.
     pub fn poll_packet(
         &mut self,
         now: Instant,
@@ -664,30 +827,43 @@ impl GossipNode {
         reserve: usize,
     ) -> Option<Transmit> {
         let mtu = self.config.mtu.min(buf.len()).saturating_sub(reserve);
-        if mtu < HEADER_LEN + SECTION_HEADER_LEN {
+        if mtu < 4 * REPLY_MIN {
             return None;
         }
-        while let Some((addr, mut mask)) = self.intents.pop() {
+        while let Some((addr, mut mask, id)) = self.peers.pop() {
+            let echo_only = mask & ECHO_BIT != 0;
+            mask &= !ECHO_BIT;
+            let Some(budget) = self.peers.budget(now, addr, mtu) else {
+                self.peers.defer(addr, mask);
+                continue;
+            };
             if !self.config.bundling {
                 let lowest = mask & mask.wrapping_neg();
-                self.intents.push_front(addr, mask & !lowest);
+                self.peers.put_back(addr, mask & !lowest, true);
                 mask = lowest;
             }
-            let to = Peer {
-                id: self.membership.id_at(addr),
-                addr,
-            };
+            let to = Peer { id, addr };
             if wire::write_header(buf, self.config.cluster, self.config.id).is_err() {
                 return None;
             }
+            // Room is kept for the runtime section, written last, unless the budget is that
+            // of a bare ack (a cookie it may then owe goes with the next datagram).
+            let bytes = budget.bytes.min(mtu);
+            let reserve = if bytes >= 4 * REPLY_MIN {
+                RUNTIME_SECTION_LEN + 4
+            } else {
+                0
+            };
+            let limit = bytes - reserve;
             let mut at = HEADER_LEN;
+            let body_start = at;
             let mut wrote_mask = 0u64;
             let count = self.object_count();
             for priority in Priority::ALL {
                 let members: Vec<usize> = (0..count).filter(|i| mask & (1 << i) != 0).collect();
                 let mut left = members.len();
                 for i in members {
-                    let room = mtu - at;
+                    let room = limit.saturating_sub(at);
                     let share = if priority == Priority::Bulk {
                         room / left.max(1)
                     } else {
@@ -725,19 +901,58 @@ impl GossipNode {
                     s.bytes_sent += (SECTION_HEADER_LEN + len) as u64;
                 }
             }
-            if at == HEADER_LEN {
+            let mut more = 0u64;
+            for i in 0..count {
+                let o = object!(self, i);
+                if mask & (1 << i) != 0 && o.has_more(&to) {
+                    more |= 1 << i;
+                }
+            }
+            if at == body_start && !echo_only {
+                // Nothing fit or nothing to say: what is still owed waits for budget.
+                if more != 0 {
+                    if budget.free {
+                        self.peers.put_back(addr, more, false);
+                    } else {
+                        self.peers.defer(addr, more);
+                    }
+                }
                 continue;
             }
+            if more != 0 && !budget.free {
+                self.peers.limited(addr);
+            }
+            // Runtime section: our echo of its cookie, and ours when it needs one.
+            let section = self
+                .peers
+                .section(addr)
+                .map(|(e, c)| (e, c.filter(|_| at + RUNTIME_SECTION_LEN + 4 <= bytes)))
+                .filter(|_| at + RUNTIME_SECTION_LEN <= bytes);
+            if let Some((echo, cookie)) = section {
+                let rlen = 4 + if cookie.is_some() { 4 } else { 0 };
+                buf[at] = RUNTIME_TAG;
+                buf[at + 1] = Priority::Liveness as u8;
+                buf[at + 2..at + 4].copy_from_slice(&(rlen as u16).to_be_bytes());
+                buf[at + 4..at + 8].copy_from_slice(&echo.to_be_bytes());
+                if let Some(c) = cookie {
+                    buf[at + 8..at + 12].copy_from_slice(&c.to_be_bytes());
+                }
+                at += SECTION_HEADER_LEN + rlen;
+            } else if at == body_start {
+                continue;
+            }
+            let cookie_written = section.is_some_and(|(_, c)| c.is_some());
             let len = at;
             for i in 0..count {
                 if wrote_mask & (1 << i) != 0 {
                     self.stats.objects[i].1.datagrams_sent += 1;
                 }
-                let o = object!(self, i);
-                if mask & (1 << i) != 0 && o.has_more(&to) {
-                    self.intents.add(addr, i);
-                }
             }
+            self.peers.spent(now, addr, budget, len);
+            if cookie_written {
+                self.peers.cookie_sent(addr);
+            }
+            self.peers.put_back(addr, more, false);
             self.stats.datagrams_sent += 1;
             self.stats.bytes_sent += len as u64;
             return Some(Transmit {
@@ -770,6 +985,13 @@ impl GossipNode {
             t = Some(t.map_or(d, |x| x.min(d)));
         }
         t
+    }
+
+    /// Whether membership holds `id` as a live member.
+    pub fn is_live_member(&self, id: NodeId) -> bool {
+        self.membership
+            .member(id)
+            .is_some_and(|m| m.status == Status::Alive || m.status == Status::Suspect)
     }
 }
 

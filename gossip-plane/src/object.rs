@@ -1,11 +1,14 @@
-//! The gossip object contract (MiCA's view / rate / update, split into sans-IO calls).
+//! The gossip object contract (MiCA's view / rate / update, split into sans-IO calls): what an
+//! object tells the runtime (whom to gossip with, what to write within a budget) and what the
+//! runtime tells it (a chosen peer, a received section, a peer that went quiet). It owns no
+//! state itself; the runtime is [`crate::GossipNode`].
 
-use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 
 use qs_transport::wire::WireError;
 use qs_transport::{Instant, NodeId};
 
+use crate::peers::Peers;
 use crate::wire::Priority;
 
 /// A peer as the runtime knows it: its address, and its id once learned.
@@ -17,94 +20,92 @@ pub struct Peer {
     pub addr: SocketAddr,
 }
 
-/// An object's peer-selection distribution over the runtime's current peer list.
+/// An object's peer-selection distribution over the live members (MiCA's view). Views are
+/// described, not enumerated, so that selection costs O(1) whatever the cluster size.
 #[derive(Debug, Clone, PartialEq)]
 pub enum PeerView {
-    /// Every listed peer equally likely.
+    /// Every live member equally likely.
     Uniform,
-    /// One non-negative weight per listed peer (same order); need not be normalised.
-    Weighted(Vec<f64>),
+    /// Uniform over the live members, except that with probability `share` the peer is drawn
+    /// uniformly from `ids` (those of them that are live members): e.g. health favours the
+    /// members of its own region.
+    Favour {
+        /// The favoured members.
+        ids: Vec<NodeId>,
+        /// Probability mass on them, 0..=1.
+        share: f64,
+    },
     /// The object does not want to gossip this round.
     Nobody,
+}
+
+impl PeerView {
+    /// This view's probability of `id` (a live peer) among `n` live peers, with `favoured`
+    /// the number of live favoured ones and `is_favoured` whether `id` is one of them.
+    pub(crate) fn weight(&self, n: usize, favoured: usize, is_favoured: bool) -> f64 {
+        let n = n.max(1) as f64;
+        match self {
+            PeerView::Nobody => 0.0,
+            PeerView::Uniform => 1.0 / n,
+            PeerView::Favour { share, .. } => {
+                let share = if share.is_finite() {
+                    share.clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                if favoured == 0 {
+                    return 1.0 / n;
+                }
+                (1.0 - share) / n
+                    + if is_favoured {
+                        share / favoured as f64
+                    } else {
+                        0.0
+                    }
+            }
+        }
+    }
 }
 
 /// Where an object asks the runtime to send it a datagram section. Requests to one peer from
 /// several objects are bundled into one datagram.
 #[derive(Debug)]
 pub struct Outbox<'a> {
-    intents: &'a mut Intents,
+    peers: &'a mut Peers,
     object: usize,
+    now: Instant,
 }
 
-impl Outbox<'_> {
-    /// Asks for this object's section to be written to `addr` soon (at the next transmit).
+impl<'a> Outbox<'a> {
+    pub(crate) fn new(peers: &'a mut Peers, object: usize, now: Instant) -> Outbox<'a> {
+        Outbox { peers, object, now }
+    }
+
+    /// Asks for this object's section to be written to `addr` soon, as a reply: it is paid
+    /// from what that address sent us (and, once it proved its address, a bounded rate), so
+    /// it may wait.
     pub fn send_to(&mut self, addr: SocketAddr) {
-        self.intents.add(addr, self.object);
+        self.peers.add(self.now, addr, self.object, false, None);
     }
-}
 
-/// Per-peer send intents: a FIFO of peers, each with a bit per object that wants to write.
-#[derive(Debug, Clone)]
-pub(crate) struct Intents {
-    order: VecDeque<SocketAddr>,
-    masks: BTreeMap<SocketAddr, u64>,
-    max: usize,
-    pub(crate) overflow: u64,
-}
+    /// Asks for a section to `peer` on our own initiative (a round's partner, a probe, a
+    /// seed): the next datagram to it may use the whole MTU. Initiatives must be bounded by
+    /// the caller (one partner per round, one probe, …), never driven by input volume.
+    pub fn initiate(&mut self, peer: &Peer) {
+        self.peers
+            .add(self.now, peer.addr, self.object, true, peer.id);
+    }
 
-impl Intents {
-    pub(crate) fn new(max: usize) -> Intents {
-        Intents {
-            order: VecDeque::new(),
-            masks: BTreeMap::new(),
-            max,
-            overflow: 0,
-        }
-    }
-    pub(crate) fn outbox(&mut self, object: usize) -> Outbox<'_> {
-        Outbox {
-            intents: self,
-            object,
-        }
-    }
-    pub(crate) fn add(&mut self, addr: SocketAddr, object: usize) {
-        if let Some(m) = self.masks.get_mut(&addr) {
-            *m |= 1 << object;
-        } else if self.order.len() >= self.max {
-            self.overflow += 1;
-        } else {
-            self.masks.insert(addr, 1 << object);
-            self.order.push_back(addr);
-        }
-    }
-    /// The next peer and the objects that want to write to it.
-    pub(crate) fn pop(&mut self) -> Option<(SocketAddr, u64)> {
-        let addr = self.order.pop_front()?;
-        let mask = self.masks.remove(&addr).unwrap_or(0);
-        Some((addr, mask))
-    }
-    /// Puts a peer back at the front (objects left over when bundling is off).
-    pub(crate) fn push_front(&mut self, addr: SocketAddr, mask: u64) {
-        if mask == 0 {
-            return;
-        }
-        if let Some(m) = self.masks.get_mut(&addr) {
-            *m |= mask;
-            return;
-        }
-        self.masks.insert(addr, mask);
-        self.order.push_front(addr);
-    }
-    pub(crate) fn check_invariants(&self) {
-        assert!(self.order.len() <= self.max + 1);
-        assert_eq!(self.order.len(), self.masks.len());
+    /// Whether `addr` proved it receives there (it echoed our cookie).
+    pub fn is_proven(&self, addr: SocketAddr) -> bool {
+        self.peers.is_proven(addr)
     }
 }
 
 /// A gossip object: MiCA's participant, sans-IO.
 ///
 /// Each round the runtime asks every object due this round (per [`GossipObject::rate`]) for
-/// its [`GossipObject::view`], draws peers from the correlated composite of those views so
+/// its [`GossipObject::view`], draws a peer from the correlated composite of those views so
 /// that objects whose views overlap pick the same peer, and calls
 /// [`GossipObject::gossip_with`]; the object then asks for a section to that peer through the
 /// [`Outbox`]. At transmit time the runtime calls [`GossipObject::write`] for every object that
@@ -120,14 +121,24 @@ pub trait GossipObject: Send {
     fn rate(&self) -> u32 {
         1
     }
-    /// Whom this object would like to gossip with, over the runtime's peer list.
-    fn view(&self, _peers: &[Peer]) -> PeerView {
+    /// Whom this object would like to gossip with this round.
+    fn view(&self) -> PeerView {
         PeerView::Uniform
     }
     /// Called at every round before peer selection (for unsolicited sends, e.g. joins).
     fn on_round(&mut self, _now: Instant, _out: &mut Outbox<'_>) {}
     /// The runtime chose `peer` for this object this round.
     fn gossip_with(&mut self, now: Instant, peer: &Peer, out: &mut Outbox<'_>);
+    /// Extra partners wanted this round beyond the regular draw (e.g. a joiner that lacks
+    /// whole ranges of a table); the runtime draws them uniformly.
+    fn extra_peers(&mut self) -> usize {
+        0
+    }
+    /// The runtime chose `peer` as one of the extra partners asked for by
+    /// [`GossipObject::extra_peers`].
+    fn catch_up_with(&mut self, now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
+        self.gossip_with(now, peer, out);
+    }
     /// Appends this object's `priority` payload for `to`, at most `budget` bytes (nothing if
     /// it has nothing to say).
     fn write(
@@ -159,6 +170,9 @@ pub trait GossipObject: Send {
     fn poll_timeout(&self) -> Option<Instant> {
         None
     }
+    /// The runtime dropped its slot for `addr` (nothing heard from it for a while, or the
+    /// table was full): forget anything kept for that address.
+    fn forget_peer(&mut self, _addr: SocketAddr) {}
     /// Panics if an internal invariant is broken.
     fn check_invariants(&self) {}
 }

@@ -13,8 +13,14 @@
 //!   once and then left to expire. Replicas keep the highest version per node, at most
 //!   `reports_max` (empty reports are evicted first, then the oldest), and drop reports older
 //!   than `expiry` or of members that are down or left ([`Reachability::forget`]).
-//! * Dissemination: as [`crate::health`], rumor mongering (`hot_sends` pushes per new report)
-//!   plus a round-robin push every `cold_every` rounds, within `payload_max` bytes.
+//! * Reports are accepted only from their author (a report about member X only in a datagram
+//!   from X; relayed or forged copies are refused, counted), and a region holds at most
+//!   `deaf_per_region_max` members reported deaf (a report that would exceed it is refused,
+//!   counted): a forged report cannot turn senders into unbounded unicast firehoses.
+//! * Dissemination: a node pushes its own report to the round's partner while it is new
+//!   (`hot_sends` pushes) and every `cold_every` rounds while it is not empty, and to any
+//!   address the owner names ([`crate::GossipNode::push_reachability_to`]: the senders of
+//!   its region, who act on it), within `payload_max` bytes.
 //! * Every node (ourselves included) keeps the index region → members that do not hear it
 //!   ([`Reachability::unreachable_members`]) and emits a [`ReachabilityEvent`] whenever a pair
 //!   enters or leaves it, whatever the cause (report, expiry, forget).
@@ -82,6 +88,8 @@ pub struct ReachabilityConfig {
     pub reports_max: usize,
     /// Most regions we watch.
     pub expected_max: usize,
+    /// Most members held as deaf to one region.
+    pub deaf_per_region_max: usize,
     /// Pushes of each new report before it only travels with the round-robin walk.
     pub hot_sends: u8,
     /// With nothing new, push every this many rounds.
@@ -99,6 +107,7 @@ impl Default for ReachabilityConfig {
             regions_per_report_max: 32,
             reports_max: 1024,
             expected_max: 1024,
+            deaf_per_region_max: 32,
             hot_sends: 8,
             cold_every: 5,
             payload_max: 400,
@@ -117,6 +126,10 @@ pub struct ReachabilityStats {
     pub reports_expired: u64,
     /// Reports refused: too old, or born before their node was forgotten.
     pub reports_stale: u64,
+    /// Reports refused because they did not come from their author.
+    pub reports_not_own: u64,
+    /// Reports refused because a region already holds `deaf_per_region_max` deaf members.
+    pub deaf_overflow: u64,
     /// Versions of our own report published.
     pub reports_published: u64,
     /// Regions not watched because `expected_max` were.
@@ -147,7 +160,6 @@ struct Entry {
 
 const EVENTS_MAX: usize = 4096;
 const FORGOTTEN_MAX: usize = 4096;
-const PER_SECTION_MAX: usize = 255;
 
 fn report_len(r: &ReachabilityReport) -> usize {
     8 + 8 + 4 + 1 + 8 * r.silent.len()
@@ -194,7 +206,6 @@ pub struct Reachability {
     forgotten: BTreeMap<NodeId, i64>,
     events: VecDeque<ReachabilityEvent>,
     owed: Owed,
-    cursor: Option<NodeId>,
     rounds: u64,
     stats: ReachabilityStats,
 }
@@ -212,7 +223,6 @@ impl Reachability {
             forgotten: BTreeMap::new(),
             events: VecDeque::new(),
             owed: Owed::new(64),
-            cursor: None,
             rounds: 0,
             stats: ReachabilityStats::default(),
         }
@@ -313,7 +323,13 @@ impl Reachability {
         }
     }
 
-    /// Drops the report of a member that is down or left, and refuses copies born before now.
+    /// Accepts copies about `id` again (membership holds it live again).
+    pub fn readmit(&mut self, id: NodeId) {
+        self.forgotten.remove(&id);
+    }
+
+    /// Drops the report of a member that is down or left, and refuses copies until it is readmitted (or
+    /// twice `expiry` passed).
     pub fn forget(&mut self, now: Instant, id: NodeId) {
         if id == self.me {
             return;
@@ -407,12 +423,47 @@ impl Reachability {
         self.set(self.me, Some(e));
     }
 
-    fn merge(&mut self, now: Instant, id: NodeId, report: ReachabilityReport, age: u32) {
+    /// Queues a push of our own report to `to`; false if too many pushes are pending.
+    pub(crate) fn owe(&mut self, to: std::net::SocketAddr) -> bool {
+        self.reports.contains_key(&self.me) && self.owed.add(to)
+    }
+
+    fn merge(
+        &mut self,
+        now: Instant,
+        from: Option<NodeId>,
+        id: NodeId,
+        report: ReachabilityReport,
+        age: u32,
+    ) {
         if id == self.me {
             return;
         }
+        if from != Some(id) {
+            // Only a member says what it does not hear.
+            self.stats.reports_not_own += 1;
+            return;
+        }
+        let old_silent: &[RegionId] = self
+            .reports
+            .get(&id)
+            .map_or(&[], |e| e.report.silent.as_slice());
+        let full = report.silent.iter().any(|r| {
+            old_silent.binary_search(r).is_err()
+                && self
+                    .index
+                    .get(r)
+                    .is_some_and(|s| s.len() >= self.config.deaf_per_region_max)
+        });
+        if full {
+            self.stats.deaf_overflow += 1;
+            return;
+        }
         let born = born_at(now, age);
-        if age >= ms(self.config.expiry) || self.forgotten.get(&id).is_some_and(|f| born <= *f) {
+        // A forgotten node stays out until membership readmits it ([`Self::readmit`]): a
+        // copy from someone who has not heard yet (and vouched for it since) must not bring
+        // it back.
+        if age >= ms(self.config.expiry) || self.forgotten.contains_key(&id) {
             self.stats.reports_stale += 1;
             return;
         }
@@ -477,71 +528,24 @@ impl Reachability {
         }
     }
 
-    fn write_push(&mut self, now: Instant, to: &Peer, budget: usize, out: &mut Vec<u8>) {
+    fn write_push(&mut self, now: Instant, budget: usize, out: &mut Vec<u8>) {
         let budget = budget.min(self.config.payload_max);
-        if budget < 1 {
+        let Some(e) = self.reports.get_mut(&self.me) else {
             return;
-        }
-        let start = out.len();
-        let mut used = 1;
-        let mut hot: Vec<(u8, i64, NodeId)> = self
-            .reports
-            .iter()
-            .filter(|(id, e)| e.hot > 0 && Some(**id) != to.id)
-            .map(|(id, e)| (e.hot, e.born, *id))
-            .collect();
-        hot.sort_by(|a, b| b.cmp(a));
-        let mut chosen: Vec<NodeId> = Vec::new();
-        for (_, _, id) in hot {
-            let len = report_len(&self.reports[&id].report);
-            if used + len > budget || chosen.len() >= PER_SECTION_MAX {
-                break;
-            }
-            used += len;
-            chosen.push(id);
-        }
-        let order: Vec<NodeId> = match self.cursor {
-            Some(c) => self
-                .reports
-                .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                .chain(self.reports.range(..=c))
-                .map(|(id, _)| *id)
-                .collect(),
-            None => self.reports.keys().copied().collect(),
         };
-        for id in order {
-            if chosen.contains(&id) || Some(id) == to.id {
-                continue;
-            }
-            let len = report_len(&self.reports[&id].report);
-            if used + len > budget || chosen.len() >= PER_SECTION_MAX {
-                break;
-            }
-            used += len;
-            chosen.push(id);
-            self.cursor = Some(id);
-        }
-        if chosen.is_empty() {
+        if 1 + report_len(&e.report) > budget {
             return;
         }
-        out.push(chosen.len() as u8);
-        for id in &chosen {
-            if let Some(e) = self.reports.get_mut(id) {
-                e.hot = e.hot.saturating_sub(1);
-                out.extend_from_slice(&id.0.to_be_bytes());
-                out.extend_from_slice(&e.report.version.to_be_bytes());
-                out.extend_from_slice(&crate::epidemic::age_ms(now, e.born).to_be_bytes());
-                out.push(e.report.silent.len() as u8);
-                for r in &e.report.silent {
-                    out.extend_from_slice(&r.0.to_be_bytes());
-                }
-            }
+        e.hot = e.hot.saturating_sub(1);
+        out.push(1);
+        out.extend_from_slice(&self.me.0.to_be_bytes());
+        out.extend_from_slice(&e.report.version.to_be_bytes());
+        out.extend_from_slice(&crate::epidemic::age_ms(now, e.born).to_be_bytes());
+        out.push(e.report.silent.len() as u8);
+        for r in &e.report.silent {
+            out.extend_from_slice(&r.0.to_be_bytes());
         }
-        self.stats.reports_sent += chosen.len() as u64;
-        if out.len() - start > budget {
-            self.stats.budget_exceeded += 1;
-            out.truncate(start);
-        }
+        self.stats.reports_sent += 1;
     }
 }
 
@@ -552,12 +556,12 @@ impl GossipObject for Reachability {
     fn name(&self) -> &'static str {
         "reachability"
     }
-    fn view(&self, _peers: &[Peer]) -> PeerView {
-        if self.reports.is_empty() {
+    fn view(&self) -> PeerView {
+        let Some(own) = self.reports.get(&self.me) else {
             return PeerView::Nobody;
-        }
+        };
         let cold = self.rounds % u64::from(self.config.cold_every.max(1)) == 0;
-        if cold || self.reports.values().any(|e| e.hot > 0) {
+        if own.hot > 0 || (cold && !own.report.silent.is_empty()) {
             PeerView::Uniform
         } else {
             PeerView::Nobody
@@ -571,8 +575,11 @@ impl GossipObject for Reachability {
     }
     fn gossip_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
         if self.owed.add(peer.addr) {
-            out.send_to(peer.addr);
+            out.initiate(peer);
         }
+    }
+    fn forget_peer(&mut self, addr: std::net::SocketAddr) {
+        self.owed.take(addr);
     }
     fn write(
         &mut self,
@@ -583,13 +590,14 @@ impl GossipObject for Reachability {
         out: &mut Vec<u8>,
     ) {
         if priority == Priority::Bulk && self.owed.take(to.addr) {
-            self.write_push(now, to, budget, out);
+            let _ = to;
+            self.write_push(now, budget, out);
         }
     }
     fn handle(
         &mut self,
         now: Instant,
-        _from: &Peer,
+        from: &Peer,
         priority: Priority,
         payload: &[u8],
         _out: &mut Outbox<'_>,
@@ -598,7 +606,7 @@ impl GossipObject for Reachability {
             return Err(WireError::Malformed);
         }
         for (id, report, age) in decode(payload, self.config.regions_per_report_max)? {
-            self.merge(now, id, report, age);
+            self.merge(now, from.id, id, report, age);
         }
         Ok(())
     }
@@ -608,6 +616,9 @@ impl GossipObject for Reachability {
         assert!(self.events.len() <= EVENTS_MAX);
         assert!(self.forgotten.len() <= FORGOTTEN_MAX);
         assert!(self.owed.len() <= self.owed.max());
+        for s in self.index.values() {
+            assert!(s.len() <= self.config.deaf_per_region_max + 1);
+        }
         let mut index: BTreeMap<RegionId, BTreeSet<NodeId>> = BTreeMap::new();
         for (id, e) in &self.reports {
             assert!(e.report.silent.windows(2).all(|w| w[0] < w[1]));
@@ -630,7 +641,7 @@ impl GossipObject for Reachability {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::object::Intents;
+    use crate::peers::Peers;
     use std::net::SocketAddr;
 
     fn peer(i: u64) -> Peer {
@@ -641,9 +652,9 @@ mod tests {
     }
 
     fn push(from: &mut Reachability, to: &mut Reachability, now: Instant, budget: usize) {
-        let mut intents = Intents::new(8);
+        let mut peers = Peers::scratch(now);
         let p = peer(to.me.0);
-        from.gossip_with(now, &p, &mut intents.outbox(0));
+        from.gossip_with(now, &p, &mut Outbox::new(&mut peers, 0, now));
         let mut out = Vec::new();
         from.write(now, &p, Priority::Bulk, budget, &mut out);
         assert!(out.len() <= budget);
@@ -653,7 +664,7 @@ mod tests {
                 &peer(from.me.0),
                 Priority::Bulk,
                 &out,
-                &mut intents.outbox(0),
+                &mut Outbox::new(&mut peers, 0, now),
             )
             .unwrap();
         }
@@ -667,18 +678,24 @@ mod tests {
         let mut a = Reachability::new(NodeId(1), cfg.clone());
         let mut b = Reachability::new(NodeId(2), cfg.clone());
         a.expect(t0, r, 0);
-        let mut intents = Intents::new(8);
-        a.on_round(t0 + Duration::from_secs(10), &mut intents.outbox(0));
+        let mut peers = Peers::scratch(t0);
+        a.on_round(
+            t0 + Duration::from_secs(10),
+            &mut Outbox::new(&mut peers, 0, t0),
+        );
         assert!(a.silent_regions().is_empty(), "no sender, no silence");
         let t1 = t0 + Duration::from_secs(10);
         a.expect(t1, r, 2);
-        a.on_round(t1 + cfg.silence_threshold, &mut intents.outbox(0));
+        a.on_round(
+            t1 + cfg.silence_threshold,
+            &mut Outbox::new(&mut peers, 0, t0),
+        );
         assert!(
             a.silent_regions().is_empty(),
             "threshold is not exceeded yet"
         );
         let t2 = t1 + cfg.silence_threshold + Duration::from_millis(1);
-        a.on_round(t2, &mut intents.outbox(0));
+        a.on_round(t2, &mut Outbox::new(&mut peers, 0, t0));
         assert_eq!(a.silent_regions(), &[r]);
         assert_eq!(
             a.poll_event(),
@@ -717,20 +734,50 @@ mod tests {
             version: v,
             silent: s.iter().map(|x| RegionId(*x)).collect(),
         };
-        me.merge(now, NodeId(1), mk(1, &[]), 0);
-        me.merge(now, NodeId(2), mk(1, &[5]), 0);
-        me.merge(now, NodeId(3), mk(1, &[5, 6]), 0);
-        me.merge(now, NodeId(4), mk(1, &[7]), 0);
+        let own = |i: u64| Some(NodeId(i));
+        me.merge(now, own(1), NodeId(1), mk(1, &[]), 0);
+        me.merge(now, own(2), NodeId(2), mk(1, &[5]), 0);
+        me.merge(now, own(3), NodeId(3), mk(1, &[5, 6]), 0);
+        me.merge(now, own(4), NodeId(4), mk(1, &[7]), 0);
         assert_eq!(me.len(), 3);
         assert!(me.report(NodeId(1)).is_none());
         assert_eq!(me.unreachable_members(RegionId(5)).count(), 2);
         me.forget(now, NodeId(3));
         assert_eq!(me.unreachable_members(RegionId(5)).count(), 1);
-        me.merge(now, NodeId(3), mk(2, &[5]), 10);
+        me.merge(now, own(3), NodeId(3), mk(2, &[5]), 10);
         assert!(
             me.report(NodeId(3)).is_none(),
             "born before it was forgotten"
         );
+        me.check_invariants();
+    }
+
+    #[test]
+    fn a_report_is_taken_only_from_its_author_and_a_region_holds_a_bounded_number_of_deaf_members()
+    {
+        let cfg = ReachabilityConfig {
+            deaf_per_region_max: 2,
+            ..ReachabilityConfig::default()
+        };
+        let now = Instant(1_000_000_000);
+        let mut me = Reachability::new(NodeId(100), cfg);
+        let mk = |v: u64, s: &[u64]| ReachabilityReport {
+            version: v,
+            silent: s.iter().map(|x| RegionId(*x)).collect(),
+        };
+        // A third party claims node 1 is deaf: refused.
+        me.merge(now, Some(NodeId(9)), NodeId(1), mk(1, &[5]), 0);
+        assert!(me.report(NodeId(1)).is_none());
+        assert_eq!(me.stats().reports_not_own, 1);
+        for i in 1..=3u64 {
+            me.merge(now, Some(NodeId(i)), NodeId(i), mk(1, &[5]), 0);
+        }
+        assert_eq!(me.unreachable_members(RegionId(5)).count(), 2, "at the cap");
+        assert_eq!(me.stats().deaf_overflow, 1);
+        // A member already counted may refresh its report; another region is unaffected.
+        me.merge(now, Some(NodeId(1)), NodeId(1), mk(2, &[5, 6]), 0);
+        assert_eq!(me.unreachable_members(RegionId(6)).count(), 1);
+        assert_eq!(me.stats().deaf_overflow, 1);
         me.check_invariants();
     }
 }

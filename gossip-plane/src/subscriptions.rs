@@ -1,22 +1,36 @@
-//! Subscriptions, scuttlebutt-style: every node owns one versioned record (its signature —
-//! the sorted topic ids it subscribes — and its unicast address) and only its owner bumps the
-//! version. Replicas converge by bulk push-pull anti-entropy ([`crate::sync`]): digests of
-//! bucket hashes, then the records of the buckets that differ, within the datagram budget.
-//! A record is replaced only by a higher version of the same owner. Records of members that
-//! are down or left are dropped when the owner of this object is told ([`Subscriptions::forget`])
-//! and are not accepted back until the member returns ([`Subscriptions::readmit`]).
+//! Subscriptions, scuttlebutt-style: every node owns one versioned record (its signature,
+//! the sorted topic ids it subscribes) and only its owner bumps the version. The node's
+//! unicast address is the membership record's, not repeated here.
+//!
+//! * **News** spreads by rumor mongering: a version we set or first hear as news is pushed,
+//!   in the bulk section of datagrams to the round's partner and of our answers to whoever
+//!   pushes to us (push-pull), `retransmit_mult × ⌈log10(n+1)⌉` times, one fewer for each
+//!   copy pushed back to us.
+//! * **Anti-entropy** ([`crate::sync`], range reconciliation from a root sum) runs with the
+//!   round's partner every `sync_every` rounds and repairs whatever rumors missed; what it
+//!   brings is not re-spread.
+//! * A record is replaced only by a newer version of the same owner (serial-number order on
+//!   the 32-bit version); a third-party copy more than `version_jump_max` ahead of the held
+//!   one is refused, and an owner that sees a copy of its own record at or above its version
+//!   bumps past it (a forged version cannot pin a node's record).
+//! * Records of members that are down or left are dropped when the owner of this object is
+//!   told ([`Subscriptions::forget`]); the node keeps refusing them while membership holds
+//!   the tombstone, and sweeps out records whose owner membership does not know at all.
+//! * Signatures are interned: a record costs 16 bytes of table (key, version, signature
+//!   index) whatever its topic count, and each distinct signature is stored once.
 //!
 //! Not done: deriving regions (the caller feeds [`Subscriptions::records`] to `qs-regions`).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use qs_transport::wire::WireError;
-use qs_transport::{Instant, NodeId, Prng, TopicId};
+use qs_transport::{Instant, NodeId, TopicId};
 
 use crate::object::{GossipObject, Outbox, Peer};
-use crate::sync::{fingerprint, SyncRecord, SyncStats, Syncer, Table};
-use crate::wire::{addr_len, put_addr, Priority, Reader};
+use crate::sync::{self, fingerprint, listing_answer, Codec, SyncRecord, SyncStats, Syncer, Table};
+use crate::wire::{Priority, Reader};
 
 /// Section tag of the subscriptions object.
 pub const SUBSCRIPTIONS_TAG: u8 = 1;
@@ -24,58 +38,76 @@ pub const SUBSCRIPTIONS_TAG: u8 = 1;
 /// One node's subscriptions.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriptionRecord {
-    /// Its unicast address.
-    pub addr: SocketAddr,
     /// Bumped by the owner on every change.
     pub version: u32,
     /// Sorted, deduplicated topic ids (the signature).
-    pub topics: Vec<TopicId>,
+    pub topics: Arc<[TopicId]>,
 }
 
-impl SyncRecord for SubscriptionRecord {
+/// Whether version `a` is newer than `b` (serial-number arithmetic).
+fn newer(a: u32, b: u32) -> bool {
+    let d = a.wrapping_sub(b);
+    d != 0 && d < 1 << 31
+}
+
+/// The packed table record: version and interned signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rec {
+    version: u32,
+    sig: u32,
+}
+
+impl SyncRecord for Rec {
     fn fingerprint(&self, id: NodeId) -> u32 {
         fingerprint(id, &[u64::from(self.version)])
     }
-    fn encoded_len(&self) -> usize {
-        8 + 4 + addr_len(&self.addr) + 2 + 8 * self.topics.len()
-    }
-    fn encode(&self, id: NodeId, out: &mut Vec<u8>) {
-        out.extend_from_slice(&id.0.to_be_bytes());
-        out.extend_from_slice(&self.version.to_be_bytes());
-        put_addr(out, &self.addr);
-        out.extend_from_slice(&(self.topics.len() as u16).to_be_bytes());
-        for t in &self.topics {
-            out.extend_from_slice(&t.0.to_be_bytes());
-        }
-    }
 }
 
-fn decode(
-    r: &mut Reader<'_>,
-    topics_max: usize,
-) -> Result<(NodeId, SubscriptionRecord), WireError> {
-    let id = NodeId(r.u64()?);
-    let version = r.u32()?;
-    let addr = r.addr()?;
-    let n = usize::from(r.u16()?);
-    if n > topics_max {
-        return Err(WireError::Malformed);
+/// Distinct signatures, reference-counted by the records that use them.
+#[derive(Debug, Default)]
+struct Signatures {
+    list: Vec<(Arc<[TopicId]>, u32)>,
+    index: BTreeMap<Arc<[TopicId]>, u32>,
+    free: Vec<u32>,
+}
+
+impl Signatures {
+    fn intern(&mut self, topics: &[TopicId]) -> u32 {
+        if let Some(&i) = self.index.get(topics) {
+            self.list[i as usize].1 += 1;
+            return i;
+        }
+        let arc: Arc<[TopicId]> = Arc::from(topics);
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.list[i as usize] = (arc.clone(), 1);
+                i
+            }
+            None => {
+                self.list.push((arc.clone(), 1));
+                (self.list.len() - 1) as u32
+            }
+        };
+        self.index.insert(arc, i);
+        i
     }
-    let mut topics = Vec::with_capacity(n);
-    for _ in 0..n {
-        topics.push(TopicId(r.u64()?));
+    fn release(&mut self, i: u32) {
+        let Some(e) = self.list.get_mut(i as usize) else {
+            return;
+        };
+        e.1 = e.1.saturating_sub(1);
+        if e.1 == 0 {
+            let arc = std::mem::replace(&mut e.0, Arc::from(&[][..]));
+            self.index.remove(&arc);
+            self.free.push(i);
+        }
     }
-    if topics.windows(2).any(|w| w[0] >= w[1]) {
-        return Err(WireError::Malformed);
+    fn get(&self, i: u32) -> &Arc<[TopicId]> {
+        &self.list[i as usize].0
     }
-    Ok((
-        id,
-        SubscriptionRecord {
-            addr,
-            version,
-            topics,
-        },
-    ))
+    fn len(&self) -> usize {
+        self.index.len()
+    }
 }
 
 /// Subscriptions settings.
@@ -87,6 +119,16 @@ pub struct SubscriptionsConfig {
     pub topics_max: usize,
     /// Most records kept.
     pub records_max: usize,
+    /// Anti-entropy with the round's partner every this many rounds.
+    pub sync_every: u32,
+    /// λ: each news record is pushed λ × ⌈log10(n+1)⌉ times.
+    pub retransmit_mult: u32,
+    /// Most news records queued (the most-sent is dropped first, counted).
+    pub news_max: usize,
+    /// A third-party copy this far ahead of the held version is refused.
+    pub version_jump_max: u32,
+    /// Extra exchanges per round while we lack whole ranges (joining).
+    pub catch_up_fanout: usize,
 }
 
 impl Default for SubscriptionsConfig {
@@ -94,7 +136,12 @@ impl Default for SubscriptionsConfig {
         SubscriptionsConfig {
             rate: 1,
             topics_max: 128,
-            records_max: 16_384,
+            records_max: 65_536,
+            sync_every: 2,
+            retransmit_mult: 4,
+            news_max: 1024,
+            version_jump_max: 1024,
+            catch_up_fanout: 3,
         }
     }
 }
@@ -106,52 +153,99 @@ pub struct SubscriptionsStats {
     pub records_merged: u64,
     /// Records ignored because the table was full.
     pub records_overflow: u64,
-    /// Records ignored because their owner is known to be gone.
-    pub records_of_gone: u64,
+    /// Records dropped because their owner is gone (or unknown to membership).
+    pub records_forgotten: u64,
+    /// Third-party copies refused for a version implausibly far ahead.
+    pub implausible_versions: u64,
+    /// Times we bumped our version past a copy of our own record.
+    pub own_record_refuted: u64,
+    /// News records pushed.
+    pub news_sent: u64,
+    /// News dropped from the full queue.
+    pub news_overflow: u64,
     /// Anti-entropy counters.
     pub sync: SyncStats,
 }
 
 const CHANGES_MAX: usize = 4096;
+const SYNC_PEERS_MAX: usize = 256;
+const SYNC_WORK_MAX: usize = 128;
+const NEWS_PER_WRITE: usize = 16;
+
+struct SubCodec<'a> {
+    sigs: &'a Signatures,
+}
+
+impl Codec<Rec> for SubCodec<'_> {
+    fn encoded_len(&self, _id: NodeId, r: &Rec) -> usize {
+        8 + 4 + 2 + 8 * self.sigs.get(r.sig).len()
+    }
+    fn encode(&self, id: NodeId, r: &Rec, out: &mut Vec<u8>) {
+        let topics = self.sigs.get(r.sig);
+        out.extend_from_slice(&id.0.to_be_bytes());
+        out.extend_from_slice(&r.version.to_be_bytes());
+        out.extend_from_slice(&(topics.len() as u16).to_be_bytes());
+        for t in topics.iter() {
+            out.extend_from_slice(&t.0.to_be_bytes());
+        }
+    }
+}
+
+fn decode(r: &mut Reader<'_>, topics_max: usize) -> Result<(NodeId, u32, Vec<TopicId>), WireError> {
+    let id = NodeId(r.u64()?);
+    let version = r.u32()?;
+    let n = usize::from(r.u16()?);
+    if n > topics_max {
+        return Err(WireError::Malformed);
+    }
+    let mut topics = Vec::with_capacity(n);
+    for _ in 0..n {
+        topics.push(TopicId(r.u64()?));
+    }
+    if topics.windows(2).any(|w| w[0] >= w[1]) {
+        return Err(WireError::Malformed);
+    }
+    Ok((id, version, topics))
+}
 
 /// The scuttlebutt subscriptions object. See the module documentation.
 #[derive(Debug)]
 pub struct Subscriptions {
     me: NodeId,
     config: SubscriptionsConfig,
-    table: Table<SubscriptionRecord>,
-    gone: BTreeSet<NodeId>,
+    table: Table<Rec>,
+    sigs: Signatures,
     syncer: Syncer,
+    /// News: id -> pushes left.
+    news: BTreeMap<NodeId, u32>,
     changes: VecDeque<NodeId>,
     changes_overflow: u64,
+    /// Records found without a member at the last sweep (dropped if still so at the next).
+    orphans: BTreeSet<NodeId>,
+    sweep_cursor: usize,
+    rounds: u64,
     stats: SubscriptionsStats,
 }
 
 impl Subscriptions {
-    /// The subscriptions object of node `me` at `addr`, initially subscribing nothing.
-    pub fn new(
-        me: NodeId,
-        addr: SocketAddr,
-        config: SubscriptionsConfig,
-        rng: Prng,
-    ) -> Subscriptions {
+    /// The subscriptions object of node `me`, initially subscribing nothing.
+    pub fn new(me: NodeId, config: SubscriptionsConfig) -> Subscriptions {
+        let mut sigs = Signatures::default();
+        let sig = sigs.intern(&[]);
         let mut table = Table::default();
-        table.insert(
-            me,
-            SubscriptionRecord {
-                addr,
-                version: 0,
-                topics: Vec::new(),
-            },
-        );
+        table.insert(me, Rec { version: 0, sig });
         Subscriptions {
             me,
             config,
             table,
-            gone: BTreeSet::new(),
-            syncer: Syncer::new(rng, 256),
+            sigs,
+            syncer: Syncer::new(SYNC_PEERS_MAX, SYNC_WORK_MAX),
+            news: BTreeMap::new(),
             changes: VecDeque::new(),
             changes_overflow: 0,
+            orphans: BTreeSet::new(),
+            sweep_cursor: 0,
+            rounds: 0,
             stats: SubscriptionsStats::default(),
         }
     }
@@ -162,22 +256,41 @@ impl Subscriptions {
         v.sort_unstable();
         v.dedup();
         v.truncate(self.config.topics_max);
+        let version = self.table.get(self.me).map_or(0, |r| r.version);
+        self.set_own(version.wrapping_add(1), &v);
+    }
+
+    fn set_own(&mut self, version: u32, topics: &[TopicId]) {
         let me = self.me;
-        self.table.update(me, |r| {
-            r.version = r.version.wrapping_add(1);
-            r.topics = v;
-        });
+        let sig = self.sigs.intern(topics);
+        if let Some(old) = self.table.get(me).copied() {
+            self.sigs.release(old.sig);
+        }
+        self.table.insert(me, Rec { version, sig });
+        self.make_news(me);
         self.changed(me);
     }
 
     /// The record of `id`.
-    pub fn record(&self, id: NodeId) -> Option<&SubscriptionRecord> {
-        self.table.get(id)
+    pub fn record(&self, id: NodeId) -> Option<SubscriptionRecord> {
+        self.table.get(id).map(|r| self.view(r))
+    }
+
+    /// The topics of `id`'s record, borrowed (no copy of the shared signature).
+    pub fn topics_of(&self, id: NodeId) -> Option<&[TopicId]> {
+        self.table.get(id).map(|r| &self.sigs.get(r.sig)[..])
+    }
+
+    fn view(&self, r: &Rec) -> SubscriptionRecord {
+        SubscriptionRecord {
+            version: r.version,
+            topics: self.sigs.get(r.sig).clone(),
+        }
     }
 
     /// Every known record (ours included), in a fixed order.
-    pub fn records(&self) -> impl Iterator<Item = (NodeId, &SubscriptionRecord)> {
-        self.table.iter()
+    pub fn records(&self) -> impl Iterator<Item = (NodeId, SubscriptionRecord)> + '_ {
+        self.table.iter().map(|(id, r)| (id, self.view(r)))
     }
 
     /// Number of records.
@@ -185,14 +298,24 @@ impl Subscriptions {
         self.table.len()
     }
 
-    /// Only our own record (never true once built: ours is always there).
+    /// Never true once built: our own record is always there.
     pub fn is_empty(&self) -> bool {
         self.table.is_empty()
     }
 
+    /// Records still owed pushes as news.
+    pub fn news(&self) -> usize {
+        self.news.len()
+    }
+
+    /// Distinct signatures held.
+    pub fn signatures(&self) -> usize {
+        self.sigs.len()
+    }
+
     /// A fingerprint of the whole table (equal tables, equal fingerprints).
     pub fn table_hash(&self) -> u32 {
-        self.table.digest(0)[0]
+        self.table.root().hash
     }
 
     /// The next node whose record changed here.
@@ -208,22 +331,47 @@ impl Subscriptions {
         }
     }
 
-    /// Drops the record of a member that is down or left and refuses it until readmitted.
+    /// Drops the record of `id` (a member that is down, left or unknown).
     pub fn forget(&mut self, id: NodeId) {
         if id == self.me {
             return;
         }
-        if self.table.remove(id).is_some() {
+        if let Some(r) = self.table.remove(id) {
+            self.sigs.release(r.sig);
+            self.news.remove(&id);
+            self.stats.records_forgotten += 1;
             self.changed(id);
         }
-        if self.gone.len() < self.config.records_max {
-            self.gone.insert(id);
-        }
+        self.orphans.remove(&id);
     }
 
-    /// Accepts records of `id` again (it came back).
-    pub fn readmit(&mut self, id: NodeId) {
-        self.gone.remove(&id);
+    /// Checks the next `n` records (round-robin) with `is_member`; a record whose owner is no
+    /// member at two visits in a row is dropped. Returns the ids dropped.
+    pub fn sweep(&mut self, n: usize, is_member: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
+        let len = self.table.len();
+        if len == 0 {
+            return Vec::new();
+        }
+        let mut ids = Vec::new();
+        for k in 0..n.min(len) {
+            let i = (self.sweep_cursor + k) % len;
+            if let Some((id, _)) = self.table.nth(i) {
+                ids.push(id);
+            }
+        }
+        self.sweep_cursor = (self.sweep_cursor + n) % len.max(1);
+        let mut dropped = Vec::new();
+        for id in ids {
+            if id == self.me || is_member(id) {
+                self.orphans.remove(&id);
+            } else if self.orphans.contains(&id) {
+                self.forget(id);
+                dropped.push(id);
+            } else {
+                self.orphans.insert(id);
+            }
+        }
+        dropped
     }
 
     fn changed(&mut self, id: NodeId) {
@@ -235,36 +383,101 @@ impl Subscriptions {
     }
 
     /// A record learned outside gossip (a checked multicast announcement), merged like one
-    /// gossip brought: kept when newer than the one held, refused while `id` is known gone,
-    /// then spread by anti-entropy like any other.
+    /// gossip brought: kept when newer than the one held (the node refuses it while `id` is
+    /// known gone), then spread by anti-entropy like any other (not pushed as news: every
+    /// member heard the same announcement).
     pub fn learn(&mut self, id: NodeId, rec: SubscriptionRecord) {
-        self.merge(id, rec);
+        self.merge(id, rec.version, &rec.topics, false);
     }
 
-    fn merge(&mut self, id: NodeId, rec: SubscriptionRecord) {
+    fn retransmit_limit(&self) -> u32 {
+        let n = self.table.len() as f64 + 1.0;
+        self.config.retransmit_mult * (n.log10().ceil() as u32).max(1)
+    }
+
+    fn make_news(&mut self, id: NodeId) {
+        if !self.news.contains_key(&id) && self.news.len() >= self.config.news_max {
+            // Drop the news with the fewest pushes left: it has had the most chances.
+            if let Some(victim) = self.news.iter().min_by_key(|(_, n)| **n).map(|(i, _)| *i) {
+                self.news.remove(&victim);
+                self.stats.news_overflow += 1;
+            }
+        }
+        let limit = self.retransmit_limit();
+        self.news.insert(id, limit);
+    }
+
+    fn merge(&mut self, id: NodeId, version: u32, topics: &[TopicId], news: bool) {
         if id == self.me {
+            // A copy of our own record at or above our version that is not ours: bump past it.
+            let mine = self.table.get(self.me).copied();
+            if let Some(m) = mine {
+                let same = m.version == version && self.sigs.get(m.sig)[..] == *topics;
+                if !same && (version == m.version || newer(version, m.version)) {
+                    self.stats.own_record_refuted += 1;
+                    let topics = self.sigs.get(m.sig).clone();
+                    self.set_own(version.wrapping_add(1), &topics);
+                }
+            }
             return;
         }
-        if self.gone.contains(&id) {
-            self.stats.records_of_gone += 1;
-            return;
-        }
-        match self.table.get(id) {
-            Some(old) if old.version >= rec.version => {}
-            Some(_) => {
-                self.table.insert(id, rec);
+        match self.table.get(id).copied() {
+            Some(old) if !newer(version, old.version) => {
+                if news && version == old.version {
+                    // News to someone who had it: it is saturating, push it less.
+                    if let Some(n) = self.news.get_mut(&id) {
+                        *n = n.saturating_sub(1);
+                        if *n == 0 {
+                            self.news.remove(&id);
+                        }
+                    }
+                }
+            }
+            Some(old) => {
+                if version.wrapping_sub(old.version) > self.config.version_jump_max {
+                    self.stats.implausible_versions += 1;
+                    return;
+                }
+                let sig = self.sigs.intern(topics);
+                self.sigs.release(old.sig);
+                self.table.insert(id, Rec { version, sig });
                 self.stats.records_merged += 1;
+                if news {
+                    self.make_news(id);
+                }
                 self.changed(id);
             }
             None if self.table.len() >= self.config.records_max => {
                 self.stats.records_overflow += 1;
             }
             None => {
-                self.table.insert(id, rec);
+                let sig = self.sigs.intern(topics);
+                self.table.insert(id, Rec { version, sig });
                 self.stats.records_merged += 1;
+                if news {
+                    self.make_news(id);
+                }
                 self.changed(id);
             }
         }
+    }
+
+    /// News to push now: most pushes left first.
+    fn news_ids(&self, skip: Option<NodeId>) -> Vec<NodeId> {
+        let mut v: Vec<(u32, NodeId)> = self
+            .news
+            .iter()
+            .filter(|(id, _)| Some(**id) != skip)
+            .map(|(id, n)| (*n, *id))
+            .collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v.truncate(NEWS_PER_WRITE);
+        v.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Bytes of memory the record table holds.
+    pub fn memory_bytes(&self) -> usize {
+        self.table.memory_bytes()
     }
 }
 
@@ -278,9 +491,29 @@ impl GossipObject for Subscriptions {
     fn rate(&self) -> u32 {
         self.config.rate.max(1)
     }
+    fn on_round(&mut self, now: Instant, _out: &mut Outbox<'_>) {
+        self.rounds += 1;
+        self.syncer.expire(now);
+    }
     fn gossip_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
+        let every = u64::from(self.config.sync_every.max(1));
+        if self.rounds % every == 0 {
+            self.syncer.start(peer.addr);
+        }
+        if self.syncer.owes(peer.addr) || !self.news.is_empty() {
+            out.initiate(peer);
+        }
+    }
+    fn extra_peers(&mut self) -> usize {
+        if self.syncer.take_backlog() {
+            self.config.catch_up_fanout
+        } else {
+            0
+        }
+    }
+    fn catch_up_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
         self.syncer.start(peer.addr);
-        out.send_to(peer.addr);
+        out.initiate(peer);
     }
     fn write(
         &mut self,
@@ -290,16 +523,30 @@ impl GossipObject for Subscriptions {
         budget: usize,
         out: &mut Vec<u8>,
     ) {
-        if priority == Priority::Bulk {
-            self.syncer.write(to.addr, &self.table, budget, out);
+        if priority != Priority::Bulk {
+            return;
         }
+        let news = self.news_ids(to.id);
+        let codec = SubCodec { sigs: &self.sigs };
+        let sent = self
+            .syncer
+            .write(to.addr, &self.table, &codec, &news, budget, out);
+        for id in &news[..sent] {
+            if let Some(n) = self.news.get_mut(id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.news.remove(id);
+                }
+            }
+        }
+        self.stats.news_sent += sent as u64;
     }
     fn has_more(&self, to: &Peer) -> bool {
         self.syncer.owes(to.addr)
     }
     fn handle(
         &mut self,
-        _now: Instant,
+        now: Instant,
         from: &Peer,
         priority: Priority,
         payload: &[u8],
@@ -308,31 +555,135 @@ impl GossipObject for Subscriptions {
         if priority != Priority::Bulk {
             return Err(WireError::Malformed);
         }
-        let bulk = Syncer::parse(payload)?;
-        let mut r = bulk.records.clone();
-        for _ in 0..bulk.count {
-            let (id, rec) = decode(&mut r, self.config.topics_max)?;
-            self.merge(id, rec);
+        let bulk = sync::parse(payload)?;
+        let mut r = bulk.reader.clone();
+        let mut read = 0usize;
+        let haves: Vec<_> = bulk.haves().collect();
+        let mut answers = Vec::new();
+        for (range, n) in haves {
+            let mut listing = Vec::with_capacity(usize::from(n));
+            for _ in 0..n {
+                let (id, version, topics) = decode(&mut r, self.config.topics_max)?;
+                if !range.contains(sync::mix(id)) {
+                    return Err(WireError::Malformed);
+                }
+                self.merge(id, version, &topics, false);
+                listing.push((id, version));
+            }
+            read += usize::from(n);
+            answers.push((range, listing));
         }
-        if self
-            .syncer
-            .received(from.addr, bulk.digest, bulk.reply_wanted, &self.table)
-        {
+        let mut got_news = false;
+        for k in read..usize::from(bulk.records) {
+            let (id, version, topics) = decode(&mut r, self.config.topics_max)?;
+            let news = k < read + usize::from(bulk.rumors);
+            got_news |= news;
+            self.merge(id, version, &topics, news);
+        }
+        for (range, listing) in answers {
+            let ids = listing_answer(&self.table, range, &listing, |ours, theirs| {
+                newer(ours.version, *theirs)
+            });
+            self.syncer.send_ids(from.addr, ids);
+        }
+        self.syncer.handle(now, from.addr, &bulk.items, &self.table);
+        // Push-pull: whoever pushes news to us gets ours back (it rides our answer).
+        if self.syncer.owes(from.addr) || (got_news && !self.news.is_empty()) {
             out.send_to(from.addr);
         }
         Ok(())
     }
+    fn forget_peer(&mut self, addr: SocketAddr) {
+        self.syncer.forget(addr);
+    }
     fn check_invariants(&self) {
         self.table.check_invariants();
         self.syncer.check_invariants();
-        assert!(self.table.len() <= self.config.records_max.max(1));
+        assert!(self.table.len() <= self.config.records_max.max(1) + 1);
         assert!(
             self.table.get(self.me).is_some(),
             "our own record is missing"
         );
         assert!(self.changes.len() <= CHANGES_MAX);
+        assert!(self.news.len() <= self.config.news_max.max(1));
+        let mut refs: BTreeMap<u32, u32> = BTreeMap::new();
         for (_, r) in self.table.iter() {
-            assert!(r.topics.windows(2).all(|w| w[0] < w[1]));
+            let t = self.sigs.get(r.sig);
+            assert!(t.windows(2).all(|w| w[0] < w[1]));
+            *refs.entry(r.sig).or_default() += 1;
         }
+        for (i, n) in refs {
+            assert_eq!(
+                self.sigs.list[i as usize].1, n,
+                "signature reference count drifted"
+            );
+        }
+        assert_eq!(
+            self.sigs.index.len(),
+            self.sigs.list.len() - self.sigs.free.len()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(v: &[u64]) -> Vec<TopicId> {
+        v.iter().map(|x| TopicId(*x)).collect()
+    }
+
+    #[test]
+    fn signatures_are_shared_and_released() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        for i in 2..100u64 {
+            s.merge(NodeId(i), 1, &t(&[i % 3]), false);
+        }
+        assert_eq!(s.signatures(), 4, "three signatures plus our empty one");
+        for i in 2..100u64 {
+            s.forget(NodeId(i));
+        }
+        assert_eq!(s.signatures(), 1);
+        GossipObject::check_invariants(&s);
+    }
+
+    #[test]
+    fn a_copy_of_our_record_at_our_version_makes_us_bump_past_it() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        s.set_topics(t(&[5]));
+        assert_eq!(s.record(NodeId(1)).unwrap().version, 1);
+        s.merge(NodeId(1), 1, &t(&[5]), false);
+        assert_eq!(
+            s.stats().own_record_refuted,
+            0,
+            "our own copy is no forgery"
+        );
+        s.merge(NodeId(1), 40, &t(&[6, 7]), false);
+        let r = s.record(NodeId(1)).unwrap();
+        assert_eq!((r.version, &r.topics[..]), (41, &t(&[5])[..]));
+        GossipObject::check_invariants(&s);
+    }
+
+    #[test]
+    fn versions_compare_across_the_wrap_and_far_jumps_are_refused() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        s.merge(NodeId(2), u32::MAX, &t(&[1]), false);
+        s.merge(NodeId(2), 0, &t(&[2]), false);
+        assert_eq!(s.record(NodeId(2)).unwrap().version, 0);
+        s.merge(NodeId(2), 5000, &t(&[3]), false);
+        assert_eq!(s.record(NodeId(2)).unwrap().version, 0);
+        assert_eq!(s.stats().implausible_versions, 1);
+    }
+
+    #[test]
+    fn records_of_non_members_are_swept_after_two_visits() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        s.merge(NodeId(2), 1, &t(&[1]), false);
+        s.merge(NodeId(3), 1, &t(&[1]), false);
+        let member = |id: NodeId| id == NodeId(2);
+        assert!(s.sweep(3, member).is_empty(), "first visit only marks");
+        assert_eq!(s.sweep(3, member), vec![NodeId(3)]);
+        assert!(s.record(NodeId(2)).is_some());
+        assert!(s.record(NodeId(1)).is_some());
     }
 }

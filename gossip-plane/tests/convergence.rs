@@ -11,7 +11,7 @@ fn converge(n: usize, seed: u64) -> (f64, f64) {
     let mut sim = build(n, seed, SimConfig::default(), |_| {});
     let nodes: Vec<NodeIndex> = sim.indices().collect();
     let mut tally = Tally {
-        check_every: if n >= 500 { 7 } else { 1 },
+        check_every: if n >= 500 { 5000 } else { 1 },
         ..Tally::default()
     };
     let t = run_until_converged(&mut sim, &nodes, ROUND * 200, &mut tally).unwrap_or_else(|| {

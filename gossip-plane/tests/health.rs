@@ -101,6 +101,9 @@ impl World {
         let now = sim.now();
         let mut values = BTreeMap::new();
         for i in 0..N {
+            // One region per signature, as in the node composition.
+            sim.node_mut(NodeIndex(i))
+                .set_topics([qs_transport::TopicId(region(i).0)]);
             let h = sim.node_mut(NodeIndex(i)).health_mut();
             h.set_region(now, Some(region(i)));
             h.set_local(now, self::values(i));

@@ -1,7 +1,7 @@
 #![allow(missing_docs)]
 //! Multicast reachability in the simulator: a member that stops hearing its region is known
 //! to be unreachable by every node within a bounded number of rounds, and reachable again once
-//! it hears again.
+//! it hears again; a report claimed by anyone but its author changes nothing.
 
 mod common;
 
@@ -17,16 +17,34 @@ const R: RegionId = RegionId(77);
 
 type Seen = Vec<(Instant, usize, ReachabilityEvent)>;
 
-/// Runs one step, then delivers "multicast data" to every node except `deaf`.
+/// Runs one step, then delivers "multicast data" to every node except `deaf`. A node whose
+/// own report changed sends it to every other node, as the node composition sends it to the
+/// senders of its region (reports are accepted only from their author).
 fn step(sim: &mut Sim<GossipNode>, deaf: Option<NodeIndex>, seen: &mut Seen) {
+    let mut changed: Vec<NodeIndex> = Vec::new();
     sim.run_for(ROUND / 4, &mut |o| {
         o.node.check_invariants();
+        let me = o.node.id();
         while let Some(e) = o.node.poll_event() {
             if let GossipEvent::Reachability(e) = e {
                 seen.push((o.now, o.index.0, e));
+                let about_me = matches!(e,
+                    ReachabilityEvent::MemberUnreachable { member, .. }
+                    | ReachabilityEvent::MemberReachable { member, .. } if member == me);
+                if about_me && !changed.contains(&o.index) {
+                    changed.push(o.index);
+                }
             }
         }
     });
+    for i in changed {
+        for j in 0..N {
+            if j != i.0 {
+                sim.node_mut(i).push_reachability_to(addr(j));
+            }
+        }
+        sim.poke(i);
+    }
     let now = sim.now();
     for i in 0..N {
         if Some(NodeIndex(i)) != deaf {

@@ -228,9 +228,11 @@ impl NodeCore {
             e.status = Some(m.status);
             e.incarnation = m.incarnation;
         }
-        for (id, _) in self.discovery.announcers() {
-            if let Some(r) = g.subscriptions().record(id) {
-                members.entry(id).or_insert_with(|| view(id, r.addr));
+        for (id, unicast) in self.discovery.announcers() {
+            if g.subscriptions().record(id).is_some() {
+                members
+                    .entry(id)
+                    .or_insert_with(|| view(id, SocketAddr::V4(unicast)));
             }
         }
         for (id, r) in g.subscriptions().records() {

@@ -121,12 +121,15 @@ impl NodeCore {
         }
     }
 
-    /// A unicast address for `id`: gossip's member record, else its subscription record.
+    /// A unicast address for `id`: gossip's member record, else its announcement.
     pub(super) fn address_of(&self, id: NodeId) -> Option<SocketAddr> {
         if let Some(m) = self.gossip.membership().member(id) {
             return Some(m.addr);
         }
-        self.gossip.subscriptions().record(id).map(|r| r.addr)
+        self.discovery
+            .announcers()
+            .find(|(a, _)| *a == id)
+            .map(|(_, unicast)| SocketAddr::V4(unicast))
     }
 
     /// Other nodes subscribing at least one of `topics` (as the region table has them).
@@ -151,11 +154,7 @@ impl NodeCore {
             .map(|(id, unicast)| Peer {
                 id,
                 unicast,
-                topics: self
-                    .gossip
-                    .subscriptions()
-                    .record(id)
-                    .map_or(&[][..], |r| r.topics.as_slice()),
+                topics: self.gossip.subscriptions().topics_of(id).unwrap_or(&[][..]),
             })
     }
 
@@ -186,9 +185,8 @@ impl NodeCore {
         self.gossip.add_seed(SocketAddr::V4(unicast));
         if let Some(sig) = signature {
             let record = SubscriptionRecord {
-                addr: SocketAddr::V4(unicast),
                 version,
-                topics: sig.topics().to_vec(),
+                topics: sig.topics().into(),
             };
             self.gossip.learn_subscriptions(id, record);
             if !self.is_live_member(id) && self.unvouched.len() < DEPARTED_MAX {

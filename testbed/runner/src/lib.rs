@@ -11,12 +11,14 @@
 //!
 //! Does not: build the LAN or inject loss itself (the scripts in `testbed/scripts` do), build
 //! or measure anything inside `qs` (it runs the `qs` binary and reads its JSON lines), run the
-//! peers (`testbed/peers` prints their lines), or simulate (that is `qs-sim`). Running needs
-//! root (network namespaces); parsing, planning and reporting do not.
+//! peers (`testbed/peers` prints their lines), or simulate (that is `qs-sim`; [`sim_gossip`]
+//! only drives it for the gossip-plane figures). Running needs root (network namespaces);
+//! parsing, planning, reporting and `sim-gossip` do not.
 #![forbid(unsafe_code)]
 
 pub mod machine;
 pub mod report;
 pub mod run;
 pub mod scenario;
+pub mod sim_gossip;
 pub mod sim_lec;

@@ -5,6 +5,8 @@
 //! - `qs-testbed report RESULTS.json... --out DIR [--peers FILE]...`: BENCHMARKS.md and plots.
 //! - `qs-testbed suite [--out DIR]`: every scenario of testbed/scenarios, then the report.
 //! - `qs-testbed check SCENARIO.toml...`: validate scenarios and print expected counts.
+//! - `qs-testbed sim-gossip --nodes N [--seed S] [--loss P] --json`: the gossip plane alone in
+//!   the simulator; one JSON line of figures.
 //! - `qs-testbed sim-lec [...]`: the lateral error correction sweep (a table; no root needed).
 #![forbid(unsafe_code)]
 
@@ -86,6 +88,22 @@ enum Cmd {
         /// Peer result lines for the report (repeatable).
         #[arg(long = "peers")]
         peers: Vec<PathBuf>,
+    },
+    /// The gossip plane alone in the simulator: one JSON line of figures (cold start, join,
+    /// spread, failure detection, quiet and busy bytes, false downs, wall time, peak RSS).
+    SimGossip {
+        /// Cluster size.
+        #[arg(long, default_value_t = 1000)]
+        nodes: usize,
+        /// Simulation seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Bernoulli loss per receiver, 0..1.
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Print the JSON line (the only output format; progress goes to stderr otherwise).
+        #[arg(long)]
+        json: bool,
     },
     /// Sweep lateral error correction over a deterministic model and print a table.
     SimLec {
@@ -204,6 +222,22 @@ fn real_main() -> anyhow::Result<ExitCode> {
                 .collect();
             let p = report::report(&results, &peers, &out, &formats)?;
             println!("wrote {}", p.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::SimGossip {
+            nodes,
+            seed,
+            loss,
+            json,
+        } => {
+            let opts = qs_testbed::sim_gossip::Options {
+                nodes,
+                seed,
+                loss,
+                verbose: !json,
+            };
+            let r = qs_testbed::sim_gossip::run(&opts);
+            println!("{}", serde_json::to_string(&r)?);
             Ok(ExitCode::SUCCESS)
         }
         Cmd::SimLec {
