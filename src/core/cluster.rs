@@ -98,6 +98,19 @@ impl NodeCore {
                 g.reachability_mut().unexpect(now, r);
             }
         }
+        // Reports are accepted only from their author: a member deaf to its region's group
+        // tells the senders it hears of itself, so that they send it unicast copies.
+        if !self.gossip.reachability().silent_regions().is_empty() {
+            let senders: Vec<SocketAddr> = self
+                .recv
+                .keys()
+                .filter(|(_, r)| Some(*r) == self.own_region)
+                .filter_map(|(s, _)| self.address_of(*s))
+                .collect();
+            for to in senders {
+                self.gossip.push_reachability_to(to);
+            }
+        }
     }
 
     /// A fresh multicast data packet of the own region arrived (not a repair, not a unicast

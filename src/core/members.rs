@@ -254,6 +254,18 @@ impl NodeCore {
                         }
                     });
                 }
+                GossipEvent::Membership(MembershipEvent::MemberForgotten { id })
+                    if id != self.config.id =>
+                {
+                    // Reaped, or first heard of already dead: nothing of it is kept.
+                    self.discovery.forget(id);
+                    self.unvouched.remove(&id);
+                    if self.departed_at.remove(&id).is_some()
+                        || self.recv.keys().any(|(s, _)| *s == id)
+                    {
+                        self.sender_gone(now, id);
+                    }
+                }
                 GossipEvent::Membership(_) => {}
             }
         }
