@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -476,7 +476,7 @@ impl NodeBuilder {
         let shared = Arc::new(Shared {
             waker: runtime.waker(),
             sleeping: AtomicBool::new(false),
-            channel_bytes: AtomicUsize::new(0),
+            channel_bytes: AtomicI64::new(0),
             channel_bytes_max: self.publish_queue_bytes.max(1),
             next_subscription: AtomicU64::new(0),
         });
@@ -538,9 +538,11 @@ pub(crate) struct Shared {
     /// Set by the node thread before it blocks; a publisher that sees it wakes the thread.
     sleeping: AtomicBool,
     next_subscription: AtomicU64,
-    /// Payload bytes in the publish channel (added by publishers, taken off by the node
-    /// thread), and the most that may wait there.
-    channel_bytes: AtomicUsize,
+    /// Payload bytes in the publish channel, and the most that may wait there. Publishers
+    /// add a message's bytes once it is in the channel (so a cancelled `publish_async` leaves
+    /// nothing behind) and the node thread takes them off when it takes the message, so the
+    /// count can be briefly negative; the bound is soft by a message per publisher thread.
+    channel_bytes: AtomicI64,
     channel_bytes_max: usize,
 }
 
@@ -548,7 +550,12 @@ impl Shared {
     /// Whether `len` more payload bytes may enter the publish channel now.
     fn channel_has_room(&self, len: usize) -> bool {
         let queued = self.channel_bytes.load(Ordering::Relaxed);
-        queued == 0 || queued + len <= self.channel_bytes_max
+        queued <= 0 || queued.unsigned_abs() as usize + len <= self.channel_bytes_max
+    }
+
+    /// `len` payload bytes entered the publish channel.
+    fn added(&self, len: usize) {
+        self.channel_bytes.fetch_add(len as i64, Ordering::Relaxed);
     }
 
     pub(crate) fn nudge(&self) {
@@ -1038,7 +1045,7 @@ impl Worker {
                 let m = self.publishes.try_recv().ok()?;
                 self.shared
                     .channel_bytes
-                    .fetch_sub(m.1.len(), Ordering::Relaxed);
+                    .fetch_sub(m.1.len() as i64, Ordering::Relaxed);
                 Some(m)
             }) else {
                 return;
@@ -1214,9 +1221,6 @@ pub(crate) fn send_publish(
             backoff.snooze();
         }
     }
-    shared
-        .channel_bytes
-        .fetch_add(msg.1.len(), Ordering::Relaxed);
     let len = msg.1.len();
     let backoff = crossbeam_utils::Backoff::new();
     loop {
@@ -1227,18 +1231,13 @@ pub(crate) fn send_publish(
                 backoff.snooze();
             }
             Err(flume::TrySendError::Full(m)) => {
-                if tx.send(m).is_err() {
-                    shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
-                    return Err(PublishError::Closed);
-                }
+                tx.send(m).map_err(|_| PublishError::Closed)?;
                 break;
             }
-            Err(flume::TrySendError::Disconnected(_)) => {
-                shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
-                return Err(PublishError::Closed);
-            }
+            Err(flume::TrySendError::Disconnected(_)) => return Err(PublishError::Closed),
         }
     }
+    shared.added(len);
     shared.nudge();
     Ok(())
 }
@@ -1268,16 +1267,13 @@ pub(crate) fn try_send_publish(
         shared.nudge();
         return Err(PublishError::WouldBlock);
     }
-    shared.channel_bytes.fetch_add(len, Ordering::Relaxed);
     match tx.try_send(msg) {
         Ok(()) => {
+            shared.added(len);
             shared.nudge();
             Ok(())
         }
-        Err(e) => {
-            shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
-            try_send_failed(shared, e)
-        }
+        Err(e) => try_send_failed(shared, e),
     }
 }
 
@@ -1306,11 +1302,8 @@ pub(crate) async fn send_publish_async(
         shared.nudge();
     }
     let len = msg.1.len();
-    shared.channel_bytes.fetch_add(len, Ordering::Relaxed);
-    if tx.send_async(msg).await.is_err() {
-        shared.channel_bytes.fetch_sub(len, Ordering::Relaxed);
-        return Err(PublishError::Closed);
-    }
+    tx.send_async(msg).await.map_err(|_| PublishError::Closed)?;
+    shared.added(len);
     shared.nudge();
     Ok(())
 }
