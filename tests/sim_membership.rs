@@ -390,7 +390,7 @@ fn survivors_of_a_member_sender_crash_deliver_the_same_messages() {
         w.sim.set_node_loss(w.idx[0], LossModel::Bernoulli(0.5));
         w.publish(3, 1, 100, 100);
         // Mid-burst: some of the last packets are out, some reached only some members.
-        w.sim.run_for(Duration::from_micros(150), &mut |_| {});
+        w.run(Duration::from_micros(150));
         w.sim.crash(w.idx[3]);
         w.sim.clear_node_loss(w.idx[0]);
         w.run(Duration::from_secs(8));
@@ -481,7 +481,7 @@ fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_onc
             w.subscribe(r, &[1, 2]);
         }
         w.run(Duration::from_secs(2));
-        let a = publish_alternating(&mut w, 3, 1000);
+        publish_alternating(&mut w, 3, 1000);
         let now = w.sim.now();
         w.sim.node_mut(w.idx[0]).unsubscribe(now, topic(2));
         w.sim.poke(w.idx[0]);
@@ -527,7 +527,6 @@ fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_onc
             "{}",
             w.hint("sim_membership drops_and_adds")
         );
-        let _ = a;
         for r in 0..3 {
             assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
         }

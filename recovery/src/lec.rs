@@ -524,6 +524,21 @@ impl<T: Slot> Slab<T> {
         None
     }
 
+    /// The next live slot whose deadline is due by `now` (dropping due entries of slots
+    /// freed meanwhile), or `None` when none is due.
+    fn pop_due(&mut self, now: Instant) -> Option<u32> {
+        while let Some(&(t, slot, generation)) = self.deadlines.front() {
+            if t > now {
+                return None;
+            }
+            self.deadlines.pop_front();
+            if self.get(slot, generation).is_some() {
+                return Some(slot);
+            }
+        }
+        None
+    }
+
     fn get(&self, slot: u32, generation: u32) -> Option<&T> {
         self.slots
             .get(slot as usize)
@@ -876,35 +891,17 @@ impl Lec {
         {
             self.forget_oldest_missing();
         }
-        while let Some(&(t, slot, generation)) = self.fired.deadlines.front() {
-            if t > now {
-                break;
-            }
-            self.fired.deadlines.pop_front();
-            if let Some(f) = self.fired.get(slot, generation) {
-                self.stats.intents_dropped += u64::from(f.outstanding);
-                self.free_fired(slot);
-            }
+        while let Some(slot) = self.fired.pop_due(now) {
+            self.stats.intents_dropped += u64::from(self.fired.slots[slot as usize].outstanding);
+            self.free_fired(slot);
         }
-        while let Some(&(t, slot, generation)) = self.kept_xor.deadlines.front() {
-            if t > now {
-                break;
-            }
-            self.kept_xor.deadlines.pop_front();
-            if self.kept_xor.get(slot, generation).is_some() {
-                self.stats.repairs_expired += 1;
-                self.free_kept_xor(slot);
-            }
+        while let Some(slot) = self.kept_xor.pop_due(now) {
+            self.stats.repairs_expired += 1;
+            self.free_kept_xor(slot);
         }
-        while let Some(&(t, slot, generation)) = self.kept_parity.deadlines.front() {
-            if t > now {
-                break;
-            }
-            self.kept_parity.deadlines.pop_front();
-            if self.kept_parity.get(slot, generation).is_some() {
-                self.stats.repairs_expired += 1;
-                self.free_kept_parity(slot);
-            }
+        while let Some(slot) = self.kept_parity.pop_due(now) {
+            self.stats.repairs_expired += 1;
+            self.free_kept_parity(slot);
         }
     }
 
