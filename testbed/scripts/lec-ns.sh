@@ -42,9 +42,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 need_root
-repo=$(cd "$here/../.." && pwd)
-[ -n "$qs" ] || qs=$repo/target/release/qs
-[ -x "$qs" ] || { echo "lec-ns.sh: $qs not found: cargo build --release -p quicksilver-cli" >&2; exit 1; }
+resolve_qs lec-ns
 
 prefix="qsl$$"
 prefix=${prefix:0:11}
