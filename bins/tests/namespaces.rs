@@ -71,7 +71,12 @@ fn a_keyed_cluster_with_an_outsider_replaying_and_forging_delivers_everything_an
     // attack.py in a fourth namespace replays, tampers with and forges (plain CRC) the control
     // traffic it hears; each subscriber must still get every message once, in order, and
     // report the forgeries as auth drops and the replays as replay drops.
-    ns_pubsub(&["--count", "5000", "--key", "--attack"], 2);
+    // Paced to last five seconds, so the subscribers are still there whatever the attacker's
+    // start-up takes on a loaded machine (at full rate they could be done before it sends).
+    ns_pubsub(
+        &["--count", "5000", "--rate", "1000", "--key", "--attack"],
+        2,
+    );
 }
 
 /// The gossip plane's cluster map across namespaces (`testbed/scripts/ns-gossip-test.sh`): five
