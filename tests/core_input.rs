@@ -73,6 +73,7 @@ fn real_packets(core: &NodeCore) -> Vec<Vec<u8>> {
         3,
         TopicId::from_name("t"),
         3000,
+        0,
         &[7u8; 1000],
     )
     .unwrap();
@@ -743,6 +744,7 @@ fn build(h: &Hostile, who: Who, core: &NodeCore) -> Option<Vec<u8>> {
                 *count,
                 topic,
                 *total_len,
+                0,
                 &vec![0xCD; len],
             )
             .ok()?;

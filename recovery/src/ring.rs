@@ -96,6 +96,12 @@ pub struct RingConfig {
     /// Opt-in policy: a member lagging `slow_lag` for `slow_after` isolates itself (loses
     /// messages, reported as gaps) instead of slowing the senders.
     pub isolate_slow: bool,
+    /// Longest the leader holds a new stream's first stability back while its sender's data
+    /// says it sees the region's members otherwise than the leader does (gossip has not
+    /// converged: typically a subscriber the sender waited for and the ring does not know
+    /// yet). Within this time nothing the sender sent is freed or skipped over a member the
+    /// ring has not admitted yet; past it the ring goes on with its own view.
+    pub view_wait: Duration,
 }
 
 impl Default for RingConfig {
@@ -112,6 +118,7 @@ impl Default for RingConfig {
             slow_lag: 4096,
             slow_after: Duration::from_secs(2),
             isolate_slow: false,
+            view_wait: Duration::from_secs(1),
         }
     }
 }
@@ -147,12 +154,7 @@ impl View {
             .iter()
             .filter_map(|p| p.first().copied())
             .collect();
-        let mut hash = 0xcbf2_9ce4_8422_2325u64;
-        for m in &members {
-            for b in m.0.to_be_bytes() {
-                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
+        let hash = qs_transport::wire::members_hash(&members);
         View {
             members,
             partitions,
@@ -209,6 +211,11 @@ impl View {
     /// A hash identifying the member list.
     pub fn hash(&self) -> u64 {
         self.hash
+    }
+
+    /// The view's tag as senders put it on data packets ([`qs_transport::wire::view_tag`]).
+    pub fn tag(&self) -> u16 {
+        qs_transport::wire::view_tag(self.hash, self.members.len())
     }
 }
 
@@ -356,6 +363,9 @@ pub struct RingStats {
     pub tokens_ignored: u64,
     /// Tokens of another view (members disagree on the region's members).
     pub view_mismatches: u64,
+    /// Region rounds (per stream) whose stability the leader held back because the stream's
+    /// sender saw the region's members otherwise (see [`RingConfig::view_wait`]).
+    pub view_holds: u64,
     /// Records this node added for streams the token did not list.
     pub records_added: u64,
     /// Sequence numbers requested from peers.
@@ -370,6 +380,14 @@ pub struct RingStats {
     pub round_time_us: u64,
     /// Smoothed hop round trip, microseconds (gauge).
     pub hop_rtt_us: u64,
+}
+
+/// The view a sender's data says it sees the region with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SenderView {
+    epoch: u64,
+    tag: u16,
+    since: Instant,
 }
 
 #[derive(Debug, Clone)]
@@ -462,6 +480,9 @@ pub struct Ring {
     isolated: BTreeMap<NodeId, Instant>,
     /// Per sender: this node's prefix and the time at its previous visit (receive rate).
     last_prefix: BTreeMap<NodeId, (Seq, Instant)>,
+    /// Per sender: the view tag its latest data carried, for which epoch, and since when
+    /// (one entry per sender with a stream here: bounded like the streams).
+    sender_views: BTreeMap<NodeId, SenderView>,
     actions: VecDeque<RingAction>,
     stats: RingStats,
 }
@@ -493,6 +514,7 @@ impl Ring {
             self_lag: BTreeMap::new(),
             isolated: BTreeMap::new(),
             last_prefix: BTreeMap::new(),
+            sender_views: BTreeMap::new(),
             actions: VecDeque::new(),
             stats: RingStats::default(),
         }
@@ -558,6 +580,46 @@ impl Ring {
         }
     }
 
+    /// A data packet of `sender`'s stream `epoch` carried view tag `tag` (0: none): the
+    /// sender saw the region's members so when it sent it. A tag that changed is noted with
+    /// the time, so the leader can hold that stream's stability back for a while (see
+    /// [`RingConfig::view_wait`]).
+    pub fn note_sender_view(&mut self, now: Instant, sender: NodeId, epoch: u64, tag: u16) {
+        if tag == 0 || sender == self.me {
+            return;
+        }
+        match self.sender_views.get(&sender) {
+            Some(v) if v.epoch > epoch => {}
+            Some(v) if v.epoch == epoch && v.tag == tag => {}
+            _ => {
+                self.sender_views.insert(
+                    sender,
+                    SenderView {
+                        epoch,
+                        tag,
+                        since: now,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Whether the leader holds `sender`'s stream of `epoch` back at `now`: its latest data
+    /// was sent in another view of the region than this ring's, one with no fewer members
+    /// (it may count one this view lacks), and the sender's view changed to that at most
+    /// `view_wait` ago. A member the sender dropped first holds nothing back, nor does an
+    /// old disagreement (a view change the leader saw first while the sender kept its tag).
+    fn view_held(&self, now: Instant, sender: NodeId, epoch: u64) -> bool {
+        use qs_transport::wire::view_tag_members;
+        let own = self.view.tag();
+        self.sender_views.get(&sender).is_some_and(|v| {
+            v.epoch == epoch
+                && v.tag != own
+                && view_tag_members(v.tag) >= view_tag_members(own)
+                && now < v.since + self.config.view_wait
+        })
+    }
+
     /// Data of this region arrived or was sent: the leader runs another round soon.
     pub fn on_data(&mut self) {
         self.dirty = true;
@@ -571,6 +633,7 @@ impl Ring {
         self.self_lag.remove(&sender);
         self.isolated.remove(&sender);
         self.last_prefix.remove(&sender);
+        self.sender_views.remove(&sender);
     }
 
     /// Panics if the ring's state is inconsistent (the simulator calls it after every
@@ -1269,6 +1332,19 @@ impl Ring {
             if !rec.cleanup_unknown && cleanup.is_before(rec.cleanup) {
                 cleanup = rec.cleanup;
             }
+            // A stream's start, while its sender counts the region's members otherwise: a
+            // member it already sends to may be missing from this view (a sender that waited
+            // for its subscribers must not lose one to the ring's slower gossip). Nothing is
+            // freed or skipped until the views agree (or `view_wait` passed): the record stays
+            // one whose cleanup is unknown. Later joiners are admitted as the ring learns of
+            // them (what came before is theirs only if still unstable), so a view change
+            // mid-stream holds nothing back.
+            let held = rec.cleanup_unknown && self.view_held(now, rec.sender, rec.epoch);
+            if held {
+                self.stats.view_holds += 1;
+                stable = rec.cleanup;
+                cleanup = rec.cleanup;
+            }
             self.stats.naked += rec.naks.iter().map(|r| u64::from(r.count)).sum::<u64>();
             self.check_slow(now, &rec, stable);
             self.actions.push_back(RingAction::Ack {
@@ -1295,7 +1371,7 @@ impl Ring {
                 TokenRecord {
                     cutoff: rec.highest,
                     cleanup,
-                    cleanup_unknown: false,
+                    cleanup_unknown: held,
                     partial: 0,
                     incomplete: false,
                     reported: 0,
@@ -1603,6 +1679,36 @@ mod tests {
             "the lowest prefix is member 1's"
         );
         assert_eq!(region[0].ring.stats().rounds_completed, 2);
+    }
+
+    #[test]
+    fn stability_waits_while_the_sender_sees_other_members_and_goes_on_after_view_wait() {
+        let wait = RingConfig::default().view_wait;
+        let acked = |members: &mut Vec<Member>, at: Instant| {
+            round(members, at);
+            let log = round(members, at + Duration::from_millis(3));
+            log.acks.last().expect("acknowledged").1.stable
+        };
+        // The sender tagged its data for a member list with a fourth member in it.
+        let mut members = region(3, |_| 30, |_| vec![]);
+        let four = [NodeId(1), NodeId(2), NodeId(3), NodeId(4)];
+        let other = qs_transport::wire::view_tag(qs_transport::wire::members_hash(&four), 4);
+        assert_ne!(other, members[0].ring.view().tag());
+        members[0].ring.note_sender_view(T0, S, 1, other);
+        assert_eq!(acked(&mut members, ms(0)), Seq(0), "held within view_wait");
+        assert!(members[0].ring.stats().view_holds >= 2);
+        let late = T0 + wait + Duration::from_millis(10);
+        assert_eq!(
+            acked(&mut members, late),
+            Seq(30),
+            "past view_wait it goes on"
+        );
+        // A tag equal to the ring's own view holds nothing.
+        let mut members = region(3, |_| 30, |_| vec![]);
+        let own = members[0].ring.view().tag();
+        members[0].ring.note_sender_view(T0, S, 1, own);
+        assert_eq!(acked(&mut members, ms(0)), Seq(30));
+        assert_eq!(members[0].ring.stats().view_holds, 0);
     }
 
     #[test]

@@ -76,6 +76,8 @@ pub(super) struct RecvStream {
     /// Holes found recently, in sequence order, with the time until which the ring does not
     /// see them (they wait for a lateral repair).
     young: VecDeque<(Seq, Instant)>,
+    /// The view tag of the sender's newest packet (what the ring was last told).
+    view: u16,
 }
 
 impl RecvStream {
@@ -98,6 +100,7 @@ impl RecvStream {
             last: None,
             synced: false,
             young: VecDeque::new(),
+            view: 0,
         }
     }
 
@@ -280,12 +283,25 @@ impl NodeCore {
         let fresh = highest_before.is_none_or(|h| h.is_before(seq))
             && header.flags & wire::FLAG_UNICAST_COPY == 0
             && via != Via::Rebuilt;
+        let view = match &packet {
+            Received::Packed(p) => p.view,
+            Received::Fragment(f) => f.view,
+        };
+        let view_changed = fresh && stream.view != view;
+        if view_changed {
+            stream.view = view;
+        }
         let arrival = stream.window.insert(now, seq, packet);
         if arrival == Arrival::Accepted {
             self.on_accepted(now, key, epoch, seq, highest_before, via);
         }
         if fresh {
             self.heard_multicast(now, region);
+            // The sender's view of the region as it sent its newest packet: the leader holds
+            // stability back while it differs from the ring's (a member it does not know yet).
+            if let Some(ring) = self.ring.as_mut().filter(|_| view_changed) {
+                ring.note_sender_view(now, sender, epoch, view);
+            }
         }
         match arrival {
             Arrival::Stale => self.stats.drops.stale += 1,

@@ -62,6 +62,9 @@ pub(super) struct SendStream {
     state_backoff: Duration,
     /// When the last stream state went out.
     state_sent: Option<Instant>,
+    /// The region's members as this node sees them, as the tag its data packets carry
+    /// ([`wire::view_tag`]; kept up to date with the region table).
+    view: u16,
 }
 
 impl SendStream {
@@ -78,6 +81,7 @@ impl SendStream {
             state_repeats_left: 0,
             state_backoff: Duration::ZERO,
             state_sent: None,
+            view: 0,
         }
     }
 
@@ -165,7 +169,9 @@ impl NodeCore {
                     // starts, so a restarted sender never reuses one.
                     self.streams_started += 1;
                     let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
-                    e.insert(SendStream::new(group, window, epoch))
+                    let mut s = SendStream::new(group, window, epoch);
+                    s.view = wire::view_tag(wire::members_hash(&info.members), info.members.len());
+                    e.insert(s)
                 }
             };
             if stream.queue.is_empty() {
@@ -211,18 +217,20 @@ impl NodeCore {
             .map(|s| (s.epoch, s.window.highest()))
     }
 
-    /// Throws away send streams of regions that no longer exist (counted).
+    /// Throws away send streams of regions that no longer exist (counted); the others take
+    /// their region's current member list as their view tag.
     pub(super) fn prune_send_streams(&mut self) {
         let regions = &self.regions;
         let mut gone = 0u64;
         let mut freed = 0usize;
         self.send.retain(|id, s| {
-            let keep = regions.region(*id).is_some();
-            if !keep {
+            let Some(region) = regions.region(*id) else {
                 gone += s.queue.len() as u64;
                 freed += s.queued_bytes();
-            }
-            keep
+                return false;
+            };
+            s.view = wire::view_tag(wire::members_hash(&region.members), region.members.len());
+            true
         });
         if gone > 0 || freed > 0 {
             self.stats.drops.region_gone += gone;
@@ -300,6 +308,7 @@ impl NodeCore {
             && head_len <= usize::from(u16::MAX);
         let len = if packs {
             let mut w = DataWriter::new(&mut buf[..budget], &header, id, seq).ok()?;
+            w.set_view(stream.view);
             while let Some(m) = stream.queue.front() {
                 if !w.push(m.topic, &m.payload) {
                     break;
@@ -328,6 +337,7 @@ impl NodeCore {
                 cursor.count,
                 m.topic,
                 m.payload.len() as u32,
+                stream.view,
                 &m.payload[start..end],
             )
             .ok()?;

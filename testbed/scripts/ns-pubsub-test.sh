@@ -225,7 +225,8 @@ if attack:
         bad.append("drops_auth=0 under attack")
     if key and replay == 0:
         bad.append("drops_replay=0 under attack")
-print(("FAIL " + "; ".join(bad)) if bad else ("OK " + shown))
+# On failure the whole summary goes with the verdict (drops, repair split, missed_on_join).
+print(("FAIL " + "; ".join(bad) + " | summary " + json.dumps(summary, sort_keys=True)) if bad else ("OK " + shown))
 EOF
 )
     if [[ $verdict == OK* ]]; then

@@ -159,11 +159,12 @@ proptest! {
 proptest! {
     #[test]
     fn packed_messages_round_trip(
-        sender: u64, region: u64, seq: u32,
+        sender: u64, region: u64, seq: u32, view: u16,
         msgs in prop::collection::vec((any::<u64>(), prop::collection::vec(any::<u8>(), 0..300)), 0..20),
     ) {
         let mut buf = vec![0u8; 1472];
         let mut w = DataWriter::new(&mut buf, &header(PacketKind::Data, sender), StreamId { region: RegionId(region), epoch: region ^ 5 }, Seq(seq)).unwrap();
+        w.set_view(view);
         let mut written = Vec::new();
         for (t, p) in &msgs {
             if !w.push(TopicId(*t), p) { break; }
@@ -176,23 +177,23 @@ proptest! {
         prop_assert_eq!(h.kind, PacketKind::Data);
         let pkt = DataPacket::parse(Bytes::copy_from_slice(body)).unwrap();
         prop_assert_eq!((pkt.region, pkt.epoch), (RegionId(region), region ^ 5));
-        prop_assert_eq!(pkt.seq, Seq(seq));
+        prop_assert_eq!((pkt.seq, pkt.view), (Seq(seq), view));
         let got: Vec<(TopicId, Vec<u8>)> = pkt.messages().map(|(t, b)| (t, b.to_vec())).collect();
         prop_assert_eq!(got, written);
     }
 
     #[test]
     fn fragments_round_trip(index in 0u16..100, extra in 1u16..100, topic: u64, total: u32,
-        payload in prop::collection::vec(any::<u8>(), 0..1400)) {
+        view: u16, payload in prop::collection::vec(any::<u8>(), 0..1400)) {
         let total = total.max(payload.len() as u32);
         let count = (index + extra).max(2); // a message of one fragment is not fragmented
         let mut buf = vec![0u8; 1472];
         let len = Fragment::write(&mut buf, &header(PacketKind::Fragment, 1), StreamId { region: RegionId(2), epoch: 7 }, Seq(3),
-            index, count, TopicId(topic), total, &payload).unwrap();
+            index, count, TopicId(topic), total, view, &payload).unwrap();
         let len = Seal::new().seal(&mut buf, len).unwrap();
         let (_, body) = Seal::new().open(&buf[..len]).unwrap();
         let f = Fragment::parse(Bytes::copy_from_slice(body)).unwrap();
-        prop_assert_eq!((f.index, f.count, f.topic, f.total_len), (index, count, TopicId(topic), total));
+        prop_assert_eq!((f.index, f.count, f.topic, f.total_len, f.view), (index, count, TopicId(topic), total, view));
         prop_assert_eq!(&f.payload[..], &payload[..]);
     }
 

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::{RegionId, Seq, TopicId};
+use crate::{NodeId, RegionId, Seq, TopicId};
 
 use super::{u16_at, u32_at, u64_at, Header, WireError, HEADER_LEN};
 
@@ -23,8 +23,9 @@ pub mod data_field {
     pub const SEQ: Range<usize> = 8..12;
     /// Messages packed, u16.
     pub const COUNT: Range<usize> = 12..14;
-    /// Reserved, zero.
-    pub const RESERVED: Range<usize> = 14..16;
+    /// The sender's view of the region's members when it sent the packet, u16 (a
+    /// [`super::view_tag`]; 0: not given).
+    pub const VIEW: Range<usize> = 14..16;
     /// The stream's epoch, u64.
     pub const EPOCH: Range<usize> = 16..24;
     /// Where the first message starts.
@@ -59,8 +60,40 @@ pub mod fragment_field {
     pub const TOTAL_LEN: Range<usize> = 24..28;
     /// The stream's epoch, u64.
     pub const EPOCH: Range<usize> = 28..36;
+    /// The sender's view of the region's members, u16 (as in a data packet).
+    pub const VIEW: Range<usize> = 36..38;
     /// Where this fragment's bytes start.
-    pub const PAYLOAD: usize = 36;
+    pub const PAYLOAD: usize = 38;
+}
+
+/// A hash of a region's member list, in id order (each id once): what the recovery ring
+/// identifies its view by, and what [`view_tag`] folds for data packets.
+pub fn members_hash<'a>(sorted_members: impl IntoIterator<Item = &'a NodeId>) -> u64 {
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for m in sorted_members {
+        for b in m.0.to_be_bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The 16-bit tag a sender puts on its data packets for the region's member list as it sees
+/// it: the member count (6 bits, 63 meaning "63 or more") and [`members_hash`] folded to 10
+/// bits; never 0, which means "not given". The region's leader holds a stream's stability
+/// back while the sender's tag differs from its own view's and counts no fewer members, so a
+/// member the sender already counts is not passed over by a ring that does not know it yet
+/// (a member the sender dropped first holds nothing back).
+pub fn view_tag(members_hash: u64, members: usize) -> u16 {
+    let h = members_hash;
+    let folded = (h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48)) as u16 & 0x3ff;
+    let count = members.min(63) as u16;
+    ((count << 10) | folded).max(1)
+}
+
+/// The member count a [`view_tag`] carries (63: 63 or more).
+pub fn view_tag_members(tag: u16) -> usize {
+    usize::from(tag >> 10)
 }
 
 /// Builds a packed data packet in place, message by message.
@@ -87,7 +120,7 @@ impl<'a> DataWriter<'a> {
         b[data_field::REGION].copy_from_slice(&stream.region.0.to_be_bytes());
         b[data_field::SEQ].copy_from_slice(&seq.0.to_be_bytes());
         b[data_field::COUNT].fill(0);
-        b[data_field::RESERVED].fill(0);
+        b[data_field::VIEW].fill(0);
         b[data_field::EPOCH].copy_from_slice(&stream.epoch.to_be_bytes());
         Ok(DataWriter {
             buf,
@@ -115,6 +148,13 @@ impl<'a> DataWriter<'a> {
         self.len += MESSAGE_OVERHEAD + payload.len();
         self.count += 1;
         true
+    }
+
+    /// Tags the packet with the sender's view of the region's members (a
+    /// [`super::view_tag`]).
+    pub fn set_view(&mut self, view: u16) {
+        let at = HEADER_LEN + data_field::VIEW.start..HEADER_LEN + data_field::VIEW.end;
+        self.buf[at].copy_from_slice(&view.to_be_bytes());
     }
 
     /// Messages written so far.
@@ -150,6 +190,8 @@ pub struct DataPacket {
     pub epoch: u64,
     /// The packet's sequence number in the (sender, region) stream.
     pub seq: Seq,
+    /// The sender's view of the region's members when it sent the packet (0: not given).
+    pub view: u16,
     count: u16,
     body: Bytes,
 }
@@ -175,6 +217,7 @@ impl DataPacket {
             region: RegionId(u64_at(&body, data_field::REGION.start)),
             epoch: u64_at(&body, data_field::EPOCH.start),
             seq: Seq(u32_at(&body, data_field::SEQ.start)),
+            view: u16_at(&body, data_field::VIEW.start),
             count,
             body,
         })
@@ -242,6 +285,8 @@ pub struct Fragment {
     pub topic: TopicId,
     /// The whole message's length in bytes.
     pub total_len: u32,
+    /// The sender's view of the region's members when it sent the packet (0: not given).
+    pub view: u16,
     /// This fragment's bytes.
     pub payload: Bytes,
 }
@@ -264,6 +309,7 @@ impl Fragment {
         count: u16,
         topic: TopicId,
         total_len: u32,
+        view: u16,
         payload: &[u8],
     ) -> Result<usize, WireError> {
         let len = HEADER_LEN + FRAGMENT_FIXED_LEN + payload.len();
@@ -279,6 +325,7 @@ impl Fragment {
         b[fragment_field::COUNT].copy_from_slice(&count.to_be_bytes());
         b[fragment_field::TOPIC].copy_from_slice(&topic.0.to_be_bytes());
         b[fragment_field::TOTAL_LEN].copy_from_slice(&total_len.to_be_bytes());
+        b[fragment_field::VIEW].copy_from_slice(&view.to_be_bytes());
         b[fragment_field::PAYLOAD..].copy_from_slice(payload);
         Ok(len)
     }
@@ -303,6 +350,7 @@ impl Fragment {
             count,
             topic: TopicId(u64_at(&body, fragment_field::TOPIC.start)),
             total_len,
+            view: u16_at(&body, fragment_field::VIEW.start),
             payload,
         })
     }

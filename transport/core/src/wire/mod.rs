@@ -28,8 +28,9 @@ mod stream;
 
 pub use announce::{Announce, ANNOUNCE_FIXED_LEN};
 pub use data::{
-    data_field, fragment_field, message_field, DataPacket, DataWriter, Fragment, MessageIter,
-    StreamId, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN, MESSAGE_OVERHEAD,
+    data_field, fragment_field, members_hash, message_field, view_tag, view_tag_members,
+    DataPacket, DataWriter, Fragment, MessageIter, StreamId, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN,
+    MESSAGE_OVERHEAD,
 };
 pub use header::{field, Header, PacketKind, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
 pub use lec::{
