@@ -369,6 +369,11 @@ fn a_new_lowest_id_member_joining_after_the_last_publish_leaves_the_sender_idle(
         "the sender is acknowledged; {}",
         w.hint("joiner")
     );
+    // What the joiner did not get of the stream was before its time, and is counted so
+    // (here one message per packet).
+    let (got, missed) = (w.got(4, 3).len() as u64, w.core(4).stats().missed_on_join);
+    assert_eq!(w.core(3).stats().data_packets_sent, 500);
+    assert_eq!(got + missed, 500, "{}", w.hint("joiner"));
 }
 
 #[test]

@@ -649,6 +649,12 @@ impl NodeCore {
             .recv
             .entry(key)
             .or_insert_with(|| RecvStream::new(config, u.epoch));
+        if stream.window.next_expected().is_none() {
+            // A stream this node heard nothing of starts where the ring says: what the
+            // sender sent before was before this node's time, and is counted as such.
+            let before = Seq::FIRST.distance_to(u.skip_to).max(0) as u64;
+            self.stats.missed_on_join += before;
+        }
         stream.window.skip_to(now, u.skip_to, u.as_loss);
         stream.synced = u.synced;
         stream.window.on_highest(now, u.highest);
