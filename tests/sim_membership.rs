@@ -650,3 +650,35 @@ fn a_subscriber_the_sender_waited_for_gets_the_stream_from_its_start() {
         );
     }
 }
+
+#[test]
+fn a_one_way_link_failure_between_two_members_loses_and_duplicates_nothing() {
+    // Asymmetric reachability: node 1 hears node 2, node 2 does not hear node 1 (tokens,
+    // acknowledgements and repairs from 1 to 2 are lost) for three seconds mid-stream, past
+    // failure detection, under 1% loss; then the link heals.
+    let seed = seed_from_env(71);
+    let mut w = World::new(lossy(seed, 0.01), 4, 200);
+    for r in 0..3 {
+        w.subscribe(r, &[1]);
+    }
+    w.run(Duration::from_secs(2));
+    let mut sent = w.publish(3, 1, 1000, 10);
+    w.sim.block(w.idx[1], w.idx[2]);
+    sent.end = w.publish(3, 1, 3000, 1).end;
+    w.sim.unblock_all();
+    sent.end = w.publish(3, 1, 1000, 10).end;
+    w.run(Duration::from_secs(10));
+    for r in 0..3 {
+        w.expect_exactly(r, 3, sent.clone(), "one_way");
+    }
+    assert!(w.core(3).is_idle(), "acknowledged; {}", w.hint("one_way"));
+    let retried: u64 = (0..3)
+        .filter_map(|r| w.core(r).ring())
+        .map(|g| g.stats().hop_retransmits + g.stats().hops_skipped)
+        .sum();
+    assert!(
+        retried > 0,
+        "the one-way failure hit the ring; {}",
+        w.hint("one_way")
+    );
+}
