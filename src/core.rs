@@ -273,11 +273,15 @@ impl NodeCore {
     }
 
     /// Whether nothing is waiting to be sent and (reliable mode) everything sent was
-    /// acknowledged by its region.
+    /// acknowledged by its region and is held by every member of it.
     pub fn is_idle(&self) -> bool {
+        let reliable = self.config.reliable;
         self.ready.is_empty()
             && self.out.is_empty()
-            && self.send.values().all(|s| s.window.is_empty())
+            && self.send.values().all(|s| match reliable {
+                true => s.is_settled(),
+                false => s.window.is_empty(),
+            })
     }
 
     /// Panics if the core's internal bookkeeping is inconsistent. The simulator tests call it

@@ -85,6 +85,14 @@ impl SendStream {
         }
     }
 
+    /// Reliable mode: nothing is unacknowledged and every member of the region (those the
+    /// leader skipped in its last rounds included) has everything sent, so the sender may
+    /// go: a member still repairing from its peers would otherwise lose the rest when the
+    /// sender's goodbye ends the stream.
+    pub(super) fn is_settled(&self) -> bool {
+        self.window.is_empty() && (!self.window.started() || self.floor == self.window.highest())
+    }
+
     /// The multicast group (and port) of the stream's region.
     pub(super) fn group(&self) -> SocketAddrV4 {
         self.group
