@@ -1782,6 +1782,24 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
         let crash = prng
             .chance(0.3)
             .then(|| (prng.below(n as u64) as usize, prng.below(100) as u32));
+        // Sometimes a sender freezes past failure detection (a GC pause, SIGSTOP) and comes
+        // back: nothing may be lost or duplicated. Sometimes one receiver stops hearing
+        // another (a one-way link failure) for a while.
+        let s = senders.len() as u64;
+        let freeze = prng.chance(0.25).then(|| {
+            let (who, at) = (n + prng.below(s) as usize, prng.below(100) as u32);
+            (who, at, Duration::from_millis(2000 + prng.below(3000)))
+        });
+        let one_way = (n > 1 && prng.chance(0.25)).then(|| {
+            let from = prng.below(n as u64) as usize;
+            let to = (from + 1 + prng.below(n as u64 - 1) as usize) % n;
+            (
+                from,
+                to,
+                prng.below(100) as u32,
+                200 + prng.below(1300) as u32,
+            )
+        });
         let spec = Spec {
             receivers,
             senders,
@@ -1792,7 +1810,8 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
         };
         let described = format!(
             "swarm run {k}: seed {seed}, {spec:?}, send window {send_window}, receive window \
-             {reorder_window}, crash {crash:?}, {config:?}"
+             {reorder_window}, crash {crash:?}, freeze {freeze:?}, one-way {one_way:?}, \
+             {config:?}"
         );
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut run = Run::with(spec.clone(), config.clone(), |c| {
@@ -1804,6 +1823,20 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
                     if ms == at {
                         run.sim.crash(run.idx[victim]);
                         run.oracle.crashed.push(victim);
+                    }
+                }
+                if let Some((who, at, d)) = freeze {
+                    if ms == at && !run.sim.is_crashed(run.idx[who]) {
+                        let until = run.sim.now() + d;
+                        run.sim.freeze(run.idx[who], until);
+                    }
+                }
+                if let Some((from, to, at, lasts)) = one_way {
+                    if ms == at {
+                        run.sim.block(run.idx[from], run.idx[to]);
+                    }
+                    if ms == at + lasts {
+                        run.sim.unblock_all();
                     }
                 }
             });
