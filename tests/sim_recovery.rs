@@ -595,6 +595,20 @@ impl Run {
             last = self.oracle.delivered;
             self.run_for(Duration::from_millis(100));
         }
+        if self.outstanding() > 0 {
+            let senders: Vec<usize> = self.oracle.sent.keys().copied().collect();
+            for r in self.live_receivers() {
+                for s in &senders {
+                    let o = self.oracle.outstanding(r, *s);
+                    if o > 0 {
+                        eprintln!(
+                            "receiver {r} lacks {o} of sender {s}; its stats {:?}",
+                            self.stats(r)
+                        );
+                    }
+                }
+            }
+        }
         assert_eq!(
             self.outstanding(),
             0,
@@ -1784,21 +1798,21 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
             .then(|| (prng.below(n as u64) as usize, prng.below(100) as u32));
         // Sometimes a sender freezes past failure detection (a GC pause, SIGSTOP) and comes
         // back: nothing may be lost or duplicated. Sometimes one receiver stops hearing
-        // another (a one-way link failure) for a while.
+        // another (a one-way link failure) for part of the stream.
         let s = senders.len() as u64;
+        // Both start, and the one-way failure also heals, while the senders publish (a lasting
+        // one-way failure is a known open problem: `a_member_that_never_hears_the_leader…`
+        // in sim_membership).
+        let publishing = u64::from(messages / 20);
         let freeze = prng.chance(0.25).then(|| {
-            let (who, at) = (n + prng.below(s) as usize, prng.below(100) as u32);
+            let (who, at) = (n + prng.below(s) as usize, prng.below(publishing) as u32);
             (who, at, Duration::from_millis(2000 + prng.below(3000)))
         });
         let one_way = (n > 1 && prng.chance(0.25)).then(|| {
             let from = prng.below(n as u64) as usize;
             let to = (from + 1 + prng.below(n as u64 - 1) as usize) % n;
-            (
-                from,
-                to,
-                prng.below(100) as u32,
-                200 + prng.below(1300) as u32,
-            )
+            let at = prng.below(publishing / 2) as u32;
+            (from, to, at, 5 + prng.below(publishing / 2 - 4) as u32)
         });
         let spec = Spec {
             receivers,
