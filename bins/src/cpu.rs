@@ -53,6 +53,11 @@ impl CpuMeter {
         }
     }
 
+    /// Nanoseconds since the start.
+    pub fn elapsed_nanos(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// CPU use since the start (threads started meanwhile count from zero).
     pub fn stop(&self) -> CpuUse {
         let wall = self.start.elapsed().as_nanos().max(1) as f64;

@@ -268,7 +268,7 @@ for s in sizes:
             c = p["quicksilver"].get("cpu", {})
             print(f"{s:>6} ping-pong one-way (RTT/2) µs: raw p50 {r['p50']:.1f} p99 {r['p99']:.1f} | "
                   f"{name} p50 {q['p50']:.1f} p99 {q['p99']:.1f} | ratio p50 {q['p50']/r['p50']:.2f}x p99 {q['p99']/r['p99']:.2f}x"
-                  f" | pinger CPU node {c.get('node_pct', 0):.0f}% app {c.get('app_pct', 0):.0f}%")
+                  f" | pinger CPU node {c.get('node_pct', 0):.0f}% app {c.get('app_pct', 0):.0f}%, node spinning {p['quicksilver'].get('node_spin_pct', 0):.0f}% of the time")
 for s, ratio in faults:
     print(f"MEASUREMENT FAULT: Quicksilver at {s} B (one message per datagram) measured {ratio:.2f}x the raw limit: the raw baseline did not reach the path's limit in this run")
 if jsonl:

@@ -95,12 +95,21 @@ pub struct PingFigures {
     pub rtt_us: [f64; 5],
     /// CPU use of this process's threads while the timed round trips ran.
     pub cpu: CpuUse,
+    /// Busy-poll mode: the share of the timed stretch this process's node thread spent
+    /// spinning, in percent, and the waits an event ended while it spun (each a wake-up
+    /// saved); from the node's `RuntimeStats` (0 for raw and without busy-poll).
+    pub node_spin: (f64, u64),
 }
 
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
 
 impl PingFigures {
-    fn from_histogram(h: &Histogram<u64>, lost: u64, cpu: CpuUse) -> PingFigures {
+    fn from_histogram(
+        h: &Histogram<u64>,
+        lost: u64,
+        cpu: CpuUse,
+        node_spin: (f64, u64),
+    ) -> PingFigures {
         let mut rtt_us = [0.0; 5];
         for (v, q) in rtt_us.iter_mut().zip(QUANTILES) {
             *v = if q >= 1.0 {
@@ -115,6 +124,7 @@ impl PingFigures {
             lost,
             rtt_us,
             cpu,
+            node_spin,
         }
     }
 
@@ -130,6 +140,7 @@ impl PingFigures {
         json!({
             "samples": self.samples, "lost": self.lost,
             "rtt_us": pct(1.0), "one_way_us": pct(0.5), "cpu": self.cpu,
+            "node_spin_pct": self.node_spin.0, "node_spin_hits": self.node_spin.1,
         })
     }
 }
@@ -216,7 +227,7 @@ fn qs_ping(a: &PingArgs, node: &Node, pongs: &Subscription) -> anyhow::Result<Pi
     let mut cpu = None;
     for i in 0..a.warmup + a.count {
         if i == a.warmup {
-            cpu = Some(CpuMeter::start());
+            cpu = Some((CpuMeter::start(), node.stats()?.runtime));
         }
         seq += 1;
         if !interval.is_zero() {
@@ -253,11 +264,22 @@ fn qs_ping(a: &PingArgs, node: &Node, pongs: &Subscription) -> anyhow::Result<Pi
             None => lost += 1,
         }
     }
-    let cpu = cpu.map(|m| m.stop()).unwrap_or_default();
+    let (cpu, node_spin) = match cpu {
+        Some((meter, before)) => {
+            let after = node.stats()?.runtime;
+            let wall = meter.elapsed_nanos().max(1) as f64;
+            let spun = after.spin_nanos.saturating_sub(before.spin_nanos) as f64;
+            (
+                meter.stop(),
+                (spun / wall * 100.0, after.spin_hits - before.spin_hits),
+            )
+        }
+        None => (CpuUse::default(), (0.0, 0)),
+    };
     stamp::write(&mut buf, END_SEQ, 0);
     node.publish("bench.ping", bytes::Bytes::copy_from_slice(&buf))?;
     node.flush(Duration::from_secs(2))?;
-    Ok(PingFigures::from_histogram(&h, lost, cpu))
+    Ok(PingFigures::from_histogram(&h, lost, cpu, node_spin))
 }
 
 /// The echoing side: every message on `pings` goes back on `bench.pong` until the end mark
@@ -346,7 +368,7 @@ fn raw_ping(a: &PingArgs) -> anyhow::Result<PingFigures> {
     for r in &rep.rtt_nanos {
         let _ = h.record((*r).max(1));
     }
-    Ok(PingFigures::from_histogram(&h, rep.lost, cpu))
+    Ok(PingFigures::from_histogram(&h, rep.lost, cpu, (0.0, 0)))
 }
 
 /// A busy-poll budget as the flag spells it.
