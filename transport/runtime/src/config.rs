@@ -46,7 +46,7 @@ pub struct RuntimeConfig {
     pub send_budget_batches: usize,
     /// Busy-poll idle strategy (like Aeron's spinning idle strategies): `Some(spin)` makes
     /// every wait first poll the sockets without blocking (`epoll_wait` with a zero timeout,
-    /// `std::hint::spin_loop` between polls), again and again, for up to `spin`, and only then
+    /// `sched_yield` between polls), again and again, for up to `spin`, and only then
     /// block in `epoll_wait` for the rest of the wait. `Duration::MAX` never blocks (Aeron's
     /// `BusySpinIdleStrategy`); a few hundred microseconds catches the next message of a
     /// steady stream without burning a core while the node is idle (its `BackoffIdleStrategy`).
