@@ -170,3 +170,58 @@ fn try_publish_reports_a_full_queue_instead_of_dropping() {
         "accepted {accepted}, received {received}, lost {lost}: a message vanished silently"
     );
 }
+
+#[test]
+fn a_node_in_busy_poll_mode_delivers_exactly_like_the_default() {
+    let cluster = format!("busy-poll-test-{}", std::process::id());
+    let (control, data) = ports(2);
+    let with_spin = |spin: Duration| {
+        Node::builder()
+            .cluster(&cluster)
+            .control_group(control)
+            .data_port(data)
+            .announce_interval(Duration::from_millis(100))
+            .busy_poll(spin)
+            .build()
+            .expect("node starts on loopback")
+    };
+    // A publisher that never sleeps, a subscriber that spins briefly before it sleeps, and
+    // one in the default mode: all three must see the same stream.
+    let publisher = with_spin(Duration::MAX);
+    let spinning = with_spin(Duration::from_micros(500));
+    let default = with_spin(Duration::ZERO);
+    let sub_spinning = spinning.subscribe("t").unwrap();
+    let sub_default = default.subscribe("t").unwrap();
+    wait_for(&publisher, "t", 2);
+
+    const COUNT: u32 = 2_000;
+    let start = Instant::now();
+    for seq in 0..COUNT {
+        let due = start + Duration::from_secs_f64(f64::from(seq) / 10_000.0);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let mut payload = vec![seq as u8; 64];
+        payload[..4].copy_from_slice(&seq.to_be_bytes());
+        publisher.publish("t", payload).unwrap();
+    }
+
+    let in_order: Vec<u32> = (0..COUNT).collect();
+    let got_spinning = collect(&sub_spinning, COUNT as usize);
+    let got_default = collect(&sub_default, COUNT as usize);
+    assert_eq!(got_spinning.get(&publisher.id()), Some(&in_order));
+    assert_eq!(got_default.get(&publisher.id()), Some(&in_order));
+    assert_eq!(got_spinning.len() + got_default.len(), 2, "no other sender");
+    assert_eq!(
+        sub_spinning.recv_timeout(Duration::from_millis(300)),
+        Err(RecvError::Empty),
+        "no duplicate"
+    );
+    for (n, spins) in [(&publisher, true), (&spinning, true), (&default, false)] {
+        let s = n.stats().unwrap();
+        assert_eq!(s.core.gaps, 0, "{:?}", s.core);
+        assert_eq!(s.runtime.spin_nanos > 0, spins, "{:?}", s.runtime);
+        // A spinner without a budget never sleeps; one with a budget does when idle.
+        assert_eq!(s.runtime.spin_blocks > 0, spins && n.id() != publisher.id());
+    }
+}

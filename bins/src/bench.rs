@@ -75,6 +75,11 @@ pub struct BenchArgs {
     /// memory), right after the keyless one: prints the keyed rate and its ratio to keyless.
     #[arg(long)]
     with_key: bool,
+    /// Busy-poll mode in the Quicksilver nodes (`always`, or a spin budget such as `200us`;
+    /// see `NodeBuilder::busy_poll`) [default: off]
+    #[arg(long, value_name = "always|DURATION|off", num_args = 0..=1,
+        default_missing_value = "always", value_parser = crate::config::parse_busy_poll)]
+    busy_poll: Option<Duration>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -539,6 +544,7 @@ fn quicksilver_loopback(
             None => b,
         };
         b.inject_loss(loss)
+            .busy_poll(a.busy_poll.unwrap_or_default())
             .cluster(&cluster)
             .control_group(SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), a.port + 1))
             .data_port(a.port + 2)

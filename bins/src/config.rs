@@ -60,6 +60,38 @@ mod opt_duration {
     }
 }
 
+/// Parses a busy-poll spin budget: `always` (also `on`, `true`: spin without end), `off`
+/// (also `false`, `0`: never spin) or a duration (`200us`: spin that long before sleeping).
+pub fn parse_busy_poll(s: &str) -> Result<Duration, String> {
+    match s.trim() {
+        "always" | "on" | "true" => Ok(Duration::MAX),
+        "off" | "false" => Ok(Duration::ZERO),
+        other => parse_duration(other).map_err(|e| format!("{e}; or always / off")),
+    }
+}
+
+/// Serde for the busy-poll budget, written like the flag (`"always"`, `"off"`, `"200us"`).
+mod opt_busy_poll {
+    use super::*;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) if *d == Duration::MAX => s.serialize_str("always"),
+            Some(d) if d.is_zero() => s.serialize_str("off"),
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|t| parse_busy_poll(&t).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// A node id in hex, as `qs top` shows them.
 fn parse_node_id(s: &str) -> Result<u64, String> {
     u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"))
@@ -215,6 +247,13 @@ pub struct NodeOpts {
     #[arg(long = "rng-seed", env = "QS_RNG_SEED", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rng_seed: Option<u64>,
+    /// Busy-poll mode, trading cores for latency: the node thread and blocking receives spin
+    /// instead of sleeping, for up to this long (`always`: never sleep, a core per spinning
+    /// thread; `200us`: spin that long after each event, then sleep) [default: off]
+    #[arg(long, env = "QS_BUSY_POLL", value_name = "always|DURATION|off", num_args = 0..=1,
+        default_missing_value = "always", value_parser = parse_busy_poll)]
+    #[serde(with = "opt_busy_poll", skip_serializing_if = "Option::is_none")]
+    pub busy_poll: Option<Duration>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464) [default: off]
     #[arg(long, env = "QS_METRICS", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -237,7 +276,7 @@ impl NodeOpts {
             send_buffer_bytes, max_datagram, send_queue_bytes, send_queue_time,
             max_message_bytes, subscription_queue, publish_queue, publish_queue_bytes,
             event_queue, announce_interval, peer_timeout, sender_grace, node_id, rng_seed,
-            metrics);
+            busy_poll, metrics);
         if o.seeds.is_empty() {
             o.seeds = file.seeds.clone();
         }
@@ -272,7 +311,7 @@ impl NodeOpts {
             publish_queue => publish_queue, publish_queue_bytes => publish_queue_bytes,
             event_queue => event_queue,
             announce_interval => announce_interval, peer_timeout => peer_timeout,
-            sender_grace => sender_grace,
+            sender_grace => sender_grace, busy_poll => busy_poll,
             rng_seed => seed, metrics => metrics);
         if let Some(c) = &self.cluster {
             b = b.cluster(c);
@@ -434,6 +473,21 @@ mod tests {
             .to_string();
         std::fs::remove_file(&dir).unwrap();
         assert!(e.contains("key file"), "{e}");
+    }
+
+    #[test]
+    fn busy_poll_is_always_off_or_a_spin_budget_in_flags_and_files_alike() {
+        assert_eq!(parse_busy_poll("always"), Ok(Duration::MAX));
+        assert_eq!(parse_busy_poll("off"), Ok(Duration::ZERO));
+        assert_eq!(parse_busy_poll("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_busy_poll("200us"), Ok(Duration::from_micros(200)));
+        assert!(parse_busy_poll("sometimes").is_err());
+        for text in ["always", "off", "200us"] {
+            let file: FileConfig = toml::from_str(&format!("busy_poll = \"{text}\"\n")).unwrap();
+            assert_eq!(file.node.busy_poll, parse_busy_poll(text).ok(), "{text}");
+            let back = toml::to_string(&file.node).unwrap();
+            assert_eq!(back, format!("busy_poll = \"{text}\"\n"));
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 mod bench;
 mod config;
+mod cpu;
 mod demo;
 mod doctor;
 mod keygen;

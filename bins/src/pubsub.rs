@@ -544,6 +544,9 @@ pub struct SubSummary {
     rss_kb: u64,
     /// Why it stopped: `count`, `timeout`, `wait`, `interrupted` or `closed`.
     ended: &'static str,
+    /// CPU use of the node thread and of the receiving thread from the subscription to the
+    /// end (what busy-poll mode costs: `--busy-poll`), in percent of a core.
+    cpu: crate::cpu::CpuUse,
 }
 
 /// This process's resident set size in KiB, from `/proc/self/status` (0 where unknown).
@@ -664,6 +667,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
             a.net.interface()?
         );
     }
+    let cpu = crate::cpu::CpuMeter::start();
     let mut tally = Tally::default();
     let mut gap_events = 0u64;
     let mut senders_lost = 0u64;
@@ -738,6 +742,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let elapsed = first.map_or(Duration::ZERO, |f| last.duration_since(f));
+    let cpu = cpu.stop();
     let stats = node.stats()?;
     drop(sub);
     node.shutdown()?;
@@ -777,6 +782,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         drops_malformed: stats.core.drops.malformed,
         rss_kb: rss_kb(),
         ended,
+        cpu,
     };
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -24,6 +24,7 @@ use qs_runtime::raw::{self, RawPingConfig, RawPonger};
 use quicksilver::{Node, RecvError, Subscription};
 use serde_json::{json, Value};
 
+use crate::cpu::{CpuMeter, CpuUse};
 use crate::pubsub::wait_for_subscribers;
 use crate::stamp::{self, STAMP_LEN};
 
@@ -60,9 +61,15 @@ pub struct PingArgs {
     #[arg(long, default_value_t = 0)]
     pub interval_us: u64,
     /// Application threads wait for messages by spinning (`try_recv`) instead of blocking;
-    /// combine with `QS_BUSY_POLL=1` for spinning node threads too.
+    /// combine with `--busy-poll` for spinning node threads too.
     #[arg(long)]
     pub spin: bool,
+    /// Busy-poll mode in both Quicksilver nodes: their node threads and their applications'
+    /// blocking receives spin instead of sleeping (`always`, or a spin budget such as
+    /// `200us`; see `NodeBuilder::busy_poll`) [default: off]
+    #[arg(long, value_name = "always|DURATION|off", num_args = 0..=1,
+        default_missing_value = "always", value_parser = crate::config::parse_busy_poll)]
+    pub busy_poll: Option<Duration>,
     /// First of the ports used (raw ping and pong groups, Quicksilver control and data).
     #[arg(long, default_value_t = 7470, value_parser = clap::value_parser!(u16).range(1..=65532))]
     pub port: u16,
@@ -86,12 +93,23 @@ pub struct PingFigures {
     pub lost: u64,
     /// RTT percentiles in microseconds: p50, p90, p99, p99.9, max.
     pub rtt_us: [f64; 5],
+    /// CPU use of this process's threads while the timed round trips ran.
+    pub cpu: CpuUse,
+    /// Busy-poll mode: the share of the timed stretch this process's node thread spent
+    /// spinning, in percent, and the waits an event ended while it spun (each a wake-up
+    /// saved); from the node's `RuntimeStats` (0 for raw and without busy-poll).
+    pub node_spin: (f64, u64),
 }
 
 const QUANTILES: [f64; 5] = [0.5, 0.9, 0.99, 0.999, 1.0];
 
 impl PingFigures {
-    fn from_histogram(h: &Histogram<u64>, lost: u64) -> PingFigures {
+    fn from_histogram(
+        h: &Histogram<u64>,
+        lost: u64,
+        cpu: CpuUse,
+        node_spin: (f64, u64),
+    ) -> PingFigures {
         let mut rtt_us = [0.0; 5];
         for (v, q) in rtt_us.iter_mut().zip(QUANTILES) {
             *v = if q >= 1.0 {
@@ -105,6 +123,8 @@ impl PingFigures {
             samples: h.len(),
             lost,
             rtt_us,
+            cpu,
+            node_spin,
         }
     }
 
@@ -119,7 +139,8 @@ impl PingFigures {
         };
         json!({
             "samples": self.samples, "lost": self.lost,
-            "rtt_us": pct(1.0), "one_way_us": pct(0.5),
+            "rtt_us": pct(1.0), "one_way_us": pct(0.5), "cpu": self.cpu,
+            "node_spin_pct": self.node_spin.0, "node_spin_hits": self.node_spin.1,
         })
     }
 }
@@ -149,6 +170,7 @@ fn node(a: &PingArgs) -> anyhow::Result<Node> {
         .control_group(SocketAddrV4::new(Ipv4Addr::new(239, 255, 0, 1), a.port + 2))
         .data_port(a.port + 3)
         .announce_interval(Duration::from_millis(100))
+        .busy_poll(a.busy_poll.unwrap_or_default())
         .build()?)
 }
 
@@ -202,7 +224,11 @@ fn qs_ping(a: &PingArgs, node: &Node, pongs: &Subscription) -> anyhow::Result<Pi
     let mut h = histogram();
     let mut lost = 0;
     let interval = Duration::from_micros(a.interval_us);
+    let mut cpu = None;
     for i in 0..a.warmup + a.count {
+        if i == a.warmup {
+            cpu = Some((CpuMeter::start(), node.stats()?.runtime));
+        }
         seq += 1;
         if !interval.is_zero() {
             raw::pause_until(stamp::monotonic_nanos() + interval.as_nanos() as u64);
@@ -238,10 +264,22 @@ fn qs_ping(a: &PingArgs, node: &Node, pongs: &Subscription) -> anyhow::Result<Pi
             None => lost += 1,
         }
     }
+    let (cpu, node_spin) = match cpu {
+        Some((meter, before)) => {
+            let after = node.stats()?.runtime;
+            let wall = meter.elapsed_nanos().max(1) as f64;
+            let spun = after.spin_nanos.saturating_sub(before.spin_nanos) as f64;
+            (
+                meter.stop(),
+                (spun / wall * 100.0, after.spin_hits - before.spin_hits),
+            )
+        }
+        None => (CpuUse::default(), (0.0, 0)),
+    };
     stamp::write(&mut buf, END_SEQ, 0);
     node.publish("bench.ping", bytes::Bytes::copy_from_slice(&buf))?;
     node.flush(Duration::from_secs(2))?;
-    Ok(PingFigures::from_histogram(&h, lost))
+    Ok(PingFigures::from_histogram(&h, lost, cpu, node_spin))
 }
 
 /// The echoing side: every message on `pings` goes back on `bench.pong` until the end mark
@@ -323,12 +361,23 @@ pub fn run(a: PingArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn raw_ping(a: &PingArgs) -> anyhow::Result<PingFigures> {
+    let meter = CpuMeter::start();
     let rep = raw::ping(&raw_config(a)).context("raw ping")?;
+    let cpu = meter.stop();
     let mut h = histogram();
     for r in &rep.rtt_nanos {
         let _ = h.record((*r).max(1));
     }
-    Ok(PingFigures::from_histogram(&h, rep.lost))
+    Ok(PingFigures::from_histogram(&h, rep.lost, cpu, (0.0, 0)))
+}
+
+/// A busy-poll budget as the flag spells it.
+fn busy_poll_name(d: Duration) -> String {
+    match d {
+        Duration::MAX => "always".into(),
+        d if d.is_zero() => "off".into(),
+        d => humantime::format_duration(d).to_string(),
+    }
 }
 
 fn print(a: &PingArgs, raw: Option<&PingFigures>, qs: Option<&PingFigures>) {
@@ -342,7 +391,7 @@ fn print(a: &PingArgs, raw: Option<&PingFigures>, qs: Option<&PingFigures>) {
             json!({
                 "size": a.size, "count": a.count, "iface": a.iface.to_string(),
                 "interval_us": a.interval_us, "spin": a.spin,
-                "busy_poll": qs_runtime::RuntimeConfig::default().busy_poll,
+                "busy_poll": a.busy_poll.map(busy_poll_name),
                 "raw": raw.map(PingFigures::to_json),
                 "quicksilver": qs.map(PingFigures::to_json),
                 "ratio": { "p50": ratio(0), "p90": ratio(1), "p99": ratio(2), "p999": ratio(3) },
@@ -358,20 +407,22 @@ fn print(a: &PingArgs, raw: Option<&PingFigures>, qs: Option<&PingFigures>) {
         if a.spin { ", spinning receivers" } else { "" }
     );
     println!(
-        "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6}",
-        "", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "lost"
+        "{:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>10} {:>9}",
+        "", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "max µs", "lost", "node CPU%", "app CPU%"
     );
     for (name, f) in [("raw", raw), ("quicksilver", qs)] {
         if let Some(f) = f {
             println!(
-                "{:>12} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6}  (one-way)",
+                "{:>12} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>9.1} {:>6} {:>10.0} {:>9.0}  (one-way)",
                 name,
                 f.rtt_us[0] / 2.0,
                 f.rtt_us[1] / 2.0,
                 f.rtt_us[2] / 2.0,
                 f.rtt_us[3] / 2.0,
                 f.rtt_us[4] / 2.0,
-                f.lost
+                f.lost,
+                f.cpu.node_pct,
+                f.cpu.app_pct
             );
         }
     }

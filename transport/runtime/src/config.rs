@@ -1,6 +1,7 @@
 //! Runtime configuration and the socket-buffer report.
 
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 /// How to open and run a [`Runtime`](crate::Runtime). Build it with struct update syntax over
 /// [`RuntimeConfig::default`].
@@ -43,23 +44,21 @@ pub struct RuntimeConfig {
     pub recv_budget_batches: usize,
     /// `sendmmsg` batches per turn before yielding to receiving. Default 8.
     pub send_budget_batches: usize,
-    /// Busy-poll idle strategy (like Aeron's `BusySpinIdleStrategy`): instead of sleeping in
-    /// `epoll_wait`, a turn polls the sockets without blocking, again and again, until
-    /// something is ready or its wait is over. It removes the wake-up latency of a sleeping
-    /// thread (tens of microseconds on a loaded machine) from every message, and costs a whole
-    /// core per node for as long as the node runs, whether traffic flows or not. Only worth it
-    /// with a core to spare per node thread: on a machine with fewer cores than spinning
-    /// threads, the spinners steal each other's time and latency gets worse, not better.
+    /// Busy-poll idle strategy (like Aeron's spinning idle strategies): `Some(spin)` makes
+    /// every wait first poll the sockets without blocking (`epoll_wait` with a zero timeout,
+    /// `sched_yield` between polls), again and again, for up to `spin`, and only then
+    /// block in `epoll_wait` for the rest of the wait. `Duration::MAX` never blocks (Aeron's
+    /// `BusySpinIdleStrategy`); a few hundred microseconds catches the next message of a
+    /// steady stream without burning a core while the node is idle (its `BackoffIdleStrategy`).
     ///
-    /// Default: off, unless the environment variable `QS_BUSY_POLL` is `1` or `true` (so an
-    /// application can opt in without code, as Aeron's idle strategies are chosen by system
-    /// properties).
-    pub busy_poll: bool,
-}
-
-/// `QS_BUSY_POLL` is `1` or `true`.
-fn busy_poll_from_env() -> bool {
-    std::env::var("QS_BUSY_POLL").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+    /// It removes the wake-up of a sleeping thread (tens of microseconds on a loaded machine)
+    /// from the messages that arrive while it spins, and costs the spinning thread's core for
+    /// as long as it spins: a whole core per node with `Duration::MAX`, whether traffic flows
+    /// or not. Only worth it with a core to spare per spinning thread: on a machine with fewer
+    /// cores than spinners, they steal each other's time and latency gets worse, not better.
+    ///
+    /// Default `None`: every wait blocks at once.
+    pub busy_poll: Option<Duration>,
 }
 
 impl Default for RuntimeConfig {
@@ -78,7 +77,7 @@ impl Default for RuntimeConfig {
             multicast_loop: true,
             recv_budget_batches: 8,
             send_budget_batches: 8,
-            busy_poll: busy_poll_from_env(),
+            busy_poll: None,
         }
     }
 }

@@ -53,6 +53,15 @@ pub struct RuntimeStats {
     pub poll_wait_nanos: u64,
     /// Busy-poll mode: empty non-blocking polls (each one a spin of the wait loop).
     pub spins: u64,
+    /// Busy-poll mode: time spent spinning, in nanoseconds (the CPU the mode costs, part of
+    /// `poll_wait_nanos`).
+    pub spin_nanos: u64,
+    /// Busy-poll mode: waits that an event ended while spinning (each one a wake-up of a
+    /// sleeping thread saved).
+    pub spin_hits: u64,
+    /// Busy-poll mode: waits whose spin budget ran out before anything happened, so the
+    /// thread blocked for the rest of the wait.
+    pub spin_blocks: u64,
     /// The longest busy time of one turn, in nanoseconds.
     pub longest_turn_nanos: u64,
     /// Turns busy for more than [`SLOW_TURN_NANOS`] (stalls).
@@ -394,11 +403,12 @@ impl Runtime {
         let mut sent = self.pull_and_send(core, pre_now);
         let poll_start = self.now();
         let timeout = self.wait_timeout(core, max_wait, poll_start);
-        let polled = if self.cfg.busy_poll {
-            self.spin_poll(timeout)
-        } else {
-            let timeout = self.arm_timer(timeout, poll_start);
-            self.poll.poll(&mut self.events, timeout)
+        let polled = match self.cfg.busy_poll {
+            Some(spin) if timeout != Some(Duration::ZERO) => self.spin_then_block(timeout, spin),
+            _ => {
+                let timeout = self.arm_timer(timeout, poll_start);
+                self.poll.poll(&mut self.events, timeout)
+            }
         };
         match polled {
             Ok(()) => {}
@@ -516,18 +526,39 @@ impl Runtime {
         }
     }
 
-    /// The busy-poll wait ([`RuntimeConfig::busy_poll`]): non-blocking polls until an event
-    /// or the end of `timeout` (`None`: until an event).
-    fn spin_poll(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+    /// The busy-poll wait ([`RuntimeConfig::busy_poll`]): non-blocking polls until an event,
+    /// the end of `timeout` (`None`: no end) or `spin`, whichever comes first, yielding the
+    /// core after each empty poll; then, if the wait is not over, a blocking poll for the
+    /// rest of it.
+    fn spin_then_block(&mut self, timeout: Option<Duration>, spin: Duration) -> io::Result<()> {
         let start = std::time::Instant::now();
-        loop {
+        let spun = loop {
             self.poll.poll(&mut self.events, Some(Duration::ZERO))?;
-            if !self.events.is_empty() || timeout.is_some_and(|t| start.elapsed() >= t) {
+            let spun = start.elapsed();
+            if !self.events.is_empty() {
+                self.stats.spin_nanos += duration_nanos(spun);
+                self.stats.spin_hits += 1;
                 return Ok(());
             }
+            if timeout.is_some_and(|t| spun >= t) {
+                self.stats.spin_nanos += duration_nanos(spun);
+                return Ok(());
+            }
+            if spun >= spin {
+                break spun;
+            }
             self.stats.spins += 1;
-            std::hint::spin_loop();
-        }
+            // On a machine with fewer cores than spinning threads, the thread that has work
+            // for us (or that we hand work to) may be waiting for this core; with a core to
+            // spare the yield returns at once. Measured on 2 loaded cores, yielding after
+            // every poll beat yielding after every 16th (BENCHMARKS.md, busy-poll mode).
+            std::thread::yield_now();
+        };
+        self.stats.spin_nanos += duration_nanos(spun);
+        self.stats.spin_blocks += 1;
+        let rest = timeout.map(|t| t.saturating_sub(spun));
+        let rest = self.arm_timer(rest, self.now());
+        self.poll.poll(&mut self.events, rest)
     }
 
     /// How long the next wait may last.
@@ -816,4 +847,9 @@ impl Runtime {
             }
         }
     }
+}
+
+/// A duration in whole nanoseconds, saturating.
+fn duration_nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }

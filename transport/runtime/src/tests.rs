@@ -539,12 +539,12 @@ fn a_busy_polling_runtime_spins_instead_of_sleeping_and_still_delivers() {
     let cfg = RuntimeConfig {
         control_port,
         data_port,
-        busy_poll: true,
+        busy_poll: Some(Duration::MAX),
         ..RuntimeConfig::default()
     };
     let mut rx = Node::with(cfg.clone());
     let mut tx = Node::with(RuntimeConfig {
-        busy_poll: false,
+        busy_poll: None,
         ..cfg
     });
     let g = SocketAddrV4::new(group(13), data_port);
@@ -556,6 +556,56 @@ fn a_busy_polling_runtime_spins_instead_of_sleeping_and_still_delivers() {
     tx.core.send(g, TrafficClass::Data, b"spun");
     drive(&mut [&mut tx, &mut rx], |n| !n[1].core.received.is_empty());
     assert_eq!(rx.core.payloads(), vec![b"spun".to_vec()]);
+    assert_eq!(
+        rx.rt.stats().spin_blocks,
+        0,
+        "a spinner without a budget never blocks"
+    );
+}
+
+#[test]
+fn a_spin_budget_shorter_than_the_wait_blocks_for_the_rest_and_one_as_long_never_blocks() {
+    // No group joined: nothing can arrive, every wait runs to its end.
+    let (control_port, data_port) = ports(13);
+    let with_budget = |spin| {
+        Node::with(RuntimeConfig {
+            control_port,
+            data_port,
+            busy_poll: Some(spin),
+            ..RuntimeConfig::default()
+        })
+    };
+    // The first turn reads the sockets (readable until drained) without waiting.
+    let waited = |node: &mut Node, wait: Duration| {
+        node.rt
+            .turn(&mut node.core, Some(Duration::ZERO))
+            .expect("turn");
+        let before = node.rt.stats().clone();
+        node.rt.turn(&mut node.core, Some(wait)).expect("turn");
+        let s = node.rt.stats();
+        (
+            s.spin_blocks - before.spin_blocks,
+            s.spin_hits - before.spin_hits,
+            s.spin_nanos - before.spin_nanos,
+            s.poll_wait_nanos - before.poll_wait_nanos,
+        )
+    };
+
+    // 1 ms of spinning, then a blocking wait for the other 199 ms.
+    let mut short = with_budget(Duration::from_millis(1));
+    let (blocks, hits, spun, waited_nanos) = waited(&mut short, Duration::from_millis(200));
+    assert_eq!((blocks, hits), (1, 0));
+    assert!(spun >= 1_000_000, "spun {spun} ns");
+    assert!(
+        waited_nanos >= 200_000_000,
+        "the whole wait was kept: {waited_nanos} ns"
+    );
+
+    // A budget as long as the wait spins all of it.
+    let mut long = with_budget(Duration::from_millis(20));
+    let (blocks, hits, spun, _) = waited(&mut long, Duration::from_millis(20));
+    assert_eq!((blocks, hits), (0, 0));
+    assert!(spun >= 20_000_000, "spun {spun} ns");
 }
 
 #[test]
