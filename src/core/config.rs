@@ -106,6 +106,9 @@ pub struct CoreConfig {
     pub lec: Option<LecConfig>,
     /// Per-region exceptions to `lec` (`None`: off in that region).
     pub lec_regions: BTreeMap<RegionId, Option<LecConfig>>,
+    /// Keyed nodes: how long after switching to a new key the previous one is still
+    /// accepted (members whose gossip view lags switch later), before it is retired.
+    pub key_retire_after: Duration,
     /// Discovery settings.
     pub discovery: DiscoveryConfig,
     /// Seed of this core's Prng.
@@ -148,6 +151,7 @@ impl CoreConfig {
             departed_grace: Duration::from_secs(30),
             lec: None,
             lec_regions: BTreeMap::new(),
+            key_retire_after: Duration::from_secs(30),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
         }

@@ -187,6 +187,7 @@ impl NodeCore {
             let record = SubscriptionRecord {
                 version,
                 topics: sig.topics().into(),
+                key_epoch: 0,
             };
             self.gossip.learn_subscriptions(id, record);
             if !self.is_live_member(id) && self.unvouched.len() < DEPARTED_MAX {
