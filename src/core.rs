@@ -199,7 +199,7 @@ impl NodeCore {
             prng,
             stats: CoreStats::default(),
             lec: lec::LecState::default(),
-            key_switch: keys::KeySwitch::default(),
+            key_switch: keys::KeySwitch::new(now),
         }
     }
 

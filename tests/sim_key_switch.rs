@@ -27,15 +27,15 @@ fn addr(i: usize) -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::new(10, 0, 1, i as u8 + 1), 9000)
 }
 
-fn node(i: usize, seed: u64, keys: &KeyRing) -> NodeCore {
+fn node(i: usize, seed: u64, keys: &KeyRing, now: Instant) -> NodeCore {
     let mut c = CoreConfig::new(NodeId(200 + i as u64), addr(i));
     c.seed = seed ^ i as u64;
     c.key = Some(keys.clone());
     c.incarnation = 1;
     c.key_retire_after = RETIRE_AFTER;
-    let mut n = NodeCore::new(c, Instant::ZERO);
+    let mut n = NodeCore::new(c, now);
     if i != PUBLISHER {
-        n.subscribe(Instant::ZERO, topic());
+        n.subscribe(now, topic());
     }
     n
 }
@@ -74,7 +74,7 @@ impl World {
         config.loss = LossModel::Bernoulli(0.02);
         let mut sim = Sim::new(config);
         let idx = (0..NODES)
-            .map(|i| sim.add_node(SocketAddr::V4(addr(i)), node(i, seed, keys)))
+            .map(|i| sim.add_node(SocketAddr::V4(addr(i)), node(i, seed, keys, Instant::ZERO)))
             .collect();
         World {
             sim,
@@ -253,4 +253,46 @@ fn while_one_member_lacks_the_next_key_nobody_switches() {
     assert_eq!(w.sealing_epochs(), vec![2; NODES]);
     w.run_for(Duration::from_secs(3));
     w.assert_exact_and_clean();
+}
+
+#[test]
+fn a_node_started_with_both_keys_does_not_switch_on_a_partial_view() {
+    let seed = seed_from_env(33);
+    let old = KeyRing::generate([27; 32]);
+    let both = old.add_next([28; 32]);
+    let mut w = World::new(seed, &old);
+    w.run_for(Duration::from_secs(2));
+    w.traffic(300, Duration::from_secs(1));
+    // A fifth node joins with both keys: it knows nobody at first, then members that hold
+    // only the old key; it must keep sealing with the old one.
+    let now = w.sim.now();
+    let late = w
+        .sim
+        .add_node(SocketAddr::V4(addr(NODES)), node(NODES, seed, &both, now));
+    w.traffic(900, RETIRE_AFTER * 2);
+    let late_core = w.sim.node_mut(late);
+    assert_eq!(late_core.stats().key_switches, 0);
+    assert_eq!(late_core.config().key.as_ref().unwrap().seal_with.epoch, 1);
+    assert!(
+        late_core.peers().count() >= NODES - 1,
+        "the late node did not join ({})",
+        replay_hint(seed, "sim_key_switch")
+    );
+    assert!(
+        !w.epochs.contains_key(&2),
+        "a datagram was sealed with epoch 2"
+    );
+    w.run_for(Duration::from_secs(3));
+    w.assert_exact_and_clean();
+    // The other side: once the others hold the key too, it switches with them.
+    for i in 0..NODES {
+        w.core(i)
+            .add_key(both.also.clone().unwrap())
+            .expect("newer");
+    }
+    w.traffic(300, Duration::from_secs(3));
+    assert_eq!(w.sealing_epochs(), vec![2; NODES]);
+    let late_core = w.sim.node_mut(late);
+    assert_eq!(late_core.config().key.as_ref().unwrap().seal_with.epoch, 2);
+    assert_eq!(late_core.stats().drops.auth, 0);
 }

@@ -7,7 +7,9 @@
 //! Why this order is safe: every node accepts both epochs from the moment it holds the next
 //! key, and no node seals with the next key before gossip says every live member holds it,
 //! so no datagram is sealed with a key a member lacks. The previous key stays accepted for
-//! `key_retire_after` after the switch, for members whose gossip view lags.
+//! `key_retire_after` after the switch, for members whose gossip view lags; for the same
+//! reason a node switches no sooner than `key_retire_after` after it started (before, its
+//! view of the members may be partial), and never while it knows no other member.
 //!
 //! Not done here: sealing and opening (`wire::Seal`), the record's replication (gossip's
 //! `Subscriptions`). A member that never gets the next key holds every switch back; a node
@@ -22,11 +24,24 @@ use super::{KeysRefused, NodeCore};
 /// Where the node's key rotation stands.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct KeySwitch {
+    /// When the node started: it switches only `key_retire_after` later, once its view of
+    /// the members can be complete (a node started with two keys knows nobody at first).
+    started: Instant,
     /// When the current sealing key replaced the previous one still held (the retirement
     /// clock; `None` until the next timeout after a change sets it).
     switched_at: Option<Instant>,
     /// The next check of the switch condition (every gossip round while a next key waits).
     check_at: Option<Instant>,
+}
+
+impl KeySwitch {
+    /// The state of a node started at `now`.
+    pub(super) fn new(now: Instant) -> KeySwitch {
+        KeySwitch {
+            started: now,
+            ..KeySwitch::default()
+        }
+    }
 }
 
 /// What a ring is waiting for.
@@ -56,11 +71,11 @@ impl NodeCore {
         let Some(ring) = self.seal.keys() else {
             return Err(KeysRefused::Keyless);
         };
+        if key.epoch <= ring.newest_epoch() {
+            return Err(KeysRefused::NotNewer);
+        }
         if ring.also.is_some() {
             return Err(KeysRefused::RotationUnderway);
-        }
-        if key.epoch <= ring.seal_with.epoch {
-            return Err(KeysRefused::NotNewer);
         }
         let ring = KeyRing {
             also: Some(key),
@@ -76,18 +91,24 @@ impl NodeCore {
         self.config.key = Some(ring.clone());
         self.seal.set_keys(ring);
         // The clocks start at the next timeout (this path has no `now`).
-        self.key_switch = KeySwitch::default();
+        self.key_switch = KeySwitch {
+            started: self.key_switch.started,
+            ..KeySwitch::default()
+        };
     }
 
-    /// Whether every live member this node knows (itself aside) holds key `epoch`, as their
-    /// gossip records say.
+    /// Whether this node knows at least one other live member and every live member it
+    /// knows holds key `epoch`, as their gossip records say.
     fn all_hold(&self, epoch: u32) -> bool {
         let subs = self.gossip.subscriptions();
-        self.gossip
+        let mut others = self
+            .gossip
             .membership()
             .members()
             .filter(|(id, m)| *id != self.config.id && m.status.is_live())
-            .all(|(id, _)| {
+            .peekable();
+        others.peek().is_some()
+            && others.all(|(id, _)| {
                 subs.record(id)
                     .is_some_and(|r| r.key_epoch.wrapping_sub(epoch) < 1 << 31)
             })
@@ -104,7 +125,8 @@ impl NodeCore {
                 if self.key_switch.check_at.is_some_and(|t| t > now) {
                     return;
                 }
-                if self.all_hold(epoch) {
+                let settled = now >= self.key_switch.started + self.config.key_retire_after;
+                if settled && self.all_hold(epoch) {
                     let promoted = ring.promote();
                     self.install_keys(promoted);
                     self.key_switch.switched_at = Some(now);
