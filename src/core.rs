@@ -134,6 +134,11 @@ pub struct NodeCore {
     stats: CoreStats,
     /// Lateral error correction of the own region.
     lec: lec::LecState,
+    /// Senders of receive streams that are no live members, since when (see
+    /// `members.rs`; at most one per stream).
+    phantom_since: BTreeMap<NodeId, Instant>,
+    /// The next check for them.
+    phantom_check_at: Instant,
     /// Where the key rotation stands (keyed nodes).
     key_switch: keys::KeySwitch,
 }
@@ -200,6 +205,8 @@ impl NodeCore {
             stats: CoreStats::default(),
             lec: lec::LecState::default(),
             key_switch: keys::KeySwitch::new(now),
+            phantom_since: BTreeMap::new(),
+            phantom_check_at: now + members::PHANTOM_CHECK,
         }
     }
 
@@ -547,6 +554,7 @@ impl Driven for NodeCore {
         }
         self.recv_timeout(now);
         self.departed_timeout(now);
+        self.phantom_timeout(now);
         self.lec_timeout(now);
         self.keys_timeout(now);
     }
@@ -570,6 +578,7 @@ impl Driven for NodeCore {
         let gossip = self.gossip.poll_timeout();
         let lec = self.lec_poll_timeout();
         let keys = self.keys_poll_timeout();
+        let phantoms = (!self.recv.is_empty()).then_some(self.phantom_check_at);
         let grace = self
             .departed_at
             .values()
@@ -585,6 +594,7 @@ impl Driven for NodeCore {
                 .chain(unvouched)
                 .chain(lec)
                 .chain(keys)
+                .chain(phantoms)
                 .fold(self.discovery.poll_timeout(), Instant::min),
         )
     }
