@@ -61,6 +61,7 @@ pub use events::{Delivery, Event, KeysRefused, PublishRefused};
 pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
 use members::UNVOUCHED_AFTER;
+pub use qs_discovery::DiscoveryStats;
 pub use stats::{CoreStats, DropStats};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

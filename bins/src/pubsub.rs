@@ -544,6 +544,16 @@ pub struct SubSummary {
     key_switches: u64,
     /// See `key_switches`.
     keys_retired: u64,
+    /// Repair requests received, and packets served for them (attack runs check where
+    /// requests went).
+    requests_received: u64,
+    /// See `requests_received`.
+    repairs_served: u64,
+    /// Requests refused: the asker is no member of the region named (or has no address).
+    drops_not_member: u64,
+    /// Discovery counters (announcements accepted, stale, invalid, table full, assemblies
+    /// dropped).
+    discovery: quicksilver::core::DiscoveryStats,
     /// Resident memory at the end, in KiB (Linux; 0 where unknown): scripts check it stays
     /// flat under hostile input.
     rss_kb: u64,
@@ -783,6 +793,10 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         drops_malformed: stats.core.drops.malformed,
         key_switches: stats.core.key_switches,
         keys_retired: stats.core.keys_retired,
+        requests_received: stats.core.requests_received,
+        repairs_served: stats.core.repairs_served,
+        drops_not_member: stats.core.drops.not_member,
+        discovery: stats.core.discovery,
         rss_kb: rss_kb(),
         ended,
     };
