@@ -16,6 +16,7 @@
 //! | `out.rs` | the out queue of control and repair intents, encoded at `poll_transmit` |
 //! | `cluster.rs` | health and reachability published by gossip, unicast copies, the cluster map |
 //! | `lec.rs` | lateral error correction of the own region: repairs in and out, rebuilt packets |
+//! | `keys.rs` | the automatic key switch: key epochs held in gossip, switch and retirement |
 //!
 //! # Calling contract
 //! [`Driven`]'s: feed datagrams ([`Driven::handle_datagram`]), run due timers, apply
@@ -45,6 +46,7 @@
 mod cluster;
 mod config;
 mod events;
+mod keys;
 mod lec;
 mod members;
 mod out;
@@ -59,6 +61,7 @@ pub use events::{Delivery, Event, KeysRefused, PublishRefused};
 pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
 use members::UNVOUCHED_AFTER;
+pub use qs_discovery::DiscoveryStats;
 pub use stats::{CoreStats, DropStats};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -132,6 +135,13 @@ pub struct NodeCore {
     stats: CoreStats,
     /// Lateral error correction of the own region.
     lec: lec::LecState,
+    /// Senders of receive streams that are no live members, since when (see
+    /// `members.rs`; at most one per stream).
+    phantom_since: BTreeMap<NodeId, Instant>,
+    /// The next check for them.
+    phantom_check_at: Instant,
+    /// Where the key rotation stands (keyed nodes).
+    key_switch: keys::KeySwitch,
 }
 
 impl NodeCore {
@@ -161,7 +171,10 @@ impl NodeCore {
         );
         let mut commands = VecDeque::new();
         commands.push_back(SocketCommand::JoinGroup(config.control_group));
-        let gossip = members::gossip_for(&config, seal.overhead(), now);
+        let mut gossip = members::gossip_for(&config, seal.overhead(), now);
+        if let Some(keys) = &config.key {
+            gossip.set_key_epoch(keys.newest_epoch());
+        }
         NodeCore {
             regions: RegionTable::new(config.group_range),
             cache: Cache::new(config.cache_max_bytes),
@@ -192,6 +205,9 @@ impl NodeCore {
             prng,
             stats: CoreStats::default(),
             lec: lec::LecState::default(),
+            key_switch: keys::KeySwitch::new(now),
+            phantom_since: BTreeMap::new(),
+            phantom_check_at: now + members::PHANTOM_CHECK,
         }
     }
 
@@ -205,9 +221,11 @@ impl NodeCore {
         self.config.id
     }
 
-    /// Replaces the cluster keys of a keyed node (a key-rotation step: see the README's
-    /// threat model). Refused, changing nothing, for a keyless node or keys of another
-    /// cluster.
+    /// Replaces the cluster keys of a keyed node (see the README's threat model). A ring whose
+    /// second key is newer than its sealing one hands the node a next key, as
+    /// [`NodeCore::add_key`] does; a ring sealing with the newer of two keys retires the
+    /// other `key_retire_after` later. Refused, changing nothing, for a keyless node or keys
+    /// of another cluster.
     pub fn set_keys(&mut self, keys: wire::KeyRing) -> Result<(), KeysRefused> {
         if self.seal.keys().is_none() {
             return Err(KeysRefused::Keyless);
@@ -215,8 +233,7 @@ impl NodeCore {
         if keys.cluster != self.config.cluster {
             return Err(KeysRefused::OtherCluster);
         }
-        self.config.key = Some(keys.clone());
-        self.seal.set_keys(keys);
+        self.install_keys(keys);
         Ok(())
     }
 
@@ -542,7 +559,9 @@ impl Driven for NodeCore {
         }
         self.recv_timeout(now);
         self.departed_timeout(now);
+        self.phantom_timeout(now);
         self.lec_timeout(now);
+        self.keys_timeout(now);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -563,6 +582,8 @@ impl Driven for NodeCore {
         let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
         let gossip = self.gossip.poll_timeout();
         let lec = self.lec_poll_timeout();
+        let keys = self.keys_poll_timeout();
+        let phantoms = (!self.recv.is_empty()).then_some(self.phantom_check_at);
         let grace = self
             .departed_at
             .values()
@@ -577,6 +598,8 @@ impl Driven for NodeCore {
                 .chain(grace)
                 .chain(unvouched)
                 .chain(lec)
+                .chain(keys)
+                .chain(phantoms)
                 .fold(self.discovery.poll_timeout(), Instant::min),
         )
     }

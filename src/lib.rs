@@ -75,7 +75,7 @@ mod publisher;
 
 pub use events::{Events, NodeEvent};
 pub use node::{
-    Message, Node, NodeBuilder, PeerInfo, PublishError, RecvError, Stats, Subscription,
+    KeyControl, Message, Node, NodeBuilder, PeerInfo, PublishError, RecvError, Stats, Subscription,
 };
 pub use publisher::Publisher;
 pub use qs_recovery::LecConfig;

@@ -24,7 +24,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use qs_discovery::DiscoveryConfig;
 use qs_regions::GroupRange;
 use qs_runtime::{Runtime, RuntimeConfig, RuntimeStats, SocketBuffers};
-use qs_transport::wire::KeyRing;
+use qs_transport::wire::{ClusterKey, KeyRing};
 use qs_transport::{ClusterId, Instant, NodeId, TopicId};
 
 use crate::core::{CoreConfig, CoreStats, Delivery, Event, NodeCore, PublishRefused};
@@ -140,6 +140,7 @@ pub struct NodeBuilder {
     seed: Option<u64>,
     key: Option<KeyRing>,
     busy_poll: Option<Duration>,
+    key_retire_after: Duration,
 }
 
 impl Default for NodeBuilder {
@@ -174,6 +175,7 @@ impl Default for NodeBuilder {
             seed: None,
             key: None,
             busy_poll: None,
+            key_retire_after: Duration::from_secs(30),
         }
     }
 }
@@ -389,6 +391,14 @@ impl NodeBuilder {
         self
     }
 
+    /// How long after switching to a next key (see [`Node::add_key`]) the previous key is
+    /// still accepted before it is retired. Default 30 s: it must exceed the time gossip
+    /// takes to reach every member, or a member that switches late loses datagrams.
+    pub fn key_retire_after(mut self, d: Duration) -> Self {
+        self.key_retire_after = d;
+        self
+    }
+
     /// Reads the cluster keys from a key file (as written by `qs keygen`); see
     /// [`NodeBuilder::key`].
     pub fn key_file(self, path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
@@ -473,6 +483,7 @@ impl NodeBuilder {
             .map_or(0, |d| d.as_millis() as u64);
         config.cluster = ClusterId::from_name(&self.cluster);
         config.key = self.key.clone();
+        config.key_retire_after = self.key_retire_after;
         config.control_group = self.control_group;
         config.data_port = self.data_port;
         config.group_range = group_range;
@@ -609,6 +620,7 @@ enum Command {
     SubscribersOf(Vec<TopicId>, Sender<usize>),
     ClusterMap(Sender<crate::core::ClusterMap>),
     SetKeys(KeyRing, Sender<Result<(), crate::core::KeysRefused>>),
+    AddKey(ClusterKey, Sender<Result<(), crate::core::KeysRefused>>),
     Idle(Sender<bool>),
     Shutdown,
 }
@@ -651,6 +663,48 @@ impl Handle {
     /// The node's cluster map.
     pub(crate) fn cluster_map(&self) -> Result<crate::core::ClusterMap, Error> {
         self.ask(Command::ClusterMap)
+    }
+}
+
+/// Hands a running node cluster keys from any thread (see [`Node::key_control`]).
+#[derive(Clone)]
+pub struct KeyControl {
+    handle: Handle,
+}
+
+impl std::fmt::Debug for KeyControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyControl")
+    }
+}
+
+impl KeyControl {
+    /// As [`Node::add_key`].
+    pub fn add_key(&self, key: ClusterKey) -> Result<(), Error> {
+        self.handle
+            .ask(|tx| Command::AddKey(key, tx))?
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Reads a key file and hands the node its newest key when that is newer than every key
+    /// the node holds (the key file's other key, if any, is the one the node has). Returns
+    /// the epoch handed over, `None` when the file holds nothing newer.
+    pub fn add_key_file(&self, path: impl AsRef<std::path::Path>) -> Result<Option<u32>, Error> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read key file {}: {e}", path.display())))?;
+        let ring = KeyRing::parse(&text)
+            .map_err(|e| Error::Config(format!("key file {}: {e}", path.display())))?;
+        let newest = std::iter::once(ring.seal_with)
+            .chain(ring.also)
+            .max_by_key(|k| k.epoch)
+            .expect("a ring holds a key");
+        let epoch = newest.epoch;
+        match self.handle.ask(|tx| Command::AddKey(newest, tx))? {
+            Ok(()) => Ok(Some(epoch)),
+            Err(crate::core::KeysRefused::NotNewer) => Ok(None),
+            Err(e) => Err(Error::Config(e.to_string())),
+        }
     }
 }
 
@@ -839,6 +893,24 @@ impl Node {
     pub fn set_keys(&self, keys: KeyRing) -> Result<(), Error> {
         let tx = |tx| Command::SetKeys(keys, tx);
         self.ask(tx)?.map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Hands the node the next cluster key (a rotation without downtime, see the README's key
+    /// section): it accepts datagrams sealed with it at once, tells the cluster it holds it,
+    /// and seals with it once every live member holds it too; the previous key is retired
+    /// [`NodeBuilder::key_retire_after`] later. Refused for a keyless node, a key whose epoch
+    /// is not newer than the node's, or while the node holds two keys already.
+    pub fn add_key(&self, key: ClusterKey) -> Result<(), Error> {
+        self.key_control().add_key(key)
+    }
+
+    /// A handle that hands the node keys from another thread (e.g. one that waits for
+    /// SIGHUP and re-reads the key file); it fails with [`Error::Closed`] once the node is
+    /// gone.
+    pub fn key_control(&self) -> KeyControl {
+        KeyControl {
+            handle: self.handle(),
+        }
     }
 
     /// Waits until everything published so far was sent and (reliable mode) acknowledged by
@@ -1180,6 +1252,9 @@ impl Worker {
             }
             Command::SetKeys(keys, tx) => {
                 let _ = tx.send(self.core.set_keys(keys));
+            }
+            Command::AddKey(key, tx) => {
+                let _ = tx.send(self.core.add_key(key));
             }
             Command::Idle(tx) => {
                 let idle =

@@ -128,8 +128,9 @@ pub struct NodeOpts {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub iface: Option<String>,
     /// Cluster key file (from `qs keygen`): every datagram is authenticated with it and the
-    /// cluster id is the file's; nodes without the key see nothing of the cluster [default:
-    /// none, a checksum only]
+    /// cluster id is the file's; nodes without the key see nothing of the cluster. SIGHUP
+    /// re-reads it: a newer key in it is the next key, switched to once every member holds
+    /// it [default: none, a checksum only]
     #[arg(long, env = "QS_KEY_FILE", value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_file: Option<std::path::PathBuf>,
@@ -268,6 +269,36 @@ macro_rules! fill {
 }
 
 impl NodeOpts {
+    /// With a key file: a thread re-reads it at every SIGHUP and hands the node its newest
+    /// key when that is newer than the node's (the node switches to it once every member
+    /// holds it). Without one SIGHUP keeps its default action.
+    pub fn reload_key_file_on_sighup(&self, node: &quicksilver::Node) -> anyhow::Result<()> {
+        let Some(path) = self.key_file.clone() else {
+            return Ok(());
+        };
+        let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+            .context("watching SIGHUP")?;
+        let keys = node.key_control();
+        std::thread::Builder::new()
+            .name("qs-key-reload".into())
+            .spawn(move || {
+                for _ in signals.forever() {
+                    match keys.add_key_file(&path) {
+                        Ok(Some(epoch)) => eprintln!(
+                            "qs: {}: key epoch {epoch} added; sealing switches to it once \
+                             every member holds it",
+                            path.display()
+                        ),
+                        Ok(None) => eprintln!("qs: {}: no newer key", path.display()),
+                        Err(quicksilver::Error::Closed) => return,
+                        Err(e) => eprintln!("qs: {e}"),
+                    }
+                }
+            })
+            .context("starting the key reload thread")?;
+        Ok(())
+    }
+
     /// These options with what is unset taken from `file` (flags and variables win).
     pub fn or(mut self, file: &NodeOpts) -> NodeOpts {
         let o = &mut self;

@@ -1,6 +1,7 @@
 //! `qs keygen`: writes cluster key files. Without options a new cluster's (a random key of
-//! epoch 1, the cluster id derived from it); with one of `--add`, `--promote`, `--retire` the
-//! next step of a key rotation of an existing file (see the README's threat model). Always to
+//! epoch 1, the cluster id derived from it); with `--add` an existing file plus its next key
+//! (nodes switch to it by themselves), with `--promote`/`--retire` the manual steps (see
+//! the README's key section). Always to
 //! stdout, so the operator chooses where the secret goes (`umask 077; qs keygen > FILE`).
 //! It does not distribute keys nor tell running nodes.
 
@@ -16,13 +17,16 @@ use quicksilver::KeyRing;
 #[derive(Args, Debug)]
 #[group(multiple = false)]
 pub struct KeygenArgs {
-    /// Rotation step 1: FILE's keys plus a new one of the next epoch that opens only.
+    /// FILE's key plus a new one of the next epoch. Nodes given this file (at start, or by
+    /// SIGHUP with `--key-file`) open with both and switch to the new key by themselves once
+    /// every member holds it; the old one is retired 30 s later.
     #[arg(long, value_name = "FILE")]
     add: Option<PathBuf>,
-    /// Rotation step 2: FILE's newest key seals, the older one still opens.
+    /// Manual rotation step 2: FILE's newest key seals, the older one still opens (nodes do
+    /// this by themselves once every member holds the newest key).
     #[arg(long, value_name = "FILE")]
     promote: Option<PathBuf>,
-    /// Rotation step 3: FILE's sealing key alone.
+    /// Manual rotation step 3: FILE's sealing key alone.
     #[arg(long, value_name = "FILE")]
     retire: Option<PathBuf>,
 }

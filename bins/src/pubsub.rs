@@ -299,6 +299,7 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
     let names = a.topics.list();
     let topics: Vec<&str> = names.iter().map(String::as_str).collect();
     let node = a.net.builder()?.build().context("starting the node")?;
+    a.net.reload_key_file_on_sighup(&node)?;
     let announce = format!(
         "cluster {:?} on {}",
         a.net.cluster_name(),
@@ -539,6 +540,20 @@ pub struct SubSummary {
     drops_replay: u64,
     /// Datagrams that failed the header or checksum checks, or had a malformed body.
     drops_malformed: u64,
+    /// Keyed: times the node switched to a next key by itself, and previous keys retired.
+    key_switches: u64,
+    /// See `key_switches`.
+    keys_retired: u64,
+    /// Repair requests received, and packets served for them (attack runs check where
+    /// requests went).
+    requests_received: u64,
+    /// See `requests_received`.
+    repairs_served: u64,
+    /// Requests refused: the asker is no member of the region named (or has no address).
+    drops_not_member: u64,
+    /// Discovery counters (announcements accepted, stale, invalid, table full, assemblies
+    /// dropped).
+    discovery: quicksilver::core::DiscoveryStats,
     /// Resident memory at the end, in KiB (Linux; 0 where unknown): scripts check it stays
     /// flat under hostile input.
     rss_kb: u64,
@@ -655,6 +670,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
     let stop: Arc<AtomicBool> = qs_runtime::os::interrupt_flag();
     let names = a.topics.list();
     let node = a.net.builder()?.build().context("starting the node")?;
+    a.net.reload_key_file_on_sighup(&node)?;
     let topics: Vec<&str> = names.iter().map(String::as_str).collect();
     let events = node.events()?;
     let sub = node.subscribe_all(&topics)?;
@@ -780,6 +796,12 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         drops_auth: stats.core.drops.auth,
         drops_replay: stats.core.drops.replay,
         drops_malformed: stats.core.drops.malformed,
+        key_switches: stats.core.key_switches,
+        keys_retired: stats.core.keys_retired,
+        requests_received: stats.core.requests_received,
+        repairs_served: stats.core.repairs_served,
+        drops_not_member: stats.core.drops.not_member,
+        discovery: stats.core.discovery,
         rss_kb: rss_kb(),
         ended,
         cpu,

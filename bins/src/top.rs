@@ -87,6 +87,7 @@ pub fn run(a: TopArgs) -> anyhow::Result<ExitCode> {
     let (interval, wait, duration) = (a.interval, a.wait, a.duration);
     STOP.get_or_init(qs_runtime::os::interrupt_flag);
     let node = a.net.builder()?.build().context("starting the node")?;
+    a.net.reload_key_file_on_sighup(&node)?;
     let cluster = a.net.cluster_name().to_owned();
     let result = if a.json {
         snapshot(&node, &cluster, wait)

@@ -29,7 +29,7 @@
 //!
 //! Every per-round cost is O(1) or O(region) in the cluster size: peers are sampled, not
 //! listed; equal replicas exchange one root sum per table; a change costs O(depth) small
-//! items. Tables are packed columns (about 20 bytes per member, 16 per subscription record).
+//! items. Tables are packed columns (about 20 bytes per member, 20 per subscription record).
 //! Everything that grows from input is capped and counted, and expires: member tombstones
 //! (`reap_after`), subscription records of non-members, health and reachability entries,
 //! per-peer slots (`slot_ttl`). `qs-testbed sim-gossip --nodes N --json` measures it.

@@ -416,6 +416,13 @@ impl GossipNode {
         self.pump_events();
     }
 
+    /// Records the newest cluster-key epoch this node holds in its subscription record (see
+    /// [`Subscriptions::set_key_epoch`]).
+    pub fn set_key_epoch(&mut self, epoch: u32) {
+        self.subscriptions.set_key_epoch(epoch);
+        self.pump_events();
+    }
+
     /// Adds a seed address to join through (see [`Membership::add_seed`]).
     pub fn add_seed(&mut self, addr: SocketAddr) {
         self.membership.add_seed(addr);

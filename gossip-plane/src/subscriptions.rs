@@ -16,8 +16,13 @@
 //! * Records of members that are down or left are dropped when the owner of this object is
 //!   told ([`Subscriptions::forget`]); the node keeps refusing them while membership holds
 //!   the tombstone, and sweeps out records whose owner membership does not know at all.
-//! * Signatures are interned: a record costs 16 bytes of table (key, version, signature
-//!   index) whatever its topic count, and each distinct signature is stored once.
+//! * Signatures are interned: a record costs 20 bytes of table (key, version, signature
+//!   index, key epoch) whatever its topic count, and each distinct signature is stored once.
+//! * A record also carries the newest cluster-key epoch its owner holds (0: keyless or not
+//!   known yet), so senders can switch to a new key once every member holds it. Records
+//!   learned from announcements (which do not carry it) keep the epoch held before; within
+//!   one version the epoch only grows, so a copy of the same version with a newer epoch
+//!   replaces one without it.
 //!
 //! Not done: deriving regions (the caller feeds [`Subscriptions::records`] to `qs-regions`).
 
@@ -42,6 +47,8 @@ pub struct SubscriptionRecord {
     pub version: u32,
     /// Sorted, deduplicated topic ids (the signature).
     pub topics: Arc<[TopicId]>,
+    /// The newest cluster-key epoch the owner holds (0: keyless, or not known here yet).
+    pub key_epoch: u32,
 }
 
 /// Whether version `a` is newer than `b` (serial-number arithmetic).
@@ -55,13 +62,20 @@ fn newer(a: u32, b: u32) -> bool {
 struct Rec {
     version: u32,
     sig: u32,
+    key_epoch: u32,
 }
 
 impl SyncRecord for Rec {
     fn fingerprint(&self, id: NodeId) -> u32 {
-        fingerprint(id, &[u64::from(self.version)])
+        fingerprint(
+            id,
+            &[u64::from(self.version) << 32 | u64::from(self.key_epoch)],
+        )
     }
 }
+
+/// A decoded record: id, version, key epoch, topics.
+type Decoded = (NodeId, u32, u32, Vec<TopicId>);
 
 /// Distinct signatures, reference-counted by the records that use them.
 #[derive(Debug, Default)]
@@ -178,12 +192,13 @@ struct SubCodec<'a> {
 
 impl Codec<Rec> for SubCodec<'_> {
     fn encoded_len(&self, _id: NodeId, r: &Rec) -> usize {
-        8 + 4 + 2 + 8 * self.sigs.get(r.sig).len()
+        8 + 4 + 4 + 2 + 8 * self.sigs.get(r.sig).len()
     }
     fn encode(&self, id: NodeId, r: &Rec, out: &mut Vec<u8>) {
         let topics = self.sigs.get(r.sig);
         out.extend_from_slice(&id.0.to_be_bytes());
         out.extend_from_slice(&r.version.to_be_bytes());
+        out.extend_from_slice(&r.key_epoch.to_be_bytes());
         out.extend_from_slice(&(topics.len() as u16).to_be_bytes());
         for t in topics.iter() {
             out.extend_from_slice(&t.0.to_be_bytes());
@@ -191,9 +206,10 @@ impl Codec<Rec> for SubCodec<'_> {
     }
 }
 
-fn decode(r: &mut Reader<'_>, topics_max: usize) -> Result<(NodeId, u32, Vec<TopicId>), WireError> {
+fn decode(r: &mut Reader<'_>, topics_max: usize) -> Result<Decoded, WireError> {
     let id = NodeId(r.u64()?);
     let version = r.u32()?;
+    let key_epoch = r.u32()?;
     let n = usize::from(r.u16()?);
     if n > topics_max {
         return Err(WireError::Malformed);
@@ -205,7 +221,7 @@ fn decode(r: &mut Reader<'_>, topics_max: usize) -> Result<(NodeId, u32, Vec<Top
     if topics.windows(2).any(|w| w[0] >= w[1]) {
         return Err(WireError::Malformed);
     }
-    Ok((id, version, topics))
+    Ok((id, version, key_epoch, topics))
 }
 
 /// The scuttlebutt subscriptions object. See the module documentation.
@@ -233,7 +249,14 @@ impl Subscriptions {
         let mut sigs = Signatures::default();
         let sig = sigs.intern(&[]);
         let mut table = Table::default();
-        table.insert(me, Rec { version: 0, sig });
+        table.insert(
+            me,
+            Rec {
+                version: 0,
+                sig,
+                key_epoch: 0,
+            },
+        );
         Subscriptions {
             me,
             config,
@@ -256,17 +279,44 @@ impl Subscriptions {
         v.sort_unstable();
         v.dedup();
         v.truncate(self.config.topics_max);
-        let version = self.table.get(self.me).map_or(0, |r| r.version);
-        self.set_own(version.wrapping_add(1), &v);
+        let (version, key_epoch) = self.own_version_and_epoch();
+        self.set_own(version.wrapping_add(1), &v, key_epoch);
     }
 
-    fn set_own(&mut self, version: u32, topics: &[TopicId]) {
+    /// Replaces the newest cluster-key epoch we hold and bumps our version (nothing changes
+    /// when it is the one recorded already).
+    pub fn set_key_epoch(&mut self, epoch: u32) {
+        let (version, key_epoch) = self.own_version_and_epoch();
+        if key_epoch == epoch {
+            return;
+        }
+        let topics = self
+            .table
+            .get(self.me)
+            .map_or_else(|| Arc::from(&[][..]), |r| self.sigs.get(r.sig).clone());
+        self.set_own(version.wrapping_add(1), &topics, epoch);
+    }
+
+    fn own_version_and_epoch(&self) -> (u32, u32) {
+        self.table
+            .get(self.me)
+            .map_or((0, 0), |r| (r.version, r.key_epoch))
+    }
+
+    fn set_own(&mut self, version: u32, topics: &[TopicId], key_epoch: u32) {
         let me = self.me;
         let sig = self.sigs.intern(topics);
         if let Some(old) = self.table.get(me).copied() {
             self.sigs.release(old.sig);
         }
-        self.table.insert(me, Rec { version, sig });
+        self.table.insert(
+            me,
+            Rec {
+                version,
+                sig,
+                key_epoch,
+            },
+        );
         self.make_news(me);
         self.changed(me);
     }
@@ -285,6 +335,7 @@ impl Subscriptions {
         SubscriptionRecord {
             version: r.version,
             topics: self.sigs.get(r.sig).clone(),
+            key_epoch: r.key_epoch,
         }
     }
 
@@ -385,9 +436,17 @@ impl Subscriptions {
     /// A record learned outside gossip (a checked multicast announcement), merged like one
     /// gossip brought: kept when newer than the one held (the node refuses it while `id` is
     /// known gone), then spread by anti-entropy like any other (not pushed as news: every
-    /// member heard the same announcement).
+    /// member heard the same announcement). Announcements carry no key epoch: the one held
+    /// stays (or `rec.key_epoch`, when newer), and gossip's copy of the same version fills it
+    /// in.
     pub fn learn(&mut self, id: NodeId, rec: SubscriptionRecord) {
-        self.merge(id, rec.version, &rec.topics, false);
+        let held = self.table.get(id).map_or(0, |r| r.key_epoch);
+        let key_epoch = if newer(rec.key_epoch, held) {
+            rec.key_epoch
+        } else {
+            held
+        };
+        self.merge(id, rec.version, key_epoch, &rec.topics, false);
     }
 
     fn retransmit_limit(&self) -> u32 {
@@ -407,21 +466,31 @@ impl Subscriptions {
         self.news.insert(id, limit);
     }
 
-    fn merge(&mut self, id: NodeId, version: u32, topics: &[TopicId], news: bool) {
+    fn merge(&mut self, id: NodeId, version: u32, key_epoch: u32, topics: &[TopicId], news: bool) {
         if id == self.me {
             // A copy of our own record at or above our version that is not ours: bump past it.
+            // (A copy with an older key epoch is one learned from an announcement: stale, not
+            // another record.)
             let mine = self.table.get(self.me).copied();
             if let Some(m) = mine {
-                let same = m.version == version && self.sigs.get(m.sig)[..] == *topics;
+                let same = m.version == version
+                    && self.sigs.get(m.sig)[..] == *topics
+                    && !newer(key_epoch, m.key_epoch);
                 if !same && (version == m.version || newer(version, m.version)) {
                     self.stats.own_record_refuted += 1;
                     let topics = self.sigs.get(m.sig).clone();
-                    self.set_own(version.wrapping_add(1), &topics);
+                    self.set_own(version.wrapping_add(1), &topics, m.key_epoch);
                 }
             }
             return;
         }
         match self.table.get(id).copied() {
+            Some(old) if version == old.version && newer(key_epoch, old.key_epoch) => {
+                // The same version with the key epoch an announcement could not tell.
+                self.table.insert(id, Rec { key_epoch, ..old });
+                self.stats.records_merged += 1;
+                self.changed(id);
+            }
             Some(old) if !newer(version, old.version) => {
                 if news && version == old.version {
                     // News to someone who had it: it is saturating, push it less.
@@ -440,7 +509,14 @@ impl Subscriptions {
                 }
                 let sig = self.sigs.intern(topics);
                 self.sigs.release(old.sig);
-                self.table.insert(id, Rec { version, sig });
+                self.table.insert(
+                    id,
+                    Rec {
+                        version,
+                        sig,
+                        key_epoch,
+                    },
+                );
                 self.stats.records_merged += 1;
                 if news {
                     self.make_news(id);
@@ -452,7 +528,14 @@ impl Subscriptions {
             }
             None => {
                 let sig = self.sigs.intern(topics);
-                self.table.insert(id, Rec { version, sig });
+                self.table.insert(
+                    id,
+                    Rec {
+                        version,
+                        sig,
+                        key_epoch,
+                    },
+                );
                 self.stats.records_merged += 1;
                 if news {
                     self.make_news(id);
@@ -563,26 +646,26 @@ impl GossipObject for Subscriptions {
         for (range, n) in haves {
             let mut listing = Vec::with_capacity(usize::from(n));
             for _ in 0..n {
-                let (id, version, topics) = decode(&mut r, self.config.topics_max)?;
+                let (id, version, key_epoch, topics) = decode(&mut r, self.config.topics_max)?;
                 if !range.contains(sync::mix(id)) {
                     return Err(WireError::Malformed);
                 }
-                self.merge(id, version, &topics, false);
-                listing.push((id, version));
+                self.merge(id, version, key_epoch, &topics, false);
+                listing.push((id, (version, key_epoch)));
             }
             read += usize::from(n);
             answers.push((range, listing));
         }
         let mut got_news = false;
         for k in read..usize::from(bulk.records) {
-            let (id, version, topics) = decode(&mut r, self.config.topics_max)?;
+            let (id, version, key_epoch, topics) = decode(&mut r, self.config.topics_max)?;
             let news = k < read + usize::from(bulk.rumors);
             got_news |= news;
-            self.merge(id, version, &topics, news);
+            self.merge(id, version, key_epoch, &topics, news);
         }
         for (range, listing) in answers {
-            let ids = listing_answer(&self.table, range, &listing, |ours, theirs| {
-                newer(ours.version, *theirs)
+            let ids = listing_answer(&self.table, range, &listing, |ours, &(v, k)| {
+                newer(ours.version, v) || (ours.version == v && newer(ours.key_epoch, k))
             });
             self.syncer.send_ids(from.addr, ids);
         }
@@ -637,7 +720,7 @@ mod tests {
     fn signatures_are_shared_and_released() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
         for i in 2..100u64 {
-            s.merge(NodeId(i), 1, &t(&[i % 3]), false);
+            s.merge(NodeId(i), 1, 0, &t(&[i % 3]), false);
         }
         assert_eq!(s.signatures(), 4, "three signatures plus our empty one");
         for i in 2..100u64 {
@@ -652,13 +735,13 @@ mod tests {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
         s.set_topics(t(&[5]));
         assert_eq!(s.record(NodeId(1)).unwrap().version, 1);
-        s.merge(NodeId(1), 1, &t(&[5]), false);
+        s.merge(NodeId(1), 1, 0, &t(&[5]), false);
         assert_eq!(
             s.stats().own_record_refuted,
             0,
             "our own copy is no forgery"
         );
-        s.merge(NodeId(1), 40, &t(&[6, 7]), false);
+        s.merge(NodeId(1), 40, 0, &t(&[6, 7]), false);
         let r = s.record(NodeId(1)).unwrap();
         assert_eq!((r.version, &r.topics[..]), (41, &t(&[5])[..]));
         GossipObject::check_invariants(&s);
@@ -667,19 +750,59 @@ mod tests {
     #[test]
     fn versions_compare_across_the_wrap_and_far_jumps_are_refused() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
-        s.merge(NodeId(2), u32::MAX, &t(&[1]), false);
-        s.merge(NodeId(2), 0, &t(&[2]), false);
+        s.merge(NodeId(2), u32::MAX, 0, &t(&[1]), false);
+        s.merge(NodeId(2), 0, 0, &t(&[2]), false);
         assert_eq!(s.record(NodeId(2)).unwrap().version, 0);
-        s.merge(NodeId(2), 5000, &t(&[3]), false);
+        s.merge(NodeId(2), 5000, 0, &t(&[3]), false);
         assert_eq!(s.record(NodeId(2)).unwrap().version, 0);
         assert_eq!(s.stats().implausible_versions, 1);
     }
 
     #[test]
+    fn the_key_epoch_bumps_the_version_and_an_announcement_does_not_hide_it() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        s.set_topics(t(&[5]));
+        s.set_key_epoch(2);
+        let r = s.record(NodeId(1)).unwrap();
+        assert_eq!(
+            (r.version, r.key_epoch, &r.topics[..]),
+            (2, 2, &t(&[5])[..])
+        );
+        s.set_key_epoch(2);
+        assert_eq!(
+            s.record(NodeId(1)).unwrap().version,
+            2,
+            "no change, no bump"
+        );
+        // A stale copy of ours (an announcement's, no epoch) is not a rival record.
+        s.merge(NodeId(1), 2, 0, &t(&[5]), false);
+        assert_eq!(s.stats().own_record_refuted, 0);
+
+        // Another node's record first learned from an announcement (epoch unknown), then
+        // gossip's copy of the same version: the epoch is filled in; an older one is not.
+        let rec = |version, key_epoch| SubscriptionRecord {
+            version,
+            topics: t(&[5]).into(),
+            key_epoch,
+        };
+        s.learn(NodeId(2), rec(7, 0));
+        assert_eq!(s.record(NodeId(2)).unwrap().key_epoch, 0);
+        s.merge(NodeId(2), 7, 3, &t(&[5]), false);
+        assert_eq!(s.record(NodeId(2)).unwrap().key_epoch, 3);
+        s.merge(NodeId(2), 7, 1, &t(&[5]), false);
+        assert_eq!(s.record(NodeId(2)).unwrap().key_epoch, 3);
+        // A newer version from an announcement keeps the epoch held.
+        s.learn(NodeId(2), rec(8, 0));
+        let r = s.record(NodeId(2)).unwrap();
+        assert_eq!((r.version, r.key_epoch), (8, 3));
+        GossipObject::check_invariants(&s);
+    }
+
+    #[test]
     fn records_of_non_members_are_swept_after_two_visits() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
-        s.merge(NodeId(2), 1, &t(&[1]), false);
-        s.merge(NodeId(3), 1, &t(&[1]), false);
+        s.merge(NodeId(2), 1, 0, &t(&[1]), false);
+        s.merge(NodeId(3), 1, 0, &t(&[1]), false);
         let member = |id: NodeId| id == NodeId(2);
         assert!(s.sweep(3, member).is_empty(), "first visit only marks");
         assert_eq!(s.sweep(3, member), vec![NodeId(3)]);

@@ -106,6 +106,13 @@ pub struct CoreConfig {
     pub lec: Option<LecConfig>,
     /// Per-region exceptions to `lec` (`None`: off in that region).
     pub lec_regions: BTreeMap<RegionId, Option<LecConfig>>,
+    /// How long the receive streams of a sender that gossip does not know as a live member
+    /// are kept (a phantom: forged or buggy sender id, or a forgotten member still sending)
+    /// before they are freed (`phantom_streams_expired`). Far longer than a join takes.
+    pub phantom_after: Duration,
+    /// Keyed nodes: how long after switching to a new key the previous one is still
+    /// accepted (members whose gossip view lags switch later), before it is retired.
+    pub key_retire_after: Duration,
     /// Discovery settings.
     pub discovery: DiscoveryConfig,
     /// Seed of this core's Prng.
@@ -148,6 +155,8 @@ impl CoreConfig {
             departed_grace: Duration::from_secs(30),
             lec: None,
             lec_regions: BTreeMap::new(),
+            key_retire_after: Duration::from_secs(30),
+            phantom_after: Duration::from_secs(10),
             discovery: DiscoveryConfig::default(),
             seed: id.0,
         }

@@ -105,7 +105,7 @@ pub enum PublishRefused {
     TooLarge,
 }
 
-/// Why [`super::NodeCore::set_keys`] refused new keys.
+/// Why [`super::NodeCore::set_keys`] or [`super::NodeCore::add_key`] refused new keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum KeysRefused {
     /// The node runs without a key; taking one changes its cluster id and datagram budget,
@@ -115,4 +115,10 @@ pub enum KeysRefused {
     /// The keys name another cluster (a rotation keeps the cluster id).
     #[error("the keys are another cluster's")]
     OtherCluster,
+    /// The key's epoch is not newer than every key the node holds.
+    #[error("the key's epoch is not newer than the node's keys")]
+    NotNewer,
+    /// The node holds two keys already: a rotation is under way (wait for its retirement).
+    #[error("a key rotation is under way")]
+    RotationUnderway,
 }

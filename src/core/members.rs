@@ -31,6 +31,8 @@ const CLOSED_MAX: usize = 1024;
 /// gossip reached it would otherwise stay in its region, and hold its senders, for ever.
 /// Far longer than a join takes (a gossip round or two).
 pub(super) const UNVOUCHED_AFTER: Duration = Duration::from_secs(10);
+/// How often receive streams are checked for senders that are no members.
+pub(super) const PHANTOM_CHECK: Duration = Duration::from_secs(1);
 
 /// A peer found by the multicast announcements that gossip holds alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,6 +91,40 @@ impl NodeCore {
                 let i = self.closed.partition_point(|(s, _)| *s < sender);
                 self.closed.insert(i, (sender, epoch));
                 self.closed_order.push_back(sender);
+            }
+        }
+    }
+
+    /// The receive streams held: (sender, region).
+    pub fn receive_streams(&self) -> impl Iterator<Item = (NodeId, qs_transport::RegionId)> + '_ {
+        self.recv.keys().copied()
+    }
+
+    /// Frees the receive streams of senders gossip has not known as live members for
+    /// `phantom_after` (a forged or buggy sender id, or one forgotten and still sending):
+    /// they would otherwise hold their windows for ever. Senders declared down wait out
+    /// `departed_grace` instead. A real sender whose announcement comes late is a member
+    /// long before. Checked every [`PHANTOM_CHECK`]; the table is bounded by `max_streams`.
+    pub(super) fn phantom_timeout(&mut self, now: Instant) {
+        if now < self.phantom_check_at {
+            return;
+        }
+        self.phantom_check_at = now + PHANTOM_CHECK;
+        let mut senders: Vec<NodeId> = self.recv.keys().map(|(s, _)| *s).collect();
+        senders.dedup();
+        self.phantom_since
+            .retain(|id, _| senders.binary_search(id).is_ok());
+        for id in senders {
+            if self.is_live_member(id) || self.departed_at.contains_key(&id) {
+                self.phantom_since.remove(&id);
+                continue;
+            }
+            let since = *self.phantom_since.entry(id).or_insert(now);
+            if since + self.config.phantom_after <= now {
+                self.phantom_since.remove(&id);
+                let streams = self.recv.keys().filter(|(s, _)| *s == id).count();
+                self.stats.phantom_streams_expired += streams as u64;
+                self.sender_gone(now, id);
             }
         }
     }
@@ -187,6 +223,7 @@ impl NodeCore {
             let record = SubscriptionRecord {
                 version,
                 topics: sig.topics().into(),
+                key_epoch: 0,
             };
             self.gossip.learn_subscriptions(id, record);
             if !self.is_live_member(id) && self.unvouched.len() < DEPARTED_MAX {

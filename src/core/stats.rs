@@ -127,6 +127,13 @@ pub struct CoreStats {
     pub gossip_bytes_sent: u64,
     /// Data datagrams sent by unicast to members that do not hear a region's multicast.
     pub unicast_copies_sent: u64,
+    /// Receive streams freed because their sender was no live member for `phantom_after`.
+    pub phantom_streams_expired: u64,
+    /// Keyed nodes: times this node started sealing with a next key by itself (every
+    /// member held it).
+    pub key_switches: u64,
+    /// Keyed nodes: previous keys retired after a switch.
+    pub keys_retired: u64,
     /// The recovery ring's counters.
     pub ring: RingStats,
     /// Lateral error correction counters.

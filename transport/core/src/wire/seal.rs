@@ -24,7 +24,8 @@
 //! ([`REPLAY_TABLE_MAX`]); the entry accepted longest ago is forgotten first.
 //!
 //! **Key rotation.** A ring holds the key that seals and at most one more that only opens;
-//! the README's threat-model section gives the operator's steps. The cluster id stays the one
+//! the node core switches to a newer second key by itself once gossip shows every member
+//! holds it, and retires the older one later (the README's key section). The cluster id stays the one
 //! derived from the first key (the key file carries it), so rotation never splits the cluster.
 //!
 //! Not done here: confidentiality (bodies travel in clear), and nothing stops a key holder
@@ -125,6 +126,13 @@ impl KeyRing {
         std::iter::once(&self.seal_with)
             .chain(self.also.as_ref())
             .find(|k| k.epoch == epoch)
+    }
+
+    /// The newest epoch this ring holds (what a node tells the cluster it holds).
+    pub fn newest_epoch(&self) -> u32 {
+        self.also
+            .as_ref()
+            .map_or(self.seal_with.epoch, |k| k.epoch.max(self.seal_with.epoch))
     }
 
     /// Rotation step 1: the same ring plus a new key (`bytes`, the next epoch) that opens
