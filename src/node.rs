@@ -492,6 +492,7 @@ impl NodeBuilder {
             blocked: None,
             refused: None,
             listeners: Listeners::default(),
+            load: LoadSampler::default(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("qs-node-{id}"))
@@ -970,7 +971,21 @@ struct Worker {
     refused: Option<(TopicId, Bytes)>,
     /// The application's event queues ([`Node::events`]).
     listeners: Listeners,
+    /// When the receive sockets' load was last read, and their drop count then.
+    load: LoadSampler,
 }
+
+/// Reads the receive sockets' load ([`Runtime::receive_load`]) for the core's lateral error
+/// correction at most every [`LOAD_SAMPLE`]: three system calls, not per turn.
+#[derive(Debug, Default)]
+struct LoadSampler {
+    at: Option<Instant>,
+    drops: u32,
+}
+
+/// How often the receive sockets' drop count and queue fill are read (their drops tell LEC
+/// its own overflow from the network's loss within about a bin's fill time).
+const LOAD_SAMPLE: Duration = Duration::from_millis(1);
 
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How often a delivery blocked on a full subscription queue is retried.
@@ -1017,6 +1032,7 @@ impl Worker {
                 break;
             }
             self.shared.sleeping.store(false, Ordering::SeqCst);
+            self.sample_load();
             self.route_events();
         }
         // Goodbye: announce the leave and give it a moment to go out.
@@ -1032,6 +1048,28 @@ impl Worker {
             }
             self.route_events();
         }
+    }
+
+    fn sample_load(&mut self) {
+        let now = self.runtime.now();
+        if self
+            .load
+            .at
+            .is_some_and(|t| now.saturating_duration_since(t) < LOAD_SAMPLE)
+        {
+            return;
+        }
+        let load = self.runtime.receive_load();
+        // The first reading is the baseline (drops before this node ran are not its load).
+        let drops = match self.load.at {
+            Some(_) => load.drops.wrapping_sub(self.load.drops),
+            None => 0,
+        };
+        self.load = LoadSampler {
+            at: Some(now),
+            drops: load.drops,
+        };
+        self.core.note_receive_load(u64::from(drops), load.fill);
     }
 
     /// Whether a command, or a publish the core could take, is waiting in the channels.

@@ -282,29 +282,34 @@ impl Run {
 
     fn report(&self, what: &str) {
         let (l, p, s) = self.split();
-        let lec = (0..self.idx.len())
-            .map(|i| self.stats(i).lec)
-            .fold((0, 0, 0, 0), |a, c| {
-                (
-                    a.0 + c.repairs_sent,
-                    a.1 + c.rebuilt,
-                    a.2 + c.undecodable,
-                    a.3 + c.repairs_received,
-                )
-            });
+        let lec =
+            (0..self.idx.len())
+                .map(|i| self.stats(i).lec)
+                .fold((0, 0, 0, 0, 0, 0), |a, c| {
+                    (
+                        a.0 + c.repairs_sent,
+                        a.1 + c.rebuilt,
+                        a.2 + c.undecodable,
+                        a.3 + c.repairs_received,
+                        a.4 + c.wakes,
+                        a.5 + c.repairs_asleep,
+                    )
+                });
         let data: u64 = (0..self.spec.receivers)
             .map(|i| self.stats(i).data_packets_received)
             .sum();
         println!(
             "{what} (seed {}): {} data copies lost; repaired lateral {l}, peer {p}, sender {s}; \
              LEC repairs sent {}, rebuilt {}, undecodable {}; repairs received per data packet \
-             received {:.3}",
+             received {:.3}; LEC woke {} times, {} repairs not decoded while waking",
             self.seed,
             self.data_lost,
             lec.0,
             lec.1,
             lec.2,
             lec.3 as f64 / data.max(1) as f64,
+            lec.4,
+            lec.5,
         );
     }
 }
@@ -479,6 +484,15 @@ fn forged_and_garbled_repairs_are_counted_and_change_nothing() {
     );
     let mut garbled = forged.to_vec();
     garbled[wire::HEADER_LEN + 3] ^= 0x10;
+    // The region may have been idle long enough for LEC to sleep, and a sleeping LEC does
+    // not decode a repair until a hold-off after one woke it (it may cover packets heard
+    // without storing): wake it first.
+    let now = run.sim.now();
+    run.sim
+        .node_mut(target)
+        .handle_datagram(now, addr(2), forged.clone());
+    run.sim.poke(target);
+    run.run_for(Duration::from_millis(15));
     let before = run.sim.node(target).stats();
     let now = run.sim.now();
     {

@@ -109,6 +109,16 @@ pub struct RuntimeStats {
     pub join_errors: u64,
 }
 
+/// The receive sockets' load ([`Runtime::receive_load`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReceiveLoad {
+    /// Datagrams the three sockets dropped since they were opened (a full receive buffer,
+    /// mostly), summed, wrapping at `u32::MAX`: take differences with `wrapping_sub`.
+    pub drops: u32,
+    /// How full the fuller of the unicast and data receive queues is (0 empty, 1 full).
+    pub fill: f64,
+}
+
 /// What one [`Runtime::turn`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Turn {
@@ -353,6 +363,23 @@ impl Runtime {
     /// The socket buffer sizes the kernel granted.
     pub fn socket_buffers(&self) -> SocketBuffers {
         self.buffers
+    }
+
+    /// How loaded the receive sockets are, as the kernel reports it (`SO_MEMINFO`: three
+    /// `getsockopt` calls; a socket that fails to answer counts as empty). The core's lateral
+    /// error correction uses it to tell its own overflow from the network's loss.
+    pub fn receive_load(&self) -> ReceiveLoad {
+        let mut load = ReceiveLoad::default();
+        for (i, s) in self.sockets.iter().enumerate() {
+            let Ok(m) = sys::meminfo(s.as_raw_fd()) else {
+                continue;
+            };
+            load.drops = load.drops.wrapping_add(m.drops);
+            if i != CONTROL && m.buffer > 0 {
+                load.fill = load.fill.max(f64::from(m.queued) / f64::from(m.buffer));
+            }
+        }
+        load
     }
 
     /// The groups currently joined, as `group:port`.
