@@ -981,6 +981,8 @@ struct Worker {
 struct LoadSampler {
     at: Option<Instant>,
     drops: u32,
+    /// The runtime's received byte count then.
+    bytes: u64,
 }
 
 /// How often the receive sockets' drop count and queue fill are read (their drops tell LEC
@@ -1060,16 +1062,31 @@ impl Worker {
             return;
         }
         let load = self.runtime.receive_load();
+        let bytes = self.runtime.stats().bytes_received;
         // The first reading is the baseline (drops before this node ran are not its load).
-        let drops = match self.load.at {
-            Some(_) => load.drops.wrapping_sub(self.load.drops),
-            None => 0,
+        let (drops, behind) = match self.load.at {
+            Some(t) => {
+                // How long the queued bytes take at the rate they were read since the last
+                // reading; nothing read while bytes wait is as far behind as it gets.
+                let read = bytes.saturating_sub(self.load.bytes) as f64;
+                let secs = now.saturating_duration_since(t).as_secs_f64();
+                let behind = match load.queued_bytes {
+                    0 => Duration::ZERO,
+                    q if read > 0.0 => {
+                        Duration::try_from_secs_f64(q as f64 * secs / read).unwrap_or(Duration::MAX)
+                    }
+                    _ => Duration::MAX,
+                };
+                (load.drops.wrapping_sub(self.load.drops), behind)
+            }
+            None => (0, Duration::ZERO),
         };
         self.load = LoadSampler {
             at: Some(now),
             drops: load.drops,
+            bytes,
         };
-        self.core.note_receive_load(u64::from(drops), load.fill);
+        self.core.note_receive_load(u64::from(drops), behind);
     }
 
     /// Whether a command, or a publish the core could take, is waiting in the channels.

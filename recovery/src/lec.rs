@@ -46,7 +46,8 @@
 //!   overflow; they are taken out of the loss estimate (so neither this node nor, through its
 //!   reports, its peers fire at an overloaded receiver; the ring repairs its holes);
 //! - [`Lec::set_backlog`]: a node whose receive queue is behind fires less, none at all from
-//!   [`LecConfig::backlog_full`].
+//!   [`LecConfig::backlog_full`], and reports less loss in proportion (so its peers do not
+//!   fire at it either: it could not take repairs in time).
 //!
 //! # Sleeping while the region is clean
 //! With [`LecConfig::sleep_when_clean`] (adaptive only) a core that has seen no loss, no loss
@@ -147,11 +148,11 @@ pub struct LecConfig {
     /// How long the region must be clean (no own loss, no report of loss, no repair) before
     /// the core sleeps; a new core starts awake.
     pub sleep_after: Duration,
-    /// Receive-queue fill ([`Lec::set_backlog`]) up to which the rate of fire is unchanged.
-    pub backlog_quiet: f64,
+    /// Receive backlog ([`Lec::set_backlog`]) up to which the rate of fire is unchanged.
+    pub backlog_quiet: Duration,
     /// Receive-queue fill at and above which this node fires no repairs (it is behind: its
     /// repairs would add to the load of receivers as busy as itself); linear in between.
-    pub backlog_full: f64,
+    pub backlog_full: Duration,
 }
 
 impl Default for LecConfig {
@@ -187,8 +188,8 @@ impl Default for LecConfig {
             hold_off_max: Duration::from_millis(10),
             sleep_when_clean: true,
             sleep_after: Duration::from_secs(1),
-            backlog_quiet: 0.25,
-            backlog_full: 0.75,
+            backlog_quiet: Duration::from_millis(2),
+            backlog_full: Duration::from_millis(10),
         }
     }
 }
@@ -639,8 +640,8 @@ pub struct Lec {
     last_heard: Option<Instant>,
     /// The node's own socket overflow, averaged like `own_loss` (subtracted from it).
     overflow: f64,
-    /// Receive-queue fill (0..=1).
-    backlog: f64,
+    /// How far behind the receive queue is.
+    backlog: Duration,
     /// When the core last woke; `None` while asleep (a new core is awake since the epoch).
     awake_since: Option<Instant>,
     /// The last sign of loss in the region (a hole, a repair, a report of loss); `None`
@@ -688,7 +689,7 @@ impl Lec {
             gap_nanos: 0.0,
             last_heard: None,
             overflow: 0.0,
-            backlog: 0.0,
+            backlog: Duration::ZERO,
             awake_since: Some(Instant(0)),
             last_loss_sign: None,
             stats: LecStats::default(),
@@ -873,7 +874,8 @@ impl Lec {
     /// with [`qs_transport::wire::PacketKind::LecRepair`]) into `buf`, returning its length.
     /// The code words are computed here, at the moment of sending, once per bin.
     pub fn encode(&mut self, intent: &RepairIntent, buf: &mut [u8]) -> Result<usize, LecError> {
-        let head_loss = (self.own_loss() * 65536.0) as u16;
+        // A node that is behind asks for fewer repairs: it could not use them in time.
+        let head_loss = (self.own_loss() * self.backlog_factor() * 65536.0) as u16;
         let head_missing = (self.missing_mean * 16.0).round().min(255.0) as u8;
         let mut pool = std::mem::take(&mut self.word_pool);
         let codec = {
@@ -1031,18 +1033,16 @@ impl Lec {
         self.overflow = 1.0 - (1.0 - self.overflow) * keep;
     }
 
-    /// How full the node's receive queue is (0 empty, 1 full; e.g. `SO_MEMINFO`'s queued
-    /// bytes over the buffer). Between [`LecConfig::backlog_quiet`] and
-    /// [`LecConfig::backlog_full`] the rate of fire falls linearly to zero.
-    pub fn set_backlog(&mut self, fill: f64) {
-        self.backlog = if fill.is_finite() {
-            fill.clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+    /// How far behind the node's receive queue is: the time its queued bytes take at its
+    /// receive rate (e.g. `SO_MEMINFO`'s queued bytes over the bytes read per second).
+    /// Between [`LecConfig::backlog_quiet`] and [`LecConfig::backlog_full`] the rate of fire
+    /// and the loss this node reports fall linearly to zero.
+    pub fn set_backlog(&mut self, behind: Duration) {
+        self.backlog = behind;
     }
 
-    /// The factor the receive backlog scales the rate of fire by (1 when not behind).
+    /// The factor the receive backlog scales the rate of fire and the reported loss by (1
+    /// when not behind).
     pub fn backlog_factor(&self) -> f64 {
         let (quiet, full) = (self.config.backlog_quiet, self.config.backlog_full);
         if self.backlog <= quiet {
@@ -1050,7 +1050,7 @@ impl Lec {
         } else if self.backlog >= full || full <= quiet {
             0.0
         } else {
-            (full - self.backlog) / (full - quiet)
+            (full - self.backlog).as_secs_f64() / (full - quiet).as_secs_f64()
         }
     }
 
@@ -2140,31 +2140,49 @@ mod tests {
             let mut a = node(&c, 1, &[1, 2]);
             a.on_missing(T0, id(9, 1));
             assert_eq!(a.fire_fraction(T0), 1.0);
-            let mid = (c.backlog_quiet + c.backlog_full) / 2.0;
-            for (fill, fraction) in [
-                (0.0, 1.0),
+            let mid = (c.backlog_quiet + c.backlog_full) / 2;
+            let ns = Duration::from_nanos(1);
+            for (behind, fraction) in [
+                (Duration::ZERO, 1.0),
                 (c.backlog_quiet, 1.0),
+                (c.backlog_quiet + ns, 1.0),
                 (mid, 0.5),
-                (c.backlog_full - 1e-9, 0.0),
+                (c.backlog_full - ns, 0.0),
                 (c.backlog_full, 0.0),
-                (f64::NAN, 1.0),
+                (Duration::MAX, 0.0),
             ] {
-                a.set_backlog(fill);
+                a.set_backlog(behind);
                 assert!(
                     (a.fire_fraction(T0) - fraction).abs() < 1e-6,
-                    "fill {fill}: {} expected {fraction}",
+                    "{behind:?} behind: {} expected {fraction}",
                     a.fire_fraction(T0)
                 );
             }
             // Behind: a full bin fires to nobody.
-            a.set_backlog(1.0);
+            a.set_backlog(c.backlog_full);
             for q in 2..=5 {
                 let p = pkt(9, q, 64);
                 a.on_packet(T0, p.0, p.1);
             }
             assert!(drain(&mut a).is_empty());
-            a.set_backlog(0.0);
-            for q in 6..=9 {
+            // Half way: repairs go out, reporting half the loss.
+            let mut b = node(&c, 2, &[1, 2]);
+            a.set_backlog(mid);
+            for q in 6..=13 {
+                let p = pkt(9, q, 64);
+                a.on_packet(T0, p.0, p.1);
+            }
+            let out = drain(&mut a);
+            assert!(!out.is_empty());
+            deliver(T0, NodeId(1), &mut b, &out[0].1);
+            let half = a.own_loss() / 2.0;
+            assert!(
+                (b.region_loss(T0) - half).abs() < 2.0 / 65536.0,
+                "reported {} expected {half}",
+                b.region_loss(T0)
+            );
+            a.set_backlog(Duration::ZERO);
+            for q in 14..=17 {
                 let p = pkt(9, q, 64);
                 a.on_packet(T0, p.0, p.1);
             }

@@ -254,13 +254,14 @@ impl NodeCore {
 
     /// The driver's view of the receive sockets: `drops` more datagrams dropped by the kernel
     /// since the last call (the node's own overflow: not the network's loss, so LEC does not
-    /// answer it with repair traffic) and how full the receive queue is (`fill`, 0..=1: a node
-    /// that is behind fires fewer repairs). Without LEC in the own region it changes nothing.
-    pub fn note_receive_load(&mut self, drops: u64, fill: f64) {
+    /// answer it with repair traffic) and how far behind the receive queues are (`behind`: a
+    /// node that is behind fires fewer repairs and asks for fewer). Without LEC in the own
+    /// region it only counts the drops.
+    pub fn note_receive_load(&mut self, drops: u64, behind: std::time::Duration) {
         match self.lec.core.as_mut() {
             Some((_, lec)) => {
                 lec.on_socket_drops(drops);
-                lec.set_backlog(fill);
+                lec.set_backlog(behind);
             }
             None => self.lec.retired.socket_drops += drops,
         }

@@ -110,13 +110,14 @@ pub struct RuntimeStats {
 }
 
 /// The receive sockets' load ([`Runtime::receive_load`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReceiveLoad {
     /// Datagrams the three sockets dropped since they were opened (a full receive buffer,
     /// mostly), summed, wrapping at `u32::MAX`: take differences with `wrapping_sub`.
     pub drops: u32,
-    /// How full the fuller of the unicast and data receive queues is (0 empty, 1 full).
-    pub fill: f64,
+    /// Bytes queued in the unicast and data sockets, in the kernel's accounting (which
+    /// counts buffer overhead too: more than the datagrams' bytes).
+    pub queued_bytes: u64,
 }
 
 /// What one [`Runtime::turn`] did.
@@ -375,8 +376,8 @@ impl Runtime {
                 continue;
             };
             load.drops = load.drops.wrapping_add(m.drops);
-            if i != CONTROL && m.buffer > 0 {
-                load.fill = load.fill.max(f64::from(m.queued) / f64::from(m.buffer));
+            if i != CONTROL {
+                load.queued_bytes += u64::from(m.queued);
             }
         }
         load
