@@ -167,7 +167,7 @@ impl Default for NodeBuilder {
             inject_loss: 0.0,
             reliable: true,
             isolate_slow: false,
-            lec: None,
+            lec: Some(crate::core::default_lec()),
             node_id: None,
             gossip_seeds: Vec::new(),
             seed: None,
@@ -347,10 +347,12 @@ impl NodeBuilder {
         self
     }
 
-    /// Lateral error correction (default off): receivers of a region send each other XOR
+    /// Lateral error correction (default on): receivers of a region send each other XOR
     /// repairs of the packets they got, so most losses are rebuilt within about a millisecond
     /// instead of waiting for the recovery ring. Adaptive: a region without loss sends no
-    /// repairs. `false` leaves every repair to the ring.
+    /// repairs and, after a clean second, stores nothing; a receiver's own socket overflow
+    /// and a receive queue that is behind turn it down. `false` leaves every repair to the
+    /// ring.
     pub fn lec(mut self, on: bool) -> Self {
         self.lec = on.then(|| self.lec.take().unwrap_or_else(crate::core::default_lec));
         self
