@@ -236,6 +236,21 @@ fn health_name(m: Metric) -> (&'static str, Option<&'static str>, &'static str) 
             Some("packets"),
             "Packets the members are behind the newest known",
         ),
+        Metric::Lateral => (
+            "repaired_lateral",
+            Some("packets_per_second"),
+            "Lost packets per second rebuilt laterally at the members",
+        ),
+        Metric::Peer => (
+            "repaired_peer",
+            Some("packets_per_second"),
+            "Lost packets per second served by a peer to the members",
+        ),
+        Metric::Sender => (
+            "repaired_sender",
+            Some("packets_per_second"),
+            "Lost packets per second sent again by their sender to the members",
+        ),
     }
 }
 

@@ -169,7 +169,7 @@ impl Default for NodeBuilder {
             inject_loss: 0.0,
             reliable: true,
             isolate_slow: false,
-            lec: None,
+            lec: Some(crate::core::default_lec()),
             node_id: None,
             gossip_seeds: Vec::new(),
             seed: None,
@@ -351,10 +351,12 @@ impl NodeBuilder {
         self
     }
 
-    /// Lateral error correction (default off): receivers of a region send each other XOR
+    /// Lateral error correction (default on): receivers of a region send each other XOR
     /// repairs of the packets they got, so most losses are rebuilt within about a millisecond
     /// instead of waiting for the recovery ring. Adaptive: a region without loss sends no
-    /// repairs. `false` leaves every repair to the ring.
+    /// repairs and, after a clean second, stores nothing; a receiver's own socket overflow
+    /// and a receive queue that is behind turn it down. `false` leaves every repair to the
+    /// ring.
     pub fn lec(mut self, on: bool) -> Self {
         self.lec = on.then(|| self.lec.take().unwrap_or_else(crate::core::default_lec));
         self
@@ -527,6 +529,7 @@ impl NodeBuilder {
             blocked: None,
             refused: None,
             listeners: Listeners::default(),
+            load: LoadSampler::default(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("qs-node-{id}"))
@@ -1103,7 +1106,23 @@ struct Worker {
     refused: Option<(TopicId, Bytes)>,
     /// The application's event queues ([`Node::events`]).
     listeners: Listeners,
+    /// When the receive sockets' load was last read, and their drop count then.
+    load: LoadSampler,
 }
+
+/// Reads the receive sockets' load ([`Runtime::receive_load`]) for the core's lateral error
+/// correction at most every [`LOAD_SAMPLE`]: three system calls, not per turn.
+#[derive(Debug, Default)]
+struct LoadSampler {
+    at: Option<Instant>,
+    drops: u32,
+    /// The runtime's received byte count then.
+    bytes: u64,
+}
+
+/// How often the receive sockets' drop count and queue fill are read (their drops tell LEC
+/// its own overflow from the network's loss within about a bin's fill time).
+const LOAD_SAMPLE: Duration = Duration::from_millis(1);
 
 const IDLE_WAIT: Duration = Duration::from_millis(200);
 /// How often a delivery blocked on a full subscription queue is retried.
@@ -1150,6 +1169,7 @@ impl Worker {
                 break;
             }
             self.shared.sleeping.store(false, Ordering::SeqCst);
+            self.sample_load();
             self.route_events();
         }
         // Goodbye: announce the leave and give it a moment to go out.
@@ -1165,6 +1185,43 @@ impl Worker {
             }
             self.route_events();
         }
+    }
+
+    fn sample_load(&mut self) {
+        let now = self.runtime.now();
+        if self
+            .load
+            .at
+            .is_some_and(|t| now.saturating_duration_since(t) < LOAD_SAMPLE)
+        {
+            return;
+        }
+        let load = self.runtime.receive_load();
+        let bytes = self.runtime.stats().bytes_received;
+        // The first reading is the baseline (drops before this node ran are not its load).
+        let (drops, behind) = match self.load.at {
+            Some(t) => {
+                // How long the queued bytes take at the rate they were read since the last
+                // reading; nothing read while bytes wait is as far behind as it gets.
+                let read = bytes.saturating_sub(self.load.bytes) as f64;
+                let secs = now.saturating_duration_since(t).as_secs_f64();
+                let behind = match load.queued_bytes {
+                    0 => Duration::ZERO,
+                    q if read > 0.0 => {
+                        Duration::try_from_secs_f64(q as f64 * secs / read).unwrap_or(Duration::MAX)
+                    }
+                    _ => Duration::MAX,
+                };
+                (load.drops.wrapping_sub(self.load.drops), behind)
+            }
+            None => (0, Duration::ZERO),
+        };
+        self.load = LoadSampler {
+            at: Some(now),
+            drops: load.drops,
+            bytes,
+        };
+        self.core.note_receive_load(u64::from(drops), behind);
     }
 
     /// Whether a command, or a publish the core could take, is waiting in the channels.

@@ -178,7 +178,7 @@ pub struct NodeOpts {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inject_loss: Option<f64>,
     /// Lateral error correction: receivers repair each other's losses with XOR repairs
-    /// before the recovery ring asks (adaptive: nothing is sent without loss) [default: off]
+    /// before the recovery ring asks (adaptive: nothing is sent without loss) [default: on]
     #[arg(long, env = "QS_LEC", value_name = "on|off", value_parser = parse_on_off)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lec: Option<bool>,

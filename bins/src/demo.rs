@@ -50,7 +50,7 @@ pub struct DemoArgs {
     pub loss: f64,
     /// Lateral error correction: subscribers repair each other's losses before the ring asks
     /// (the table's lateral / peer / sender columns say how each loss was repaired)
-    /// [default: the library's, off]
+    /// [default: the library's, on]
     #[arg(long, value_name = "on|off", value_parser = crate::config::parse_on_off)]
     pub lec: Option<bool>,
     /// Control (discovery) multicast group and port, as for every command.

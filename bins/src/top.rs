@@ -222,6 +222,9 @@ fn metric_name(m: Metric) -> &'static str {
         Metric::Repairs => "repairs",
         Metric::Backlog => "backlog",
         Metric::Lag => "lag",
+        Metric::Lateral => "repaired_lateral",
+        Metric::Peer => "repaired_peer",
+        Metric::Sender => "repaired_sender",
     }
 }
 
@@ -298,11 +301,14 @@ fn header(map: &ClusterMap, cluster: &str, up: Duration) -> Vec<String> {
     ];
     match &map.cluster {
         Some(a) => v.push(format!(
-            "cluster health over {} nodes (mean/max): recv/s {}  loss/s {}  repairs/s {}  lag {}  backlog {}  load {}",
+            "cluster health over {} nodes (mean/max): recv/s {}  loss/s {}  repairs/s {}  repaired/s lateral {} peer {} sender {}  lag {}  backlog {}  load {}",
             a.count,
             mean_max(a, Metric::RecvRate),
             mean_max(a, Metric::Loss),
             mean_max(a, Metric::Repairs),
+            mean_max(a, Metric::Lateral),
+            mean_max(a, Metric::Peer),
+            mean_max(a, Metric::Sender),
             mean_max(a, Metric::Lag),
             mean_max(a, Metric::Backlog),
             mean_max(a, Metric::Load),
@@ -317,9 +323,20 @@ fn header(map: &ClusterMap, cluster: &str, up: Duration) -> Vec<String> {
     v
 }
 
-const MEMBER_HEADER: [&str; 12] = [
-    "", "MEMBER", "ADDRESS", "STATUS", "INC", "REGION", "TOPICS", "RECV/S", "LOSS/S", "REPAIR/S",
-    "LAG", "BACKLOG",
+const MEMBER_HEADER: [&str; 13] = [
+    "",
+    "MEMBER",
+    "ADDRESS",
+    "STATUS",
+    "INC",
+    "REGION",
+    "TOPICS",
+    "RECV/S",
+    "LOSS/S",
+    "REPAIR/S",
+    "LATERAL/PEER/SENDER",
+    "LAG",
+    "BACKLOG",
 ];
 const REGION_HEADER: [&str; 7] = [
     "REGION",
@@ -355,6 +372,17 @@ fn member_cells(m: &MemberView, me: bool) -> Vec<String> {
         hv(|h| h.recv_rate),
         hv(|h| h.loss),
         hv(|h| h.repairs),
+        h.map_or_else(
+            || "-".into(),
+            |h| {
+                format!(
+                    "{}/{}/{}",
+                    num(f64::from(h.lateral)),
+                    num(f64::from(h.peer)),
+                    num(f64::from(h.sender))
+                )
+            },
+        ),
         hv(|h| h.lag),
         hv(|h| h.backlog),
         unreachable,
@@ -445,6 +473,7 @@ fn draw(f: &mut Frame, map: &ClusterMap, cluster: &str, up: Duration) {
         Constraint::Length(8),
         Constraint::Length(7),
         Constraint::Length(8),
+        Constraint::Length(19),
         Constraint::Length(7),
         Constraint::Length(8),
         Constraint::Min(11),
@@ -677,5 +706,24 @@ mod tests {
         assert_eq!(v["unix_ms"], 7);
         assert_eq!(v["drops"]["auth"], 7);
         assert!(text.contains("auth 7"), "{text}");
+    }
+
+    #[test]
+    fn each_member_shows_how_its_losses_were_repaired() {
+        let mut m = map();
+        m.members[1].health = Some(NodeHealth {
+            lateral: 120.0,
+            peer: 3.0,
+            sender: 1.0,
+            ..NodeHealth::default()
+        });
+        let text = render(&m, "c", Duration::ZERO);
+        assert!(text.contains("LATERAL/PEER/SENDER"), "{text}");
+        assert!(text.contains("120/3.0/1.0"), "{text}");
+        let v = serde_json::to_value(Snapshot::new(&m, "c", 7)).unwrap();
+        assert_eq!(v["members"][1]["health"]["repaired_lateral"], 120.0);
+        assert_eq!(v["members"][1]["health"]["repaired_peer"], 3.0);
+        assert_eq!(v["members"][1]["health"]["repaired_sender"], 1.0);
+        assert!(v["members"][0]["health"].is_null());
     }
 }

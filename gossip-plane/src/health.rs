@@ -67,7 +67,7 @@ use crate::wire::{Priority, Reader};
 pub const HEALTH_TAG: u8 = 3;
 
 /// Number of metrics in a [`NodeHealth`].
-pub const METRICS: usize = 6;
+pub const METRICS: usize = 9;
 
 /// One metric of a [`NodeHealth`]. For every metric, larger is worse (for the receive rate:
 /// busier).
@@ -85,6 +85,12 @@ pub enum Metric {
     Backlog = 4,
     /// [`NodeHealth::lag`].
     Lag = 5,
+    /// [`NodeHealth::lateral`].
+    Lateral = 6,
+    /// [`NodeHealth::peer`].
+    Peer = 7,
+    /// [`NodeHealth::sender`].
+    Sender = 8,
 }
 
 impl Metric {
@@ -96,6 +102,9 @@ impl Metric {
         Metric::Repairs,
         Metric::Backlog,
         Metric::Lag,
+        Metric::Lateral,
+        Metric::Peer,
+        Metric::Sender,
     ];
 }
 
@@ -115,6 +124,12 @@ pub struct NodeHealth {
     pub backlog: f32,
     /// Packets behind the newest known (receive lag).
     pub lag: f32,
+    /// Lost packets per second rebuilt laterally (from neighbours' repairs).
+    pub lateral: f32,
+    /// Lost packets per second served by a peer (ring neighbour or caretaker).
+    pub peer: f32,
+    /// Lost packets per second sent again by their sender.
+    pub sender: f32,
 }
 
 impl NodeHealth {
@@ -132,6 +147,9 @@ impl NodeHealth {
             self.repairs,
             self.backlog,
             self.lag,
+            self.lateral,
+            self.peer,
+            self.sender,
         ]
     }
 
@@ -143,6 +161,9 @@ impl NodeHealth {
             repairs: v[3],
             backlog: v[4],
             lag: v[5],
+            lateral: v[6],
+            peer: v[7],
+            sender: v[8],
         }
     }
 
@@ -1751,6 +1772,9 @@ mod tests {
             repairs: v,
             backlog: 2.0 * v,
             lag: 3.0,
+            lateral: 4.0 * v,
+            peer: v + 1.0,
+            sender: 5.0,
         }
     }
 

@@ -31,6 +31,9 @@ fn values(i: usize) -> NodeHealth {
         repairs: (N - i) as f32,
         backlog: ((i * i) % 997) as f32,
         lag: (i % 13) as f32,
+        lateral: ((i * 3) % 29) as f32,
+        peer: (i % 7) as f32,
+        sender: ((i * 5) % 11) as f32,
     }
 }
 

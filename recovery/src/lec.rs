@@ -41,6 +41,22 @@
 //! wakes its peers with its first repairs. Bins carry `m` Reed–Solomon parity shards instead of
 //! one XOR while the region's missing count is at least [`LecConfig::parity_from_missing`].
 //!
+//! Two inputs from the node keep LEC from feeding on its own load:
+//! - [`Lec::on_socket_drops`]: datagrams the node's receive sockets dropped are its own
+//!   overflow; they are taken out of the loss estimate (so neither this node nor, through its
+//!   reports, its peers fire at an overloaded receiver; the ring repairs its holes);
+//! - [`Lec::set_backlog`]: a node whose receive queue is behind fires less, none at all from
+//!   [`LecConfig::backlog_full`], and reports less loss in proportion (so its peers do not
+//!   fire at it either: it could not take repairs in time).
+//!
+//! # Sleeping while the region is clean
+//! With [`LecConfig::sleep_when_clean`] (adaptive only) a core that has seen no loss, no loss
+//! report and no repair for [`LecConfig::sleep_after`] neither stores nor bins packets: a
+//! clean region costs a counter update per packet instead of a copy. A hole, a report of loss
+//! or a repair wakes it; repairs received asleep or within [`Lec::hold_off`] of waking (about
+//! a bin's fill time: what a bin fired then may cover) are not decoded (they cover packets it did not store) but their reports count. The price is the
+//! first losses after a clean spell, which the ring repairs.
+//!
 //! Everything is sans-IO: `now` is an argument, randomness (the targets) comes from the
 //! core's seeded [`Prng`], and every table is bounded with counted overflow.
 
@@ -125,6 +141,18 @@ pub struct LecConfig {
     pub hold_off_slack: Duration,
     /// Upper bound of [`Lec::hold_off`].
     pub hold_off_max: Duration,
+    /// Sleep while the region is clean (adaptive only, with no idle fraction): packets are
+    /// not stored or binned until a loss, a loss report or a repair wakes the core, so a
+    /// clean region costs one counter update per packet (see the module docs).
+    pub sleep_when_clean: bool,
+    /// How long the region must be clean (no own loss, no report of loss, no repair) before
+    /// the core sleeps; a new core starts awake.
+    pub sleep_after: Duration,
+    /// Receive backlog ([`Lec::set_backlog`]) up to which the rate of fire is unchanged.
+    pub backlog_quiet: Duration,
+    /// Receive-queue fill at and above which this node fires no repairs (it is behind: its
+    /// repairs would add to the load of receivers as busy as itself); linear in between.
+    pub backlog_full: Duration,
 }
 
 impl Default for LecConfig {
@@ -158,6 +186,10 @@ impl Default for LecConfig {
             members_max: 4096,
             hold_off_slack: Duration::from_micros(300),
             hold_off_max: Duration::from_millis(10),
+            sleep_when_clean: true,
+            sleep_after: Duration::from_secs(1),
+            backlog_quiet: Duration::from_millis(2),
+            backlog_full: Duration::from_millis(10),
         }
     }
 }
@@ -282,6 +314,16 @@ pub struct LecStats {
     pub members_dropped: u64,
     /// Bytes held now (see [`LecConfig::memory_budget`]).
     pub memory_bytes: u64,
+    /// Packets seen while asleep (counted for the loss estimate, not stored).
+    pub packets_asleep: u64,
+    /// Times the core woke (a loss, a loss report or a repair).
+    pub wakes: u64,
+    /// Repairs not decoded because they may cover packets heard while asleep (received
+    /// asleep, or too soon after waking); their loss report counts.
+    pub repairs_asleep: u64,
+    /// Datagrams the node's receive sockets dropped ([`Lec::on_socket_drops`]): the node's
+    /// own overflow, taken out of the loss estimate.
+    pub socket_drops: u64,
 }
 
 /// How a packet came in.
@@ -596,6 +638,15 @@ pub struct Lec {
     reports: BTreeMap<NodeId, Report>,
     gap_nanos: f64,
     last_heard: Option<Instant>,
+    /// The node's own socket overflow, averaged like `own_loss` (subtracted from it).
+    overflow: f64,
+    /// How far behind the receive queue is.
+    backlog: Duration,
+    /// When the core last woke; `None` while asleep (a new core is awake since the epoch).
+    awake_since: Option<Instant>,
+    /// The last sign of loss in the region (a hole, a repair, a report of loss); `None`
+    /// until the first packet.
+    last_loss_sign: Option<Instant>,
 
     stats: LecStats,
 }
@@ -637,6 +688,10 @@ impl Lec {
             reports: BTreeMap::new(),
             gap_nanos: 0.0,
             last_heard: None,
+            overflow: 0.0,
+            backlog: Duration::ZERO,
+            awake_since: Some(Instant(0)),
+            last_loss_sign: None,
             stats: LecStats::default(),
             config,
         }
@@ -671,6 +726,10 @@ impl Lec {
     /// A data packet of the region (see the module docs for which ones and what `canonical`
     /// is). Returns whether it was new to the store.
     pub fn on_packet(&mut self, now: Instant, id: PacketId, canonical: Bytes) -> bool {
+        if !self.is_awake(now) {
+            self.heard_asleep(now);
+            return false;
+        }
         let new = self.accept(now, id, canonical, Source::Heard);
         self.drain_work(now);
         new
@@ -687,6 +746,10 @@ impl Lec {
         bytes: &[u8],
         canonicalize: impl FnOnce(&mut [u8]),
     ) -> bool {
+        if !self.is_awake(now) {
+            self.heard_asleep(now);
+            return false;
+        }
         if self.store.contains(&id) {
             self.duplicate(id, Source::Heard);
             return false;
@@ -708,6 +771,7 @@ impl Lec {
             return;
         }
         self.stats.holes_reported += 1;
+        self.wake(now);
         self.missing.insert(id, now);
         self.missing_order.push_back((now, id));
         while self.missing_order.len() > 2 * self.config.missing_max.max(1) {
@@ -726,6 +790,9 @@ impl Lec {
     /// from it would carry.
     pub fn on_loss_report(&mut self, now: Instant, member: NodeId, loss: f64, missing: f64) {
         if self.is_member(member) {
+            if loss > 0.0 {
+                self.wake(now);
+            }
             self.reports.insert(
                 member,
                 Report {
@@ -753,6 +820,15 @@ impl Lec {
                 at: now,
             },
         );
+        self.last_loss_sign = Some(now);
+        // A repair fired before this core woke (or soon after) covers packets it heard
+        // without storing: they would look missing, and count as a burst.
+        let grace = self.hold_off();
+        if self.awake_since.is_none_or(|t| now < t + grace) && self.sleeps() {
+            self.wake(now);
+            self.stats.repairs_asleep += 1;
+            return;
+        }
         match repair.head.code {
             LecCode::Xor => self.handle_xor(now, repair),
             LecCode::ReedSolomon { parity, index } => {
@@ -798,7 +874,8 @@ impl Lec {
     /// with [`qs_transport::wire::PacketKind::LecRepair`]) into `buf`, returning its length.
     /// The code words are computed here, at the moment of sending, once per bin.
     pub fn encode(&mut self, intent: &RepairIntent, buf: &mut [u8]) -> Result<usize, LecError> {
-        let head_loss = (self.own_loss() * 65536.0) as u16;
+        // A node that is behind asks for fewer repairs: it could not use them in time.
+        let head_loss = (self.own_loss() * self.backlog_factor() * 65536.0) as u16;
         let head_missing = (self.missing_mean * 16.0).round().min(255.0) as u8;
         let mut pool = std::mem::take(&mut self.word_pool);
         let codec = {
@@ -934,7 +1011,94 @@ impl Lec {
     /// This node's own loss rate estimate, as its repairs report it (in steps of 1/65536, so
     /// an estimate decaying after the last loss reaches zero).
     pub fn own_loss(&self) -> f64 {
-        (self.own_loss * 65536.0).floor().min(65535.0) / 65536.0
+        ((self.own_loss - self.overflow).max(0.0) * 65536.0)
+            .floor()
+            .min(65535.0)
+            / 65536.0
+    }
+
+    /// The node's receive sockets dropped `n` more datagrams (the kernel's queue was full,
+    /// e.g. read from `SO_MEMINFO`). The holes they leave are this node's own overload, not
+    /// the network's: they are taken out of the loss estimate its repairs report and its rate
+    /// of fire follows (averaged over the same packets), so an overloaded receiver does not
+    /// ask its peers for repair traffic that would load it further. Its holes still go to the
+    /// ring after the hold-off.
+    pub fn on_socket_drops(&mut self, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.stats.socket_drops += n;
+        let w = f64::from(self.config.loss_memory_packets.max(1));
+        let keep = (1.0 - 1.0 / w).powi(n.min(i32::MAX as u64) as i32);
+        self.overflow = 1.0 - (1.0 - self.overflow) * keep;
+    }
+
+    /// How far behind the node's receive queue is: the time its queued bytes take at its
+    /// receive rate (e.g. `SO_MEMINFO`'s queued bytes over the bytes read per second).
+    /// Between [`LecConfig::backlog_quiet`] and [`LecConfig::backlog_full`] the rate of fire
+    /// and the loss this node reports fall linearly to zero.
+    pub fn set_backlog(&mut self, behind: Duration) {
+        self.backlog = behind;
+    }
+
+    /// The factor the receive backlog scales the rate of fire and the reported loss by (1
+    /// when not behind).
+    pub fn backlog_factor(&self) -> f64 {
+        let (quiet, full) = (self.config.backlog_quiet, self.config.backlog_full);
+        if self.backlog <= quiet {
+            1.0
+        } else if self.backlog >= full || full <= quiet {
+            0.0
+        } else {
+            (full - self.backlog).as_secs_f64() / (full - quiet).as_secs_f64()
+        }
+    }
+
+    /// Whether this configuration sleeps while the region is clean.
+    fn sleeps(&self) -> bool {
+        self.config.sleep_when_clean && self.config.adaptive && self.config.idle_fraction <= 0.0
+    }
+
+    /// Whether the core stores and bins packets at `now` (see
+    /// [`LecConfig::sleep_when_clean`]); falls asleep once the region is clean: no own loss,
+    /// no fresh report of loss, no hole remembered, and no sign of loss (hole, repair, report)
+    /// for [`LecConfig::sleep_after`].
+    pub fn is_awake(&mut self, now: Instant) -> bool {
+        if !self.sleeps() {
+            return true;
+        }
+        let Some(_) = self.awake_since else {
+            return false;
+        };
+        let since = *self.last_loss_sign.get_or_insert(now);
+        if now < since + self.config.sleep_after {
+            return true;
+        }
+        let clean = self.region_loss(now) <= 0.0 && self.missing.is_empty();
+        if clean {
+            self.awake_since = None;
+            for i in 0..self.bins.len() {
+                if !self.bins[i].packets.is_empty() {
+                    self.stats.bins_silent += 1;
+                    self.clear_bin(i);
+                }
+            }
+        }
+        !clean
+    }
+
+    fn wake(&mut self, now: Instant) {
+        self.last_loss_sign = Some(now);
+        if self.sleeps() && self.awake_since.is_none() {
+            self.awake_since = Some(now);
+            self.stats.wakes += 1;
+        }
+    }
+
+    /// A packet heard while asleep: it counts for the loss average and the receive rate only.
+    fn heard_asleep(&mut self, now: Instant) {
+        self.stats.packets_asleep += 1;
+        self.note_heard(now);
     }
 
     /// How many packets members miss, on average, of the repairs they receive that miss any:
@@ -955,10 +1119,11 @@ impl Lec {
     /// The fraction of the full rate of fire (`c` targets per bin) bins fire at now.
     pub fn fire_fraction(&self, now: Instant) -> f64 {
         if !self.config.adaptive {
-            return 1.0;
+            return self.backlog_factor();
         }
         let full = self.config.full_rate_loss.max(f64::MIN_POSITIVE);
         (self.region_loss(now) / full).clamp(self.config.idle_fraction.clamp(0.0, 1.0), 1.0)
+            * self.backlog_factor()
     }
 
     /// Counters.
@@ -1145,6 +1310,7 @@ impl Lec {
     fn note_heard(&mut self, now: Instant) {
         let w = f64::from(self.config.loss_memory_packets.max(1));
         self.own_loss -= self.own_loss / w;
+        self.overflow -= self.overflow / w;
         if let Some(last) = self.last_heard {
             let gap = now.saturating_duration_since(last).as_nanos() as f64;
             self.gap_nanos = if self.gap_nanos == 0.0 {
@@ -1843,6 +2009,187 @@ mod tests {
         assert_eq!(a.stats().repairs_sent, 1);
     }
 
+    fn sleepy() -> LecConfig {
+        LecConfig {
+            adaptive: true,
+            sleep_when_clean: true,
+            ..config()
+        }
+    }
+
+    /// A core that heard a packet at `T0` and, clean since, fell asleep at the packet it got
+    /// `sleep_after` later; returns it and that time.
+    fn asleep(c: &LecConfig, me: u64, members: &[u64]) -> (Lec, Instant) {
+        let mut l = node(c, me, members);
+        let p = pkt(8, 1, 64);
+        l.on_packet(T0, p.0, p.1);
+        let t = T0 + c.sleep_after - Duration::from_nanos(1);
+        let p = pkt(8, 2, 64);
+        l.on_packet(t, p.0, p.1);
+        assert_eq!(l.stats().packets_asleep, 0, "awake within sleep_after");
+        let t = T0 + c.sleep_after;
+        let p = pkt(8, 3, 64);
+        l.on_packet(t, p.0, p.1);
+        assert_eq!(l.stats().packets_asleep, 1, "asleep from sleep_after");
+        (l, t)
+    }
+
+    #[test]
+    fn a_sleeping_core_wakes_on_a_repair_and_decodes_only_repairs_after_its_grace() {
+        let c = sleepy();
+        let (mut b, t0) = asleep(&c, 2, &[1, 2]);
+        let ps: Vec<_> = (1..=8).map(|q| pkt(9, q, 64)).collect();
+        for p in &ps[..3] {
+            b.on_packet(t0, p.0, p.1.clone());
+        }
+        assert_eq!(b.stats().packets_asleep, 4);
+        // A repair of packets it heard asleep: not decoded (they are not stored), but it
+        // wakes the core.
+        deliver(t0, NodeId(1), &mut b, &xor_repair(1, &ps[..4]));
+        assert!(rebuilt(&mut b).is_empty());
+        let s = b.stats();
+        assert_eq!(
+            (s.repairs_asleep, s.wakes, s.repairs_undecodable),
+            (1, 1, 0)
+        );
+        let grace = b.hold_off();
+        let t = t0 + grace;
+        for p in [&ps[4], &ps[5], &ps[7]] {
+            b.on_packet(t, p.0, p.1.clone());
+        }
+        assert_eq!(b.stats().packets_asleep, 4, "awake: stored");
+        // Just before the grace ends a repair is still skipped; at its end it rebuilds.
+        deliver(
+            t - Duration::from_nanos(1),
+            NodeId(1),
+            &mut b,
+            &xor_repair(2, &ps[4..]),
+        );
+        assert!(rebuilt(&mut b).is_empty());
+        assert_eq!(b.stats().repairs_asleep, 2);
+        deliver(t, NodeId(1), &mut b, &xor_repair(3, &ps[4..]));
+        assert_eq!(rebuilt(&mut b), vec![ps[6].clone()]);
+    }
+
+    #[test]
+    fn a_woken_core_sleeps_again_after_a_clean_spell_and_its_own_loss_wakes_it() {
+        let c = sleepy();
+        let (mut b, t0) = asleep(&c, 2, &[1, 2]);
+        deliver(t0, NodeId(1), &mut b, &xor_repair(1, &[pkt(9, 1, 64)]));
+        assert_eq!(b.stats().wakes, 1);
+        let p = pkt(9, 2, 64);
+        b.on_packet(t0 + c.sleep_after - Duration::from_nanos(1), p.0, p.1);
+        assert_eq!(
+            b.stats().packets_asleep,
+            1,
+            "awake within sleep_after of the repair"
+        );
+        let t = t0 + c.sleep_after;
+        let p = pkt(9, 3, 64);
+        b.on_packet(t, p.0, p.1);
+        assert_eq!(b.stats().packets_asleep, 2, "asleep after it");
+        // Its own loss wakes it at once.
+        b.on_missing(t, id(9, 4));
+        let p = pkt(9, 5, 64);
+        b.on_packet(t, p.0, p.1);
+        let s = b.stats();
+        assert_eq!((s.wakes, s.packets_asleep), (2, 2));
+        // A remembered hole keeps it awake past sleep_after, as does a fresh report of loss.
+        let p = pkt(9, 6, 64);
+        b.on_packet(t + c.sleep_after, p.0, p.1);
+        assert_eq!(b.stats().packets_asleep, 2, "a hole is still open");
+    }
+
+    #[test]
+    fn socket_drops_take_back_the_loss_they_caused_but_not_the_networks() {
+        let c = LecConfig {
+            adaptive: true,
+            sleep_when_clean: false,
+            ..config()
+        };
+        for (holes, drops) in [(10u32, 10u64), (10, 20), (20, 10), (10, 0)] {
+            let mut a = node(&c, 1, &[1, 2]);
+            let mut seq = 1;
+            for _ in 0..holes {
+                a.on_missing(T0, id(9, seq));
+                let p = pkt(9, seq + 1, 64);
+                a.on_packet(T0, p.0, p.1);
+                seq += 2;
+            }
+            a.on_socket_drops(drops);
+            let w = f64::from(c.loss_memory_packets);
+            let expect = (f64::from(holes) - drops as f64).max(0.0) / w;
+            assert!(
+                (a.own_loss() - expect).abs() < 0.15 * f64::from(holes) / w,
+                "{holes} holes, {drops} drops: loss {} expected about {expect}",
+                a.own_loss()
+            );
+            assert_eq!(a.stats().socket_drops, drops);
+            assert_eq!(a.fire_fraction(T0) > 0.0, holes as u64 > drops);
+        }
+    }
+
+    #[test]
+    fn the_receive_backlog_scales_the_rate_of_fire_from_quiet_to_full() {
+        for adaptive in [false, true] {
+            let c = LecConfig {
+                adaptive,
+                sleep_when_clean: false,
+                ..config()
+            };
+            let mut a = node(&c, 1, &[1, 2]);
+            a.on_missing(T0, id(9, 1));
+            assert_eq!(a.fire_fraction(T0), 1.0);
+            let mid = (c.backlog_quiet + c.backlog_full) / 2;
+            let ns = Duration::from_nanos(1);
+            for (behind, fraction) in [
+                (Duration::ZERO, 1.0),
+                (c.backlog_quiet, 1.0),
+                (c.backlog_quiet + ns, 1.0),
+                (mid, 0.5),
+                (c.backlog_full - ns, 0.0),
+                (c.backlog_full, 0.0),
+                (Duration::MAX, 0.0),
+            ] {
+                a.set_backlog(behind);
+                assert!(
+                    (a.fire_fraction(T0) - fraction).abs() < 1e-6,
+                    "{behind:?} behind: {} expected {fraction}",
+                    a.fire_fraction(T0)
+                );
+            }
+            // Behind: a full bin fires to nobody.
+            a.set_backlog(c.backlog_full);
+            for q in 2..=5 {
+                let p = pkt(9, q, 64);
+                a.on_packet(T0, p.0, p.1);
+            }
+            assert!(drain(&mut a).is_empty());
+            // Half way: repairs go out, reporting half the loss.
+            let mut b = node(&c, 2, &[1, 2]);
+            a.set_backlog(mid);
+            for q in 6..=13 {
+                let p = pkt(9, q, 64);
+                a.on_packet(T0, p.0, p.1);
+            }
+            let out = drain(&mut a);
+            assert!(!out.is_empty());
+            deliver(T0, NodeId(1), &mut b, &out[0].1);
+            let half = a.own_loss() / 2.0;
+            assert!(
+                (b.region_loss(T0) - half).abs() < 2.0 / 65536.0,
+                "reported {} expected {half}",
+                b.region_loss(T0)
+            );
+            a.set_backlog(Duration::ZERO);
+            for q in 14..=17 {
+                let p = pkt(9, q, 64);
+                a.on_packet(T0, p.0, p.1);
+            }
+            assert_eq!(drain(&mut a).len(), 1);
+        }
+    }
+
     #[test]
     fn a_repair_of_known_packets_is_redundant_and_rebuilds_nothing() {
         let c = config();
@@ -2115,27 +2462,41 @@ mod tests {
 
     #[test]
     fn adaptive_fire_is_silent_without_loss_and_wakes_on_a_loss() {
-        let c = LecConfig {
-            adaptive: true,
-            targets: 2,
-            ..config()
-        };
-        let mut a = node(&c, 1, &[1, 2, 3]);
+        for sleep in [false, true] {
+            let c = LecConfig {
+                adaptive: true,
+                targets: 2,
+                sleep_when_clean: sleep,
+                ..config()
+            };
+            adaptive_fire_wakes_on_a_loss(&c);
+        }
+    }
+
+    fn adaptive_fire_wakes_on_a_loss(c: &LecConfig) {
+        let mut a = node(c, 1, &[1, 2, 3]);
+        // Awake for `sleep_after` from the first packet, then asleep if it may sleep.
+        let t = T0 + c.sleep_after;
         for q in 1..=400 {
             let p = pkt(9, q, 64);
-            a.on_packet(T0, p.0, p.1);
+            a.on_packet(if q <= 200 { T0 } else { t }, p.0, p.1);
         }
         assert_eq!(a.stats().bins_fired, 0);
-        assert_eq!(a.stats().bins_silent, 100);
+        if c.sleep_when_clean {
+            // Asleep: nothing stored or binned.
+            assert_eq!((a.stats().packets_asleep, a.stats().bins_silent), (200, 50));
+        } else {
+            assert_eq!((a.stats().packets_asleep, a.stats().bins_silent), (0, 100));
+        }
         assert!(drain(&mut a).is_empty());
-        a.on_missing(T0, id(9, 401));
+        a.on_missing(t, id(9, 401));
         assert!(
-            a.fire_fraction(T0) >= 1.0,
+            a.fire_fraction(t) >= 1.0,
             "one loss among the last 1000 is the full rate"
         );
         for q in 402..=405 {
             let p = pkt(9, q, 64);
-            a.on_packet(T0, p.0, p.1);
+            a.on_packet(t, p.0, p.1);
         }
         assert_eq!(drain(&mut a).len(), 2, "c = 2 targets at the full rate");
     }

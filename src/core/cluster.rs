@@ -24,6 +24,7 @@ pub(super) struct HealthClock {
     delivered: u64,
     requested: u64,
     repairs: u64,
+    repaired: super::RepairSplit,
     /// Per stream of the own region, the highest sequence number known at the last tick
     /// (a stream whose highest moved has an active sender).
     highest: std::collections::BTreeMap<NodeId, qs_transport::Seq>,
@@ -66,6 +67,9 @@ impl NodeCore {
             repairs: rate(repairs, clock.repairs),
             backlog: self.queued_bytes as f32,
             lag: lag as f32,
+            lateral: rate(stats.repaired.lateral, clock.repaired.lateral),
+            peer: rate(stats.repaired.peer, clock.repaired.peer),
+            sender: rate(stats.repaired.sender, clock.repaired.sender),
         };
         let region = self.own_region;
         // Senders active in the own region (their streams moved on since the last tick, as
@@ -86,6 +90,7 @@ impl NodeCore {
             delivered: stats.delivered,
             requested: lost,
             repairs,
+            repaired: stats.repaired,
             highest,
         };
         let g = &mut self.gossip;

@@ -84,6 +84,13 @@ pub struct LecCounters {
     /// Rebuilt packets whose original then arrived (late, not lost: LEC takes their loss back
     /// from the estimate its rate of fire follows).
     pub rebuilt_then_heard: u64,
+    /// Datagrams this node's receive sockets dropped (its own overflow, which LEC takes out of
+    /// its loss estimate), as the driver reported them.
+    pub socket_drops: u64,
+    /// Times LEC woke from sleep (a clean region stores nothing).
+    pub wakes: u64,
+    /// Repairs not decoded because they covered packets heard while asleep.
+    pub repairs_asleep: u64,
 }
 
 impl LecCounters {
@@ -100,6 +107,9 @@ impl LecCounters {
         self.unrepairable += s.unrepairable;
         self.intents_dropped += s.intents_dropped;
         self.rebuilt_then_heard += s.rebuilt_then_heard;
+        self.socket_drops += s.socket_drops;
+        self.wakes += s.wakes;
+        self.repairs_asleep += s.repairs_asleep;
     }
 }
 
@@ -240,6 +250,21 @@ impl NodeCore {
             return;
         }
         lec.on_packet_from(now, id, datagram, canonicalize);
+    }
+
+    /// The driver's view of the receive sockets: `drops` more datagrams dropped by the kernel
+    /// since the last call (the node's own overflow: not the network's loss, so LEC does not
+    /// answer it with repair traffic) and how far behind the receive queues are (`behind`: a
+    /// node that is behind fires fewer repairs and asks for fewer). Without LEC in the own
+    /// region it only counts the drops.
+    pub fn note_receive_load(&mut self, drops: u64, behind: std::time::Duration) {
+        match self.lec.core.as_mut() {
+            Some((_, lec)) => {
+                lec.on_socket_drops(drops);
+                lec.set_backlog(behind);
+            }
+            None => self.lec.retired.socket_drops += drops,
+        }
     }
 
     /// The receive window found `id` missing.

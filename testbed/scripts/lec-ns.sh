@@ -11,7 +11,8 @@
 #      frame dropped at each receiver's ingress (loss.sh: data, repairs, tokens, gossip
 #      alike): one-way latency p50/p99, what was lost and how it was repaired (lateral / peer /
 #      sender), gaps;
-#   2. unpaced, without loss (`--rate 0`, --blast-count messages): throughput.
+#   2. unpaced, without loss (`--rate 0`, --blast-count messages): throughput, and how many
+#      datagrams the subscribers' own sockets dropped (overflow: `lec.socket_drops`).
 # Prints one table; keeps the JSON under a temporary directory (printed). Needs root. Other
 # work on the machine moves every figure (2 shared cores): compare figures of one run only.
 set -euo pipefail
@@ -96,7 +97,7 @@ out, rounds, count, blast, rate, loss, k = sys.argv[1], int(sys.argv[2]), int(sy
 def load(p): return json.loads(open(p).read().strip().splitlines()[-1])
 def mean(xs): xs = list(xs); return sum(xs) / len(xs) if xs else float("nan")
 print(f"namespaces, 1 -> {k} subscribers, {count} messages paced at {rate}/s; {loss}% UDP frame loss at each subscriber when lossy; per subscriber (mean, p99 the worst)")
-print(f"{'round':>5} {'LEC':>4} {'run':>6} {'got':>7} {'gaps':>5} {'msg/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'dropped':>8} {'lateral':>8} {'peer':>6} {'sender':>6} {'lateral %':>9}")
+print(f"{'round':>5} {'LEC':>4} {'run':>6} {'got':>7} {'gaps':>5} {'msg/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'dropped':>8} {'sock':>6} {'lateral':>8} {'peer':>6} {'sender':>6} {'lateral %':>9}")
 for r in range(1, rounds + 1):
     for lec in ("off", "on"):
         for run in ("clean", "lossy", "blast"):
@@ -115,8 +116,10 @@ for r in range(1, rounds + 1):
                     if w.startswith("dropped="):
                         dropped += int(w.split("=")[1])
             share = 100 * l / max(l + p + snd, 1)
+            sock = sum(s.get("lec", {}).get("socket_drops", 0) for s in subs)
             print(f"{r:>5} {lec:>4} {run:>6} {got*100:>6.2f}% {sum(s['gaps'] for s in subs):>5} {mean(s['rate_msgs_s'] for s in subs):>9.0f} "
                   f"{mean(x.get('p50', float('nan')) for x in lat):>8.0f} {max(x.get('p99', float('nan')) for x in lat):>8.0f} "
-                  f"{dropped:>8} {l:>8} {p:>6} {snd:>6} {share:>8.1f}%")
-print(f"(JSON in {out}; dropped: frames nftables dropped at the subscribers, all UDP kinds)")
+                  f"{dropped:>8} {sock:>6} {l:>8} {p:>6} {snd:>6} {share:>8.1f}%")
+print(f"(JSON in {out}; dropped: frames nftables dropped at the subscribers, all UDP kinds; "
+      "sock: datagrams the subscribers' own sockets dropped, SO_MEMINFO)")
 PY

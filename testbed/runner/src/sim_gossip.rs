@@ -117,6 +117,9 @@ fn health_of(i: usize, tick: u64) -> NodeHealth {
         repairs: 0.0,
         backlog: (i % 5) as f32,
         lag: 0.0,
+        lateral: 0.0,
+        peer: 0.0,
+        sender: 0.0,
     }
 }
 

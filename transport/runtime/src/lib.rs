@@ -65,7 +65,7 @@ mod sendq;
 mod sys;
 
 pub use config::{RuntimeConfig, SocketBuffers};
-pub use runtime::{Runtime, RuntimeStats, Turn, SLOW_TURN_NANOS};
+pub use runtime::{ReceiveLoad, Runtime, RuntimeStats, Turn, SLOW_TURN_NANOS};
 
 /// Nanoseconds of the kernel's `CLOCK_MONOTONIC`, the clock [`raw`] stamps messages with.
 /// Shared by every process and network namespace on one kernel, so one-way latency can be

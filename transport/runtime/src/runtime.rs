@@ -118,6 +118,17 @@ pub struct RuntimeStats {
     pub join_errors: u64,
 }
 
+/// The receive sockets' load ([`Runtime::receive_load`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReceiveLoad {
+    /// Datagrams the three sockets dropped since they were opened (a full receive buffer,
+    /// mostly), summed, wrapping at `u32::MAX`: take differences with `wrapping_sub`.
+    pub drops: u32,
+    /// Bytes queued in the unicast and data sockets, in the kernel's accounting (which
+    /// counts buffer overhead too: more than the datagrams' bytes).
+    pub queued_bytes: u64,
+}
+
 /// What one [`Runtime::turn`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Turn {
@@ -362,6 +373,23 @@ impl Runtime {
     /// The socket buffer sizes the kernel granted.
     pub fn socket_buffers(&self) -> SocketBuffers {
         self.buffers
+    }
+
+    /// How loaded the receive sockets are, as the kernel reports it (`SO_MEMINFO`: three
+    /// `getsockopt` calls; a socket that fails to answer counts as empty). The core's lateral
+    /// error correction uses it to tell its own overflow from the network's loss.
+    pub fn receive_load(&self) -> ReceiveLoad {
+        let mut load = ReceiveLoad::default();
+        for (i, s) in self.sockets.iter().enumerate() {
+            let Ok(m) = sys::meminfo(s.as_raw_fd()) else {
+                continue;
+            };
+            load.drops = load.drops.wrapping_add(m.drops);
+            if i != CONTROL {
+                load.queued_bytes += u64::from(m.queued);
+            }
+        }
+        load
     }
 
     /// The groups currently joined, as `group:port`.

@@ -122,6 +122,49 @@ pub fn disable_multicast_all(socket: &Socket) -> io::Result<()> {
     )
 }
 
+/// A socket's receive-side memory as the kernel reports it (`SO_MEMINFO`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemInfo {
+    /// Bytes queued for reading (`SK_MEMINFO_RMEM_ALLOC`, kernel accounting: payload plus
+    /// per-datagram overhead).
+    pub queued: u32,
+    /// The receive buffer (`SK_MEMINFO_RCVBUF`), in the same accounting.
+    pub buffer: u32,
+    /// Datagrams the socket dropped since it was opened, wrapping (`SK_MEMINFO_DROPS`: mostly
+    /// a full receive buffer).
+    pub drops: u32,
+}
+
+/// Reads `SO_MEMINFO` of `fd`: one `getsockopt`, no allocation.
+pub fn meminfo(fd: RawFd) -> io::Result<MemInfo> {
+    const VARS: usize = libc::SK_MEMINFO_DROPS as usize + 1;
+    let mut vars = [0u32; VARS];
+    let mut len = mem::size_of_val(&vars) as libc::socklen_t;
+    // SAFETY: `vars` is a live array of `len` bytes; the kernel writes at most `len` bytes
+    // and updates `len` to what it wrote.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            vars.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if (len as usize) < mem::size_of_val(&vars) {
+        // An older kernel without the drop counter: report none rather than garbage.
+        vars[libc::SK_MEMINFO_DROPS as usize] = 0;
+    }
+    Ok(MemInfo {
+        queued: vars[libc::SK_MEMINFO_RMEM_ALLOC as usize],
+        buffer: vars[libc::SK_MEMINFO_RCVBUF as usize],
+        drops: vars[libc::SK_MEMINFO_DROPS as usize],
+    })
+}
+
 /// Which socket buffer to size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BufferDir {
@@ -413,6 +456,31 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn meminfo_shows_an_unread_queue_and_counts_the_datagrams_a_full_buffer_drops() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let to = rx.local_addr().expect("addr");
+        let empty = meminfo(rx.as_raw_fd()).expect("meminfo");
+        assert_eq!((empty.queued, empty.drops), (0, 0));
+        assert!(empty.buffer > 0);
+        // Nobody reads: the queue fills, then the kernel drops (loopback delivery may lag the
+        // send a little, hence the deadline rather than a count).
+        let start = std::time::Instant::now();
+        let mut m = empty;
+        while m.drops == 0 {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "no drop: {m:?}"
+            );
+            for _ in 0..64 {
+                tx.send_to(&[7; 1024], to).expect("send");
+            }
+            m = meminfo(rx.as_raw_fd()).expect("meminfo");
+        }
+        assert!(m.queued > 0 && m.buffer == empty.buffer, "{m:?}");
+    }
 
     #[test]
     fn sockaddr_round_trips() {
