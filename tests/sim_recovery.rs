@@ -576,6 +576,14 @@ impl Run {
     /// Discovery, the whole workload, then until everything is delivered (or a deadline).
     fn run(&mut self, mut during: impl FnMut(&mut Run, u32)) {
         self.run_for(Duration::from_millis(1500));
+        // Publishing starts once every sender knows every subscriber (as `qs pub
+        // --subscribers` waits): under heavy control loss 1.5 s is not always enough, and a
+        // message published before its sender knew a subscriber is rightly not that
+        // subscriber's to receive.
+        let deadline = self.sim.now() + Duration::from_secs(20);
+        while !self.senders_know_everyone() && self.sim.now() < deadline {
+            self.run_for(Duration::from_millis(10));
+        }
         let mut ms = 0;
         while self.publish_tick() {
             during(self, ms);
@@ -651,6 +659,21 @@ impl Run {
                 .crashed
                 .iter()
                 .any(|c| regions.region_of(id(*c)).is_some())
+        })
+    }
+
+    /// Whether every sender counts, for each topic, every receiver that subscribes it.
+    fn senders_know_everyone(&self) -> bool {
+        let n = self.spec.receivers.len();
+        let topics: BTreeSet<TopicId> = self.oracle.topics[..n].iter().flatten().copied().collect();
+        (n..self.idx.len()).all(|s| {
+            topics.iter().all(|t| {
+                let want = self.oracle.topics[..n]
+                    .iter()
+                    .filter(|ts| ts.contains(t))
+                    .count();
+                self.sim.node(self.idx[s]).subscribers_of(*t) >= want
+            })
         })
     }
 
