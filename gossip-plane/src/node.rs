@@ -654,6 +654,7 @@ impl GossipNode {
                 object!(self, i).forget_peer(addr);
             }
         }
+        self.subscriptions.set_members(self.membership.live_count());
         let count = self.object_count();
         for i in 0..count {
             let o = object!(self, i);
