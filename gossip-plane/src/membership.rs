@@ -1,8 +1,10 @@
 //! Membership and failure detection (SWIM with Lifeguard), as a gossip object.
 //!
 //! * **Probing.** Each round the runtime picks a peer; we ping it (a random 32-bit nonce, so
-//!   acks cannot be guessed). No ack within the *direct timeout* → ping-req through
-//!   `indirect_probes` other members and a second direct ping; still nothing within the
+//!   acks cannot be guessed). No ack within the *direct timeout* → the same ping once more
+//!   (`direct_retry`: a lost datagram is the likeliest cause, and the retry costs two
+//!   datagrams where helpers cost 4k); no ack within another direct timeout → ping-req through
+//!   `indirect_probes` other members and a further direct ping; still nothing within the
 //!   *indirect timeout* → the target is *suspect*. Both timeouts follow the measured round
 //!   trip (RFC 6298 smoothing over direct acks: `srtt + 4·rttvar`, ×3 for the indirect path),
 //!   clamped to `[probe_timeout_min, probe_timeout]` and `[indirect_timeout_min,
@@ -29,7 +31,8 @@
 //! * **Dissemination.** A change we decided or heard first-hand or as a rumor is piggybacked
 //!   on liveness payloads, fewest-sent first, `retransmit_mult × ⌈log10(n+1)⌉` times; bad news
 //!   about the destination goes to it first (Lifeguard's buddy system); hearing a rumor one
-//!   already knows counts as a send of it, so a saturated rumor dies out. Anti-entropy
+//!   already knows counts as a send of it, so a saturated rumor dies out, and a rumor still
+//!   queued `rumor_life_mult × ⌈log2(n+1)⌉` rounds after it was queued is dropped. Anti-entropy
 //!   ([`crate::sync`], range reconciliation from a root sum) runs with the round's partner
 //!   every `sync_every` rounds; what it learns is not re-gossiped. A node missing whole
 //!   ranges (a joiner) asks several peers at once (`catch_up_fanout` extra exchanges).
@@ -200,10 +203,18 @@ pub struct MembershipConfig {
     pub piggyback_max: usize,
     /// Most changes queued for dissemination (the most-sent is dropped first, counted).
     pub broadcast_queue_max: usize,
+    /// A change still queued `rumor_life_mult × ⌈log2(n+1)⌉` rounds after it was queued is
+    /// dropped (counted): an epidemic has reached everyone long before, and anti-entropy
+    /// settles stragglers. Without it a backlog (a cold start queues every join) keeps
+    /// every datagram full of stale news for hundreds of rounds. 0: no limit.
+    pub rumor_life_mult: u32,
     /// Most records kept (tombstones included).
     pub members_max: usize,
     /// Lifeguard: local health multiplier, nacks, dynamic suspicion, stall detection.
     pub lifeguard: bool,
+    /// A probe without an ack pings the target directly once more (waiting the direct
+    /// timeout again) before it asks helpers.
+    pub direct_retry: bool,
     /// Highest local health score.
     pub lhm_max: u32,
     /// Ping one down member every this many rounds (0 = never).
@@ -236,8 +247,10 @@ impl Default for MembershipConfig {
             retransmit_mult: 4,
             piggyback_max: 8,
             broadcast_queue_max: 1024,
+            rumor_life_mult: 3,
             members_max: 65_536,
             lifeguard: true,
+            direct_retry: true,
             lhm_max: 8,
             reconnect_every: 5,
             leave_rounds: 3,
@@ -262,6 +275,8 @@ pub struct MembershipStats {
     pub probes_cancelled_stall: u64,
     /// Ping-reqs sent.
     pub ping_reqs_sent: u64,
+    /// Direct pings sent again before the indirect phase.
+    pub direct_retries: u64,
     /// Ping-reqs relayed for others.
     pub ping_reqs_relayed: u64,
     /// Ping-reqs refused (unknown target or address, full relay table).
@@ -282,6 +297,8 @@ pub struct MembershipStats {
     pub piggybacked: u64,
     /// Changes dropped from the full broadcast queue.
     pub broadcast_overflow: u64,
+    /// Changes dropped from the queue for age (see `rumor_life_mult`).
+    pub rumors_expired: u64,
     /// Members ignored because the table was full.
     pub members_overflow: u64,
     /// Control messages dropped (per-peer queue, probe or relay table full).
@@ -320,6 +337,8 @@ enum Ctrl {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Direct,
+    /// The direct ping was sent again (no helpers asked yet).
+    Retry,
     Indirect,
 }
 
@@ -546,6 +565,9 @@ pub struct Membership {
     queue: BTreeSet<(u32, u64, NodeId)>,
     queued: BTreeMap<NodeId, (u32, u64)>,
     queue_seq: u64,
+    /// (round queued, queue key, id) in queueing order, to expire old changes; entries of
+    /// changes since sent out or requeued are skipped when they come up.
+    births: VecDeque<(u64, u64, NodeId)>,
     probes: BTreeMap<u32, Probe>,
     relays: BTreeMap<u32, Relay>,
     ctrl: BTreeMap<SocketAddr, Vec<Ctrl>>,
@@ -583,6 +605,7 @@ impl Membership {
             queue: BTreeSet::new(),
             queued: BTreeMap::new(),
             queue_seq: 0,
+            births: VecDeque::new(),
             probes: BTreeMap::new(),
             relays: BTreeMap::new(),
             ctrl: BTreeMap::new(),
@@ -1014,6 +1037,36 @@ impl Membership {
         let key = (0, u64::MAX - self.queue_seq);
         self.queue.insert((key.0, key.1, id));
         self.queued.insert(id, key);
+        if self.config.rumor_life_mult > 0 {
+            if self.births.len() >= 4 * self.config.broadcast_queue_max.max(1) {
+                // Bounded: the oldest entry goes untracked (its change still ends by sends).
+                self.births.pop_front();
+            }
+            self.births.push_back((self.rounds, key.1, id));
+        }
+    }
+
+    /// Drops queued changes older than their life (see `rumor_life_mult`).
+    fn expire_rumors(&mut self) {
+        if self.config.rumor_life_mult == 0 {
+            self.births.clear();
+            return;
+        }
+        let n = self.live as f64 + 1.0;
+        let life = u64::from(self.config.rumor_life_mult) * (n.log2().ceil() as u64).max(1);
+        while let Some(&(born, key, id)) = self.births.front() {
+            if self.rounds < born + life {
+                break;
+            }
+            self.births.pop_front();
+            if let Some((sent, order)) = self.queued.get(&id).copied() {
+                if order == key {
+                    self.queued.remove(&id);
+                    self.queue.remove(&(sent, order, id));
+                    self.stats.rumors_expired += 1;
+                }
+            }
+        }
     }
 
     /// Counts a duplicate of a queued rumor as one more send of it.
@@ -1517,7 +1570,7 @@ impl Membership {
         if let Some(p) = self.probes.get(&nonce).copied() {
             // The ack must come from the member we pinged, or from a relay we asked.
             let from_target = from.id == Some(p.target);
-            if !from_target && p.phase == Phase::Direct {
+            if !from_target && p.phase != Phase::Indirect {
                 return;
             }
             self.probes.remove(&nonce);
@@ -1604,6 +1657,7 @@ impl Membership {
     pub fn check_bounds(&self) {
         assert_eq!(self.queue.len(), self.queued.len());
         assert!(self.queue.len() <= self.config.broadcast_queue_max);
+        assert!(self.births.len() <= 4 * self.config.broadcast_queue_max.max(1));
         assert!(self.table.len() <= self.config.members_max.max(1) + 1);
         assert!(self.probes.len() <= PROBES_MAX);
         assert!(self.relays.len() <= RELAYS_MAX);
@@ -1643,6 +1697,7 @@ impl GossipObject for Membership {
     fn on_round(&mut self, now: Instant, out: &mut Outbox<'_>) {
         self.rounds += 1;
         self.syncer.expire(now);
+        self.expire_rumors();
         if self.is_gone() {
             return;
         }
@@ -1825,7 +1880,21 @@ impl GossipObject for Membership {
                 continue;
             };
             match p.phase {
-                Phase::Direct => {
+                Phase::Direct if self.config.direct_retry => {
+                    // A lost ping or ack is the likeliest reason for the silence: ping once
+                    // more before asking k helpers (two datagrams instead of 4k + 2, and a
+                    // false suspicion now needs the retry lost too).
+                    self.stats.direct_retries += 1;
+                    let target = Peer {
+                        id: Some(p.target),
+                        addr: p.addr,
+                    };
+                    self.push_ctrl(target, Ctrl::Ping(nonce), true, out);
+                    p.phase = Phase::Retry;
+                    p.deadline = now + self.direct_timeout();
+                    self.probes.insert(nonce, p);
+                }
+                Phase::Direct | Phase::Retry => {
                     // Helpers at distinct addresses, none at the target's: live members may
                     // share an address (nodes behind one announced ip:port, a restart reusing
                     // it), and a helper there only pings itself. The draw is bounded (4k
@@ -2035,7 +2104,9 @@ mod tests {
         };
         assert!(m.start_probe(now, target, false, &mut out));
         m.ctrl.clear();
+        // First the direct retry, then the helpers.
         m.handle_timeout(now + Duration::from_secs(1), &mut out);
+        m.handle_timeout(now + Duration::from_secs(2), &mut out);
         let helpers: Vec<SocketAddr> = m
             .ctrl
             .iter()
@@ -2046,6 +2117,94 @@ mod tests {
         assert_eq!(m.stats().ping_reqs_sent, 2);
         // The probe went on to its indirect phase (it did not hang or vanish).
         assert_eq!(m.probes.len(), 1);
+        m.check_invariants();
+    }
+
+    fn probe_one_silent_target(direct_retry: bool) -> (Membership, Vec<Vec<Ctrl>>) {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut m = node(1);
+        m.config.direct_retry = direct_retry;
+        for id in 2..=6 {
+            m.apply(
+                now,
+                NodeId(id),
+                inc(Status::Alive, 1, addr(id as u8)),
+                Source::FirstHand,
+                &mut out,
+            );
+        }
+        let target = Peer {
+            id: Some(NodeId(2)),
+            addr: addr(2),
+        };
+        assert!(m.start_probe(now, target, false, &mut out));
+        let mut steps = Vec::new();
+        for s in 1..=3 {
+            m.ctrl.clear();
+            m.handle_timeout(now + Duration::from_secs(s), &mut out);
+            steps.push(m.ctrl.values().flatten().copied().collect());
+        }
+        (m, steps)
+    }
+
+    #[test]
+    fn a_silent_target_is_pinged_again_before_any_helper_is_asked() {
+        let (m, steps) = probe_one_silent_target(true);
+        assert!(
+            matches!(steps[0].as_slice(), [Ctrl::Ping(_)]),
+            "{:?}",
+            steps[0]
+        );
+        let reqs = steps[1]
+            .iter()
+            .filter(|c| matches!(c, Ctrl::PingReq { .. }))
+            .count();
+        assert_eq!(reqs, m.config.indirect_probes);
+        assert_eq!(m.stats().direct_retries, 1);
+        // The indirect phase ended without an ack: suspect.
+        assert_eq!(m.stats().probes_failed, 1);
+        assert_eq!(m.member(NodeId(2)).map(|r| r.status), Some(Status::Suspect));
+    }
+
+    #[test]
+    fn without_direct_retry_the_first_timeout_asks_the_helpers() {
+        let (m, steps) = probe_one_silent_target(false);
+        let reqs = steps[0]
+            .iter()
+            .filter(|c| matches!(c, Ctrl::PingReq { .. }))
+            .count();
+        assert_eq!(reqs, m.config.indirect_probes);
+        assert_eq!(m.stats().direct_retries, 0);
+        assert_eq!(m.stats().probes_failed, 1);
+    }
+
+    #[test]
+    fn a_rumor_is_dropped_at_the_end_of_its_life_and_not_before() {
+        let now = Instant(1_000_000_000);
+        let mut peers = Peers::scratch(now);
+        let mut out = Outbox::new(&mut peers, 0, now);
+        let mut m = node(1);
+        m.apply(
+            now,
+            NodeId(2),
+            inc(Status::Alive, 1, addr(2)),
+            Source::FirstHand,
+            &mut out,
+        );
+        assert_eq!(m.rumors(), 1);
+        // n = 2 live members: life = mult × ⌈log2 3⌉ = 2 × mult rounds.
+        let life = u64::from(m.config.rumor_life_mult) * 2;
+        for _ in 0..life - 1 {
+            m.rounds += 1;
+            m.expire_rumors();
+        }
+        assert_eq!(m.rumors(), 1, "dropped before the end of its life");
+        m.rounds += 1;
+        m.expire_rumors();
+        assert_eq!(m.rumors(), 0);
+        assert_eq!(m.stats().rumors_expired, 1);
         m.check_invariants();
     }
 

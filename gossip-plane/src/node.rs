@@ -4,7 +4,7 @@
 //! [`qs_transport::Driven`]. It owns no protocol state of its own beyond the per-peer table;
 //! what the objects know is theirs.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -47,6 +47,11 @@ pub struct GossipConfig {
     pub peers: PeersConfig,
     /// Subscription records checked per round for an owner membership knows.
     pub sweep_per_round: usize,
+    /// After [`GossipNode::left_unknown`] forgot a record that only announcements vouched
+    /// for, announcements of that node are refused this long unless membership vouches for
+    /// it first (else each announcement would bring the record back, and the owner would
+    /// forget it again: a flap).
+    pub unvouched_hold: Duration,
     /// Membership and failure detection.
     pub membership: MembershipConfig,
     /// Subscriptions.
@@ -72,6 +77,7 @@ impl GossipConfig {
             seal: Seal::new(),
             peers: PeersConfig::default(),
             sweep_per_round: 32,
+            unvouched_hold: Duration::from_secs(600),
             membership: MembershipConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
             reachability: ReachabilityConfig::default(),
@@ -138,6 +144,11 @@ pub struct NodeStats {
     /// Subscription records dropped because membership holds their owner as dead or does
     /// not know it.
     pub orphan_records: u64,
+    /// Announced subscription records refused because their node was forgotten unvouched
+    /// (see [`GossipConfig::unvouched_hold`]).
+    pub unvouched_refused: u64,
+    /// Forgotten unvouched nodes dropped from the full hold table (the oldest first).
+    pub unvouched_overflow: u64,
     /// Per-peer table and reply budget.
     pub peers: PeersStats,
     /// Per object, in object order (membership, subscriptions, reachability, health, then
@@ -166,6 +177,8 @@ impl std::fmt::Display for AddObjectError {
 impl std::error::Error for AddObjectError {}
 
 const EVENTS_MAX: usize = 16_384;
+/// Most nodes held forgotten unvouched at once.
+const UNVOUCHED_MAX: usize = 4096;
 const SELECTION_DRAWS_MAX: usize = 64;
 /// Runtime section: section header and echo, plus a cookie when the peer needs one.
 const RUNTIME_SECTION_LEN: usize = SECTION_HEADER_LEN + 4;
@@ -191,6 +204,9 @@ pub struct GossipNode {
     rng: Prng,
     events: VecDeque<GossipEvent>,
     scratch: Vec<u8>,
+    /// Nodes forgotten by [`GossipNode::left_unknown`], and when: their announcements are
+    /// refused until membership vouches for them or `unvouched_hold` passes.
+    unvouched: BTreeMap<NodeId, Instant>,
     stats: NodeStats,
 }
 
@@ -306,6 +322,7 @@ impl GossipNode {
             rng,
             events: VecDeque::new(),
             scratch: Vec::with_capacity(config.mtu),
+            unvouched: BTreeMap::new(),
             stats,
             config,
         }
@@ -388,7 +405,18 @@ impl GossipNode {
     /// A subscription record learned outside gossip (a multicast announcement the owner
     /// checked): merged into the subscriptions object; a change comes out as
     /// [`GossipEvent::SubscriptionsChanged`].
+    ///
+    /// A node [`GossipNode::left_unknown`] forgot is refused (counted) until membership holds
+    /// it live or [`GossipConfig::unvouched_hold`] has passed.
     pub fn learn_subscriptions(&mut self, id: NodeId, record: crate::SubscriptionRecord) {
+        if let Some(at) = self.unvouched.get(&id).copied() {
+            if self.is_live_member(id) || self.now >= at + self.config.unvouched_hold {
+                self.unvouched.remove(&id);
+            } else {
+                self.stats.unvouched_refused += 1;
+                return;
+            }
+        }
         self.subscriptions.learn(id, record);
         self.pump_events();
     }
@@ -407,7 +435,25 @@ impl GossipNode {
             return;
         }
         self.subscriptions.forget(id);
+        self.hold_unvouched(id);
         self.pump_events();
+    }
+
+    /// Refuses announcements of `id` (forgotten while membership never vouched for it) for
+    /// `unvouched_hold`.
+    fn hold_unvouched(&mut self, id: NodeId) {
+        if self.unvouched.len() >= UNVOUCHED_MAX && !self.unvouched.contains_key(&id) {
+            if let Some(oldest) = self
+                .unvouched
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| *k)
+            {
+                self.unvouched.remove(&oldest);
+                self.stats.unvouched_overflow += 1;
+            }
+        }
+        self.unvouched.insert(id, self.now);
     }
 
     /// Replaces our subscribed topics (spread by gossip from the next round).
@@ -518,6 +564,8 @@ impl GossipNode {
                     self.reachability.forget(self.now, id);
                 }
                 MembershipEvent::MemberUp { id, .. } | MembershipEvent::MemberAlive { id, .. } => {
+                    // Membership vouches for it: its announcements count again.
+                    self.unvouched.remove(&id);
                     self.health.readmit(id);
                     self.reachability.readmit(id);
                 }
@@ -613,6 +661,7 @@ impl GossipNode {
                 object!(self, i).forget_peer(addr);
             }
         }
+        self.subscriptions.set_members(self.membership.live_count());
         let count = self.object_count();
         for i in 0..count {
             let o = object!(self, i);
@@ -625,6 +674,17 @@ impl GossipNode {
             })
         };
         self.stats.orphan_records += dropped.len() as u64;
+        for id in dropped {
+            // A record membership never vouched for (only an announcement brought it): the
+            // next announcement must not bring it straight back.
+            if self.membership.member(id).is_none() {
+                self.hold_unvouched(id);
+            }
+        }
+        if !self.unvouched.is_empty() && self.rounds % 64 == 0 {
+            let hold = self.config.unvouched_hold;
+            self.unvouched.retain(|_, at| now < *at + hold);
+        }
         if self.rounds % u64::from(self.config.health.cold_every.max(1)) == 0 {
             let m = &self.membership;
             self.health

@@ -240,8 +240,17 @@ pub struct Subscriptions {
     orphans: BTreeSet<NodeId>,
     sweep_cursor: usize,
     rounds: u64,
+    /// Live members as membership counts them (ourselves included): fewer records than
+    /// that means some are missing here.
+    members: usize,
+    /// The last gap (members − records) and the round it changed.
+    gap: (usize, u64),
     stats: SubscriptionsStats,
 }
+
+/// Rounds a node with missing records keeps reconciling every round once its gap stops
+/// shrinking (a member whose record never comes must not keep it busy for ever).
+const BEHIND_ROUNDS: u64 = 25;
 
 impl Subscriptions {
     /// The subscriptions object of node `me`, initially subscribing nothing.
@@ -269,8 +278,23 @@ impl Subscriptions {
             orphans: BTreeSet::new(),
             sweep_cursor: 0,
             rounds: 0,
+            members: 1,
+            gap: (0, 0),
             stats: SubscriptionsStats::default(),
         }
+    }
+
+    /// Tells the object how many live members membership holds (ourselves included). While
+    /// that is more than the records held, and the gap changed in the last 25 rounds, it
+    /// reconciles every round (not every `sync_every`) with one extra partner: the records
+    /// a lossy exchange missed come one round later, not `sync_every` rounds later.
+    pub fn set_members(&mut self, members: usize) {
+        self.members = members;
+    }
+
+    /// Missing records (see [`Subscriptions::set_members`]) and still catching up.
+    fn behind(&self) -> bool {
+        self.gap.0 > 0 && self.rounds < self.gap.1 + BEHIND_ROUNDS
     }
 
     /// Replaces our own topics (sorted and deduplicated here) and bumps our version.
@@ -577,10 +601,14 @@ impl GossipObject for Subscriptions {
     fn on_round(&mut self, now: Instant, _out: &mut Outbox<'_>) {
         self.rounds += 1;
         self.syncer.expire(now);
+        let gap = self.members.saturating_sub(self.table.len());
+        if gap != self.gap.0 {
+            self.gap = (gap, self.rounds);
+        }
     }
     fn gossip_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
         let every = u64::from(self.config.sync_every.max(1));
-        if self.rounds % every == 0 {
+        if self.rounds % every == 0 || self.behind() {
             self.syncer.start(peer.addr);
         }
         if self.syncer.owes(peer.addr) || !self.news.is_empty() {
@@ -591,7 +619,7 @@ impl GossipObject for Subscriptions {
         if self.syncer.take_backlog() {
             self.config.catch_up_fanout
         } else {
-            0
+            usize::from(self.behind())
         }
     }
     fn catch_up_with(&mut self, _now: Instant, peer: &Peer, out: &mut Outbox<'_>) {
@@ -714,6 +742,47 @@ mod tests {
 
     fn t(v: &[u64]) -> Vec<TopicId> {
         v.iter().map(|x| TopicId(*x)).collect()
+    }
+
+    /// Runs rounds up to an odd one (not a `sync_every` round) and says whether that round
+    /// started a reconciliation with a partner, and how many extra partners it asked for.
+    fn odd_round_syncs(s: &mut Subscriptions, rounds: u64) -> (bool, usize) {
+        let now = Instant::ZERO;
+        let mut peers = crate::peers::Peers::scratch(now);
+        let peer = Peer {
+            id: Some(NodeId(2)),
+            addr: std::net::SocketAddr::from(([10, 0, 0, 2], 7000)),
+        };
+        for _ in 0..rounds {
+            s.on_round(now, &mut Outbox::new(&mut peers, 1, now));
+            s.syncer.forget(peer.addr);
+        }
+        assert!(s.rounds % 2 == 1, "an odd round");
+        s.gossip_with(now, &peer, &mut Outbox::new(&mut peers, 1, now));
+        (s.syncer.owes(peer.addr), s.extra_peers())
+    }
+
+    #[test]
+    fn a_node_missing_records_reconciles_every_round_until_its_gap_stops_changing() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        // Membership counts 5 members; we hold only our own record.
+        s.set_members(5);
+        assert_eq!(odd_round_syncs(&mut s, 1), (true, 1));
+        // The gap last changed at round 1: still catching up at round 25 ...
+        assert_eq!(odd_round_syncs(&mut s, 24), (true, 1));
+        // ... not at round 27: a record that never comes does not keep it busy.
+        assert_eq!(odd_round_syncs(&mut s, 2), (false, 0));
+        // A record arrives (the gap changes): catching up again.
+        s.merge(NodeId(2), 1, &t(&[3]), false);
+        assert_eq!(odd_round_syncs(&mut s, 2), (true, 1));
+    }
+
+    #[test]
+    fn a_node_holding_every_members_record_reconciles_every_sync_every_rounds() {
+        let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
+        s.merge(NodeId(2), 1, &t(&[3]), false);
+        s.set_members(2);
+        assert_eq!(odd_round_syncs(&mut s, 1), (false, 0));
     }
 
     #[test]

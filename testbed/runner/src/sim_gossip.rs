@@ -307,6 +307,29 @@ pub fn run(opts: &Options) -> Report {
                 && n.health().news() == (0, 0)
         })
     });
+    if report.drained_rounds.is_none() {
+        // What is still spreading (the quiet phase then measures it too).
+        let mut left = [0usize; 4];
+        for i in &live {
+            let n = w.node(*i);
+            let (records, aggs) = n.health().news();
+            for (k, v) in [
+                n.membership().rumors(),
+                n.subscriptions().news(),
+                records,
+                aggs,
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                left[k] += v;
+            }
+        }
+        say(format!(
+            "not drained: rumors {}, subscription news {}, hot health records {}, hot aggregates {}",
+            left[0], left[1], left[2], left[3]
+        ));
+    }
     w.run_for(Duration::from_secs(2));
     let (b0, d0) = w.bytes_sent(&live);
     let objects0 = w.object_bytes(&live);
