@@ -773,14 +773,14 @@ mod tests {
         // ... not at round 27: a record that never comes does not keep it busy.
         assert_eq!(odd_round_syncs(&mut s, 2), (false, 0));
         // A record arrives (the gap changes): catching up again.
-        s.merge(NodeId(2), 1, &t(&[3]), false);
+        s.merge(NodeId(2), 1, 0, &t(&[3]), false);
         assert_eq!(odd_round_syncs(&mut s, 2), (true, 1));
     }
 
     #[test]
     fn a_node_holding_every_members_record_reconciles_every_sync_every_rounds() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
-        s.merge(NodeId(2), 1, &t(&[3]), false);
+        s.merge(NodeId(2), 1, 0, &t(&[3]), false);
         s.set_members(2);
         assert_eq!(odd_round_syncs(&mut s, 1), (false, 0));
     }

@@ -18,6 +18,7 @@ const HOLD: Duration = Duration::from_secs(30);
 fn record(version: u32) -> SubscriptionRecord {
     SubscriptionRecord {
         version,
+        key_epoch: 0,
         topics: Arc::from(&[TopicId(4), TopicId(9)][..]),
     }
 }
