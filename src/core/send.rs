@@ -135,6 +135,11 @@ impl SendStream {
     }
 }
 
+/// The tag this node's data packets into `region` carry: its member list as this node sees it.
+fn view_tag(region: &qs_regions::Region) -> u16 {
+    wire::view_tag(wire::members_hash(&region.members), region.members.len())
+}
+
 impl NodeCore {
     /// Queues `payload` on `topic` for every region subscribing it. A message larger than
     /// `max_message_bytes` or a full send queue is refused (the caller keeps the message: this
@@ -178,7 +183,7 @@ impl NodeCore {
                     self.streams_started += 1;
                     let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
                     let mut s = SendStream::new(group, window, epoch);
-                    s.view = wire::view_tag(wire::members_hash(&info.members), info.members.len());
+                    s.view = view_tag(info);
                     e.insert(s)
                 }
             };
@@ -237,7 +242,7 @@ impl NodeCore {
                 freed += s.queued_bytes();
                 return false;
             };
-            s.view = wire::view_tag(wire::members_hash(&region.members), region.members.len());
+            s.view = view_tag(region);
             true
         });
         if gone > 0 || freed > 0 {
