@@ -47,6 +47,9 @@ pub struct GossipConfig {
     pub peers: PeersConfig,
     /// Subscription records checked per round for an owner membership knows.
     pub sweep_per_round: usize,
+    /// How long a subscription record may have an owner membership does not know before the
+    /// sweep drops it (an announcement brings a record before membership knows the node).
+    pub orphan_after: Duration,
     /// After [`GossipNode::left_unknown`] forgot a record that only announcements vouched
     /// for, announcements of that node are refused this long unless membership vouches for
     /// it first (else each announcement would bring the record back, and the owner would
@@ -77,6 +80,7 @@ impl GossipConfig {
             seal: Seal::new(),
             peers: PeersConfig::default(),
             sweep_per_round: 32,
+            orphan_after: Duration::from_secs(10),
             unvouched_hold: Duration::from_secs(600),
             membership: MembershipConfig::default(),
             subscriptions: SubscriptionsConfig::default(),
@@ -669,7 +673,8 @@ impl GossipNode {
         }
         let dropped = {
             let m = &self.membership;
-            self.subscriptions.sweep(self.config.sweep_per_round, |id| {
+            let (n, after) = (self.config.sweep_per_round, self.config.orphan_after);
+            self.subscriptions.sweep(n, now, after, |id| {
                 m.member(id).is_some_and(|r| r.status.is_live())
             })
         };

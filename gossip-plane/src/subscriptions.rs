@@ -26,7 +26,7 @@
 //!
 //! Not done: deriving regions (the caller feeds [`Subscriptions::records`] to `qs-regions`).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -236,8 +236,9 @@ pub struct Subscriptions {
     news: BTreeMap<NodeId, u32>,
     changes: VecDeque<NodeId>,
     changes_overflow: u64,
-    /// Records found without a member at the last sweep (dropped if still so at the next).
-    orphans: BTreeSet<NodeId>,
+    /// Records found without a member, with the time a sweep first found them so (dropped
+    /// once a sweep finds them still so `orphan_after` later).
+    orphans: BTreeMap<NodeId, Instant>,
     sweep_cursor: usize,
     rounds: u64,
     /// Live members as membership counts them (ourselves included): fewer records than
@@ -275,7 +276,7 @@ impl Subscriptions {
             news: BTreeMap::new(),
             changes: VecDeque::new(),
             changes_overflow: 0,
-            orphans: BTreeSet::new(),
+            orphans: BTreeMap::new(),
             sweep_cursor: 0,
             rounds: 0,
             members: 1,
@@ -420,9 +421,18 @@ impl Subscriptions {
         self.orphans.remove(&id);
     }
 
-    /// Checks the next `n` records (round-robin) with `is_member`; a record whose owner is no
-    /// member at two visits in a row is dropped. Returns the ids dropped.
-    pub fn sweep(&mut self, n: usize, is_member: impl Fn(NodeId) -> bool) -> Vec<NodeId> {
+    /// Checks the next `n` records (round-robin) with `is_member`; a record whose owner a
+    /// sweep found no member at least `orphan_after` ago, and still finds none, is dropped.
+    /// Returns the ids dropped. The wait must outlast a join: a node's announcement brings
+    /// its record at once, while membership may take a few rounds (longer on a loaded
+    /// machine) to know the node; dropping it sooner splits the region's views for as long.
+    pub fn sweep(
+        &mut self,
+        n: usize,
+        now: Instant,
+        orphan_after: std::time::Duration,
+        is_member: impl Fn(NodeId) -> bool,
+    ) -> Vec<NodeId> {
         let len = self.table.len();
         if len == 0 {
             return Vec::new();
@@ -439,11 +449,12 @@ impl Subscriptions {
         for id in ids {
             if id == self.me || is_member(id) {
                 self.orphans.remove(&id);
-            } else if self.orphans.contains(&id) {
+                continue;
+            }
+            let since = *self.orphans.entry(id).or_insert(now);
+            if now >= since + orphan_after {
                 self.forget(id);
                 dropped.push(id);
-            } else {
-                self.orphans.insert(id);
             }
         }
         dropped
@@ -868,13 +879,32 @@ mod tests {
     }
 
     #[test]
-    fn records_of_non_members_are_swept_after_two_visits() {
+    fn records_of_non_members_are_swept_once_orphaned_for_orphan_after() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
         s.merge(NodeId(2), 1, 0, &t(&[1]), false);
         s.merge(NodeId(3), 1, 0, &t(&[1]), false);
-        let member = |id: NodeId| id == NodeId(2);
-        assert!(s.sweep(3, member).is_empty(), "first visit only marks");
-        assert_eq!(s.sweep(3, member), vec![NodeId(3)]);
+        s.merge(NodeId(4), 1, 0, &t(&[1]), false);
+        let after = std::time::Duration::from_secs(10);
+        let t0 = Instant::ZERO;
+        let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);
+        // 4 turns up as a member in between: its clock starts again when it is orphaned again.
+        let early = |id: NodeId| id == NodeId(2);
+        let later = |id: NodeId| id == NodeId(2) || id == NodeId(4);
+        assert!(
+            s.sweep(4, t0, after, early).is_empty(),
+            "first visit only marks"
+        );
+        assert!(s.sweep(4, at(5_000), after, later).is_empty());
+        assert!(
+            s.sweep(4, at(9_999), after, early).is_empty(),
+            "just short of orphan_after"
+        );
+        assert_eq!(s.sweep(4, at(10_000), after, early), vec![NodeId(3)]);
+        assert!(
+            s.record(NodeId(4)).is_some(),
+            "orphaned again only at 9.999 s"
+        );
+        assert_eq!(s.sweep(4, at(19_999), after, early), vec![NodeId(4)]);
         assert!(s.record(NodeId(2)).is_some());
         assert!(s.record(NodeId(1)).is_some());
     }

@@ -84,14 +84,25 @@ fn an_orphan_swept_away_is_not_brought_back_by_the_next_announcement() {
     let mut node = GossipNode::new(c, now);
     let x = node_id(1);
     node.learn_subscriptions(x, record(1));
-    // No member vouches for it: the sweep drops it at its second visit.
-    for _ in 0..10 {
+    // No member vouches for it: the sweep drops it once `orphan_after` has passed, not
+    // before (membership may take a while to know a node its announcement brought).
+    let after = GossipNode::new(config(0, seed), Instant::ZERO)
+        .config()
+        .orphan_after;
+    let start = now;
+    while now < start + after + ROUND * 4 {
         now = now + ROUND;
         node.handle_timeout(now);
         if node.subscriptions().record(x).is_none() {
             break;
         }
+        assert!(now < start + after + ROUND * 3, "kept too long; {hint}");
     }
+    assert!(
+        now >= start + after,
+        "swept after {:?}, before orphan_after; {hint}",
+        now.saturating_duration_since(start)
+    );
     assert!(node.subscriptions().record(x).is_none(), "{hint}");
     assert_eq!(node.stats().orphan_records, 1, "{hint}");
     node.learn_subscriptions(x, record(2));

@@ -52,6 +52,9 @@ pub(super) fn gossip_for(config: &CoreConfig, seal_overhead: usize, now: Instant
     c.seed = config.seed ^ 0x6055_1b00;
     c.round = config.gossip_round;
     c.mtu = config.max_datagram - seal_overhead;
+    // One time for both ways a record only announcements vouch for goes: gossip's sweep and
+    // this core's own check (`departed_timeout`).
+    c.orphan_after = UNVOUCHED_AFTER;
     c.membership.seeds = config.gossip_seeds.clone();
     // Records hold whole signatures (announcements carry up to this many topics).
     c.subscriptions.topics_max = config.discovery.max_topics_per_peer;
