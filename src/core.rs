@@ -62,6 +62,7 @@ pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
 use members::UNVOUCHED_AFTER;
 pub use qs_discovery::DiscoveryStats;
+pub use qs_recovery::RingStats;
 pub use stats::{CoreStats, DropStats};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

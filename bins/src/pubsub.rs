@@ -271,6 +271,14 @@ struct PubSummary {
     send_errors: u64,
     send_enobufs: u64,
     published_unheard: u64,
+    /// Packets sent again for the regions' NAKs, and acknowledgements refused (not from the
+    /// region's leader as this node sees it, or about an earlier stream): what a run that
+    /// lost or stalled must be read with.
+    retransmitted: u64,
+    /// See `retransmitted`.
+    acks_refused: u64,
+    /// Every drop by reason.
+    drops: quicksilver::core::DropStats,
 }
 
 /// Where `qs pub`'s messages come from.
@@ -418,6 +426,9 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
         send_errors: stats.runtime.send_errors,
         send_enobufs: stats.runtime.send_enobufs,
         published_unheard: stats.core.published_unheard,
+        retransmitted: stats.core.retransmitted,
+        acks_refused: stats.core.acks_refused,
+        drops: stats.core.drops,
     };
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -554,6 +565,11 @@ pub struct SubSummary {
     /// Discovery counters (announcements accepted, stale, invalid, table full, assemblies
     /// dropped).
     discovery: quicksilver::core::DiscoveryStats,
+    /// The recovery ring's counters (rounds, hops retransmitted and skipped, view holds):
+    /// what a run that lost or stalled must be read with.
+    ring: quicksilver::core::RingStats,
+    /// Every drop by reason (the `drops_*` fields above are some of these).
+    drops: quicksilver::core::DropStats,
     /// Resident memory at the end, in KiB (Linux; 0 where unknown): scripts check it stays
     /// flat under hostile input.
     rss_kb: u64,
@@ -802,6 +818,8 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         repairs_served: stats.core.repairs_served,
         drops_not_member: stats.core.drops.not_member,
         discovery: stats.core.discovery,
+        ring: stats.core.ring,
+        drops: stats.core.drops,
         rss_kb: rss_kb(),
         ended,
         cpu,

@@ -162,7 +162,7 @@ done
 # In the background + wait, so that INT/TERM are handled at once (and cleanup runs).
 timeout "$limit" ip netns exec "$(ns_name "$prefix" 1)" "$qs" pub \
     --topic t1 --topic t2 --count "$count" --size "$size" --rate "$rate" --subscribers "$subs" --wait-secs 30 \
-    --iface "$a1" "${keyargs[@]}" >"$logs/pub.out" 2>"$logs/pub.err" &
+    --json --iface "$a1" "${keyargs[@]}" >"$logs/pub.out" 2>"$logs/pub.err" &
 pub_pid=$!
 pids+=("$pub_pid")
 if [ -n "$pause" ]; then
@@ -251,6 +251,10 @@ if [ "$pub_rc" -ne 0 ]; then
         tail -n 20 "$logs/pub.err" | sed 's/^/  /'
     fi
     failed=$((failed + 1))
+fi
+if [ "$failed" -gt 0 ] && [ -s "$logs/pub.out" ]; then
+    # The sender's side of a failed run (acknowledged, retransmitted, refused acks, drops).
+    echo "  publisher summary: $(tail -n 1 "$logs/pub.out")"
 fi
 if [ "$attack" -eq 1 ]; then
     wait "$attack_pid" 2>/dev/null || true
