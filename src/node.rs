@@ -4,7 +4,10 @@
 //! Two channels reach the node thread: one for publishes (drained only while the core's send
 //! queue has room, so a full queue fills the channel and blocks the publisher: back-pressure,
 //! not loss), and one for everything else (always drained). The publisher wakes the node thread
-//! only when it is asleep, so a stream of publishes costs no system call per message.
+//! only when it is asleep, so a stream of publishes costs no system call per message. The
+//! node thread takes the publish channel's whole content under one lock (`drain`) into its
+//! own reused queue, so a saturating publisher costs one channel lock per batch on this side,
+//! not one per message.
 //!
 //! The publish channel and the subscription queues are `flume` channels: one queue serves a
 //! blocking caller (`recv`, `publish`) and an async one (`recv_async`, `publish_async`, the
@@ -12,7 +15,7 @@
 //! queues, not a second path. This file does not run an executor and does not own the event
 //! and metrics types ([`crate::events`], [`crate::metrics`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_utils::CachePadded;
 use qs_discovery::DiscoveryConfig;
 use qs_regions::GroupRange;
 use qs_runtime::{Runtime, RuntimeConfig, RuntimeStats, SocketBuffers};
@@ -511,8 +515,8 @@ impl NodeBuilder {
         let (publish_tx, publish_rx) = flume::bounded(self.publish_queue);
         let shared = Arc::new(Shared {
             waker: runtime.waker(),
-            sleeping: AtomicBool::new(false),
-            channel_bytes: AtomicI64::new(0),
+            sleeping: CachePadded::new(AtomicBool::new(false)),
+            channel_bytes: CachePadded::new(AtomicI64::new(0)),
             channel_bytes_max: self.publish_queue_bytes.max(1),
             next_subscription: AtomicU64::new(0),
             spin: self.busy_poll,
@@ -527,7 +531,7 @@ impl NodeBuilder {
             subscriptions: BTreeMap::new(),
             subscriber_overflow: 0,
             blocked: None,
-            refused: None,
+            pending: VecDeque::new(),
             listeners: Listeners::default(),
             load: LoadSampler::default(),
         };
@@ -574,13 +578,14 @@ fn random_node_id() -> NodeId {
 pub(crate) struct Shared {
     waker: Arc<mio::Waker>,
     /// Set by the node thread before it blocks; a publisher that sees it wakes the thread.
-    sleeping: AtomicBool,
+    /// On a cache line of its own, apart from the byte count both sides write.
+    sleeping: CachePadded<AtomicBool>,
     next_subscription: AtomicU64,
     /// Payload bytes in the publish channel, and the most that may wait there. Publishers
     /// add a message's bytes once it is in the channel (so a cancelled `publish_async` leaves
     /// nothing behind) and the node thread takes them off when it takes the message, so the
     /// count can be briefly negative; the bound is soft by a message per publisher thread.
-    channel_bytes: AtomicI64,
+    channel_bytes: CachePadded<AtomicI64>,
     channel_bytes_max: usize,
     /// Busy-poll mode ([`NodeBuilder::busy_poll`]): how long a blocking receive spins on its
     /// queue before it blocks.
@@ -600,7 +605,11 @@ impl Shared {
     }
 
     pub(crate) fn nudge(&self) {
-        if self.sleeping.swap(false, Ordering::SeqCst) {
+        // A load first: while the node thread is awake (a saturating publisher's case) this
+        // reads a shared cache line instead of taking it exclusive once per message. It is as
+        // safe as the swap alone: the node thread sets `sleeping` before it looks at the
+        // channel once more, and the publisher reads it after its message is in the channel.
+        if self.sleeping.load(Ordering::SeqCst) && self.sleeping.swap(false, Ordering::SeqCst) {
             // A failed wake only delays the node until its next timer.
             let _ = self.waker.wake();
         }
@@ -1102,8 +1111,11 @@ struct Worker {
     /// event is taken from the core, whose windows then stall and slow the senders down
     /// (back-pressure instead of loss).
     blocked: Option<(Delivery, Vec<u64>)>,
-    /// A publish taken from the channel that the core refused (queue full): sent first.
-    refused: Option<(TopicId, Bytes)>,
+    /// Publishes taken from the channel in one batch that the core has not taken yet (its
+    /// send queue filled): offered first. The channel is only drained again once this is
+    /// empty, so it holds at most one channel's worth; their bytes still count against
+    /// [`NodeBuilder::publish_queue_bytes`] until the core takes them.
+    pending: VecDeque<(TopicId, Bytes)>,
     /// The application's event queues ([`Node::events`]).
     listeners: Listeners,
     /// When the receive sockets' load was last read, and their drop count then.
@@ -1145,7 +1157,7 @@ impl Worker {
             self.take_publishes();
             if let Some(t) = shutdown_at {
                 let drained =
-                    self.core.is_idle() && self.refused.is_none() && self.publishes.is_empty();
+                    self.core.is_idle() && self.pending.is_empty() && self.publishes.is_empty();
                 if drained || now.saturating_duration_since(t) > SHUTDOWN_DRAIN {
                     break;
                 }
@@ -1168,7 +1180,9 @@ impl Worker {
                 tracing::error!("node event loop failed: {e}");
                 break;
             }
-            self.shared.sleeping.store(false, Ordering::SeqCst);
+            if self.shared.sleeping.load(Ordering::Relaxed) {
+                self.shared.sleeping.store(false, Ordering::SeqCst);
+            }
             self.sample_load();
             self.route_events();
         }
@@ -1226,31 +1240,45 @@ impl Worker {
 
     /// Whether a command, or a publish the core could take, is waiting in the channels.
     fn has_work(&self) -> bool {
-        (self.refused.is_none() && !self.publishes.is_empty()) || !self.control.is_empty()
+        (self.pending.is_empty() && !self.publishes.is_empty()) || !self.control.is_empty()
     }
 
+    /// Hands waiting publishes to the core while its send queue has room: first those left
+    /// over from the last batch, then the channel's whole content, taken under one lock.
     fn take_publishes(&mut self) {
         loop {
-            let Some((topic, payload)) = self.refused.take().or_else(|| {
-                let m = self.publishes.try_recv().ok()?;
-                self.shared
-                    .channel_bytes
-                    .fetch_sub(m.1.len() as i64, Ordering::Relaxed);
-                Some(m)
-            }) else {
-                return;
-            };
-            match self.core.publish(topic, payload.clone()) {
-                Ok(()) => {}
-                Err(PublishRefused::QueueFull) => {
-                    self.refused = Some((topic, payload));
+            if self.pending.is_empty() {
+                self.pending.extend(self.publishes.drain());
+                if self.pending.is_empty() {
                     return;
                 }
-                Err(PublishRefused::TooLarge) => {
-                    // Checked by the handle against the same limit; unreachable unless the
-                    // message needs more than 65,535 fragments of a tiny datagram.
-                    tracing::warn!("message of {} bytes cannot be fragmented", payload.len());
+            }
+            let mut taken = 0usize;
+            let mut full = false;
+            while let Some((topic, payload)) = self.pending.pop_front() {
+                if !self.core.can_publish(payload.len()) {
+                    self.pending.push_front((topic, payload));
+                    full = true;
+                    break;
                 }
+                taken += payload.len();
+                // Moved, not cloned: a clone of a `Bytes` made from a `Vec` allocates.
+                match self.core.publish(topic, payload) {
+                    Ok(()) => {}
+                    Err(PublishRefused::QueueFull) => unreachable!("room was checked"),
+                    Err(PublishRefused::TooLarge) => {
+                        // Checked by the handle against the same limit; unreachable unless
+                        // the message needs more than 65,535 fragments of a tiny datagram.
+                        tracing::warn!("a message is too large to fragment");
+                    }
+                }
+            }
+            // One update of the shared byte count per batch, not per message.
+            self.shared
+                .channel_bytes
+                .fetch_sub(taken as i64, Ordering::Relaxed);
+            if full {
+                return;
             }
         }
     }
@@ -1315,7 +1343,7 @@ impl Worker {
             }
             Command::Idle(tx) => {
                 let idle =
-                    self.core.is_idle() && self.refused.is_none() && self.publishes.is_empty();
+                    self.core.is_idle() && self.pending.is_empty() && self.publishes.is_empty();
                 let _ = tx.send(idle);
             }
             Command::Events(tx) => self.listeners.add(tx),
