@@ -1039,9 +1039,9 @@ impl Subscription {
         })
     }
 
-    /// Takes every message waiting now, under one lock of the queue (where `try_recv` takes
-    /// it once per message): the way for a fast consumer to keep up with small messages.
-    /// Empty when nothing waits; never blocks.
+    /// Takes every message waiting now: a long queue under one lock (where `try_recv` takes
+    /// the lock once per message), the way for a fast consumer to keep up with small
+    /// messages. Empty when nothing waits; never blocks.
     ///
     /// ```
     /// # fn main() -> Result<(), quicksilver::Error> {
@@ -1060,7 +1060,7 @@ impl Subscription {
     /// # }
     /// ```
     pub fn drain(&self) -> impl Iterator<Item = Message> + '_ {
-        self.rx.drain()
+        Batch::new(&self.rx)
     }
 
     /// Iterates over messages until the node shuts down.
@@ -1277,7 +1277,7 @@ impl Worker {
     fn take_publishes(&mut self) {
         loop {
             if self.pending.is_empty() {
-                self.pending.extend(self.publishes.drain());
+                self.pending.extend(Batch::new(&self.publishes));
                 if self.pending.is_empty() {
                     return;
                 }
@@ -1409,22 +1409,34 @@ impl Worker {
     /// Offers `d` to the subscriptions of its topic not in `served`; returns `false` when a
     /// full queue blocked it (reliable mode; it is kept in `blocked`). Subscriptions are
     /// tracked by id, so one that goes away meanwhile does not shift the others.
-    fn offer(&mut self, d: Delivery, served: Vec<u64>, reliable: bool) -> bool {
+    fn offer(&mut self, mut d: Delivery, served: Vec<u64>, reliable: bool) -> bool {
         let Some(list) = self.subscriptions.get(&d.topic) else {
             return true;
         };
+        let last = list.len().saturating_sub(1);
         for (i, (id, name, tx)) in list.iter().enumerate() {
             if served.contains(id) {
                 continue;
             }
+            // The last subscription takes the payload itself: a clone and a drop are two
+            // atomic operations on the receive buffer's count, which the application thread
+            // also writes as it drops messages.
+            let payload = if i == last {
+                std::mem::take(&mut d.payload)
+            } else {
+                d.payload.clone()
+            };
             let m = Message {
                 sender: d.sender,
                 topic: name.clone(),
-                payload: d.payload.clone(),
+                payload,
             };
             match tx.try_send(m) {
                 Ok(()) | Err(flume::TrySendError::Disconnected(_)) => {}
-                Err(flume::TrySendError::Full(_)) if reliable => {
+                Err(flume::TrySendError::Full(m)) if reliable => {
+                    if i == last {
+                        d.payload = m.payload;
+                    }
                     // Everyone before `i` has it now, and so has whoever had it before.
                     let mut now_served: Vec<u64> = list[..i].iter().map(|(id, _, _)| *id).collect();
                     now_served.extend(
@@ -1441,6 +1453,51 @@ impl Worker {
             }
         }
         true
+    }
+}
+
+/// How many items [`Batch`] takes one by one before it takes the rest of the queue at once.
+const BATCH_SINGLES: usize = 32;
+
+/// Everything waiting in a flume queue now. A few items are taken one by one; past
+/// [`BATCH_SINGLES`] the rest goes under one lock (`drain`). `drain` alone would cost more
+/// on short queues: it hands the queue's buffer over, so the senders' next items allocate a
+/// new one, once per batch, which is once per message when messages come one at a time.
+struct Batch<'a, T> {
+    rx: &'a flume::Receiver<T>,
+    taken: usize,
+    rest: Option<flume::Drain<'a, T>>,
+    done: bool,
+}
+
+impl<'a, T> Batch<'a, T> {
+    fn new(rx: &'a flume::Receiver<T>) -> Batch<'a, T> {
+        Batch {
+            rx,
+            taken: 0,
+            rest: None,
+            done: false,
+        }
+    }
+}
+
+impl<T> Iterator for Batch<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        if let Some(rest) = &mut self.rest {
+            return rest.next();
+        }
+        if self.done {
+            return None;
+        }
+        if self.taken < BATCH_SINGLES {
+            let item = self.rx.try_recv().ok();
+            self.taken += 1;
+            self.done = item.is_none();
+            return item;
+        }
+        self.rest.insert(self.rx.drain()).next()
     }
 }
 
