@@ -9,8 +9,9 @@ use bytes::{Bytes, BytesMut};
 
 /// Cuts payloads out of chunks of `chunk_bytes` (see [`PayloadArena::new`]). Each payload is a
 /// [`Bytes`] sharing its chunk, ready for [`Publisher::publish`](crate::Publisher::publish):
-/// no allocation and no free per message, where `Bytes::copy_from_slice` makes one of each
-/// (the free on the node thread, which is the costlier side of a cross-thread pair).
+/// no allocation and no free per message, where `Bytes::copy_from_slice` makes one of each:
+/// a malloc on the publishing thread and a free on the node thread (in a `perf` profile of a
+/// 64 B blast the malloc alone was 9% of the publishing process).
 ///
 /// ```
 /// let mut arena = quicksilver::PayloadArena::new(64 << 10);
