@@ -71,12 +71,14 @@ mod events;
 pub mod guide {}
 pub mod metrics;
 mod node;
+mod payload;
 mod publisher;
 
 pub use events::{Events, NodeEvent};
 pub use node::{
     KeyControl, Message, Node, NodeBuilder, PeerInfo, PublishError, RecvError, Stats, Subscription,
 };
+pub use payload::PayloadArena;
 pub use publisher::Publisher;
 pub use qs_recovery::LecConfig;
 pub use qs_runtime::{RuntimeStats, SocketBuffers};

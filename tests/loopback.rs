@@ -225,3 +225,62 @@ fn a_node_in_busy_poll_mode_delivers_exactly_like_the_default() {
         assert_eq!(s.runtime.spin_blocks > 0, spins && n.id() != publisher.id());
     }
 }
+
+#[test]
+fn publishes_from_several_threads_through_a_small_hand_off_all_arrive_in_each_threads_order() {
+    // A 64-message, 8 KiB hand-off and a 64 KiB send queue: the node thread takes batches
+    // and keeps what the full core refused, and the publishers block on back-pressure often.
+    let cluster = format!("handoff-test-{}", std::process::id());
+    let (control, data) = ports(3);
+    let publisher = Node::builder()
+        .cluster(&cluster)
+        .control_group(control)
+        .data_port(data)
+        .announce_interval(Duration::from_millis(100))
+        .publish_queue(64)
+        .publish_queue_bytes(8 << 10)
+        .send_queue_bytes(64 << 10)
+        .build()
+        .unwrap();
+    let subscriber = node(&cluster, 3);
+    let sub = subscriber.subscribe("handoff").unwrap();
+    wait_for(&publisher, "handoff", 1);
+    const THREADS: u32 = 4;
+    const EACH: u32 = 5_000;
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let p = publisher.publisher("handoff").unwrap();
+            s.spawn(move || {
+                let mut arena = quicksilver::PayloadArena::new(4096);
+                for i in 0..EACH {
+                    let payload = arena.write(64, |b| {
+                        b[..4].copy_from_slice(&t.to_be_bytes());
+                        b[4..8].copy_from_slice(&i.to_be_bytes());
+                    });
+                    p.publish(payload).unwrap();
+                }
+            });
+        }
+    });
+    let mut next = [0u32; THREADS as usize];
+    let mut received = 0u32;
+    let start = Instant::now();
+    while received < THREADS * EACH && start.elapsed() < Duration::from_secs(60) {
+        let first = match sub.recv_timeout(Duration::from_secs(5)) {
+            Ok(m) => m,
+            Err(RecvError::Empty) => continue,
+            Err(RecvError::Closed) => panic!("node closed"),
+        };
+        for m in std::iter::once(first).chain(sub.drain()) {
+            let t = u32::from_be_bytes(m.payload[..4].try_into().unwrap()) as usize;
+            let i = u32::from_be_bytes(m.payload[4..8].try_into().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s messages out of order or lost");
+            next[t] += 1;
+            received += 1;
+        }
+    }
+    assert_eq!(
+        next, [EACH; THREADS as usize],
+        "every message of every thread arrived"
+    );
+}

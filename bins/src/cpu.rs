@@ -42,6 +42,11 @@ pub struct CpuUse {
     pub app_pct: f64,
     /// Node threads of the process.
     pub node_threads: usize,
+    /// CPU time of the node threads over the stretch, in nanoseconds (divided by messages,
+    /// the CPU cost per message).
+    pub node_ns: u64,
+    /// The same for the other threads.
+    pub app_ns: u64,
 }
 
 impl CpuMeter {
@@ -64,12 +69,15 @@ impl CpuMeter {
         let mut u = CpuUse::default();
         for (tid, (name, on_cpu)) in threads() {
             let was = self.before.get(&tid).map_or(0, |(_, n)| *n);
-            let pct = on_cpu.saturating_sub(was) as f64 / wall * 100.0;
+            let ns = on_cpu.saturating_sub(was);
+            let pct = ns as f64 / wall * 100.0;
             if name.starts_with("qs-node") {
                 u.node_pct += pct;
+                u.node_ns += ns;
                 u.node_threads += 1;
             } else {
                 u.app_pct += pct;
+                u.app_ns += ns;
             }
         }
         u

@@ -165,15 +165,32 @@ impl NodeCore {
         } else {
             0
         };
-        let mut sent_anywhere = false;
-        for &region in self.regions.regions_for_topic(topic) {
-            let Some(info) = self.regions.region(region) else {
+        // The regions to queue into; the last of them takes the payload itself (a clone of
+        // a `Bytes` made from a `Vec` allocates, and this runs once per message).
+        let regions = self.regions.regions_for_topic(topic);
+        let eligible = |region: RegionId| {
+            self.regions.region(region).filter(|info| {
+                // Only this node is in it: delivered locally above.
+                !(Some(region) == own && info.members.len() == 1)
+            })
+        };
+        let Some(last) = regions.iter().rposition(|&r| eligible(r).is_some()) else {
+            self.stats.published_unheard += 1;
+            return Ok(());
+        };
+        let mut payload = Some(payload);
+        for (i, &region) in regions[..=last].iter().enumerate() {
+            let Some(info) = eligible(region) else {
                 continue;
             };
-            if Some(region) == own && info.members.len() == 1 {
-                continue; // Only this node is in it: delivered locally above.
-            }
-            sent_anywhere = true;
+            let payload = if i == last {
+                payload.take()
+            } else {
+                payload.clone()
+            };
+            let Some(payload) = payload else {
+                break;
+            };
             let group = SocketAddrV4::new(info.group, self.config.data_port);
             let stream = match self.send.entry(region) {
                 Entry::Occupied(e) => e.into_mut(),
@@ -190,14 +207,8 @@ impl NodeCore {
             if stream.queue.is_empty() {
                 self.ready.push_back(region);
             }
-            stream.queue.push_back(Outgoing {
-                topic,
-                payload: payload.clone(),
-            });
             self.queued_bytes += payload.len() + MESSAGE_OVERHEAD;
-        }
-        if !sent_anywhere {
-            self.stats.published_unheard += 1;
+            stream.queue.push_back(Outgoing { topic, payload });
         }
         Ok(())
     }

@@ -219,6 +219,13 @@ for s in sizes:
         if fault:
             faults.append((s, ratio))
         print(f"{s:>6} {blast:>12.0f} {blast_got*100:>8.1f}% {best['recv_per_sec'] if best else 0:>11.0f} {limit:>9.0f} {qr:>10.0f} {qr*int(s)/1e6:>8.1f} {qg*100:>7.1f}% {gaps:>6} {ratio:>8.2f}x{'  FAULT' if fault else ''}")
+        # CPU per message (all threads of the process, from the first message to the end; 0
+        # when a qs binary predates the cpu fields) and unpaced one-way latency (queueing).
+        pubj = load(f"{out}/qs-{s}-pub.json") if os.path.exists(f"{out}/qs-{s}-pub.json") else {}
+        pub_cpu = pubj.get("cpu_ns_per_msg", 0)
+        sub_cpu = mean((q.get("cpu", {}).get("node_ns", 0) + q.get("cpu", {}).get("app_ns", 0)) / max(q["received"], 1) for q in qs)
+        lat = {p: mean(q["latency_us"][p] for q in qs) for p in ("p50", "p99")}
+        print(f"       cpu per message: publisher {pub_cpu:.0f} ns, subscriber {sub_cpu:.0f} ns (mean); unpaced one-way p50 {lat['p50']:.0f} us, p99 {lat['p99']:.0f} us")
         if steps:
             print("       sweep: " + " ".join(f"{st['target_per_sec']}/s:{st['recv_per_sec']:.0f}({st['loss_max']*100:.2f}%)" for st in steps))
         emit({"kind": "raw-limit", "size": int(s), "receivers": k, "blast_msgs_s": blast,
@@ -227,7 +234,8 @@ for s in sizes:
         emit({"kind": "throughput", "system": "quicksilver", "size": int(s), "receivers": k,
               "msgs_s": qr, "delivered": qg, "gaps": gaps, "ratio_to_limit": ratio,
               "ratio_to_blast": qr / blast, "one_message_per_datagram": one_per_datagram,
-              "measurement_fault": fault})
+              "measurement_fault": fault, "pub_cpu_ns_per_msg": pub_cpu,
+              "sub_cpu_ns_per_msg": sub_cpu, "one_way_us": lat})
         lossy = [load(p) for p in sorted(glob.glob(f"{out}/lossy-{s}-h*.json"))]
         if lossy:
             lr = mean(q["rate_msgs_s"] for q in lossy)
