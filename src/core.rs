@@ -151,9 +151,11 @@ impl NodeCore {
         let seal = match &config.key {
             Some(keys) => {
                 // The key file names the cluster; control counters start from the
-                // incarnation so a restarted node's are above those it sent before.
+                // incarnation so a restarted node's are above those it sent before; the MAC's
+                // nonce prefix is drawn afresh (a repeat is harmless with GCM-SIV).
                 config.cluster = keys.cluster;
-                Seal::keyed(keys.clone(), config.incarnation.wrapping_shl(20))
+                let prefix = prng.next_u64();
+                Seal::keyed(keys.clone(), config.incarnation.wrapping_shl(20), prefix)
             }
             None => Seal::new(),
         };
