@@ -224,9 +224,9 @@ fn a_flood_of_requests_in_a_members_name_is_served_no_more_than_its_budget() {
     let limit = RepairLimit::default();
     let (bytes, data, stats) = flood(seed, limit);
     // One second is ten intervals: a full bucket and ten refills at most, each refill the
-    // floor plus the share of everything the publisher ever sent (an upper bound of any
-    // interval's inflow).
-    let refill = limit.floor_bytes + data * limit.inflow_percent / 100;
+    // floor plus the share of an interval's inflow and of what the publisher holds; both
+    // are at most everything it ever sent.
+    let refill = limit.floor_bytes + 2 * data * limit.inflow_percent / 100;
     let bound = (limit.burst_intervals + 10) * refill;
     assert!(bytes > 0, "nothing was served; {hint}");
     assert!(

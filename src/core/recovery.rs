@@ -144,6 +144,13 @@ impl NodeCore {
             .stats
             .data_bytes_sent
             .wrapping_add(self.cache.bytes_in());
+        let held = self.cache.bytes() as u64
+            + self
+                .send
+                .values()
+                .map(|s| s.window.bytes() as u64)
+                .sum::<u64>();
+        let basis = (inflow, held);
         let (mut served, mut limited) = (0, 0);
         if req.sender == self.config.id {
             if let Some(stream) = self.send.get(&req.region).filter(|s| s.epoch == req.epoch) {
@@ -152,7 +159,7 @@ impl NodeCore {
                         continue;
                     };
                     let bytes = packet.len() as u64;
-                    if !self.repair_limiter.take(now, inflow, requester, bytes) {
+                    if !self.repair_limiter.take(now, basis, requester, bytes) {
                         limited += 1;
                         continue;
                     }
@@ -170,7 +177,7 @@ impl NodeCore {
                     continue;
                 };
                 let bytes = packet.len() as u64;
-                if !self.repair_limiter.take(now, inflow, requester, bytes) {
+                if !self.repair_limiter.take(now, basis, requester, bytes) {
                     limited += 1;
                     continue;
                 }

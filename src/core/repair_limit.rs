@@ -5,10 +5,13 @@
 //!
 //! Each requester has a token bucket of bytes. It refills by [`RepairLimit::floor_bytes`]
 //! plus [`RepairLimit::inflow_percent`] of the data bytes that entered this node (its own
-//! first transmissions and the packets it cached for its region) during the last interval,
+//! first transmissions and the packets it cached for its region) during the last interval
+//! and of the bytes it holds for repairs now (unstable data: what members can still lack),
 //! and holds at most [`RepairLimit::burst_intervals`] refills. An honest member lacks at
 //! most what the stream carried, usually a few percent of it, so the share leaves it room
-//! many times over; a flood of requests gets the refill and no more.
+//! many times over; a member far behind when the stream stops still gets a share of all
+//! that is unstable, so it catches up in a few intervals instead of at the floor's pace.
+//! A flood of requests gets the refill and no more.
 //!
 //! Not here: which requests are served at all (members' known addresses only, `recovery.rs`
 //! decides), and the requesting side (the ring).
@@ -26,8 +29,9 @@ pub struct RepairLimit {
     /// Bytes every requester may be served per interval whatever the inflow (a new stream's
     /// first losses, a quiet cluster).
     pub floor_bytes: u64,
-    /// Percent of the data bytes that entered this node in the last interval that each
-    /// requester may be served per interval on top of the floor.
+    /// Percent of the data bytes that entered this node in the last interval, plus those it
+    /// holds for repairs, that each requester may be served per interval on top of the
+    /// floor.
     pub inflow_percent: u64,
     /// Refills a bucket holds at most (a burst of losses is served at once up to this).
     pub burst_intervals: u64,
@@ -91,15 +95,16 @@ impl RepairLimiter {
     }
 
     /// Takes `bytes` from `requester`'s bucket if it holds them. `inflow` is the running
-    /// total of data bytes that entered this node (it only grows).
+    /// total of data bytes that entered this node (it only grows), `held` the bytes it holds
+    /// for repairs now.
     pub(super) fn take(
         &mut self,
         now: Instant,
-        inflow: u64,
+        (inflow, held): (u64, u64),
         requester: NodeId,
         bytes: u64,
     ) -> bool {
-        self.roll(now, inflow);
+        self.roll(now, inflow, held);
         let cap = self.cap();
         let per = self.interval_nanos();
         let refill = self.refill;
@@ -143,7 +148,7 @@ impl RepairLimiter {
     }
 
     /// Ends the inflow intervals that are over: the refill follows the last one's inflow.
-    fn roll(&mut self, now: Instant, inflow: u64) {
+    fn roll(&mut self, now: Instant, inflow: u64, held: u64) {
         if now < self.roll_at {
             return;
         }
@@ -153,10 +158,11 @@ impl RepairLimiter {
         // read as one interval's worth of inflow.
         let per_interval =
             inflow.wrapping_sub(self.inflow_mark) / periods.min(u128::from(u64::MAX)) as u64;
+        let basis = per_interval.saturating_add(held);
         self.refill = self
             .config
             .floor_bytes
-            .saturating_add(per_interval.saturating_mul(self.config.inflow_percent) / 100);
+            .saturating_add(basis.saturating_mul(self.config.inflow_percent) / 100);
         self.inflow_mark = inflow;
         self.roll_at =
             self.roll_at + self.config.interval * periods.min(u128::from(u32::MAX)) as u32;
@@ -190,44 +196,56 @@ mod tests {
     fn a_requester_gets_its_burst_then_the_refill_and_no_more() {
         let mut l = RepairLimiter::new(limit(), at(0));
         // Full bucket: two refills of the floor.
-        assert!(l.take(at(0), 0, NodeId(1), 2000));
-        assert!(!l.take(at(0), 0, NodeId(1), 1), "empty after the burst");
+        assert!(l.take(at(0), (0, 0), NodeId(1), 2000));
+        assert!(
+            !l.take(at(0), (0, 0), NodeId(1), 1),
+            "empty after the burst"
+        );
         // Half an interval refills half the floor.
-        assert!(l.take(at(50), 0, NodeId(1), 500));
-        assert!(!l.take(at(50), 0, NodeId(1), 1));
+        assert!(l.take(at(50), (0, 0), NodeId(1), 500));
+        assert!(!l.take(at(50), (0, 0), NodeId(1), 1));
         // Another requester has its own bucket.
-        assert!(l.take(at(50), 0, NodeId(2), 2000));
+        assert!(l.take(at(50), (0, 0), NodeId(2), 2000));
     }
 
     #[test]
     fn the_refill_grows_with_the_data_that_came_in() {
         let mut l = RepairLimiter::new(limit(), at(0));
-        assert!(l.take(at(0), 0, NodeId(1), 2000));
+        assert!(l.take(at(0), (0, 0), NodeId(1), 2000));
         // 10,000 bytes came in during the first interval: the refill is 1000 + 5000.
-        assert!(l.take(at(100), 10_000, NodeId(1), 6000));
-        assert!(!l.take(at(100), 10_000, NodeId(1), 1));
+        assert!(l.take(at(100), (10_000, 0), NodeId(1), 6000));
+        assert!(!l.take(at(100), (10_000, 0), NodeId(1), 1));
         // Without more inflow the next interval falls back to the floor (and the cap with
         // it: at most two floors).
-        assert!(!l.take(at(300), 10_000, NodeId(1), 2001));
-        assert!(l.take(at(300), 10_000, NodeId(1), 2000));
+        assert!(!l.take(at(300), (10_000, 0), NodeId(1), 2001));
+        assert!(l.take(at(300), (10_000, 0), NodeId(1), 2000));
+    }
+
+    #[test]
+    fn what_the_node_holds_for_repairs_raises_the_refill_after_the_inflow_stopped() {
+        let mut l = RepairLimiter::new(limit(), at(0));
+        assert!(l.take(at(0), (0, 0), NodeId(1), 2000));
+        // No inflow, 20,000 bytes unstable: the refill is 1000 + 10,000.
+        assert!(!l.take(at(100), (0, 20_000), NodeId(1), 11_001));
+        assert!(l.take(at(100), (0, 20_000), NodeId(1), 11_000));
     }
 
     #[test]
     fn a_long_pause_spreads_its_inflow_over_the_intervals_it_lasted() {
         let mut l = RepairLimiter::new(limit(), at(0));
-        assert!(l.take(at(0), 0, NodeId(1), 2000));
+        assert!(l.take(at(0), (0, 0), NodeId(1), 2000));
         // 10,000 bytes over ten intervals: 1,000 an interval, refill 1500, cap 3000.
-        assert!(!l.take(at(1000), 10_000, NodeId(1), 3001));
-        assert!(l.take(at(1000), 10_000, NodeId(1), 3000));
+        assert!(!l.take(at(1000), (10_000, 0), NodeId(1), 3001));
+        assert!(l.take(at(1000), (10_000, 0), NodeId(1), 3000));
     }
 
     #[test]
     fn the_table_is_bounded_and_forgets_the_stalest_requester() {
         let mut l = RepairLimiter::new(limit(), at(0));
-        assert!(l.take(at(0), 0, NodeId(1), 10));
-        assert!(l.take(at(1), 0, NodeId(2), 10));
+        assert!(l.take(at(0), (0, 0), NodeId(1), 10));
+        assert!(l.take(at(1), (0, 0), NodeId(2), 10));
         assert_eq!(l.evicted, 0);
-        assert!(l.take(at(2), 0, NodeId(3), 10));
+        assert!(l.take(at(2), (0, 0), NodeId(3), 10));
         assert_eq!((l.requesters(), l.evicted), (2, 1));
     }
 }
