@@ -347,9 +347,9 @@ impl ReplayWindow {
 ///
 /// The MAC is AES-256-GCM-SIV over the datagram as associated data, from `aws-lc-rs` (its
 /// assembly uses AES-NI and PCLMULQDQ where the CPU has them), a 16-byte tag. It replaced a
-/// BLAKE3 keyed hash: at 1 KB it costs about a fifth of BLAKE3's instructions, at 64 B about
-/// the same; RustCrypto's pure-Rust `aes-gcm-siv` was measured too and saves only a third at
-/// 1 KB while costing twice BLAKE3 at 64 B (it derives and expands the per-nonce keys with
+/// BLAKE3 keyed hash: at 1 KB it costs between a ninth (seal) and a fifth (open) of BLAKE3's
+/// instructions, at 64 B about the same; RustCrypto's pure-Rust `aes-gcm-siv` was measured
+/// too and saves only a third at 1 KB while costing more than twice BLAKE3 at 64 B (it derives and expands the per-nonce keys with
 /// far more work). Figures and commands: BENCHMARKS.md, "The cluster key's cost". GMAC
 /// (plain AES-GCM) was rejected before: it needs a nonce that never repeats under a key the whole cluster
 /// shares, and one repeat (a restart, two forwarders) hands an outsider the hash key. GCM-SIV
