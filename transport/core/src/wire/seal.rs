@@ -21,7 +21,8 @@
 //! **Replay.** Control datagrams (every kind but data, fragments and lateral repairs) carry a
 //! per-sender counter that only grows; [`Seal::open`] keeps a [`ReplayWindow`] per (sender,
 //! key epoch) and refuses a counter seen before or older than the window. Data kinds carry
-//! counter 0 and are not windowed: receivers drop them by sequence number already, and a
+//! a counter of their own (it only varies the nonce) and are not windowed: receivers drop
+//! them by sequence number already, and a
 //! caretaker forwards cached data of *another* sender, re-sealed with its own key, so a counter
 //! per header sender could not hold for them. The window table is bounded
 //! ([`REPLAY_TABLE_MAX`]); the entry accepted longest ago is forgotten first.
