@@ -52,6 +52,7 @@ mod members;
 mod out;
 mod recovery;
 mod recv;
+mod repair_limit;
 mod send;
 mod stats;
 
@@ -63,6 +64,7 @@ pub use members::Peer;
 use members::UNVOUCHED_AFTER;
 pub use qs_discovery::DiscoveryStats;
 pub use qs_recovery::RingStats;
+pub use repair_limit::RepairLimit;
 pub use stats::{CoreStats, DropStats};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -143,18 +145,23 @@ pub struct NodeCore {
     phantom_check_at: Instant,
     /// Where the key rotation stands (keyed nodes).
     key_switch: keys::KeySwitch,
+    /// Bytes of repairs each requester may still be served.
+    repair_limiter: repair_limit::RepairLimiter,
 }
 
 impl NodeCore {
     /// A node that starts announcing itself at `now`.
     pub fn new(mut config: CoreConfig, now: Instant) -> NodeCore {
         let mut prng = Prng::new(config.seed);
+        let repair_limiter = repair_limit::RepairLimiter::new(config.repair_limit, now);
         let seal = match &config.key {
             Some(keys) => {
                 // The key file names the cluster; control counters start from the
-                // incarnation so a restarted node's are above those it sent before.
+                // incarnation so a restarted node's are above those it sent before; the MAC's
+                // nonce prefix is drawn afresh (a repeat is harmless with GCM-SIV).
                 config.cluster = keys.cluster;
-                Seal::keyed(keys.clone(), config.incarnation.wrapping_shl(20))
+                let prefix = prng.next_u64();
+                Seal::keyed(keys.clone(), config.incarnation.wrapping_shl(20), prefix)
             }
             None => Seal::new(),
         };
@@ -207,6 +214,7 @@ impl NodeCore {
             stats: CoreStats::default(),
             lec: lec::LecState::default(),
             key_switch: keys::KeySwitch::new(now),
+            repair_limiter,
             phantom_since: BTreeMap::new(),
             phantom_check_at: now + members::PHANTOM_CHECK,
         }
@@ -265,6 +273,7 @@ impl NodeCore {
             gossip_bytes_sent: g.bytes_sent,
             lec: self.lec_counters(),
             repaired: self.lec.repaired,
+            repair_limit_evicted: self.repair_limiter.evicted,
             drops,
             ..self.stats
         }
@@ -540,7 +549,7 @@ impl Driven for NodeCore {
             PacketKind::StreamState => self.handle_stream_state(now, header.sender, &body),
             PacketKind::Token => self.handle_token(now, header.sender, &body),
             PacketKind::TokenAck => self.handle_token_ack(now, &body),
-            PacketKind::RepairRequest => self.handle_repair_request(header.sender, &body),
+            PacketKind::RepairRequest => self.handle_repair_request(now, header.sender, &body),
             PacketKind::SenderAck => self.handle_sender_ack_body(now, header.sender, &body),
             PacketKind::LecRepair => self.handle_lec_repair(now, header.sender, &body),
             PacketKind::Gossip => {

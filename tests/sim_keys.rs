@@ -247,7 +247,7 @@ fn forged_tampered_and_replayed_datagrams_are_counted_and_change_nothing() {
     let forged = forged_stream_state(&mut w, &mut wire::Seal::new());
     let wrong_key = forged_stream_state(
         &mut w,
-        &mut wire::Seal::keyed(KeyRing::generate([9; 32]), 0),
+        &mut wire::Seal::keyed(KeyRing::generate([9; 32]), 0, 0),
     );
     let from = SocketAddr::V4(addr(9));
     w.core(1).handle_datagram(now, from, forged);

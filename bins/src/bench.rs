@@ -631,12 +631,16 @@ fn quicksilver_loopback(
     }
     // Count recovery traffic once the subscribers acknowledged everything.
     publisher.flush(Duration::from_secs(10))?;
-    let (mut data, mut control) = (0u64, 0u64);
+    let (mut data, mut control, mut limited) = (0u64, 0u64, 0u64);
     for node in std::iter::once(&publisher).chain(&subscribers) {
         let s = node.stats()?.core;
         data += s.data_bytes_sent;
         control += s.control_bytes_sent;
         f.repairs += s.repairs_served + s.retransmitted;
+        limited += s.drops.repair_limited;
+    }
+    if limited > 0 {
+        eprintln!("qs bench: {limited} repair packets refused by the per-requester repair limit");
     }
     f.overhead = control as f64 / data.max(1) as f64;
     f.cpu_us_per_msg = (qs_runtime::os::cpu_time() - cpu).as_secs_f64() * 1e6 / a.count as f64;

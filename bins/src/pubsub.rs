@@ -574,6 +574,9 @@ pub struct SubSummary {
     repairs_served: u64,
     /// Requests refused: the asker is no member of the region named (or has no address).
     drops_not_member: u64,
+    /// Repair packets not served: their requester had used up its repair budget (requests in
+    /// its name came faster than any real loss needs).
+    drops_repair_limited: u64,
     /// Discovery counters (announcements accepted, stale, invalid, table full, assemblies
     /// dropped).
     discovery: quicksilver::core::DiscoveryStats,
@@ -872,6 +875,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         requests_received: stats.core.requests_received,
         repairs_served: stats.core.repairs_served,
         drops_not_member: stats.core.drops.not_member,
+        drops_repair_limited: stats.core.drops.repair_limited,
         discovery: stats.core.discovery,
         ring: stats.core.ring,
         drops: stats.core.drops,

@@ -32,7 +32,7 @@ pub fn run(data: &[u8], key: Option<KeyRing>, seal: bool) {
     let mut core = NodeCore::new(config, Instant::ZERO);
     core.subscribe(Instant::ZERO, TopicId::from_name("t"));
     let mut sealer = match key {
-        Some(k) => Seal::keyed(k, 1),
+        Some(k) => Seal::keyed(k, 1, 2),
         None => Seal::new(),
     };
     let cluster = core.config().cluster;

@@ -22,7 +22,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = Seal::new().open(body);
         }
         2 => {
-            let _ = Seal::keyed(KeyRing::generate([1; 32]), 0).open(body);
+            let _ = Seal::keyed(KeyRing::generate([1; 32]), 0, 0).open(body);
         }
         3 => {
             if let Ok(a) = Announce::parse(body) {

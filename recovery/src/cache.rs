@@ -29,6 +29,8 @@ pub struct Cache {
     bytes: usize,
     packets: usize,
     peak_bytes: usize,
+    /// Bytes ever cached (a running total).
+    bytes_in: u64,
     pool: BufferPool,
 }
 
@@ -75,6 +77,7 @@ impl Cache {
             bytes: 0,
             packets: 0,
             peak_bytes: 0,
+            bytes_in: 0,
             // Idle buffers up to the cache's own bound: a full cache in steady state recycles.
             pool: BufferPool::bounded(usize::MAX, max_bytes),
         }
@@ -130,9 +133,16 @@ impl Cache {
         let i = stream.index(seq).expect("slot exists");
         stream.slots[i] = Some(self.pool.copy_of(datagram));
         self.bytes += datagram.len();
+        self.bytes_in = self.bytes_in.wrapping_add(datagram.len() as u64);
         self.packets += 1;
         self.peak_bytes = self.peak_bytes.max(self.bytes);
         Ok(())
+    }
+
+    /// Bytes ever cached, a running total that only grows (wrapping): the inflow of data
+    /// a caretaker serves repairs from.
+    pub fn bytes_in(&self) -> u64 {
+        self.bytes_in
     }
 
     /// Packet `seq` of `sender`'s stream of `epoch`, if cached.

@@ -13,6 +13,8 @@ use qs_regions::GroupRange;
 use qs_transport::wire::KeyRing;
 use qs_transport::{ClusterId, NodeId, RegionId};
 
+use super::repair_limit::RepairLimit;
+
 /// The least a time-bounded send queue may hold (bytes): enough for a burst of datagrams
 /// however slowly the queue drained lately.
 pub const SEND_QUEUE_FLOOR: usize = 64 << 10;
@@ -83,6 +85,9 @@ pub struct CoreConfig {
     pub max_out_queue: usize,
     /// The recovery ring's settings.
     pub ring: RingConfig,
+    /// Reliable mode: the bytes of repairs served to one requester per interval, scaled to
+    /// the data this node takes in (see [`RepairLimit`]).
+    pub repair_limit: RepairLimit,
     /// The gossip round (SWIM protocol period).
     pub gossip_round: Duration,
     /// Unicast addresses of peers to join the gossip plane through (besides the peers the
@@ -149,6 +154,7 @@ impl CoreConfig {
             cache_max_bytes: 64 << 20,
             max_out_queue: 16384,
             ring: RingConfig::default(),
+            repair_limit: RepairLimit::default(),
             gossip_round: Duration::from_millis(200),
             gossip_seeds: Vec::new(),
             failure_timeout: None,

@@ -117,8 +117,9 @@ impl NodeCore {
         }
     }
 
-    /// Serves a peer's request from the cache, or from the send window for own streams.
-    pub(super) fn handle_repair_request(&mut self, requester: NodeId, body: &[u8]) {
+    /// Serves a peer's request from the cache, or from the send window for own streams, as
+    /// far as the requester's repair budget goes (`repair_limit.rs`).
+    pub(super) fn handle_repair_request(&mut self, now: Instant, requester: NodeId, body: &[u8]) {
         let Ok(req) = RepairRequest::parse(body) else {
             self.stats.drops.malformed += 1;
             return;
@@ -137,10 +138,31 @@ impl NodeCore {
         };
         let limit = self.config.ring.max_request;
         let seqs = req.ranges.iter().flat_map(|r| r.iter()).take(limit);
-        let mut served = 0;
+        // The data that came in (own first transmissions and cached packets) scales the
+        // budget: a requester is served a share of it per interval, not whatever it asks.
+        let inflow = self
+            .stats
+            .data_bytes_sent
+            .wrapping_add(self.cache.bytes_in());
+        let held = self.cache.bytes() as u64
+            + self
+                .send
+                .values()
+                .map(|s| s.window.bytes() as u64)
+                .sum::<u64>();
+        let basis = (inflow, held);
+        let (mut served, mut limited) = (0, 0);
         if req.sender == self.config.id {
             if let Some(stream) = self.send.get(&req.region).filter(|s| s.epoch == req.epoch) {
-                for seq in seqs.filter(|s| stream.window.get(*s).is_some()) {
+                for seq in seqs {
+                    let Some(packet) = stream.window.get(seq) else {
+                        continue;
+                    };
+                    let bytes = packet.len() as u64;
+                    if !self.repair_limiter.take(now, basis, requester, bytes) {
+                        limited += 1;
+                        continue;
+                    }
                     served += 1;
                     self.out.push(Intent::ServeOwn {
                         to: from,
@@ -150,7 +172,15 @@ impl NodeCore {
                 }
             }
         } else if Some(req.region) == self.own_region {
-            for seq in seqs.filter(|s| self.cache.holds(req.sender, req.epoch, *s)) {
+            for seq in seqs {
+                let Some(packet) = self.cache.get(req.sender, req.epoch, seq) else {
+                    continue;
+                };
+                let bytes = packet.len() as u64;
+                if !self.repair_limiter.take(now, basis, requester, bytes) {
+                    limited += 1;
+                    continue;
+                }
                 served += 1;
                 self.out.push(Intent::Serve {
                     to: from,
@@ -161,6 +191,7 @@ impl NodeCore {
             }
         }
         self.stats.repairs_served += served;
+        self.stats.drops.repair_limited += limited;
     }
 
     pub(super) fn handle_sender_ack_body(&mut self, now: Instant, from: NodeId, body: &[u8]) {

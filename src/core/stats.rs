@@ -52,6 +52,9 @@ pub struct DropStats {
     /// Out-of-order packets refused because all receive windows together already hold
     /// `max_held_packets` (reliable mode repairs them later, like packets beyond a window).
     pub held_budget: u64,
+    /// Repair packets not served because their requester had used up its repair budget
+    /// (`CoreConfig::repair_limit`: requests in its name came faster than any real loss).
+    pub repair_limited: u64,
 }
 
 /// Counters of a [`NodeCore`].
@@ -134,6 +137,8 @@ pub struct CoreStats {
     pub key_switches: u64,
     /// Keyed nodes: previous keys retired after a switch.
     pub keys_retired: u64,
+    /// Requesters the repair limit forgot because its table was full.
+    pub repair_limit_evicted: u64,
     /// The recovery ring's counters.
     pub ring: RingStats,
     /// Lateral error correction counters.

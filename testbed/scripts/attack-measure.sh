@@ -199,13 +199,14 @@ for col, i in enumerate((2, 3), start=1):
            "duplicates": s.get("duplicates"), "drops_auth": s.get("drops_auth"),
            "requests_received": s.get("requests_received"),
            "repairs_served": s.get("repairs_served"),
-           "drops_not_member": s.get("drops_not_member"), "discovery": s.get("discovery"),
+           "drops_not_member": s.get("drops_not_member"),
+           "drops_repair_limited": s.get("drops_repair_limited"), "discovery": s.get("discovery"),
            "rss_kib": {"start": rss[0] if rss else None, "peak": max(rss) if rss else None,
                        "end": rss[-1] if rss else None, "samples": len(rss)}}
     out["subscribers"].append(sub)
     print(f"h{i}: received {sub['received']}/{count} gaps {sub['gaps']} dup {sub['duplicates']} "
           f"drops_auth {sub['drops_auth']} requests {sub['requests_received']} served "
-          f"{sub['repairs_served']} rss KiB start/peak/end {sub['rss_kib']['start']}/"
+          f"{sub['repairs_served']} repair_limited {sub['drops_repair_limited']} rss KiB start/peak/end {sub['rss_kib']['start']}/"
           f"{sub['rss_kib']['peak']}/{sub['rss_kib']['end']} discovery {sub['discovery']}")
 print(json.dumps(out))
 EOF

@@ -20,12 +20,14 @@ import time
 import zlib
 
 HEADER_LEN = 28
+# The wire version the cluster speaks (transport/core/src/wire/header.rs VERSION).
+VERSION = 4
 
 
 def seal_plain(kind, cluster, sender, body):
-    """A keyless datagram (version 3 header, CRC-32 over all but the checksum field)."""
+    """A keyless datagram (current version header, CRC-32 over all but the checksum field)."""
     length = HEADER_LEN + len(body)
-    head = struct.pack(">HBBBBHI", 0x5153, 3, kind, 0, 0, length, 0)
+    head = struct.pack(">HBBBBHI", 0x5153, VERSION, kind, 0, 0, length, 0)
     d = bytearray(head + struct.pack(">QQ", cluster, sender) + body)
     crc = zlib.crc32(bytes(d[:8]) + bytes(d[12:])) & 0xFFFFFFFF
     d[8:12] = struct.pack(">I", crc)

@@ -12,8 +12,9 @@ use super::{u16_at, u64_at, WireError};
 
 /// `"QS"`.
 pub const MAGIC: u16 = 0x5153;
-/// The wire version this build speaks (3: 64-bit cluster id, keyed trailer).
-pub const VERSION: u8 = 3;
+/// The wire version this build speaks (3: 64-bit cluster id, keyed trailer; 4: the trailer
+/// carries a nonce prefix for the AES-GCM-SIV tag).
+pub const VERSION: u8 = 4;
 /// Bytes in the common header.
 pub const HEADER_LEN: usize = field::SENDER.end;
 
