@@ -248,6 +248,8 @@ pub struct Local<'a> {
     pub can_add_stream: bool,
     /// Its application is behind (deliveries wait for it).
     pub app_behind: bool,
+    /// Where streams start ([`Seq::FIRST`] unless the cluster starts them elsewhere).
+    pub first_seq: Seq,
 }
 
 impl Local<'_> {
@@ -908,7 +910,8 @@ impl Ring {
             if !local.is_live(s, epoch) || self.basis.get(&s).is_some_and(|r| r.epoch >= epoch) {
                 continue;
             }
-            self.basis.insert(s, fresh_record(s, epoch, h, p));
+            self.basis
+                .insert(s, fresh_record(s, epoch, h, p, local.first_seq));
         }
         self.round = self.round.wrapping_add(1);
         let mut token = Token {
@@ -1239,6 +1242,7 @@ impl Ring {
                     can_add_stream: local.can_add_stream,
                     app_behind: local.app_behind,
                     cache: local.cache,
+                    first: local.first_seq,
                 };
                 let (progress, update) =
                     effective_progress(&token.records[i], local.stream(sender), &input);
@@ -1381,7 +1385,7 @@ impl Ring {
             }
             let rec = TokenRecord {
                 incomplete: part_way,
-                ..fresh_record(s, epoch, h, p)
+                ..fresh_record(s, epoch, h, p, local.first_seq)
             };
             if token.wire_len() + rec.wire_len() > budget {
                 return;
@@ -1609,8 +1613,16 @@ fn add_request(requests: &mut Requests, key: (NodeId, NodeId, u64), seq: Seq) {
 }
 
 /// A record for a stream nobody counted yet: its cleanup is unknown (nobody frees or skips
-/// on it until a round completes).
-fn fresh_record(sender: NodeId, epoch: u64, highest: Seq, partitions: usize) -> TokenRecord {
+/// on it until a round completes; until then it stands just before the stream's `first`
+/// packet, so an acknowledgement of it frees nothing even where the stream starts near the
+/// wrap).
+fn fresh_record(
+    sender: NodeId,
+    epoch: u64,
+    highest: Seq,
+    partitions: usize,
+    first: Seq,
+) -> TokenRecord {
     TokenRecord {
         sender,
         epoch,
@@ -1618,7 +1630,7 @@ fn fresh_record(sender: NodeId, epoch: u64, highest: Seq, partitions: usize) -> 
         cutoff: highest,
         prefix: None,
         laggard: None,
-        cleanup: Seq(0),
+        cleanup: Seq(first.0.wrapping_sub(1)),
         cleanup_unknown: true,
         partial: 0,
         incomplete: false,
@@ -1789,6 +1801,7 @@ mod tests {
             window_capacity: 1024,
             can_add_stream: true,
             app_behind: false,
+            first_seq: Seq::FIRST,
         }
     }
 
