@@ -36,7 +36,9 @@
 //!   caches keep what they may lack (cleanup holds; the cache may evict it when full) until
 //!   the view drops them. Hop and round timeouts follow measured round-trip and round times.
 //!   Rounds that do not come back are regenerated; round numbers per walk plus the view hash
-//!   drop stale tokens.
+//!   drop stale tokens. A member no walk visits for long (it cannot hear the member before
+//!   it) asks for its holes itself ([`RingConfig::unvisited_after`]); after a view change
+//!   re-partitions the region, a member also asks an old caretaker ([`Ring::set_view`]).
 //! * **Slow receivers**: a member that holds the stream's lowest prefix far behind for a while
 //!   is reported ([`SlowReceiver`]); by default the sender's window keeps everyone reliable
 //!   (the sender slows to it). With [`RingConfig::isolate_slow`] a member that finds itself
@@ -105,9 +107,9 @@ pub struct RingConfig {
     /// Shortest time a member with holes waits for a token visit before it asks for them
     /// itself (the wait follows four times its measured gap between visits above it). A
     /// member the walks skip every round — one that cannot hear the member before it, a
-    /// lasting one-way failure — is never told to repair: past this it asks a caretaker and
-    /// the sender directly, every quarter of the wait, up to `max_request` packets per stream
-    /// each time, until a token visits it again.
+    /// lasting one-way failure — is never told to repair: past this it asks another member
+    /// (rotating over the view) and the sender directly, every quarter of the wait, up to
+    /// `max_request` packets per stream each time, until a token visits it again.
     pub unvisited_after: Duration,
 }
 
@@ -513,7 +515,7 @@ pub struct Ring {
     prev_cutoffs: BTreeMap<NodeId, Seq>,
     visit_gap: Smoothed,
     fallback_at: Instant,
-    /// Fallbacks so far since the last visit (rotates the caretaker asked).
+    /// Fallbacks so far since the last visit (rotates the member asked).
     fallback_turn: u32,
     actions: VecDeque<RingAction>,
     stats: RingStats,
