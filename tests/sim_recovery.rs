@@ -584,6 +584,13 @@ impl Run {
         while !self.senders_know_everyone() && self.sim.now() < deadline {
             self.run_for(Duration::from_millis(10));
         }
+        // Not a delivery failure, but discovery that never converged (seed 20718: a sender
+        // never learned one subscriber's record): say so rather than count it as loss.
+        assert!(
+            self.senders_know_everyone(),
+            "after 20 s of discovery a sender still does not know every subscriber (seed {})",
+            self.seed
+        );
         let mut ms = 0;
         while self.publish_tick() {
             during(self, ms);
@@ -1767,15 +1774,18 @@ fn caretaker_memory_shrinks_with_partitions_and_repairs_come_within_rounds() {
 /// (packed) to 20 KB (15 fragments), send and receive windows from 64 to 4096 packets;
 /// Bernoulli or burst loss, jitter, duplication, lost control traffic, sometimes a receiver
 /// crash. Every run must deliver everything exactly once, in order, and end with nothing
-/// unacknowledged or cached (the oracle and `Run::run`). CI runs 20 seeds; `QS_SWARM=<runs>`
-/// runs more, `SIM_SEED=<n>` moves the first seed.
+/// unacknowledged or cached (the oracle and `Run::run`). CI runs 20 seeds and the seeds that
+/// once failed ([`SWARM_REGRESSIONS`]); `QS_SWARM=<runs>` runs more (and no regressions),
+/// `SIM_SEED=<n>` moves the first seed.
 #[test]
 fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
-    let runs: u64 =
-        std::env::var("QS_SWARM").map_or(20, |r| r.parse().expect("QS_SWARM is a number"));
+    let runs: Option<u64> = std::env::var("QS_SWARM")
+        .ok()
+        .map(|r| r.parse().expect("QS_SWARM is a number"));
     let base = seed_from_env(1000);
-    for k in 0..runs {
-        let seed = base + k;
+    let regressions = SWARM_REGRESSIONS.iter().filter(|_| runs.is_none());
+    let seeds = (base..base + runs.unwrap_or(20)).map(|s| (s, true));
+    for (k, (seed, fallback)) in seeds.chain(regressions.copied()).enumerate() {
         let mut prng = Prng::new(seed);
         let n = [3usize, 5, 8, 12, 25][prng.below(5) as usize];
         // Topic sets: {0, 1} for most, so most receivers share a region, and a random
@@ -1851,12 +1861,17 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
         let described = format!(
             "swarm run {k}: seed {seed}, {spec:?}, send window {send_window}, receive window \
              {reorder_window}, crash {crash:?}, freeze {freeze:?}, one-way {one_way:?}, \
-             {config:?}"
+             unvisited fallback {fallback}, {config:?}"
         );
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let mut run = Run::with(spec.clone(), config.clone(), |c| {
                 c.send_window_packets = send_window;
                 c.reorder_window_packets = reorder_window;
+                if !fallback {
+                    // Members never ask for their holes on their own: the ring's own repair
+                    // paths must do it.
+                    c.ring.unvisited_after = Duration::from_secs(3600);
+                }
             });
             run.run(|run, ms| {
                 if let Some((victim, at)) = crash {
@@ -1890,6 +1905,13 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
         }
     }
 }
+
+/// Swarm seeds that once failed, each run with or without the unvisited member's fallback
+/// (`RingConfig::unvisited_after`):
+/// * 5136, without: 25 receivers, receiver 3 crashes at 74 ms; the view change re-partitions
+///   the region, and receiver 12 asked only the new caretakers of packets the sender had
+///   freed and only the old caretakers cached (260 messages held for ever, no gap).
+const SWARM_REGRESSIONS: &[(u64, bool)] = &[(5136, false)];
 
 /// A random non-empty subset of `0..n`.
 fn subset(prng: &mut Prng, n: usize) -> Vec<usize> {

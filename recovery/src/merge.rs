@@ -90,6 +90,8 @@ pub struct VisitInput<'a> {
     pub app_behind: bool,
     /// The member's caretaker cache.
     pub cache: &'a Cache,
+    /// Where streams start ([`Seq::FIRST`] unless the cluster starts them elsewhere).
+    pub first: Seq,
 }
 
 /// The member's progress on `rec`'s stream as the token must see it, and what the node must
@@ -123,11 +125,12 @@ pub fn effective_progress(
         // A young stream (its start still within the window) is claimed from its start, so
         // this member holds stability back until it has caught up; an old one is left for a
         // round whose cleanup is known.
-        let young = (0..input.window_capacity as i64).contains(&Seq::FIRST.distance_to(rec.cutoff));
+        let young =
+            (0..input.window_capacity as i64).contains(&input.first.distance_to(rec.cutoff));
         if !young {
             return (Progress::default(), None);
         }
-        (Seq(0), true)
+        (Seq(input.first.0.wrapping_sub(1)), true)
     } else {
         (rec.cleanup, false)
     };
@@ -458,6 +461,7 @@ mod tests {
             can_add_stream: true,
             app_behind: false,
             cache,
+            first: Seq::FIRST,
         }
     }
 

@@ -36,7 +36,9 @@
 //!   caches keep what they may lack (cleanup holds; the cache may evict it when full) until
 //!   the view drops them. Hop and round timeouts follow measured round-trip and round times.
 //!   Rounds that do not come back are regenerated; round numbers per walk plus the view hash
-//!   drop stale tokens.
+//!   drop stale tokens. A member no walk visits for long (it cannot hear the member before
+//!   it) asks for its holes itself ([`RingConfig::unvisited_after`]); after a view change
+//!   re-partitions the region, a member also asks an old caretaker ([`Ring::set_view`]).
 //! * **Slow receivers**: a member that holds the stream's lowest prefix far behind for a while
 //!   is reported ([`SlowReceiver`]); by default the sender's window keeps everyone reliable
 //!   (the sender slows to it). With [`RingConfig::isolate_slow`] a member that finds itself
@@ -102,6 +104,13 @@ pub struct RingConfig {
     /// yet). Within this time nothing the sender sent is freed or skipped over a member the
     /// ring has not admitted yet; past it the ring goes on with its own view.
     pub view_wait: Duration,
+    /// Shortest time a member with holes waits for a token visit before it asks for them
+    /// itself (the wait follows four times its measured gap between visits above it). A
+    /// member the walks skip every round — one that cannot hear the member before it, a
+    /// lasting one-way failure — is never told to repair: past this it asks another member
+    /// (rotating over the view) and the sender directly, every quarter of the wait, up to
+    /// `max_request` packets per stream each time, until a token visits it again.
+    pub unvisited_after: Duration,
 }
 
 impl Default for RingConfig {
@@ -119,6 +128,7 @@ impl Default for RingConfig {
             slow_after: Duration::from_secs(2),
             isolate_slow: false,
             view_wait: Duration::from_secs(1),
+            unvisited_after: Duration::from_secs(1),
         }
     }
 }
@@ -240,6 +250,8 @@ pub struct Local<'a> {
     pub can_add_stream: bool,
     /// Its application is behind (deliveries wait for it).
     pub app_behind: bool,
+    /// Where streams start ([`Seq::FIRST`] unless the cluster starts them elsewhere).
+    pub first_seq: Seq,
 }
 
 impl Local<'_> {
@@ -380,6 +392,15 @@ pub struct RingStats {
     pub round_time_us: u64,
     /// Smoothed hop round trip, microseconds (gauge).
     pub hop_rtt_us: u64,
+    /// Times this member, not visited by a token for longer than it should have been and
+    /// holding holes, asked for them itself (see [`RingConfig::unvisited_after`]); a member
+    /// the walks visit never does.
+    pub unvisited_fallbacks: u64,
+    /// Sequence numbers those fallbacks asked for (counted once per packet, not per peer).
+    pub unvisited_requested: u64,
+    /// Sequence numbers also asked of a caretaker of the previous view (see
+    /// [`Ring::set_view`]).
+    pub old_caretaker_requests: u64,
 }
 
 /// The view a sender's data says it sees the region with.
@@ -483,6 +504,19 @@ pub struct Ring {
     /// Per sender: the view tag its latest data carried, for which epoch, and since when
     /// (one entry per sender with a stream here: bounded like the streams).
     sender_views: BTreeMap<NodeId, SenderView>,
+    /// When a partition token last visited this node (or its view last changed), the
+    /// smoothed gap between visits, and when it next checks whether it was left out (see
+    /// [`RingConfig::unvisited_after`]).
+    last_visit: Instant,
+    /// The view before the latest change, and per sender the cut-off of its record at this
+    /// node's first visit since: packets up to there were cached by the old view's
+    /// caretakers (one entry per record: bounded like the records).
+    prev_view: Option<View>,
+    prev_cutoffs: BTreeMap<NodeId, Seq>,
+    visit_gap: Smoothed,
+    fallback_at: Instant,
+    /// Fallbacks so far since the last visit (rotates the member asked).
+    fallback_turn: u32,
     actions: VecDeque<RingAction>,
     stats: RingStats,
 }
@@ -490,6 +524,7 @@ pub struct Ring {
 impl Ring {
     /// The ring of `region` for member `me`, with an empty view until [`Ring::set_view`].
     pub fn new(config: RingConfig, me: NodeId, region: RegionId, now: Instant) -> Ring {
+        let fallback_at = now + config.unvisited_after;
         Ring {
             view: View::new([], config.partition_size),
             config,
@@ -515,6 +550,12 @@ impl Ring {
             isolated: BTreeMap::new(),
             last_prefix: BTreeMap::new(),
             sender_views: BTreeMap::new(),
+            last_visit: now,
+            prev_view: None,
+            prev_cutoffs: BTreeMap::new(),
+            visit_gap: Smoothed::default(),
+            fallback_at,
+            fallback_turn: 0,
             actions: VecDeque::new(),
             stats: RingStats::default(),
         }
@@ -554,13 +595,22 @@ impl Ring {
     /// Re-forms the ring on a new member list. Rounds in flight are abandoned (the leader
     /// starts a new one at once); what the last rounds established (stability, cut-offs) is
     /// kept, so messages unstable in the old view are still recovered in the new one.
+    ///
+    /// A new member list re-partitions the region (partitions interleave by index), so the
+    /// packets the sender sent before the change sit in the caches of their *old*
+    /// caretakers, and the sender may have freed them already (a member the walks skipped
+    /// does not hold its window back). A member missing such a packet therefore also asks a
+    /// caretaker of the previous view for it (one, rotating with the round, while it is
+    /// still a member), or it could ask only new caretakers that never cached it.
     pub fn set_view(&mut self, now: Instant, members: impl IntoIterator<Item = NodeId>) {
         let view = View::new(members, self.config.partition_size);
         if view == self.view {
             return;
         }
         let p = view.partitions();
-        self.view = view;
+        let old = std::mem::replace(&mut self.view, view);
+        self.prev_view = (!old.members().is_empty()).then_some(old);
+        self.prev_cutoffs.clear();
         if let Some((r, _)) = self.seen.get(&Scope::Region) {
             self.round = self.round.max(*r);
         }
@@ -574,6 +624,10 @@ impl Ring {
         self.part_result = None;
         self.floors.clear();
         self.next_round_at = now;
+        // The walks change: whether this node is left out is judged anew.
+        self.last_visit = now;
+        self.fallback_at = now + self.unvisited_wait();
+        self.fallback_turn = 0;
         for rec in self.basis.values_mut() {
             rec.partition_prefix = vec![None; p];
             rec.partition_current = vec![None; p];
@@ -634,6 +688,7 @@ impl Ring {
         self.isolated.remove(&sender);
         self.last_prefix.remove(&sender);
         self.sender_views.remove(&sender);
+        self.prev_cutoffs.remove(&sender);
     }
 
     /// Panics if the ring's state is inconsistent (the simulator calls it after every
@@ -729,6 +784,18 @@ impl Ring {
             .timeout(min, 4, Duration::ZERO, Duration::from_secs(30))
     }
 
+    /// How long this member waits for a visit before it asks for its holes itself.
+    fn unvisited_wait(&self) -> Duration {
+        let min = self.config.unvisited_after;
+        self.visit_gap
+            .timeout(min, 4, Duration::ZERO, Duration::from_secs(30))
+    }
+
+    /// Whether this node walks with others (a lone member visits itself every round).
+    fn has_peers(&self) -> bool {
+        self.view.members().len() > 1 && self.view.partition_of(self.me).is_some()
+    }
+
     /// When [`Ring::handle_timeout`] must run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let held = self.held.values().map(|h| h.retry_at).min();
@@ -744,7 +811,8 @@ impl Ring {
             None
         };
         let part = self.part_in_flight.map(|r| r.started + self.part_timeout());
-        [held, leader, part].into_iter().flatten().min()
+        let fallback = self.has_peers().then_some(self.fallback_at);
+        [held, leader, part, fallback].into_iter().flatten().min()
     }
 
     fn unstable(&self) -> bool {
@@ -771,6 +839,9 @@ impl Ring {
                 self.held.remove(&self.part_scope());
                 self.stats.partition_rounds_regenerated += 1;
             }
+        }
+        if self.has_peers() && now >= self.fallback_at {
+            self.fall_back(now, local);
         }
         if self.view.leader() != Some(self.me) {
             return;
@@ -841,7 +912,8 @@ impl Ring {
             if !local.is_live(s, epoch) || self.basis.get(&s).is_some_and(|r| r.epoch >= epoch) {
                 continue;
             }
-            self.basis.insert(s, fresh_record(s, epoch, h, p));
+            self.basis
+                .insert(s, fresh_record(s, epoch, h, p, local.first_seq));
         }
         self.round = self.round.wrapping_add(1);
         let mut token = Token {
@@ -1131,13 +1203,20 @@ impl Ring {
             return;
         };
         self.stats.tokens_processed += 1;
+        if self.last_visit < now {
+            self.visit_gap
+                .sample(now.saturating_duration_since(self.last_visit));
+        }
+        self.last_visit = now;
+        self.fallback_turn = 0;
+        self.fallback_at = now + self.unvisited_wait();
         let n = self.view.walk(token.scope).len();
         let hop = usize::from(token.hop);
         let first_in_partition = hop == 0;
         let last_in_partition = hop + 1 == n;
         let budget = self.token_budget();
         self.add_missing_records(token, local, hop > 0);
-        let mut requests: BTreeMap<(NodeId, NodeId, u64), Vec<SeqRange>> = BTreeMap::new();
+        let mut requests = Requests::new();
         for i in 0..token.records.len() {
             let sender = token.records[i].sender;
             let isolated = self.isolated.contains_key(&sender);
@@ -1165,6 +1244,7 @@ impl Ring {
                     can_add_stream: local.can_add_stream,
                     app_behind: local.app_behind,
                     cache: local.cache,
+                    first: local.first_seq,
                 };
                 let (progress, update) =
                     effective_progress(&token.records[i], local.stream(sender), &input);
@@ -1196,22 +1276,45 @@ impl Ring {
             };
             let rec = &mut token.records[i];
             merge_record(rec, &progress, &pos, rate, isolated);
+            let before_change = match self.prev_view {
+                Some(_) => Some(*self.prev_cutoffs.entry(sender).or_insert(rec.cutoff)),
+                None => None,
+            };
             // Pull what this member misses from whoever can serve it; what no caretaker has
             // comes from the sender (naks).
             for s in progress.missing.iter().flat_map(|r| r.iter()) {
                 let targets =
                     repair_targets(&self.view, self.me, token.round, s, &rec.partition_prefix);
-                for t in targets.into_iter().flatten() {
-                    let list = requests.entry((t, sender, rec.epoch)).or_default();
-                    match list.last_mut() {
-                        Some(r) if r.first.advance(r.count) == s => r.count += 1,
-                        _ => list.push(SeqRange { first: s, count: 1 }),
-                    }
+                let old = before_change
+                    .filter(|c| !c.is_before(s))
+                    .and_then(|_| self.old_caretaker(token.round, s))
+                    .filter(|o| !targets.contains(&Some(*o)));
+                self.stats.old_caretaker_requests += u64::from(old.is_some());
+                for t in targets.into_iter().flatten().chain(old) {
+                    add_request(&mut requests, (t, sender, rec.epoch), s);
                     self.stats.requested += 1;
                 }
             }
         }
-        let max_ranges = (budget.saturating_sub(24) / 8).max(1);
+        self.send_requests(requests);
+    }
+
+    /// A member of the previous view's caretaker partition of `seq` that is still a member
+    /// (not this node), rotating with `round` (see [`Ring::set_view`]).
+    fn old_caretaker(&self, round: u32, seq: Seq) -> Option<NodeId> {
+        let prev = self.prev_view.as_ref()?;
+        let current = |m: &&NodeId| **m != self.me && self.view.members().binary_search(m).is_ok();
+        let part = prev.partition(prev.caretaker(seq));
+        let n = part.iter().filter(current).count();
+        if n == 0 {
+            return None;
+        }
+        part.iter().filter(current).nth(round as usize % n).copied()
+    }
+
+    /// Sends the gathered requests, each cut to what fits a datagram.
+    fn send_requests(&mut self, requests: Requests) {
+        let max_ranges = (self.token_budget().saturating_sub(24) / 8).max(1);
         for ((to, sender, epoch), mut list) in requests {
             list.truncate(max_ranges);
             self.actions.push_back(RingAction::Request {
@@ -1223,6 +1326,46 @@ impl Ring {
                     ranges: list,
                 },
             });
+        }
+    }
+
+    /// No token visited this node for longer than the walks take (it may not hear the member
+    /// before it: every round skips it), so nobody tells it to repair. It asks for its holes
+    /// itself: each from one other member (rotating over the whole view with every
+    /// fallback: the caretakers of this view and of earlier ones all come up) and from the
+    /// sender, which may still hold it. Checked again every quarter of the wait until a
+    /// visit comes.
+    fn fall_back(&mut self, now: Instant, local: &Local<'_>) {
+        self.fallback_at = now + self.unvisited_wait() / 4;
+        let turn = self.fallback_turn as usize;
+        let members = self.view.members();
+        let others = members.len() - 1;
+        let at = members.binary_search(&self.me).unwrap_or(0);
+        // The `turn`-th member after this one, this one left out.
+        let peer = members[(at + 1 + turn % others) % members.len()];
+        let mut requests = Requests::new();
+        for st in local.streams {
+            let Some(w) = st.window.as_ref() else {
+                continue;
+            };
+            if st.sender == self.me
+                || !local.is_live(st.sender, st.epoch)
+                || self.isolated.contains_key(&st.sender)
+            {
+                continue;
+            }
+            let holes = w.holes.iter().flat_map(|r| r.iter());
+            for s in holes.take(self.config.max_request) {
+                for t in [peer, st.sender] {
+                    add_request(&mut requests, (t, st.sender, st.epoch), s);
+                }
+                self.stats.unvisited_requested += 1;
+            }
+        }
+        if !requests.is_empty() {
+            self.stats.unvisited_fallbacks += 1;
+            self.fallback_turn = self.fallback_turn.wrapping_add(1);
+            self.send_requests(requests);
         }
     }
 
@@ -1244,7 +1387,7 @@ impl Ring {
             }
             let rec = TokenRecord {
                 incomplete: part_way,
-                ..fresh_record(s, epoch, h, p)
+                ..fresh_record(s, epoch, h, p, local.first_seq)
             };
             if token.wire_len() + rec.wire_len() > budget {
                 return;
@@ -1456,9 +1599,32 @@ impl Ring {
     }
 }
 
+/// Repair requests being gathered: per peer asked, sender and epoch, the ranges wanted.
+type Requests = BTreeMap<(NodeId, NodeId, u64), Vec<SeqRange>>;
+
+/// Adds `seq` to the ranges asked of `key`'s peer (in increasing order, merged).
+fn add_request(requests: &mut Requests, key: (NodeId, NodeId, u64), seq: Seq) {
+    let list = requests.entry(key).or_default();
+    match list.last_mut() {
+        Some(r) if r.first.advance(r.count) == seq => r.count += 1,
+        _ => list.push(SeqRange {
+            first: seq,
+            count: 1,
+        }),
+    }
+}
+
 /// A record for a stream nobody counted yet: its cleanup is unknown (nobody frees or skips
-/// on it until a round completes).
-fn fresh_record(sender: NodeId, epoch: u64, highest: Seq, partitions: usize) -> TokenRecord {
+/// on it until a round completes; until then it stands just before the stream's `first`
+/// packet, so an acknowledgement of it frees nothing even where the stream starts near the
+/// wrap).
+fn fresh_record(
+    sender: NodeId,
+    epoch: u64,
+    highest: Seq,
+    partitions: usize,
+    first: Seq,
+) -> TokenRecord {
     TokenRecord {
         sender,
         epoch,
@@ -1466,7 +1632,7 @@ fn fresh_record(sender: NodeId, epoch: u64, highest: Seq, partitions: usize) -> 
         cutoff: highest,
         prefix: None,
         laggard: None,
-        cleanup: Seq(0),
+        cleanup: Seq(first.0.wrapping_sub(1)),
         cleanup_unknown: true,
         partial: 0,
         incomplete: false,
@@ -1637,6 +1803,7 @@ mod tests {
             window_capacity: 1024,
             can_add_stream: true,
             app_behind: false,
+            first_seq: Seq::FIRST,
         }
     }
 
@@ -1729,6 +1896,56 @@ mod tests {
         }
         let (_, ack) = third.acks.last().unwrap();
         assert_eq!(ack.stable, Seq(6), "stability waits below the hole");
+    }
+
+    #[test]
+    fn after_a_view_change_a_member_also_asks_a_caretaker_of_the_old_view() {
+        // Eleven members in two partitions cache their shares; member 5 lacks packet 8. Then
+        // member 1 leaves: every index shifts by one, so the partitions swap their members
+        // and the new caretakers of packet 8 never cached it. Member 5 must also ask one of
+        // the old caretakers, which still hold it (the sender may have freed it).
+        let mut members = region(11, |_| 30, |i| if i == 5 { vec![8] } else { vec![] });
+        let old: Vec<NodeId> = members
+            .iter()
+            .filter(|m| m.cache.holds(S, 1, Seq(8)))
+            .map(|m| m.ring.me)
+            .collect();
+        members.remove(0);
+        let ids: Vec<NodeId> = (2..=11).map(NodeId).collect();
+        for m in &mut members {
+            m.ring.set_view(T0, ids.clone());
+        }
+        let view = members[0].ring.view().clone();
+        let new: Vec<NodeId> = view.partition(view.caretaker(Seq(8))).to_vec();
+        assert!(
+            new.iter().all(|m| !old.contains(m)),
+            "the caretakers changed"
+        );
+        let mut asked = BTreeSet::new();
+        for k in 0..6 {
+            let log = round(&mut members, ms(3 * k));
+            for (from, to, req) in &log.requests {
+                if *from == NodeId(5) && req.ranges.iter().any(|r| r.first == Seq(8)) {
+                    asked.insert(*to);
+                }
+            }
+        }
+        assert!(
+            asked.iter().any(|m| old.contains(m)),
+            "member 5 asked {asked:?}, old caretakers {old:?}"
+        );
+        let m5 = members.iter().find(|m| m.ring.me == NodeId(5)).unwrap();
+        assert!(m5.ring.stats().old_caretaker_requests > 0);
+        // In an unchanged view nobody asks an old caretaker.
+        let mut members = region(11, |_| 30, |i| if i == 5 { vec![8] } else { vec![] });
+        for k in 0..6 {
+            round(&mut members, ms(3 * k));
+        }
+        let old_asks: u64 = members
+            .iter()
+            .map(|m| m.ring.stats().old_caretaker_requests)
+            .sum();
+        assert_eq!(old_asks, 0);
     }
 
     #[test]

@@ -36,6 +36,8 @@ pub struct SendWindow {
     /// The first unacknowledged sequence number; everything before it is stable.
     base: Seq,
     next: Seq,
+    /// The stream's first sequence number.
+    first: Seq,
     packets: VecDeque<Kept>,
     bytes: usize,
     peak_bytes: usize,
@@ -52,10 +54,17 @@ impl SendWindow {
     /// A window keeping at most `capacity` unacknowledged packets; 0 keeps nothing (best
     /// effort: the window never closes).
     pub fn new(capacity: usize) -> SendWindow {
+        SendWindow::starting_at(capacity, Seq::FIRST)
+    }
+
+    /// Like [`SendWindow::new`], for a stream whose first packet is `first` (receivers must
+    /// expect the same start; see `CoreConfig::first_seq`).
+    pub fn starting_at(capacity: usize, first: Seq) -> SendWindow {
         SendWindow {
             capacity,
-            base: Seq::FIRST,
-            next: Seq::FIRST,
+            base: first,
+            next: first,
+            first,
             packets: VecDeque::new(),
             bytes: 0,
             peak_bytes: 0,
@@ -71,7 +80,7 @@ impl SendWindow {
 
     /// Whether anything was sent yet.
     pub fn started(&self) -> bool {
-        self.next != Seq::FIRST
+        self.next != self.first
     }
 
     /// The highest sequence number sent.

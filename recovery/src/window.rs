@@ -101,6 +101,8 @@ pub struct ReceiveWindow<T> {
     waiting_since: Option<Instant>,
     /// The first packet heard, when earlier ones of the stream may still arrive.
     first_heard: Option<Seq>,
+    /// The stream's first sequence number ([`Seq::FIRST`] unless set otherwise).
+    first: Seq,
     out: VecDeque<Popped<T>>,
 }
 
@@ -116,8 +118,15 @@ impl<T> ReceiveWindow<T> {
             highest: None,
             waiting_since: None,
             first_heard: None,
+            first: Seq::FIRST,
             out: VecDeque::new(),
         }
+    }
+
+    /// The same window for a stream whose first packet is `first` instead of
+    /// [`Seq::FIRST`] (a sender and its receivers must agree on it).
+    pub fn starting_at(self, first: Seq) -> ReceiveWindow<T> {
+        ReceiveWindow { first, ..self }
     }
 
     /// A reliable-mode window of `capacity` (≥ 1) positions: holes wait for repair.
@@ -141,11 +150,11 @@ impl<T> ReceiveWindow<T> {
     /// Accounts for packet `seq` carrying `item`.
     pub fn insert(&mut self, now: Instant, seq: Seq, item: T) -> Arrival {
         let Some(next) = self.next else {
-            let before = Seq::FIRST.distance_to(seq);
+            let before = self.first.distance_to(seq);
             if before > 0 && (before as usize) < self.capacity {
                 // Early in the stream: the first packets may merely be late (reordered),
                 // so wait for them like for any hole; those that never come are NotHeard.
-                self.next = Some(Seq::FIRST);
+                self.next = Some(self.first);
                 self.first_heard = Some(seq);
                 self.slots.resize_with(before as usize, || None);
                 self.slots.push_back(Some(item));

@@ -55,6 +55,11 @@ pub struct CoreConfig {
     pub max_streams: usize,
     /// Most packets of one stream held back waiting for an earlier one (reordering).
     pub reorder_window_packets: usize,
+    /// The sequence number every send stream starts at, and every receive stream is expected
+    /// to start at (default [`qs_transport::Seq::FIRST`], 1). Every node of a cluster must
+    /// use the same value; it exists so that a stream can be started just before the 32-bit
+    /// sequence space wraps (tests of the wrap, end to end).
+    pub first_seq: qs_transport::Seq,
     /// Most out-of-order packets all receive windows together hold (one memory budget
     /// whatever the number of streams: 4,096 streams of phantom senders cannot each fill a
     /// window).
@@ -142,6 +147,7 @@ impl CoreConfig {
             max_message_bytes: 16 << 20,
             max_streams: 4096,
             reorder_window_packets: 16384,
+            first_seq: qs_transport::Seq::FIRST,
             max_held_packets: 65536,
             reorder_timeout: Duration::from_millis(10),
             stream_state_delay: Duration::from_millis(20),

@@ -75,6 +75,7 @@ impl NodeCore {
             window_capacity: self.config.reorder_window_packets,
             can_add_stream: self.recv.len() < self.config.max_streams,
             app_behind,
+            first_seq: self.config.first_seq,
         };
         let ring = self.ring.as_mut().expect("checked");
         f(ring, &local);

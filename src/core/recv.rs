@@ -87,9 +87,9 @@ impl RecvStream {
         RecvStream {
             epoch,
             window: if config.reliable {
-                ReceiveWindow::reliable(capacity)
+                ReceiveWindow::reliable(capacity).starting_at(config.first_seq)
             } else {
-                ReceiveWindow::new(capacity, config.reorder_timeout)
+                ReceiveWindow::new(capacity, config.reorder_timeout).starting_at(config.first_seq)
             },
             partial: None,
             skipping: None,
@@ -652,7 +652,7 @@ impl NodeCore {
         if stream.window.next_expected().is_none() {
             // A stream this node heard nothing of starts where the ring says: what the
             // sender sent before was before this node's time, and is counted as such.
-            let before = Seq::FIRST.distance_to(u.skip_to).max(0) as u64;
+            let before = config.first_seq.distance_to(u.skip_to).max(0) as u64;
             self.stats.missed_on_join += before;
         }
         stream.window.skip_to(now, u.skip_to, u.as_loss);

@@ -20,7 +20,7 @@ use qs_transport::wire::{
     self, DataWriter, Fragment, PacketKind, SenderAck, StreamId, StreamState, HEADER_LEN,
     MESSAGE_OVERHEAD,
 };
-use qs_transport::{Instant, RegionId, TopicId, TrafficClass, Transmit};
+use qs_transport::{Instant, RegionId, Seq, TopicId, TrafficClass, Transmit};
 
 use super::out::Intent;
 use super::{NodeCore, PublishRefused};
@@ -68,15 +68,15 @@ pub(super) struct SendStream {
 }
 
 impl SendStream {
-    fn new(group: SocketAddrV4, window_packets: usize, epoch: u64) -> SendStream {
+    fn new(group: SocketAddrV4, window_packets: usize, epoch: u64, first: Seq) -> SendStream {
         SendStream {
             group,
             queue: VecDeque::new(),
             frag: None,
             epoch,
-            window: SendWindow::new(window_packets),
+            window: SendWindow::starting_at(window_packets, first),
             pacer: Pacer::new(),
-            floor: qs_transport::Seq(0),
+            floor: Seq(first.0.wrapping_sub(1)),
             state_at: None,
             state_repeats_left: 0,
             state_backoff: Duration::ZERO,
@@ -199,7 +199,7 @@ impl NodeCore {
                     // starts, so a restarted sender never reuses one.
                     self.streams_started += 1;
                     let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
-                    let mut s = SendStream::new(group, window, epoch);
+                    let mut s = SendStream::new(group, window, epoch, self.config.first_seq);
                     s.view = view_tag(info);
                     e.insert(s)
                 }
