@@ -18,13 +18,16 @@
 //!   sent.
 //! * **Expiry.** A slot nobody heard from for `slot_ttl` is dropped, and every object is told
 //!   to forget that address ([`GossipObject::forget_peer`](crate::GossipObject::forget_peer));
-//!   the table holds at most `slots_max` slots (the stalest is evicted, counted).
+//!   the table holds at most `slots_max` slots (the stalest is evicted, counted). A round
+//!   looks only at the slots whose deadline came due (a heap of deadlines, moved on lazily)
+//!   and at the replies waiting for credit, not at the whole table.
 //!
 //! Runtime section (tag [`RUNTIME_TAG`], first in a datagram): `echo u32 | [cookie u32]` —
 //! the cookie the receiver gave us (0: none), then, when the receiver's last echo to us was
 //! missing or stale, the cookie it should echo from now on.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -116,6 +119,9 @@ struct Slot {
     sent_at: Option<Instant>,
     id: Option<NodeId>,
     touched: Instant,
+    /// The time of this slot's one entry in the expiry heap (older entries of the same
+    /// address, left by an earlier slot, are skipped).
+    due: Instant,
 }
 
 impl Slot {
@@ -135,6 +141,7 @@ impl Slot {
             sent_at: None,
             id: None,
             touched: now,
+            due: now,
         }
     }
 }
@@ -151,6 +158,12 @@ pub(crate) struct Peers {
     config: PeersConfig,
     order: VecDeque<SocketAddr>,
     slots: BTreeMap<SocketAddr, Slot>,
+    /// Expiry deadlines, soonest first: one entry per slot, at most as late as the slot's
+    /// `touched` (the entry is moved on only when it comes due, not on every datagram), so a
+    /// round looks only at slots that may have expired instead of walking the table.
+    expiry: BinaryHeap<Reverse<(Instant, SocketAddr)>>,
+    /// The slots waiting for credit (`deferred`): a round retries only these.
+    deferred: BTreeSet<SocketAddr>,
     global: usize,
     global_refilled: Instant,
     secrets: [u64; 2],
@@ -176,6 +189,8 @@ impl Peers {
             config,
             order: VecDeque::new(),
             slots: BTreeMap::new(),
+            expiry: BinaryHeap::new(),
+            deferred: BTreeSet::new(),
             secrets,
             rotated: now,
             rng,
@@ -202,7 +217,8 @@ impl Peers {
     fn slot(&mut self, addr: SocketAddr, now: Instant) -> Option<&mut Slot> {
         if !self.slots.contains_key(&addr) {
             if self.slots.len() >= self.config.slots_max.max(1) {
-                // Evict the stalest slot that is not waiting to send.
+                // Evict the stalest slot that is not waiting to send (only a full table
+                // walks it).
                 let victim = self
                     .slots
                     .iter()
@@ -221,12 +237,25 @@ impl Peers {
                 }
             }
             self.slots.insert(addr, Slot::new(now));
+            self.expiry.push(Reverse((now, addr)));
+            if self.expiry.len() > 2 * self.config.slots_max.max(1) {
+                // Dropped slots' entries pile up under churn: keep only the live ones (a
+                // walk at most once per `slots_max` new slots).
+                self.expiry = self
+                    .slots
+                    .iter()
+                    .map(|(a, s)| Reverse((s.due, *a)))
+                    .collect();
+            }
         }
         self.slots.get_mut(&addr)
     }
 
     fn drop_slot(&mut self, addr: SocketAddr) {
         if let Some(s) = self.slots.remove(&addr) {
+            if s.deferred {
+                self.deferred.remove(&addr);
+            }
             if s.deferred && s.mask != 0 {
                 self.stats.replies_dropped += 1;
             }
@@ -268,6 +297,7 @@ impl Peers {
         if initiative {
             s.free = (s.free + 1).min(2);
             s.deferred = false;
+            self.deferred.remove(&addr);
         }
         let s = self.slots.get_mut(&addr).expect("just made");
         Self::enqueue(&mut self.order, addr, s);
@@ -392,6 +422,7 @@ impl Peers {
                 self.stats.replies_deferred += 1;
             }
             s.deferred = true;
+            self.deferred.insert(addr);
             // Our next datagram to it says how to prove its address.
             s.send_cookie = true;
         }
@@ -498,7 +529,9 @@ impl Peers {
         if echo != 0 && !current {
             s.send_cookie = true;
         }
-        s.deferred = false;
+        if std::mem::take(&mut s.deferred) {
+            self.deferred.remove(&addr);
+        }
         let s = self.slots.get_mut(&addr).expect("present");
         Self::enqueue(&mut self.order, addr, s);
     }
@@ -517,21 +550,35 @@ impl Peers {
         }
         self.refill(now);
         let ttl = self.config.slot_ttl;
-        let stale: Vec<SocketAddr> = self
-            .slots
-            .iter()
-            .filter(|(_, s)| now.saturating_duration_since(s.touched) > ttl)
-            .map(|(a, _)| *a)
-            .collect();
+        // Only the deadlines that came due: a slot heard from since moves its entry on; the
+        // others expire, in address order.
+        let mut stale: Vec<SocketAddr> = Vec::new();
+        while let Some(Reverse((t, a))) = self.expiry.peek().copied() {
+            if now.saturating_duration_since(t) <= ttl {
+                break;
+            }
+            self.expiry.pop();
+            let Some(s) = self.slots.get_mut(&a).filter(|s| s.due == t) else {
+                continue;
+            };
+            if now.saturating_duration_since(s.touched) > ttl {
+                stale.push(a);
+            } else {
+                s.due = s.touched;
+                self.expiry.push(Reverse((s.touched, a)));
+            }
+        }
+        stale.sort_unstable();
         for a in stale {
             self.drop_slot(a);
             self.stats.slots_expired += 1;
         }
+        let slots = &self.slots;
         let waiting: Vec<SocketAddr> = self
-            .slots
+            .deferred
             .iter()
-            .filter(|(_, s)| s.deferred && s.proven)
-            .map(|(a, _)| *a)
+            .filter(|a| slots.get(a).is_some_and(|s| s.proven))
+            .copied()
             .collect();
         let mtu = REPLY_MIN;
         for a in waiting {
@@ -541,6 +588,7 @@ impl Peers {
             {
                 if let Some(s) = self.slots.get_mut(&a) {
                     s.deferred = false;
+                    self.deferred.remove(&a);
                     Self::enqueue(&mut self.order, a, s);
                 }
             }
@@ -557,10 +605,21 @@ impl Peers {
             self.order.len(),
             "queued slots and the queue disagree"
         );
-        for s in self.slots.values() {
+        for (a, s) in &self.slots {
             assert!(s.credit <= self.config.reply_credit_max);
             assert!(s.tokens <= self.config.proven_burst);
+            assert!(
+                s.due <= s.touched,
+                "an expiry deadline after the last datagram"
+            );
+            assert!(
+                self.expiry.iter().any(|Reverse(e)| *e == (s.due, *a)),
+                "a slot without its expiry deadline"
+            );
+            assert_eq!(s.deferred, self.deferred.contains(a), "deferred index");
         }
+        assert!(self.deferred.len() <= self.slots.len());
+        assert!(self.expiry.len() <= 2 * self.config.slots_max.max(1));
         assert!(self.global <= self.config.reply_burst);
     }
 }
@@ -629,6 +688,49 @@ mod tests {
         p.tick(now + ttl + Duration::from_millis(1));
         assert_eq!(p.len(), 0);
         assert_eq!(p.take_forgotten(), vec![a(1)]);
+    }
+
+    #[test]
+    fn a_slot_heard_from_again_expires_a_time_to_live_after_its_last_datagram() {
+        let now = Instant(1_000_000_000);
+        let cfg = PeersConfig::default();
+        let ttl = cfg.slot_ttl;
+        let later = Duration::from_secs(3);
+        let mut p = Peers::new(cfg, Prng::new(1), now);
+        p.received(now, a(1), NodeId(1), 10, 0, None);
+        p.received(now, a(2), NodeId(2), 10, 0, None);
+        p.received(now + later, a(1), NodeId(1), 10, 0, None);
+        p.tick(now + ttl + Duration::from_millis(1));
+        assert_eq!(
+            p.take_forgotten(),
+            vec![a(2)],
+            "only the slot not heard from since"
+        );
+        p.check_invariants();
+        p.tick(now + later + ttl);
+        assert!(p.contains(a(1)), "not yet past its refreshed time to live");
+        p.tick(now + later + ttl + Duration::from_millis(1));
+        assert_eq!(p.take_forgotten(), vec![a(1)]);
+        assert_eq!(p.stats.slots_expired, 2);
+        p.check_invariants();
+    }
+
+    #[test]
+    fn churn_through_a_full_table_keeps_the_expiry_deadlines_bounded() {
+        let now = Instant(1_000_000_000);
+        let cfg = PeersConfig {
+            slots_max: 4,
+            ..PeersConfig::default()
+        };
+        let mut p = Peers::new(cfg, Prng::new(1), now);
+        for i in 0..200u64 {
+            let t = now + Duration::from_millis(i);
+            p.received(t, a((i % 50) as u8), NodeId(i), 10, 0, None);
+            p.tick(t);
+            p.check_invariants();
+        }
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.stats.slots_evicted, 196);
     }
 
     #[test]

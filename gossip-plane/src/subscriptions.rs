@@ -588,8 +588,13 @@ impl Subscriptions {
             .filter(|(id, _)| Some(**id) != skip)
             .map(|(id, n)| (*n, *id))
             .collect();
-        v.sort_by(|a, b| b.cmp(a));
-        v.truncate(NEWS_PER_WRITE);
+        // The first few of up to `news_max`: select them, then sort only those (the order
+        // is total, ids being unique).
+        if v.len() > NEWS_PER_WRITE {
+            v.select_nth_unstable_by(NEWS_PER_WRITE - 1, |a, b| b.cmp(a));
+            v.truncate(NEWS_PER_WRITE);
+        }
+        v.sort_unstable_by(|a, b| b.cmp(a));
         v.into_iter().map(|(_, id)| id).collect()
     }
 
