@@ -3,14 +3,14 @@
 //! source address (which a spoofer chooses), and a request from a non-member is refused and
 //! counted. `SIM_SEED=<n>` replays a seed.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::Bytes;
 use qs_sim::{replay_hint, seed_from_env, EventKind, NodeIndex, Sim, SimConfig};
-use qs_transport::wire::{
-    self, DataPacket, Header, PacketKind, RepairRequest, SeqRange, HEADER_LEN,
-};
+use qs_transport::wire::{self, DataPacket, Header, PacketKind, HEADER_LEN};
 use qs_transport::{Driven, NodeId, RegionId, Seq, TopicId, TrafficClass};
 use quicksilver::core::{CoreConfig, NodeCore};
 
@@ -46,23 +46,7 @@ fn cluster(seed: u64) -> (Sim<NodeCore>, Vec<NodeIndex>) {
 
 /// A repair request for the publisher's packets `0..1000` of `(region, epoch)`, from `who`.
 fn request(sim: &Sim<NodeCore>, at: NodeIndex, who: NodeId, region: RegionId, epoch: u64) -> Bytes {
-    let cluster = sim.node(at).config().cluster;
-    let mut buf = vec![0u8; 512];
-    Header::new(PacketKind::RepairRequest, cluster, who)
-        .write(&mut buf)
-        .unwrap();
-    let req = RepairRequest {
-        region,
-        sender: NodeId(100),
-        epoch,
-        ranges: vec![SeqRange {
-            first: Seq(0),
-            count: 1000,
-        }],
-    };
-    let n = HEADER_LEN + req.write(&mut buf[HEADER_LEN..]).unwrap();
-    let n = wire::Seal::new().seal(&mut buf, n).unwrap();
-    Bytes::copy_from_slice(&buf[..n])
+    common::repair_request(sim.node(at).config().cluster, who, region, epoch)
 }
 
 #[test]

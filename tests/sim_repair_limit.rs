@@ -4,16 +4,16 @@
 //! served no more than the requester's budget, the rest counted as `repair_limited`.
 //! `SIM_SEED=<n>` replays a seed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
 use bytes::Bytes;
 use qs_sim::{replay_hint, seed_from_env, EventKind, LossModel, NodeIndex, Sim, SimConfig};
-use qs_transport::wire::{
-    self, DataPacket, Header, PacketKind, RepairRequest, SeqRange, HEADER_LEN,
-};
-use qs_transport::{Driven, Instant, NodeId, RegionId, Seq, TopicId, TrafficClass};
+use qs_transport::wire::{DataPacket, Header, PacketKind, HEADER_LEN};
+use qs_transport::{Driven, Instant, NodeId, RegionId, TopicId, TrafficClass};
 use quicksilver::core::{CoreConfig, Event, NodeCore, RepairLimit};
 
 const PUBLISHER: usize = 0;
@@ -161,26 +161,6 @@ fn a_limit_far_below_the_loss_does_refuse_honest_repairs() {
     );
 }
 
-/// A repair request for the publisher's packets `0..1000`, in `who`'s name.
-fn request(cluster: qs_transport::ClusterId, who: NodeId, region: RegionId, epoch: u64) -> Bytes {
-    let mut buf = vec![0u8; 512];
-    Header::new(PacketKind::RepairRequest, cluster, who)
-        .write(&mut buf)
-        .unwrap();
-    let req = RepairRequest {
-        region,
-        sender: NodeId(100),
-        epoch,
-        ranges: vec![SeqRange {
-            first: Seq(0),
-            count: 1000,
-        }],
-    };
-    let n = HEADER_LEN + req.write(&mut buf[HEADER_LEN..]).unwrap();
-    let n = wire::Seal::new().seal(&mut buf, n).unwrap();
-    Bytes::copy_from_slice(&buf[..n])
-}
-
 /// Feeds the publisher 1,000 requests in subscriber 1's name over one second (from a
 /// spoofed source address) and returns the repair bytes it sent, its data bytes sent and
 /// its stats after.
@@ -205,7 +185,11 @@ fn flood(seed: u64, limit: RepairLimit) -> (u64, u64, quicksilver::core::CoreSta
     let mut repair_bytes = 0u64;
     for i in 0..1000u64 {
         let now = start + Duration::from_millis(i);
-        core.handle_datagram(now, spoofed, request(cluster, NodeId(101), region, epoch));
+        core.handle_datagram(
+            now,
+            spoofed,
+            common::repair_request(cluster, NodeId(101), region, epoch),
+        );
         while let Some(t) = core.poll_transmit(now, &mut buf) {
             if t.class == TrafficClass::Repair {
                 assert_eq!(t.destination, SocketAddr::V4(addr(1)));

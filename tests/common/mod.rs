@@ -1,0 +1,28 @@
+//! Helpers shared by the simulator tests that forge packets: one builder per forged packet
+//! kind, so the hostile-input tests and the repair-limit tests send the same bytes.
+
+use bytes::Bytes;
+use qs_transport::wire::{self, Header, PacketKind, RepairRequest, SeqRange, HEADER_LEN};
+use qs_transport::{ClusterId, NodeId, RegionId, Seq};
+
+/// A keyless repair request for packets `0..1000` of node 100's stream `(region, epoch)` (the
+/// publisher of these tests), in `who`'s name (its source address is whatever the test sends
+/// it from).
+pub fn repair_request(cluster: ClusterId, who: NodeId, region: RegionId, epoch: u64) -> Bytes {
+    let mut buf = vec![0u8; 512];
+    Header::new(PacketKind::RepairRequest, cluster, who)
+        .write(&mut buf)
+        .unwrap();
+    let req = RepairRequest {
+        region,
+        sender: NodeId(100),
+        epoch,
+        ranges: vec![SeqRange {
+            first: Seq(0),
+            count: 1000,
+        }],
+    };
+    let n = HEADER_LEN + req.write(&mut buf[HEADER_LEN..]).unwrap();
+    let n = wire::Seal::new().seal(&mut buf, n).unwrap();
+    Bytes::copy_from_slice(&buf[..n])
+}
