@@ -158,9 +158,11 @@ impl NodeCore {
             Some(keys) => {
                 // The key file names the cluster; control counters start from the
                 // incarnation so a restarted node's are above those it sent before; the MAC's
-                // nonce prefix is drawn afresh (a repeat is harmless with GCM-SIV).
+                // nonce prefix is drawn afresh, the incarnation mixed in so that a node with a
+                // fixed id and seed does not repeat its nonces after a restart (a repeat would
+                // be harmless with GCM-SIV, but rarer is better).
                 config.cluster = keys.cluster;
-                let prefix = prng.next_u64();
+                let prefix = prng.next_u64() ^ config.incarnation.rotate_left(32);
                 Seal::keyed(keys.clone(), config.incarnation.wrapping_shl(20), prefix)
             }
             None => Seal::new(),

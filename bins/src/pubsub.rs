@@ -766,7 +766,14 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         let mut batch = sub.drain().map(Ok);
         let mut next = match batch.next() {
             Some(m) => m,
-            None => sub.recv_timeout(Duration::from_millis(100)),
+            None => {
+                if fresh {
+                    // Messages came until just now: the wait for more is not part of the run.
+                    last = Instant::now();
+                    fresh = false;
+                }
+                sub.recv_timeout(Duration::from_millis(100))
+            }
         };
         loop {
             match next {
@@ -790,22 +797,13 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
                         consume_for(a.delay);
                     }
                 }
-                Err(RecvError::Empty) => {
-                    if fresh {
-                        // Messages came until just now.
-                        last = Instant::now();
-                        fresh = false;
+                Err(RecvError::Empty) => match first {
+                    Some(_) if a.timeout.is_some_and(|t| last.elapsed() >= t) => {
+                        break 'outer "timeout"
                     }
-                    match first {
-                        Some(_) if a.timeout.is_some_and(|t| last.elapsed() >= t) => {
-                            break 'outer "timeout"
-                        }
-                        None if a.wait.is_some_and(|w| start.elapsed() >= w) => {
-                            break 'outer "wait"
-                        }
-                        _ => {}
-                    }
-                }
+                    None if a.wait.is_some_and(|w| start.elapsed() >= w) => break 'outer "wait",
+                    _ => {}
+                },
                 Err(RecvError::Closed) => break 'outer "closed",
             }
             if a.count > 0 && tally.received >= a.count {

@@ -70,6 +70,9 @@ use crate::merge::{
 };
 use crate::ranges::RangeSet;
 
+/// Senders whose cut-off at the first visit after a view change is remembered, at most.
+const PREV_CUTOFFS_MAX: usize = 4096;
+
 /// Settings of a [`Ring`].
 #[derive(Debug, Clone)]
 pub struct RingConfig {
@@ -510,7 +513,7 @@ pub struct Ring {
     last_visit: Instant,
     /// The view before the latest change, and per sender the cut-off of its record at this
     /// node's first visit since: packets up to there were cached by the old view's
-    /// caretakers (one entry per record: bounded like the records).
+    /// caretakers (only senders this member has a stream of, at most [`PREV_CUTOFFS_MAX`]).
     prev_view: Option<View>,
     prev_cutoffs: BTreeMap<NodeId, Seq>,
     visit_gap: Smoothed,
@@ -1276,9 +1279,13 @@ impl Ring {
             };
             let rec = &mut token.records[i];
             merge_record(rec, &progress, &pos, rate, isolated);
+            // Only senders this member holds a stream of get an entry (a token's records
+            // come from the network: they must not grow the map), at most PREV_CUTOFFS_MAX.
+            let tracked = self.prev_cutoffs.contains_key(&sender)
+                || (local.stream(sender).is_some() && self.prev_cutoffs.len() < PREV_CUTOFFS_MAX);
             let before_change = match self.prev_view {
-                Some(_) => Some(*self.prev_cutoffs.entry(sender).or_insert(rec.cutoff)),
-                None => None,
+                Some(_) if tracked => Some(*self.prev_cutoffs.entry(sender).or_insert(rec.cutoff)),
+                _ => None,
             };
             // Pull what this member misses from whoever can serve it; what no caretaker has
             // comes from the sender (naks).
@@ -1356,7 +1363,9 @@ impl Ring {
             }
             let holes = w.holes.iter().flat_map(|r| r.iter());
             for s in holes.take(self.config.max_request) {
-                for t in [peer, st.sender] {
+                // A sender that is also the member asked gets the request once.
+                let sender = Some(st.sender).filter(|x| *x != peer);
+                for t in std::iter::once(peer).chain(sender) {
                     add_request(&mut requests, (t, st.sender, st.epoch), s);
                 }
                 self.stats.unvisited_requested += 1;

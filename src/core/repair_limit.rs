@@ -11,7 +11,11 @@
 //! most what the stream carried, usually a few percent of it, so the share leaves it room
 //! many times over; a member far behind when the stream stops still gets a share of all
 //! that is unstable, so it catches up in a few intervals instead of at the floor's pace.
-//! A flood of requests gets the refill and no more.
+//! A flood of requests gets the refill and no more. Because the held share is part of every
+//! refill, that bound follows what the node holds, not only the data rate: a flood in one
+//! member's name can draw `inflow_percent` % of the held bytes every interval (2.5× them per
+//! second with the defaults) after a first burst of `burst_intervals` refills. That is what
+//! the region may still need; with a cluster key such requests never get here at all.
 //!
 //! Not here: which requests are served at all (members' known addresses only, `recovery.rs`
 //! decides), and the requesting side (the ring).

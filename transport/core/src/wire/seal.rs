@@ -356,8 +356,9 @@ impl ReplayWindow {
 /// shares, and one repeat (a restart, two forwarders) hands an outsider the hash key. GCM-SIV
 /// derives a fresh key pair per nonce and encrypts the hash, so a repeated nonce tells only
 /// that two sealed inputs were equal. The nonce is the counter's low 32 bits and a 64-bit
-/// prefix each sealer draws at start from its seeded PRNG (the lowest bit tells data kinds,
-/// which count on their own, from control kinds), so nonces rarely repeat at all.
+/// prefix each sealer draws at start (the node core mixes its incarnation into it; the
+/// lowest bit tells data kinds, which count on their own, from control kinds), so nonces
+/// rarely repeat at all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seal {
     keys: Option<KeyRing>,
