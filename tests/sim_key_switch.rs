@@ -5,6 +5,8 @@
 //! switch. The other side: while one node never gets the key, nobody switches.
 //! `SIM_SEED=<n>` replays a seed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -13,7 +15,7 @@ use bytes::Bytes;
 use qs_sim::{replay_hint, seed_from_env, EventKind, LossModel, NodeIndex, Sim, SimConfig};
 use qs_transport::wire::{ClusterKey, Header, KeyRing, FLAG_KEYED, TRAILER_LEN};
 use qs_transport::{Instant, NodeId, TopicId};
-use quicksilver::core::{CoreConfig, Event, KeysRefused, NodeCore};
+use quicksilver::core::{CoreConfig, KeysRefused, NodeCore};
 
 const PUBLISHER: usize = 0;
 const NODES: usize = 4;
@@ -100,12 +102,7 @@ impl World {
                     epochs.entry(e).or_insert((0, o.now)).0 += 1;
                 }
             }
-            while let Some(e) = o.node.poll_event() {
-                if let Event::Delivered(d) = e {
-                    log.entry(i).or_default().push(d.payload);
-                }
-            }
-            o.node.check_invariants();
+            common::collect_deliveries(o.node, log.entry(i).or_default());
         });
     }
 

@@ -3,6 +3,8 @@
 //! tampered and replayed datagrams are counted as auth or replay drops and change nothing;
 //! a key rotation under traffic loses nothing. `SIM_SEED=<n>` replays a seed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -11,7 +13,7 @@ use bytes::Bytes;
 use qs_sim::{replay_hint, seed_from_env, EventKind, LossModel, NodeIndex, Sim, SimConfig};
 use qs_transport::wire::{self, Header, KeyRing, PacketKind, StreamState, HEADER_LEN};
 use qs_transport::{Driven, Instant, NodeId, Seq, TopicId};
-use quicksilver::core::{CoreConfig, Event, NodeCore};
+use quicksilver::core::{CoreConfig, NodeCore};
 
 const PUBLISHER: usize = 0;
 
@@ -82,12 +84,7 @@ impl World {
                     captured.push((*from, datagram.clone()));
                 }
             }
-            while let Some(e) = o.node.poll_event() {
-                if let Event::Delivered(d) = e {
-                    log.entry(i).or_default().push(d.payload);
-                }
-            }
-            o.node.check_invariants();
+            common::collect_deliveries(o.node, log.entry(i).or_default());
         });
     }
 

@@ -7,6 +7,8 @@
 //! with the checksum), so the phantom's stream is a well-formed one. `SIM_SEED=<n>` replays
 //! a seed.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
@@ -15,7 +17,7 @@ use bytes::Bytes;
 use qs_sim::{replay_hint, seed_from_env, EventKind, NodeIndex, Sim, SimConfig};
 use qs_transport::wire::{field, Header, PacketKind, Seal};
 use qs_transport::{Driven, Instant, NodeId, TopicId};
-use quicksilver::core::{CoreConfig, Event, NodeCore};
+use quicksilver::core::{CoreConfig, NodeCore};
 
 const SENDER: usize = 0;
 const NODES: usize = 3;
@@ -92,12 +94,7 @@ impl World {
                         .handle_datagram(o.now, *from, relabelled(datagram, PHANTOM));
                 }
             }
-            while let Some(e) = o.node.poll_event() {
-                if let Event::Delivered(d) = e {
-                    log.entry(o.index.0).or_default().push(d.payload);
-                }
-            }
-            o.node.check_invariants();
+            common::collect_deliveries(o.node, log.entry(o.index.0).or_default());
         });
     }
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use qs_sim::{replay_hint, seed_from_env, EventKind, LossModel, NodeIndex, Sim, SimConfig};
 use qs_transport::wire::{DataPacket, Header, PacketKind, HEADER_LEN};
 use qs_transport::{Driven, Instant, NodeId, RegionId, TopicId, TrafficClass};
-use quicksilver::core::{CoreConfig, Event, NodeCore, RepairLimit};
+use quicksilver::core::{CoreConfig, NodeCore, RepairLimit};
 
 const PUBLISHER: usize = 0;
 const PAYLOAD: usize = 600;
@@ -77,12 +77,7 @@ impl World {
                     }
                 }
             }
-            while let Some(e) = o.node.poll_event() {
-                if let Event::Delivered(d) = e {
-                    log.entry(i).or_default().push(d.payload);
-                }
-            }
-            o.node.check_invariants();
+            common::collect_deliveries(o.node, log.entry(i).or_default());
         });
     }
 
