@@ -17,6 +17,7 @@
 //! | `cluster.rs` | health and reachability published by gossip, unicast copies, the cluster map |
 //! | `lec.rs` | lateral error correction of the own region: repairs in and out, rebuilt packets |
 //! | `keys.rs` | the automatic key switch: key epochs held in gossip, switch and retirement |
+//! | `handover.rs` | the subscription handover: departing the old region, cut markers, gates |
 //!
 //! # Calling contract
 //! [`Driven`]'s: feed datagrams ([`Driven::handle_datagram`]), run due timers, apply
@@ -46,6 +47,7 @@
 mod cluster;
 mod config;
 mod events;
+mod handover;
 mod keys;
 mod lec;
 mod members;
@@ -59,6 +61,7 @@ mod stats;
 pub use cluster::{ClusterMap, MemberView, RegionView};
 pub use config::{default_lec, CoreConfig, SEND_QUEUE_FLOOR};
 pub use events::{Delivery, Event, KeysRefused, PublishRefused};
+pub use handover::HandoverStats;
 pub use lec::{LecCounters, RepairSplit};
 pub use members::Peer;
 use members::UNVOUCHED_AFTER;
@@ -147,6 +150,10 @@ pub struct NodeCore {
     key_switch: keys::KeySwitch,
     /// Bytes of repairs each requester may still be served.
     repair_limiter: repair_limit::RepairLimiter,
+    /// The region this node is departing after a subscription change (`handover.rs`).
+    departure: Option<handover::Departure>,
+    /// Per sender: how its stream in the own region is gated by a handover.
+    gates: BTreeMap<NodeId, handover::Gate>,
 }
 
 impl NodeCore {
@@ -219,6 +226,8 @@ impl NodeCore {
             repair_limiter,
             phantom_since: BTreeMap::new(),
             phantom_check_at: now + members::PHANTOM_CHECK,
+            departure: None,
+            gates: BTreeMap::new(),
         }
     }
 
@@ -350,9 +359,11 @@ impl NodeCore {
         );
         assert_eq!(self.regions.region_of(self.config.id), self.own_region);
         assert!(
-            self.recv.keys().all(|(_, r)| Some(*r) == self.own_region),
-            "receive stream outside the own region"
+            self.recv.keys().all(|(_, r)| self.receives(*r)),
+            "receive stream outside the own and the departed region"
         );
+        self.regions.check_invariants();
+        self.check_handover_invariants();
         assert!(self.recv.len() <= self.config.max_streams);
         for s in self.recv.values() {
             s.check_invariants(&self.config);
@@ -416,12 +427,21 @@ impl NodeCore {
     /// The own signature changed: join the new region's group, leave the old one, and publish
     /// the new record (gossip holds it; the region table follows gossip's event; the
     /// announcements carry it to the LAN at once).
+    ///
+    /// When the node keeps some topics (reliable mode) it *departs* the old region instead
+    /// of leaving it: it stays in the old group and ring until every sender's cut (see
+    /// `handover.rs`), and its record says so.
     fn subscriptions_changed(&mut self, now: Instant) {
         let signature = Signature::new(self.subscriptions.iter().copied());
+        let topics = signature.topics().iter().copied();
         let new_region = signature.region();
         if new_region != self.own_region {
             let port = self.config.data_port;
-            if let Some(old) = self.own_region {
+            // A departure still open ends here (what its streams lack is reported).
+            self.end_departure(now, handover::DepartureEnd::CutShort);
+            let old = self.own_region;
+            let depart = old.filter(|old| self.should_depart(*old, &signature));
+            if let Some(old) = old.filter(|_| depart.is_none()) {
                 let group = self.regions.range().group(old);
                 self.commands
                     .push_back(SocketCommand::LeaveGroup(SocketAddrV4::new(group, port)));
@@ -431,20 +451,36 @@ impl NodeCore {
                 self.commands
                     .push_back(SocketCommand::JoinGroup(SocketAddrV4::new(group, port)));
             }
+            self.gossip.set_topics_departing(topics, depart);
+            if let Some(old) = depart {
+                let version = self.own_record_version();
+                self.begin_departure(now, old, version);
+            }
             self.own_region = new_region;
-            self.recv.retain(|(_, r), _| Some(*r) == new_region);
+            self.recv
+                .retain(|(_, r), _| Some(*r) == new_region || Some(*r) == depart);
+            self.stalled
+                .retain(|(_, r)| Some(*r) == new_region || Some(*r) == depart);
+        } else {
+            let departed = self.departed_region();
+            self.gossip.set_topics_departing(topics, departed);
         }
-        self.gossip.set_topics(signature.topics().iter().copied());
-        let version = self
-            .gossip
-            .subscriptions()
-            .record(self.config.id)
-            .map_or(0, |r| r.version);
-        self.discovery.set_signature(now, signature, version);
+        let departed = self.departed_region();
+        let version = self.own_record_version();
+        self.discovery
+            .set_signature(now, signature, version, departed);
         self.drain_gossip(now);
         self.prune_send_streams();
         self.refresh_ring(now);
         self.refresh_lec();
+    }
+
+    /// The version of this node's own subscription record.
+    fn own_record_version(&self) -> u32 {
+        self.gossip
+            .subscriptions()
+            .record(self.config.id)
+            .map_or(0, |r| r.version)
     }
 
     /// Starts a graceful leave: peers are told at once. Queued data still goes out.
@@ -574,6 +610,7 @@ impl Driven for NodeCore {
         self.phantom_timeout(now);
         self.lec_timeout(now);
         self.keys_timeout(now);
+        self.handover_timeout(now);
     }
 
     fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
@@ -591,10 +628,11 @@ impl Driven for NodeCore {
     fn poll_timeout(&self) -> Option<Instant> {
         let streams = self.send.values().filter_map(SendStream::deadline);
         let holes = self.recv.values().filter_map(|s| s.window.deadline());
-        let ring = self.ring.as_ref().and_then(Ring::poll_timeout);
+        let ring = self.rings_poll_timeout();
         let gossip = self.gossip.poll_timeout();
         let lec = self.lec_poll_timeout();
         let keys = self.keys_poll_timeout();
+        let handover = self.handover_poll_timeout();
         let phantoms = (!self.recv.is_empty()).then_some(self.phantom_check_at);
         let grace = self
             .departed_at
@@ -611,6 +649,7 @@ impl Driven for NodeCore {
                 .chain(unvouched)
                 .chain(lec)
                 .chain(keys)
+                .chain(handover)
                 .chain(phantoms)
                 .fold(self.discovery.poll_timeout(), Instant::min),
         )

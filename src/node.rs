@@ -1295,6 +1295,9 @@ impl Worker {
                 match self.core.publish(topic, payload) {
                     Ok(()) => {}
                     Err(PublishRefused::QueueFull) => unreachable!("room was checked"),
+                    Err(PublishRefused::ReservedTopic) => {
+                        tracing::warn!("a message on the reserved handover topic was dropped");
+                    }
                     Err(PublishRefused::TooLarge) => {
                         // Checked by the handle against the same limit; unreachable unless
                         // the message needs more than 65,535 fragments of a tiny datagram.

@@ -697,6 +697,7 @@ fn build(h: &Hostile, who: Who, core: &NodeCore) -> Option<Vec<u8>> {
                 chunk: chunk.0.min(chunk.1 - 1),
                 chunk_count: chunk.1,
                 digest,
+                departing: RegionId(0),
                 topics,
             };
             sealed(PacketKind::Announce, about.id(), |b| a.write(b).ok())

@@ -56,6 +56,7 @@ fn announce(core: &NodeCore) -> Bytes {
         chunk: 0,
         chunk_count: 1,
         digest: Signature::new([t()]).region().expect("one topic"),
+        departing: qs_transport::RegionId(0),
         topics: vec![t()],
     };
     let mut buf = vec![0u8; 1472];

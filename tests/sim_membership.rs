@@ -471,13 +471,8 @@ fn publish_alternating(w: &mut World, i: usize, count: u32) -> std::ops::Range<u
 }
 
 #[test]
-#[ignore = "open (issue 10, point 4): on its own region change a receiver drops the old \
-            region's streams (held-back packets included) and the sender keeps using its old \
-            view until it learns the move, so ~30 messages of a kept topic around the change \
-            are lost without a gap; the handover needs a per-sender publish order across \
-            regions to cut over without duplicates"]
 fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_once() {
-    for seed in [61, 62, 63] {
+    for seed in 61..71 {
         let seed = seed_from_env(seed);
         // Receivers 0..3 subscribe topics 1 and 2; node 3 publishes to both, alternating.
         // Mid-stream node 0 drops topic 2 (it moves to another region), later takes it back.
@@ -535,6 +530,22 @@ fn a_receiver_that_drops_and_adds_a_topic_mid_stream_keeps_the_other_exactly_onc
         for r in 0..3 {
             assert!(!w.oracle.gaps.contains_key(&r), "node {r} reported gaps");
         }
+        // The handover did it (not a timeout): both changes departed the old region and
+        // ended with every stream at its cut; the sender marked each cut in both regions.
+        let h = w.core(0).stats().handover;
+        assert_eq!(
+            (
+                h.departures,
+                h.completed,
+                h.timed_out,
+                h.cut_short,
+                h.gates_timed_out
+            ),
+            (2, 2, 0, 0, 0),
+            "node 0's handovers: {h:?}; {}",
+            w.hint("sim_membership drops_and_adds")
+        );
+        assert_eq!(w.core(3).stats().handover.markers_sent, 4);
     }
 }
 

@@ -82,6 +82,9 @@ pub struct Announced {
     /// Its subscriptions (all chunks assembled and checked against the digest); `None` when
     /// only its address or leaving flag changed since the version already reported.
     pub signature: Option<Signature>,
+    /// The region it is departing at this version (with `signature`; see the subscription
+    /// handover in the core).
+    pub departing: Option<RegionId>,
     /// It is leaving gracefully.
     pub leaving: bool,
 }
@@ -108,6 +111,7 @@ struct Assembly {
     incarnation: u64,
     version: u32,
     digest: RegionId,
+    departing: RegionId,
     started: Instant,
     chunks: Vec<Option<Vec<TopicId>>>,
 }
@@ -137,6 +141,8 @@ pub struct Discovery {
     unicast: SocketAddrV4,
     signature: Signature,
     topics_version: u32,
+    /// The region this node is departing (`RegionId(0)`: none).
+    departing: RegionId,
     leaving: bool,
     next_announce: Instant,
     /// Chunk of the announcement being sent (`Some` while a multi-chunk announce is going out).
@@ -172,6 +178,7 @@ impl Discovery {
             unicast,
             signature: Signature::default(),
             topics_version: 0,
+            departing: RegionId(0),
             leaving: false,
             next_announce: now,
             sending_chunk: None,
@@ -186,13 +193,25 @@ impl Discovery {
     }
 
     /// Changes this node's announced subscriptions to `signature` at `version` (the owner's
-    /// version of its subscription record); peers hear of it at once.
-    pub fn set_signature(&mut self, now: Instant, signature: Signature, version: u32) {
-        if signature == self.signature && version == self.topics_version {
+    /// version of its subscription record), departing `departing` (see [`Announced`]);
+    /// peers hear of it at once.
+    pub fn set_signature(
+        &mut self,
+        now: Instant,
+        signature: Signature,
+        version: u32,
+        departing: Option<RegionId>,
+    ) {
+        let departing = departing.unwrap_or(RegionId(0));
+        if signature == self.signature
+            && version == self.topics_version
+            && departing == self.departing
+        {
             return;
         }
         self.signature = signature;
         self.topics_version = version;
+        self.departing = departing;
         self.quick_left = self.config.quick_announces;
         self.next_announce = now;
         self.sending_chunk = None;
@@ -287,6 +306,7 @@ impl Discovery {
             incarnation: a.incarnation,
             version: a.topics_version,
             signature: None,
+            departing: None,
             leaving: a.leaving,
         });
     }
@@ -301,13 +321,19 @@ impl Discovery {
             return;
         }
         let matches = |x: &Assembly| {
-            (x.incarnation, x.version, x.digest, x.chunks.len())
-                == (
-                    a.incarnation,
-                    a.topics_version,
-                    a.digest,
-                    usize::from(a.chunk_count),
-                )
+            (
+                x.incarnation,
+                x.version,
+                x.digest,
+                x.departing,
+                x.chunks.len(),
+            ) == (
+                a.incarnation,
+                a.topics_version,
+                a.digest,
+                a.departing,
+                usize::from(a.chunk_count),
+            )
         };
         if let Some(x) = self.assembling.get(&sender) {
             if !matches(x) {
@@ -326,6 +352,7 @@ impl Discovery {
                     incarnation: a.incarnation,
                     version: a.topics_version,
                     digest: a.digest,
+                    departing: a.departing,
                     started: now,
                     chunks: vec![None; usize::from(a.chunk_count)],
                 },
@@ -370,6 +397,7 @@ impl Discovery {
             incarnation: done.incarnation,
             version: done.version,
             signature: Some(signature),
+            departing: (done.departing != RegionId(0)).then_some(done.departing),
             leaving: a.leaving,
         });
     }
@@ -429,6 +457,7 @@ impl Discovery {
             chunk,
             chunk_count: u16::try_from(chunk_count).unwrap_or(u16::MAX),
             digest: RegionId(self.signature.digest()),
+            departing: self.departing,
             topics: slice.to_vec(),
         };
         let header = Header::new(PacketKind::Announce, self.cluster, self.id);
@@ -506,7 +535,7 @@ mod tests {
         let t0 = Instant::ZERO;
         let (mut a, mut b) = (node(1, t0), node(2, t0));
         let sig = Signature::new((0..100).map(TopicId));
-        a.set_signature(t0, sig.clone(), 1);
+        a.set_signature(t0, sig.clone(), 1, None);
         let chunks = exchange(&mut a, &mut b, t0);
         assert!(chunks > 1, "{chunks} chunk(s)");
         let got = b.poll_announced().expect("announced");
@@ -526,7 +555,7 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         assert_eq!(exchange(&mut a, &mut b, t1), 1);
         assert_eq!(b.poll_announced(), None, "nothing new");
-        a.set_signature(t1, Signature::new([TopicId(5)]), 1);
+        a.set_signature(t1, Signature::new([TopicId(5)]), 1, None);
         assert_eq!(exchange(&mut a, &mut b, t1), 1);
         let got = b.poll_announced().expect("newer version");
         assert!(got.signature.unwrap().contains(TopicId(5)));
@@ -570,6 +599,7 @@ mod tests {
             chunk: 0,
             chunk_count: 1,
             digest: RegionId(12345),
+            departing: RegionId(0),
             topics: vec![TopicId(1)],
         };
         b.handle_announce(t0, NodeId(1), bad);
@@ -589,6 +619,7 @@ mod tests {
             chunk: 0,
             chunk_count: 100,
             digest: RegionId(id),
+            departing: RegionId(0),
             topics: (0..20).map(TopicId).collect(),
         };
         for id in 10..1010 {

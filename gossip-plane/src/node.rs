@@ -466,6 +466,24 @@ impl GossipNode {
         self.pump_events();
     }
 
+    /// Replaces this node's topics and names the region it is departing, in one new version
+    /// of its record (see [`Subscriptions::set_topics_departing`]).
+    pub fn set_topics_departing(
+        &mut self,
+        topics: impl IntoIterator<Item = TopicId>,
+        departing: Option<qs_transport::RegionId>,
+    ) {
+        self.subscriptions.set_topics_departing(topics, departing);
+        self.pump_events();
+    }
+
+    /// This node departed the region its record names (see
+    /// [`Subscriptions::clear_departing`]).
+    pub fn clear_departing(&mut self) {
+        self.subscriptions.clear_departing();
+        self.pump_events();
+    }
+
     /// Records the newest cluster-key epoch this node holds in its subscription record (see
     /// [`Subscriptions::set_key_epoch`]).
     pub fn set_key_epoch(&mut self, epoch: u32) {

@@ -18,6 +18,9 @@
 //!   the tombstone, and sweeps out records whose owner membership does not know at all.
 //! * Signatures are interned: a record costs 20 bytes of table (key, version, signature
 //!   index, key epoch) whatever its topic count, and each distinct signature is stored once.
+//! * A record also names the region its owner is *departing* (0: none): a node that changed
+//!   its subscriptions finishes the old region's streams before it leaves (the core's
+//!   subscription handover); regions list it there meanwhile. Fixed per version.
 //! * A record also carries the newest cluster-key epoch its owner holds (0: keyless or not
 //!   known yet), so senders can switch to a new key once every member holds it. Records
 //!   learned from announcements (which do not carry it) keep the epoch held before; within
@@ -31,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use qs_transport::wire::WireError;
-use qs_transport::{Instant, NodeId, TopicId};
+use qs_transport::{Instant, NodeId, RegionId, TopicId};
 
 use crate::object::{GossipObject, Outbox, Peer};
 use crate::sync::{self, fingerprint, listing_answer, Codec, SyncRecord, SyncStats, Syncer, Table};
@@ -49,6 +52,8 @@ pub struct SubscriptionRecord {
     pub topics: Arc<[TopicId]>,
     /// The newest cluster-key epoch the owner holds (0: keyless, or not known here yet).
     pub key_epoch: u32,
+    /// The region the owner is departing at this version (see the module docs).
+    pub departing: Option<RegionId>,
 }
 
 /// Whether version `a` is newer than `b` (serial-number arithmetic).
@@ -63,19 +68,24 @@ struct Rec {
     version: u32,
     sig: u32,
     key_epoch: u32,
+    /// The departing region's id (0: none).
+    departing: u64,
 }
 
 impl SyncRecord for Rec {
     fn fingerprint(&self, id: NodeId) -> u32 {
         fingerprint(
             id,
-            &[u64::from(self.version) << 32 | u64::from(self.key_epoch)],
+            &[
+                u64::from(self.version) << 32 | u64::from(self.key_epoch),
+                self.departing,
+            ],
         )
     }
 }
 
-/// A decoded record: id, version, key epoch, topics.
-type Decoded = (NodeId, u32, u32, Vec<TopicId>);
+/// A decoded record: id, version, key epoch, departing region, topics.
+type Decoded = (NodeId, u32, u32, u64, Vec<TopicId>);
 
 /// Distinct signatures, reference-counted by the records that use them.
 #[derive(Debug, Default)]
@@ -192,13 +202,14 @@ struct SubCodec<'a> {
 
 impl Codec<Rec> for SubCodec<'_> {
     fn encoded_len(&self, _id: NodeId, r: &Rec) -> usize {
-        8 + 4 + 4 + 2 + 8 * self.sigs.get(r.sig).len()
+        8 + 4 + 4 + 8 + 2 + 8 * self.sigs.get(r.sig).len()
     }
     fn encode(&self, id: NodeId, r: &Rec, out: &mut Vec<u8>) {
         let topics = self.sigs.get(r.sig);
         out.extend_from_slice(&id.0.to_be_bytes());
         out.extend_from_slice(&r.version.to_be_bytes());
         out.extend_from_slice(&r.key_epoch.to_be_bytes());
+        out.extend_from_slice(&r.departing.to_be_bytes());
         out.extend_from_slice(&(topics.len() as u16).to_be_bytes());
         for t in topics.iter() {
             out.extend_from_slice(&t.0.to_be_bytes());
@@ -210,6 +221,7 @@ fn decode(r: &mut Reader<'_>, topics_max: usize) -> Result<Decoded, WireError> {
     let id = NodeId(r.u64()?);
     let version = r.u32()?;
     let key_epoch = r.u32()?;
+    let departing = r.u64()?;
     let n = usize::from(r.u16()?);
     if n > topics_max {
         return Err(WireError::Malformed);
@@ -221,7 +233,7 @@ fn decode(r: &mut Reader<'_>, topics_max: usize) -> Result<Decoded, WireError> {
     if topics.windows(2).any(|w| w[0] >= w[1]) {
         return Err(WireError::Malformed);
     }
-    Ok((id, version, key_epoch, topics))
+    Ok((id, version, key_epoch, departing, topics))
 }
 
 /// The scuttlebutt subscriptions object. See the module documentation.
@@ -265,6 +277,7 @@ impl Subscriptions {
                 version: 0,
                 sig,
                 key_epoch: 0,
+                departing: 0,
             },
         );
         Subscriptions {
@@ -298,14 +311,39 @@ impl Subscriptions {
         self.gap.0 > 0 && self.rounds < self.gap.1 + BEHIND_ROUNDS
     }
 
-    /// Replaces our own topics (sorted and deduplicated here) and bumps our version.
+    /// Replaces our own topics (sorted and deduplicated here) and bumps our version; the
+    /// record departs no region.
     pub fn set_topics(&mut self, topics: impl IntoIterator<Item = TopicId>) {
+        self.set_topics_departing(topics, None);
+    }
+
+    /// Replaces our own topics and the region we are departing (see the module docs) in one
+    /// new version.
+    pub fn set_topics_departing(
+        &mut self,
+        topics: impl IntoIterator<Item = TopicId>,
+        departing: Option<RegionId>,
+    ) {
         let mut v: Vec<TopicId> = topics.into_iter().collect();
         v.sort_unstable();
         v.dedup();
         v.truncate(self.config.topics_max);
         let (version, key_epoch) = self.own_version_and_epoch();
-        self.set_own(version.wrapping_add(1), &v, key_epoch);
+        let departing = departing.map_or(0, |r| r.0);
+        self.set_own(version.wrapping_add(1), &v, key_epoch, departing);
+    }
+
+    /// We departed the region our record names: a new version names none (nothing changes
+    /// when it names none already).
+    pub fn clear_departing(&mut self) {
+        let Some(own) = self.table.get(self.me).copied() else {
+            return;
+        };
+        if own.departing == 0 {
+            return;
+        }
+        let topics = self.sigs.get(own.sig).clone();
+        self.set_own(own.version.wrapping_add(1), &topics, own.key_epoch, 0);
     }
 
     /// Replaces the newest cluster-key epoch we hold and bumps our version (nothing changes
@@ -319,7 +357,8 @@ impl Subscriptions {
             .table
             .get(self.me)
             .map_or_else(|| Arc::from(&[][..]), |r| self.sigs.get(r.sig).clone());
-        self.set_own(version.wrapping_add(1), &topics, epoch);
+        let departing = self.table.get(self.me).map_or(0, |r| r.departing);
+        self.set_own(version.wrapping_add(1), &topics, epoch, departing);
     }
 
     fn own_version_and_epoch(&self) -> (u32, u32) {
@@ -328,7 +367,7 @@ impl Subscriptions {
             .map_or((0, 0), |r| (r.version, r.key_epoch))
     }
 
-    fn set_own(&mut self, version: u32, topics: &[TopicId], key_epoch: u32) {
+    fn set_own(&mut self, version: u32, topics: &[TopicId], key_epoch: u32, departing: u64) {
         let me = self.me;
         let sig = self.sigs.intern(topics);
         if let Some(old) = self.table.get(me).copied() {
@@ -340,6 +379,7 @@ impl Subscriptions {
                 version,
                 sig,
                 key_epoch,
+                departing,
             },
         );
         self.make_news(me);
@@ -361,6 +401,7 @@ impl Subscriptions {
             version: r.version,
             topics: self.sigs.get(r.sig).clone(),
             key_epoch: r.key_epoch,
+            departing: (r.departing != 0).then_some(RegionId(r.departing)),
         }
     }
 
@@ -481,7 +522,8 @@ impl Subscriptions {
         } else {
             held
         };
-        self.merge(id, rec.version, key_epoch, &rec.topics, false);
+        let departing = rec.departing.map_or(0, |r| r.0);
+        self.merge(id, rec.version, key_epoch, departing, &rec.topics, false);
     }
 
     fn retransmit_limit(&self) -> u32 {
@@ -501,7 +543,15 @@ impl Subscriptions {
         self.news.insert(id, limit);
     }
 
-    fn merge(&mut self, id: NodeId, version: u32, key_epoch: u32, topics: &[TopicId], news: bool) {
+    fn merge(
+        &mut self,
+        id: NodeId,
+        version: u32,
+        key_epoch: u32,
+        departing: u64,
+        topics: &[TopicId],
+        news: bool,
+    ) {
         if id == self.me {
             // A copy of our own record at or above our version that is not ours: bump past it.
             // (A copy with an older key epoch is one learned from an announcement: stale, not
@@ -510,11 +560,12 @@ impl Subscriptions {
             if let Some(m) = mine {
                 let same = m.version == version
                     && self.sigs.get(m.sig)[..] == *topics
+                    && m.departing == departing
                     && !newer(key_epoch, m.key_epoch);
                 if !same && (version == m.version || newer(version, m.version)) {
                     self.stats.own_record_refuted += 1;
                     let topics = self.sigs.get(m.sig).clone();
-                    self.set_own(version.wrapping_add(1), &topics, m.key_epoch);
+                    self.set_own(version.wrapping_add(1), &topics, m.key_epoch, m.departing);
                 }
             }
             return;
@@ -550,6 +601,7 @@ impl Subscriptions {
                         version,
                         sig,
                         key_epoch,
+                        departing,
                     },
                 );
                 self.stats.records_merged += 1;
@@ -569,6 +621,7 @@ impl Subscriptions {
                         version,
                         sig,
                         key_epoch,
+                        departing,
                     },
                 );
                 self.stats.records_merged += 1;
@@ -690,11 +743,12 @@ impl GossipObject for Subscriptions {
         for (range, n) in haves {
             let mut listing = Vec::with_capacity(usize::from(n));
             for _ in 0..n {
-                let (id, version, key_epoch, topics) = decode(&mut r, self.config.topics_max)?;
+                let (id, version, key_epoch, departing, topics) =
+                    decode(&mut r, self.config.topics_max)?;
                 if !range.contains(sync::mix(id)) {
                     return Err(WireError::Malformed);
                 }
-                self.merge(id, version, key_epoch, &topics, false);
+                self.merge(id, version, key_epoch, departing, &topics, false);
                 listing.push((id, (version, key_epoch)));
             }
             read += usize::from(n);
@@ -702,10 +756,11 @@ impl GossipObject for Subscriptions {
         }
         let mut got_news = false;
         for k in read..usize::from(bulk.records) {
-            let (id, version, key_epoch, topics) = decode(&mut r, self.config.topics_max)?;
+            let (id, version, key_epoch, departing, topics) =
+                decode(&mut r, self.config.topics_max)?;
             let news = k < read + usize::from(bulk.rumors);
             got_news |= news;
-            self.merge(id, version, key_epoch, &topics, news);
+            self.merge(id, version, key_epoch, departing, &topics, news);
         }
         for (range, listing) in answers {
             let ids = listing_answer(&self.table, range, &listing, |ours, &(v, k)| {
@@ -789,14 +844,14 @@ mod tests {
         // ... not at round 27: a record that never comes does not keep it busy.
         assert_eq!(odd_round_syncs(&mut s, 2), (false, 0));
         // A record arrives (the gap changes): catching up again.
-        s.merge(NodeId(2), 1, 0, &t(&[3]), false);
+        s.merge(NodeId(2), 1, 0, 0, &t(&[3]), false);
         assert_eq!(odd_round_syncs(&mut s, 2), (true, 1));
     }
 
     #[test]
     fn a_node_holding_every_members_record_reconciles_every_sync_every_rounds() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
-        s.merge(NodeId(2), 1, 0, &t(&[3]), false);
+        s.merge(NodeId(2), 1, 0, 0, &t(&[3]), false);
         s.set_members(2);
         assert_eq!(odd_round_syncs(&mut s, 1), (false, 0));
     }
@@ -805,7 +860,7 @@ mod tests {
     fn signatures_are_shared_and_released() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
         for i in 2..100u64 {
-            s.merge(NodeId(i), 1, 0, &t(&[i % 3]), false);
+            s.merge(NodeId(i), 1, 0, 0, &t(&[i % 3]), false);
         }
         assert_eq!(s.signatures(), 4, "three signatures plus our empty one");
         for i in 2..100u64 {
@@ -820,13 +875,13 @@ mod tests {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
         s.set_topics(t(&[5]));
         assert_eq!(s.record(NodeId(1)).unwrap().version, 1);
-        s.merge(NodeId(1), 1, 0, &t(&[5]), false);
+        s.merge(NodeId(1), 1, 0, 0, &t(&[5]), false);
         assert_eq!(
             s.stats().own_record_refuted,
             0,
             "our own copy is no forgery"
         );
-        s.merge(NodeId(1), 40, 0, &t(&[6, 7]), false);
+        s.merge(NodeId(1), 40, 0, 0, &t(&[6, 7]), false);
         let r = s.record(NodeId(1)).unwrap();
         assert_eq!((r.version, &r.topics[..]), (41, &t(&[5])[..]));
         GossipObject::check_invariants(&s);
@@ -835,10 +890,10 @@ mod tests {
     #[test]
     fn versions_compare_across_the_wrap_and_far_jumps_are_refused() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
-        s.merge(NodeId(2), u32::MAX, 0, &t(&[1]), false);
-        s.merge(NodeId(2), 0, 0, &t(&[2]), false);
+        s.merge(NodeId(2), u32::MAX, 0, 0, &t(&[1]), false);
+        s.merge(NodeId(2), 0, 0, 0, &t(&[2]), false);
         assert_eq!(s.record(NodeId(2)).unwrap().version, 0);
-        s.merge(NodeId(2), 5000, 0, &t(&[3]), false);
+        s.merge(NodeId(2), 5000, 0, 0, &t(&[3]), false);
         assert_eq!(s.record(NodeId(2)).unwrap().version, 0);
         assert_eq!(s.stats().implausible_versions, 1);
     }
@@ -860,7 +915,7 @@ mod tests {
             "no change, no bump"
         );
         // A stale copy of ours (an announcement's, no epoch) is not a rival record.
-        s.merge(NodeId(1), 2, 0, &t(&[5]), false);
+        s.merge(NodeId(1), 2, 0, 0, &t(&[5]), false);
         assert_eq!(s.stats().own_record_refuted, 0);
 
         // Another node's record first learned from an announcement (epoch unknown), then
@@ -869,12 +924,13 @@ mod tests {
             version,
             topics: t(&[5]).into(),
             key_epoch,
+            departing: None,
         };
         s.learn(NodeId(2), rec(7, 0));
         assert_eq!(s.record(NodeId(2)).unwrap().key_epoch, 0);
-        s.merge(NodeId(2), 7, 3, &t(&[5]), false);
+        s.merge(NodeId(2), 7, 3, 0, &t(&[5]), false);
         assert_eq!(s.record(NodeId(2)).unwrap().key_epoch, 3);
-        s.merge(NodeId(2), 7, 1, &t(&[5]), false);
+        s.merge(NodeId(2), 7, 1, 0, &t(&[5]), false);
         assert_eq!(s.record(NodeId(2)).unwrap().key_epoch, 3);
         // A newer version from an announcement keeps the epoch held.
         s.learn(NodeId(2), rec(8, 0));
@@ -886,9 +942,9 @@ mod tests {
     #[test]
     fn records_of_non_members_are_swept_once_orphaned_for_orphan_after() {
         let mut s = Subscriptions::new(NodeId(1), SubscriptionsConfig::default());
-        s.merge(NodeId(2), 1, 0, &t(&[1]), false);
-        s.merge(NodeId(3), 1, 0, &t(&[1]), false);
-        s.merge(NodeId(4), 1, 0, &t(&[1]), false);
+        s.merge(NodeId(2), 1, 0, 0, &t(&[1]), false);
+        s.merge(NodeId(3), 1, 0, 0, &t(&[1]), false);
+        s.merge(NodeId(4), 1, 0, 0, &t(&[1]), false);
         let after = std::time::Duration::from_secs(10);
         let t0 = Instant::ZERO;
         let at = |ms: u64| t0 + std::time::Duration::from_millis(ms);

@@ -19,6 +19,7 @@ fn record(version: u32) -> SubscriptionRecord {
     SubscriptionRecord {
         version,
         key_epoch: 0,
+        departing: None,
         topics: Arc::from(&[TopicId(4), TopicId(9)][..]),
     }
 }

@@ -381,6 +381,10 @@ pub struct RingStats {
     /// Region rounds (per stream) whose stability the leader held back because the stream's
     /// sender saw the region's members otherwise (see [`RingConfig::view_wait`]).
     pub view_holds: u64,
+    /// Region rounds (per stream) whose stability the leader held before a handover marker
+    /// because the node that marker admits is not in this view yet (see
+    /// [`Ring::hold_for_joiner`]).
+    pub join_holds: u64,
     /// Records this node added for streams the token did not list.
     pub records_added: u64,
     /// Sequence numbers requested from peers.
@@ -413,6 +417,20 @@ struct SenderView {
     tag: u16,
     since: Instant,
 }
+
+/// A stream's stability held before a handover marker until the node it admits is in the
+/// view (see [`Ring::hold_for_joiner`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct JoinHold {
+    epoch: u64,
+    /// The marker's sequence number: stability stays before it.
+    marker: Seq,
+    member: NodeId,
+    until: Instant,
+}
+
+/// Most join holds kept (one per sender).
+const JOIN_HOLDS_MAX: usize = 4096;
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -507,6 +525,8 @@ pub struct Ring {
     /// Per sender: the view tag its latest data carried, for which epoch, and since when
     /// (one entry per sender with a stream here: bounded like the streams).
     sender_views: BTreeMap<NodeId, SenderView>,
+    /// Per sender: the handover marker whose joiner this view lacks (stability waits).
+    join_holds: BTreeMap<NodeId, JoinHold>,
     /// When a partition token last visited this node (or its view last changed), the
     /// smoothed gap between visits, and when it next checks whether it was left out (see
     /// [`RingConfig::unvisited_after`]).
@@ -553,6 +573,7 @@ impl Ring {
             isolated: BTreeMap::new(),
             last_prefix: BTreeMap::new(),
             sender_views: BTreeMap::new(),
+            join_holds: BTreeMap::new(),
             last_visit: now,
             prev_view: None,
             prev_cutoffs: BTreeMap::new(),
@@ -677,6 +698,50 @@ impl Ring {
         })
     }
 
+    /// `sender`'s stream `epoch` carries, at `marker`, the cut at which its sender started
+    /// sending to `member` in this region (a handover marker; the member moved here from
+    /// another region). If this view lacks `member`, the leader keeps the stream's stability
+    /// (and so the sender's window and the caretakers' caches) before the marker until the
+    /// view has it or `view_wait` passed: otherwise a ring that learns of the member late
+    /// could free what the member needs from the cut on. One hold per sender, the latest.
+    pub fn hold_for_joiner(
+        &mut self,
+        now: Instant,
+        sender: NodeId,
+        epoch: u64,
+        marker: Seq,
+        member: NodeId,
+    ) {
+        if self.view.members().contains(&member) {
+            return;
+        }
+        if !self.join_holds.contains_key(&sender) && self.join_holds.len() >= JOIN_HOLDS_MAX {
+            return;
+        }
+        self.join_holds.insert(
+            sender,
+            JoinHold {
+                epoch,
+                marker,
+                member,
+                until: now + self.config.view_wait,
+            },
+        );
+    }
+
+    /// Where a join hold keeps `rec`'s stability at `now` (`None`: no hold); drops holds that
+    /// are over (the member is in the view, the wait passed, another epoch).
+    fn join_held(&mut self, now: Instant, rec: &TokenRecord) -> Option<Seq> {
+        let h = *self.join_holds.get(&rec.sender)?;
+        if h.epoch != rec.epoch || now >= h.until || self.view.members().contains(&h.member) {
+            if h.epoch <= rec.epoch {
+                self.join_holds.remove(&rec.sender);
+            }
+            return None;
+        }
+        Some(Seq(h.marker.0.wrapping_sub(1)))
+    }
+
     /// Data of this region arrived or was sent: the leader runs another round soon.
     pub fn on_data(&mut self) {
         self.dirty = true;
@@ -691,12 +756,14 @@ impl Ring {
         self.isolated.remove(&sender);
         self.last_prefix.remove(&sender);
         self.sender_views.remove(&sender);
+        self.join_holds.remove(&sender);
         self.prev_cutoffs.remove(&sender);
     }
 
     /// Panics if the ring's state is inconsistent (the simulator calls it after every
     /// event).
     pub fn check_invariants(&self) {
+        assert!(self.join_holds.len() <= JOIN_HOLDS_MAX);
         let v = &self.view;
         assert!(
             v.members.windows(2).all(|w| w[0] < w[1]),
@@ -1497,6 +1564,24 @@ impl Ring {
                 stable = rec.cleanup;
                 cleanup = rec.cleanup;
             }
+            // A handover marker admits a member this view lacks yet: nothing from the marker
+            // on is freed or cleaned until the view has it (or `view_wait` passed).
+            if let Some(before) = self.join_held(now, &rec) {
+                let bound = if rec.cleanup_unknown || rec.cleanup.is_before(before) {
+                    before
+                } else {
+                    rec.cleanup
+                };
+                if bound.is_before(stable) || bound.is_before(cleanup) {
+                    self.stats.join_holds += 1;
+                }
+                if bound.is_before(stable) {
+                    stable = bound;
+                }
+                if bound.is_before(cleanup) {
+                    cleanup = bound;
+                }
+            }
             self.stats.naked += rec.naks.iter().map(|r| u64::from(r.count)).sum::<u64>();
             self.check_slow(now, &rec, stable);
             self.actions.push_back(RingAction::Ack {
@@ -1885,6 +1970,71 @@ mod tests {
         members[0].ring.note_sender_view(T0, S, 1, own);
         assert_eq!(acked(&mut members, ms(0)), Seq(30));
         assert_eq!(members[0].ring.stats().view_holds, 0);
+    }
+
+    #[test]
+    fn stability_stays_before_a_handover_marker_until_the_joiner_is_in_the_view() {
+        let wait = RingConfig::default().view_wait;
+        let acked = |members: &mut Vec<Member>, at: Instant| {
+            round(members, at);
+            let log = round(members, at + Duration::from_millis(3));
+            let (_, ack) = log.acks.last().expect("acknowledged").clone();
+            (ack.stable, ack.floor)
+        };
+        // Packet 21 of S's stream marks where S started sending to node 9, which this view
+        // does not have yet: nothing from 21 on is freed or cleaned.
+        let mut members = region(3, |_| 30, |_| vec![]);
+        members[0]
+            .ring
+            .hold_for_joiner(T0, S, 1, Seq(21), NodeId(9));
+        assert_eq!(acked(&mut members, ms(0)), (Seq(20), Seq(20)), "held");
+        assert!(members[0].ring.stats().join_holds >= 1);
+        // Another epoch's marker holds nothing of this one.
+        let mut other = region(3, |_| 30, |_| vec![]);
+        other[0].ring.hold_for_joiner(T0, S, 2, Seq(21), NodeId(9));
+        assert_eq!(acked(&mut other, ms(0)).0, Seq(30));
+        // Once the view has the joiner, it goes on.
+        let ids: Vec<NodeId> = [1, 2, 3, 9].into_iter().map(NodeId).collect();
+        for m in members.iter_mut() {
+            m.ring.set_view(ms(10), ids.clone());
+        }
+        members.push({
+            let mut ring = Ring::new(RingConfig::default(), NodeId(9), REGION, T0);
+            ring.set_view(ms(10), ids.clone());
+            let mut w = ReceiveWindow::reliable(1024);
+            for q in 1..=30 {
+                w.insert(T0, Seq(q), q);
+            }
+            Member {
+                ring,
+                window: Some((w, false)),
+                cache: Cache::new(1 << 20),
+            }
+        });
+        assert_eq!(
+            acked(&mut members, ms(20)).0,
+            Seq(30),
+            "the joiner is in the view"
+        );
+        // A joiner that never comes holds for `view_wait` only.
+        let mut members = region(3, |_| 30, |_| vec![]);
+        members[0]
+            .ring
+            .hold_for_joiner(T0, S, 1, Seq(21), NodeId(9));
+        assert_eq!(acked(&mut members, ms(0)).0, Seq(20));
+        let late = T0 + wait + Duration::from_millis(10);
+        assert_eq!(
+            acked(&mut members, late).0,
+            Seq(30),
+            "past view_wait it goes on"
+        );
+        // A joiner already in the view holds nothing.
+        let mut members = region(3, |_| 30, |_| vec![]);
+        members[0]
+            .ring
+            .hold_for_joiner(T0, S, 1, Seq(21), NodeId(2));
+        assert_eq!(acked(&mut members, ms(0)).0, Seq(30));
+        assert_eq!(members[0].ring.stats().join_holds, 0);
     }
 
     #[test]

@@ -12,6 +12,14 @@
 //!
 //! This crate owns the mapping and the per-region member lists derived from the nodes'
 //! signatures. It does not learn signatures (discovery and gossip do) and sends nothing.
+//!
+//! **Departing members.** A node that changes its subscriptions moves to another region, but
+//! for a moment it still needs the old region's streams up to each sender's cut (the
+//! subscription handover, see the core). Its record then names the old region as the one it
+//! is *departing*, and the table keeps it listed among that region's members (so the old
+//! region's ring still counts it, and its senders still keep their packets for it) until a
+//! later record of the node names none. A departing node is in [`Region::members`] and
+//! [`Region::departing`]; [`RegionTable::region_of`] is its new region.
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -129,8 +137,12 @@ pub struct Region {
     pub signature: Signature,
     /// Its multicast group.
     pub group: Ipv4Addr,
-    /// Current members, in id order (the ring order of the recovery protocol).
+    /// Current members, in id order (the ring order of the recovery protocol), departing
+    /// ones included.
     pub members: BTreeSet<NodeId>,
+    /// Members that moved to another region and are still finishing this one's streams
+    /// (a subset of `members`).
+    pub departing: BTreeSet<NodeId>,
 }
 
 /// The whole mapping, derived from each node's signature: regions, their members, and for each
@@ -139,6 +151,8 @@ pub struct Region {
 pub struct RegionTable {
     range: GroupRange,
     node_region: BTreeMap<NodeId, RegionId>,
+    /// Nodes listed as departing members of a region other than their own.
+    node_departing: BTreeMap<NodeId, RegionId>,
     regions: BTreeMap<RegionId, Region>,
     by_topic: HashMap<TopicId, Vec<RegionId>>,
 }
@@ -157,50 +171,99 @@ impl RegionTable {
         self.range
     }
 
-    /// Sets `node`'s signature (an empty one removes it from every region). Returns whether the
-    /// node changed region.
+    /// Sets `node`'s signature (an empty one removes it from every region), with no region
+    /// it is departing. Returns whether the table changed.
     pub fn set_member(&mut self, node: NodeId, signature: &Signature) -> bool {
+        self.set_record(node, signature, None)
+    }
+
+    /// Sets `node`'s signature and the region it is departing (see the crate docs): it stays
+    /// listed in `departing` as a departing member if it was a member there (or another
+    /// node's record created the region), and leaves any region it departed before. Returns
+    /// whether the table changed.
+    pub fn set_record(
+        &mut self,
+        node: NodeId,
+        signature: &Signature,
+        departing: Option<RegionId>,
+    ) -> bool {
         let new = signature.region();
+        let departing = departing.filter(|d| Some(*d) != new);
         let old = self.node_region.get(&node).copied();
-        if old == new {
+        let old_departing = self.node_departing.get(&node).copied();
+        if old == new && old_departing == departing {
             return false;
         }
-        if let Some(old) = old {
-            self.leave(node, old);
+        // The region it departed before, if it departs no longer (or another one now).
+        if let Some(d) = old_departing.filter(|d| Some(*d) != departing) {
+            self.node_departing.remove(&node);
+            self.leave(node, d);
         }
-        if let Some(id) = new {
-            self.node_region.insert(node, id);
-            let range = self.range;
-            let by_topic = &mut self.by_topic;
-            let region = self.regions.entry(id).or_insert_with(|| {
-                for t in signature.topics() {
-                    let list = by_topic.entry(*t).or_default();
-                    let at = list.binary_search(&id).unwrap_or_else(|at| at);
-                    list.insert(at, id);
+        if old != new {
+            if let Some(old) = old {
+                self.node_region.remove(&node);
+                if departing == Some(old) {
+                    // It keeps its place there as a departing member.
+                    if let Some(r) = self.regions.get_mut(&old) {
+                        r.departing.insert(node);
+                    }
+                    self.node_departing.insert(node, old);
+                } else {
+                    self.leave(node, old);
                 }
-                Region {
-                    id,
-                    signature: signature.clone(),
-                    group: range.group(id),
-                    members: BTreeSet::new(),
-                }
-            });
-            region.members.insert(node);
+            }
+            if let Some(id) = new {
+                self.node_region.insert(node, id);
+                self.join(id, signature).members.insert(node);
+            }
         }
-        true
+        if let Some(d) = departing {
+            if !self.node_departing.contains_key(&node) {
+                // Learned already departing: listed there if the region is known (its
+                // signature came with another member's record).
+                if let Some(r) = self.regions.get_mut(&d) {
+                    r.members.insert(node);
+                    r.departing.insert(node);
+                    self.node_departing.insert(node, d);
+                }
+            }
+        }
+        self.node_region.get(&node).copied() != old
+            || self.node_departing.get(&node).copied() != old_departing
     }
 
     /// Removes `node` from the table. Returns whether it was in a region.
     pub fn remove_member(&mut self, node: NodeId) -> bool {
-        self.set_member(node, &Signature::default())
+        self.set_record(node, &Signature::default(), None)
     }
 
+    /// The region of `signature`, created (and mapped for its topics) if new.
+    fn join(&mut self, id: RegionId, signature: &Signature) -> &mut Region {
+        let range = self.range;
+        let by_topic = &mut self.by_topic;
+        self.regions.entry(id).or_insert_with(|| {
+            for t in signature.topics() {
+                let list = by_topic.entry(*t).or_default();
+                let at = list.binary_search(&id).unwrap_or_else(|at| at);
+                list.insert(at, id);
+            }
+            Region {
+                id,
+                signature: signature.clone(),
+                group: range.group(id),
+                members: BTreeSet::new(),
+                departing: BTreeSet::new(),
+            }
+        })
+    }
+
+    /// Takes `node` out of region `id` (which goes when it has no members left).
     fn leave(&mut self, node: NodeId, id: RegionId) {
-        self.node_region.remove(&node);
         let Some(region) = self.regions.get_mut(&id) else {
             return;
         };
         region.members.remove(&node);
+        region.departing.remove(&node);
         if !region.members.is_empty() {
             return;
         }
@@ -213,6 +276,11 @@ impl RegionTable {
                 }
             }
         }
+    }
+
+    /// The region `node` is departing, if any.
+    pub fn departing_of(&self, node: NodeId) -> Option<RegionId> {
+        self.node_departing.get(&node).copied()
     }
 
     /// The regions a publish on `topic` goes to, in id order.
@@ -235,13 +303,54 @@ impl RegionTable {
         self.regions.values()
     }
 
-    /// Number of nodes (other than none) subscribing `topic`.
+    /// Number of nodes subscribing `topic` (departing members are counted in their new
+    /// region only).
     pub fn subscribers_of(&self, topic: TopicId) -> usize {
         self.regions_for_topic(topic)
             .iter()
             .filter_map(|r| self.regions.get(r))
-            .map(|r| r.members.len())
+            .map(|r| r.members.len() - r.departing.len())
             .sum()
+    }
+
+    /// Panics if the table is inconsistent: a node in its region and at most one departed
+    /// one, departing members listed as members, no empty region, topics mapped to exactly
+    /// the regions whose signatures hold them.
+    pub fn check_invariants(&self) {
+        for (node, id) in &self.node_region {
+            let r = self.regions.get(id).expect("a node's region exists");
+            assert!(r.members.contains(node) && !r.departing.contains(node));
+        }
+        for (node, id) in &self.node_departing {
+            assert_ne!(
+                self.node_region.get(node),
+                Some(id),
+                "departing its own region"
+            );
+            let r = self.regions.get(id).expect("a departed region exists");
+            assert!(r.members.contains(node) && r.departing.contains(node));
+        }
+        for r in self.regions.values() {
+            assert!(!r.members.is_empty(), "empty region {:?}", r.id);
+            assert!(r.departing.is_subset(&r.members));
+            for m in &r.members {
+                let here = self.node_region.get(m) == Some(&r.id);
+                let departing = self.node_departing.get(m) == Some(&r.id);
+                assert!(
+                    here != departing,
+                    "{m:?} listed in {:?} without a record",
+                    r.id
+                );
+            }
+            for t in r.signature.topics() {
+                assert!(self.regions_for_topic(*t).contains(&r.id));
+            }
+        }
+        for (t, list) in &self.by_topic {
+            for id in list {
+                assert!(self.regions[id].signature.contains(*t));
+            }
+        }
     }
 }
 
@@ -300,7 +409,76 @@ mod tests {
         assert!(!r.contains(Ipv4Addr::new(239, 254, 255, 255)));
     }
 
+    #[test]
+    fn a_departing_member_stays_in_its_old_region_until_its_record_names_none() {
+        let mut t = RegionTable::new(GroupRange::default());
+        let (a, b) = (sig(&[1, 2]), sig(&[1]));
+        let (ra, rb) = (a.region().unwrap(), b.region().unwrap());
+        t.set_member(NodeId(1), &a);
+        t.set_member(NodeId(2), &a);
+        // Node 1 drops topic 2: it is in region b, and departing a.
+        assert!(t.set_record(NodeId(1), &b, Some(ra)));
+        t.check_invariants();
+        assert_eq!(t.region_of(NodeId(1)), Some(rb));
+        assert_eq!(t.departing_of(NodeId(1)), Some(ra));
+        let region_a = t.region(ra).unwrap();
+        assert!(region_a.members.contains(&NodeId(1)) && region_a.departing.contains(&NodeId(1)));
+        assert_eq!(
+            t.subscribers_of(TopicId(2)),
+            1,
+            "a departing member subscribes nothing there"
+        );
+        assert_eq!(t.subscribers_of(TopicId(1)), 2);
+        assert!(
+            !t.set_record(NodeId(1), &b, Some(ra)),
+            "the same record changes nothing"
+        );
+        // Done: it leaves a.
+        assert!(t.set_record(NodeId(1), &b, None));
+        t.check_invariants();
+        assert_eq!(t.region(ra).unwrap().members.len(), 1);
+        assert_eq!(t.departing_of(NodeId(1)), None);
+        // A lone member departing keeps its old region alive until it is done.
+        t.set_member(NodeId(3), &sig(&[7]));
+        let r7 = sig(&[7]).region().unwrap();
+        t.set_record(NodeId(3), &sig(&[8]), Some(r7));
+        assert_eq!(t.regions_for_topic(TopicId(7)), &[r7]);
+        t.set_record(NodeId(3), &sig(&[8]), None);
+        assert!(t.region(r7).is_none() && t.regions_for_topic(TopicId(7)).is_empty());
+        // A node first learned as departing is listed in a region that exists, and in none
+        // it cannot know.
+        t.set_record(NodeId(4), &b, Some(ra));
+        assert!(t.region(ra).unwrap().departing.contains(&NodeId(4)));
+        t.set_record(NodeId(5), &b, Some(RegionId(12345)));
+        assert_eq!(t.departing_of(NodeId(5)), None);
+        t.check_invariants();
+    }
+
     proptest! {
+        /// Any sequence of records, departing ones included, leaves a consistent table, and
+        /// once no node departs it equals one rebuilt from scratch.
+        #[test]
+        fn records_with_departures_keep_the_table_consistent(ops in prop::collection::vec((0u64..6, prop::collection::vec(0u64..4, 0..3), prop::option::of(prop::collection::vec(0u64..4, 1..3))), 0..40)) {
+            let mut t = RegionTable::new(GroupRange::default());
+            let mut truth: BTreeMap<u64, Signature> = BTreeMap::new();
+            for (node, topics, departing) in ops {
+                let s = sig(&topics);
+                let d = departing.and_then(|d| sig(&d).region());
+                t.set_record(NodeId(node), &s, d);
+                t.check_invariants();
+                truth.insert(node, s);
+            }
+            for (node, s) in &truth {
+                t.set_record(NodeId(*node), s, None);
+            }
+            t.check_invariants();
+            let mut fresh = RegionTable::new(GroupRange::default());
+            for (node, s) in &truth {
+                fresh.set_member(NodeId(*node), s);
+            }
+            prop_assert_eq!(t.regions().collect::<Vec<_>>(), fresh.regions().collect::<Vec<_>>());
+        }
+
         /// The incremental table equals one rebuilt from scratch after any sequence of changes.
         #[test]
         fn incremental_updates_match_a_rebuild(ops in prop::collection::vec((0u64..6, prop::collection::vec(0u64..5, 0..4)), 0..40)) {

@@ -120,6 +120,13 @@ pub struct CoreConfig {
     /// are kept (a phantom: forged or buggy sender id, or a forgotten member still sending)
     /// before they are freed (`phantom_streams_expired`). Far longer than a join takes.
     pub phantom_after: Duration,
+    /// Subscription handover: the shortest time a node that changed its subscriptions keeps
+    /// departing its old region (senders that have not learned the move yet still send
+    /// there). Every node of a cluster should use the same value.
+    pub handover_min: Duration,
+    /// Subscription handover: the longest time a departure (and a gate waiting for its
+    /// sender's cut) lasts; past it what the old region's streams lack is reported as gaps.
+    pub handover_timeout: Duration,
     /// Keyed nodes: how long after switching to a new key the previous one is still
     /// accepted (members whose gossip view lags switch later), before it is retired.
     pub key_retire_after: Duration,
@@ -168,6 +175,8 @@ impl CoreConfig {
             lec: None,
             lec_regions: BTreeMap::new(),
             key_retire_after: Duration::from_secs(30),
+            handover_min: super::handover::HANDOVER_MIN,
+            handover_timeout: super::handover::HANDOVER_TIMEOUT,
             phantom_after: Duration::from_secs(10),
             discovery: DiscoveryConfig::default(),
             seed: id.0,

@@ -103,6 +103,9 @@ pub enum PublishRefused {
     /// The message exceeds `max_message_bytes` (or 65,535 fragments).
     #[error("message too large")]
     TooLarge,
+    /// The topic is reserved ([`qs_transport::TopicId::HANDOVER`]).
+    #[error("reserved topic")]
+    ReservedTopic,
 }
 
 /// Why [`super::NodeCore::set_keys`] or [`super::NodeCore::add_key`] refused new keys.

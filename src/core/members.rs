@@ -212,6 +212,7 @@ impl NodeCore {
             unicast,
             version,
             signature,
+            departing,
             leaving,
             ..
         } = a;
@@ -227,6 +228,7 @@ impl NodeCore {
                 version,
                 topics: sig.topics().into(),
                 key_epoch: 0,
+                departing,
             };
             self.gossip.learn_subscriptions(id, record);
             if !self.is_live_member(id) && self.unvouched.len() < DEPARTED_MAX {
@@ -318,13 +320,26 @@ impl NodeCore {
 
     /// Puts `id` where its subscription record says (or out of the region table when gossip
     /// holds no record of it). Returns whether the table changed.
+    /// A record that newly names a region its node departs moves the node out of it, so
+    /// this node, as a sender, marks the cut in its streams (`handover.rs`).
     fn apply_record(&mut self, id: NodeId) -> bool {
-        match self.gossip.subscriptions().record(id) {
+        let departed_before = self.regions.departing_of(id);
+        let record = self.gossip.subscriptions().record(id);
+        let changed = match &record {
             Some(r) => {
                 let signature = Signature::new(r.topics.iter().copied());
-                self.regions.set_member(id, &signature)
+                self.regions.set_record(id, &signature, r.departing)
             }
             None => self.regions.remove_member(id),
+        };
+        if changed && id != self.config.id {
+            let departs = self.regions.departing_of(id);
+            if let (Some(from), Some(r)) = (departs.filter(|d| departed_before != Some(*d)), record)
+            {
+                let to = self.regions.region_of(id);
+                self.mark_handover(id, r.version, from, to);
+            }
         }
+        changed
     }
 }

@@ -1,4 +1,5 @@
-//! The node's side of regional recovery: it runs this region's [`Ring`], feeding it a
+//! The node's side of regional recovery: it runs this region's [`Ring`] (and, during a
+//! subscription handover, the departed region's: `handover.rs`), feeding each a
 //! read-only snapshot of its streams ([`Local`]) and applying what comes out — stream
 //! updates to the receive windows and the cache, tokens, hop acknowledgements, repair
 //! requests and acknowledgements to senders as intents for the out queue. It answers peers'
@@ -9,7 +10,7 @@
 
 use qs_recovery::{Local, Ring, RingAction, StreamProgress};
 use qs_transport::wire::{RepairRequest, SenderAck, Token, TokenAck};
-use qs_transport::{Instant, NodeId};
+use qs_transport::{Instant, NodeId, RegionId};
 
 use super::out::Intent;
 use super::{Event, NodeCore};
@@ -32,24 +33,67 @@ impl NodeCore {
                 .max_token_bytes
                 .min(self.config.max_datagram - self.seal.overhead());
             self.ring = Some(Ring::new(ring, self.config.id, region, now));
-            self.cache.clear();
+            if self.departure.is_none() {
+                // (A departed region's ring still caretakes its share of the cache.)
+                self.cache.clear();
+            }
         }
-        let members: Vec<NodeId> = self
-            .regions
-            .region(region)
-            .map(|r| r.members.iter().copied().collect())
-            .unwrap_or_default();
+        let members = |region| -> Vec<NodeId> {
+            self.regions
+                .region(region)
+                .map(|r| r.members.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        let own = members(region);
+        let departed = self.departure.as_ref().map(|d| members(d.region));
         if let Some(ring) = self.ring.as_mut() {
+            ring.set_view(now, own);
+        }
+        if let Some((ring, members)) = self
+            .departure
+            .as_mut()
+            .and_then(|d| d.ring.as_mut())
+            .zip(departed)
+        {
             ring.set_view(now, members);
         }
         self.pump_ring(now);
     }
 
-    /// The receive streams of the ring's region as the ring sees them, in sender order.
-    fn stream_progress(&self, now: Instant) -> Vec<StreamProgress> {
-        let Some(region) = self.own_region else {
-            return Vec::new();
-        };
+    /// The ring of `region`: the own region's, or the departed one's during a handover.
+    pub(super) fn ring_of(&mut self, region: RegionId) -> Option<&mut Ring> {
+        if Some(region) == self.own_region {
+            return self.ring.as_mut();
+        }
+        self.departure
+            .as_mut()
+            .filter(|d| d.region == region)
+            .and_then(|d| d.ring.as_mut())
+    }
+
+    fn ring_ref(&self, region: RegionId) -> Option<&Ring> {
+        if Some(region) == self.own_region {
+            return self.ring.as_ref();
+        }
+        self.departure
+            .as_ref()
+            .filter(|d| d.region == region)
+            .and_then(|d| d.ring.as_ref())
+    }
+
+    /// The regions whose rings run here: the own one, then the departed one.
+    fn ring_regions(&self) -> impl Iterator<Item = RegionId> {
+        let own = self.ring.as_ref().map(Ring::region);
+        let departed = self
+            .departure
+            .as_ref()
+            .and_then(|d| d.ring.as_ref())
+            .map(Ring::region);
+        own.into_iter().chain(departed)
+    }
+
+    /// The receive streams of `region` as its ring sees them, in sender order.
+    fn stream_progress(&self, now: Instant, region: RegionId) -> Vec<StreamProgress> {
         let max = self.config.ring.max_request;
         self.recv
             .iter()
@@ -58,13 +102,12 @@ impl NodeCore {
             .collect()
     }
 
-    /// Runs the ring with a snapshot of this node, then applies what it decided.
-    fn with_ring(&mut self, now: Instant, f: impl FnOnce(&mut Ring, &Local<'_>)) {
-        let Some(ring) = self.ring.as_ref() else {
+    /// Runs `region`'s ring with a snapshot of this node, then applies what it decided.
+    fn with_ring(&mut self, now: Instant, region: RegionId, f: impl FnOnce(&mut Ring, &Local<'_>)) {
+        if self.ring_ref(region).is_none() {
             return;
-        };
-        let region = ring.region();
-        let streams = self.stream_progress(now);
+        }
+        let streams = self.stream_progress(now, region);
         let app_behind =
             !self.stalled.is_empty() || self.events.len() > self.config.max_pending_events / 2;
         let local = Local {
@@ -77,27 +120,40 @@ impl NodeCore {
             app_behind,
             first_seq: self.config.first_seq,
         };
-        let ring = self.ring.as_mut().expect("checked");
-        f(ring, &local);
+        let ring = match Some(region) == self.own_region {
+            true => self.ring.as_mut(),
+            false => self.departure.as_mut().and_then(|d| d.ring.as_mut()),
+        };
+        f(ring.expect("checked"), &local);
         self.pump_ring(now);
     }
 
-    /// The ring's timers.
+    /// The rings' timers.
     pub(super) fn ring_timeout(&mut self, now: Instant) {
-        if self
-            .ring
-            .as_ref()
-            .and_then(Ring::poll_timeout)
-            .is_some_and(|t| t <= now)
-        {
-            self.with_ring(now, |ring, local| ring.handle_timeout(now, local));
+        let regions: Vec<RegionId> = self.ring_regions().collect();
+        for region in regions {
+            if self
+                .ring_ref(region)
+                .and_then(Ring::poll_timeout)
+                .is_some_and(|t| t <= now)
+            {
+                self.with_ring(now, region, |ring, local| ring.handle_timeout(now, local));
+            }
         }
+    }
+
+    /// The rings' next deadline.
+    pub(super) fn rings_poll_timeout(&self) -> Option<Instant> {
+        self.ring_regions()
+            .filter_map(|r| self.ring_ref(r).and_then(Ring::poll_timeout))
+            .min()
     }
 
     pub(super) fn handle_token(&mut self, now: Instant, from: NodeId, body: &[u8]) {
         match Token::parse(body) {
-            Ok(token) if Some(token.region) == self.own_region => {
-                self.with_ring(now, |ring, local| {
+            Ok(token) if self.ring_ref(token.region).is_some() => {
+                let region = token.region;
+                self.with_ring(now, region, |ring, local| {
                     ring.handle_token(now, from, token, local)
                 });
             }
@@ -109,7 +165,7 @@ impl NodeCore {
     pub(super) fn handle_token_ack(&mut self, now: Instant, body: &[u8]) {
         match TokenAck::parse(body) {
             Ok(ack) => {
-                if let Some(ring) = self.ring.as_mut() {
+                if let Some(ring) = self.ring_of(ack.region) {
                     ring.handle_token_ack(now, ack);
                 }
                 self.pump_ring(now);
@@ -172,7 +228,7 @@ impl NodeCore {
                     });
                 }
             }
-        } else if Some(req.region) == self.own_region {
+        } else if self.receives(req.region) {
             for seq in seqs {
                 let Some(packet) = self.cache.get(req.sender, req.epoch, seq) else {
                     continue;
@@ -213,11 +269,26 @@ impl NodeCore {
         self.handle_sender_ack(now, ack);
     }
 
-    /// Applies the ring's actions: stream updates here, packets as intents.
+    /// Applies the rings' actions: stream updates here, packets as intents.
     pub(super) fn pump_ring(&mut self, now: Instant) {
-        while let Some(action) = self.ring.as_mut().and_then(Ring::poll_action) {
+        loop {
+            let (region, action) = match self.ring.as_mut().and_then(Ring::poll_action) {
+                Some(a) => (self.own_region, a),
+                None => {
+                    let Some(d) = self.departure.as_mut() else {
+                        return;
+                    };
+                    let Some(a) = d.ring.as_mut().and_then(Ring::poll_action) else {
+                        return;
+                    };
+                    (Some(d.region), a)
+                }
+            };
+            let Some(region) = region else {
+                continue;
+            };
             match action {
-                RingAction::Update(u) => self.apply_stream_update(now, u),
+                RingAction::Update(u) => self.apply_stream_update(now, region, u),
                 RingAction::Token { to, token } => self.out.push(Intent::Token { to, token }),
                 RingAction::TokenAck { to, ack } => self.out.push(Intent::TokenAck { to, ack }),
                 RingAction::Request { to, request } => {
@@ -260,8 +331,12 @@ impl NodeCore {
             self.remember_closed(id, epoch);
         }
         self.close_streams_of(now, id);
+        self.gates.remove(&id);
         self.cache.forget(id);
         if let Some(ring) = self.ring.as_mut() {
+            ring.forget_sender(id);
+        }
+        if let Some(ring) = self.departure.as_mut().and_then(|d| d.ring.as_mut()) {
             ring.forget_sender(id);
         }
     }

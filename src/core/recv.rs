@@ -221,7 +221,7 @@ impl NodeCore {
             self.stats.drops.malformed += 1;
             return;
         };
-        if Some(region) != self.own_region {
+        if !self.receives(region) {
             self.stats.drops.foreign_region += 1;
             return;
         }
@@ -229,7 +229,8 @@ impl NodeCore {
             self.stats.drops.injected_loss += 1;
             return;
         }
-        if via != Via::Rebuilt {
+        let own = Some(region) == self.own_region;
+        if via != Via::Rebuilt && own {
             // Every packet of the region is repair input, whatever the window makes of it.
             self.lec_on_packet(now, PacketId { sender, epoch, seq }, datagram);
         }
@@ -252,6 +253,11 @@ impl NodeCore {
             }
             if self.recv.len() >= self.config.max_streams {
                 self.stats.drops.stream_table_full += 1;
+                return;
+            }
+            if !own && !self.admit_departed_stream(now, sender) {
+                // The departed region's stream of a sender that reached its cut.
+                self.stats.drops.stale += 1;
                 return;
             }
         }
@@ -291,15 +297,26 @@ impl NodeCore {
         if view_changed {
             stream.view = view;
         }
+        if header.flags & wire::FLAG_HANDOVER != 0 {
+            if let Received::Packed(p) = &packet {
+                let p = p.clone();
+                self.on_marker_arrival(now, region, sender, epoch, seq, &p);
+            }
+        }
+        let Some(stream) = self.recv.get_mut(&key) else {
+            return;
+        };
         let arrival = stream.window.insert(now, seq, packet);
-        if arrival == Arrival::Accepted {
+        if arrival == Arrival::Accepted && own {
             self.on_accepted(now, key, epoch, seq, highest_before, via);
         }
-        if fresh {
+        if fresh && own {
             self.heard_multicast(now, region);
+        }
+        if fresh {
             // The sender's view of the region as it sent its newest packet: the leader holds
             // stability back while it differs from the ring's (a member it does not know yet).
-            if let Some(ring) = self.ring.as_mut().filter(|_| view_changed) {
+            if let Some(ring) = self.ring_of(region).filter(|_| view_changed) {
                 ring.note_sender_view(now, sender, epoch, view);
             }
         }
@@ -314,7 +331,7 @@ impl NodeCore {
             }
             Arrival::Beyond => self.stats.drops.beyond_window += 1,
         }
-        if let Some(ring) = self.ring.as_mut() {
+        if let Some(ring) = self.ring_of(region) {
             ring.on_data();
             // Caretakers keep their share (a duplicate may fill a cache a view change left
             // empty); the cache refuses what is already stable.
@@ -451,9 +468,14 @@ impl NodeCore {
         }
     }
 
-    /// Hands on one packet (or gap) the stream's window releases; false when it has none.
+    /// Hands on one packet (or gap) the stream's window releases; false when it has none
+    /// (or a handover holds it back: `handover.rs`).
     fn drain_one(&mut self, key: (NodeId, RegionId)) -> bool {
         let (sender, region) = key;
+        if !self.gates.is_empty() && self.handover_blocks(key) {
+            return false;
+        }
+        let discarding = !self.gates.is_empty() && self.handover_discards(key);
         {
             let Some(stream) = self.recv.get_mut(&key) else {
                 return false;
@@ -475,6 +497,26 @@ impl NodeCore {
                 return false;
             };
             match popped {
+                Popped::Lost { count, .. } if discarding => {
+                    // Before the sender's cut: not this node's (it had them from its old
+                    // region, or did not subscribe them).
+                    self.stats.handover.skipped += u64::from(count);
+                }
+                Popped::Packet(seq, Received::Packed(p)) if discarding || p.is_marker() => {
+                    stream.last = Some(seq);
+                    if let Some(marker) = p.marker() {
+                        self.on_marker(key, marker);
+                    } else {
+                        self.stats.handover.skipped += p.messages().count() as u64;
+                    }
+                }
+                Popped::Packet(seq, Received::Fragment(f)) if discarding => {
+                    stream.last = Some(seq);
+                    stream.abandon();
+                    if f.index == 0 {
+                        self.stats.handover.skipped += 1;
+                    }
+                }
                 Popped::Lost { first, count } => {
                     stream.missed += u64::from(count);
                     stream.last = Some(first.advance(count.saturating_sub(1)));
@@ -499,6 +541,9 @@ impl NodeCore {
                     }
                     let mut delivered = 0;
                     for (topic, payload) in p.messages() {
+                        if topic == TopicId::HANDOVER {
+                            continue;
+                        }
                         if self.subscriptions.contains(&topic) {
                             delivered += 1;
                             self.deliver(sender, topic, payload);
@@ -591,7 +636,7 @@ impl NodeCore {
             self.stats.drops.malformed += 1;
             return;
         };
-        if Some(s.region) != self.own_region {
+        if !self.receives(s.region) {
             self.stats.drops.foreign_region += 1;
             return;
         }
@@ -631,18 +676,20 @@ impl NodeCore {
 
     /// Applies what a ring visit decided for one of this node's streams (creating it when
     /// the node had none), then hands on what it released.
-    pub(super) fn apply_stream_update(&mut self, now: Instant, u: StreamUpdate) {
-        let Some(region) = self.own_region else {
-            return;
-        };
+    pub(super) fn apply_stream_update(&mut self, now: Instant, region: RegionId, u: StreamUpdate) {
         let key = (u.sender, region);
         match self.recv.get(&key).map(|s| s.epoch) {
             Some(e) if e > u.epoch => return,
             Some(e) if e < u.epoch => self.finish_stream(now, key),
             _ => {}
         }
-        if !self.recv.contains_key(&key) && self.recv.len() >= self.config.max_streams {
-            return;
+        if !self.recv.contains_key(&key) {
+            if self.recv.len() >= self.config.max_streams {
+                return;
+            }
+            if Some(region) != self.own_region && !self.admit_departed_stream(now, u.sender) {
+                return;
+            }
         }
         let config = &self.config;
         let stream = self

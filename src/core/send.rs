@@ -152,6 +152,9 @@ impl NodeCore {
         {
             return Err(PublishRefused::TooLarge);
         }
+        if topic == TopicId::HANDOVER {
+            return Err(PublishRefused::ReservedTopic);
+        }
         if !self.can_publish(payload.len()) {
             return Err(PublishRefused::QueueFull);
         }
@@ -160,11 +163,6 @@ impl NodeCore {
             self.deliver(self.config.id, topic, payload.clone());
         }
         let own = self.own_region;
-        let window = if self.config.reliable {
-            self.config.send_window_packets
-        } else {
-            0
-        };
         // The regions to queue into; the last of them takes the payload itself (a clone of
         // a `Bytes` made from a `Vec` allocates, and this runs once per message).
         let regions = self.regions.regions_for_topic(topic);
@@ -179,10 +177,17 @@ impl NodeCore {
             return Ok(());
         };
         let mut payload = Some(payload);
-        for (i, &region) in regions[..=last].iter().enumerate() {
-            let Some(info) = eligible(region) else {
+        for i in 0..=last {
+            // Looked up again each turn (queueing needs the whole core): a topic's regions
+            // are few, and nothing here allocates.
+            let region = self.regions.regions_for_topic(topic)[i];
+            let eligible = self
+                .regions
+                .region(region)
+                .is_some_and(|info| !(Some(region) == own && info.members.len() == 1));
+            if !eligible {
                 continue;
-            };
+            }
             let payload = if i == last {
                 payload.take()
             } else {
@@ -191,26 +196,56 @@ impl NodeCore {
             let Some(payload) = payload else {
                 break;
             };
-            let group = SocketAddrV4::new(info.group, self.config.data_port);
-            let stream = match self.send.entry(region) {
-                Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => {
-                    // Epochs grow with the incarnation, then with every stream this process
-                    // starts, so a restarted sender never reuses one.
-                    self.streams_started += 1;
-                    let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
-                    let mut s = SendStream::new(group, window, epoch, self.config.first_seq);
-                    s.view = view_tag(info);
-                    e.insert(s)
-                }
-            };
-            if stream.queue.is_empty() {
-                self.ready.push_back(region);
-            }
-            self.queued_bytes += payload.len() + MESSAGE_OVERHEAD;
-            stream.queue.push_back(Outgoing { topic, payload });
+            self.queue_message(region, topic, payload);
         }
         Ok(())
+    }
+
+    /// Makes sure this node has a send stream into `region` (a region of the table);
+    /// returns whether it has one.
+    pub(super) fn send_stream_for(&mut self, region: RegionId) -> bool {
+        if self.send.contains_key(&region) {
+            return true;
+        }
+        let Some(info) = self.regions.region(region) else {
+            return false;
+        };
+        if let Entry::Vacant(e) = self.send.entry(region) {
+            let window = if self.config.reliable {
+                self.config.send_window_packets
+            } else {
+                0
+            };
+            let group = SocketAddrV4::new(info.group, self.config.data_port);
+            // Epochs grow with the incarnation, then with every stream this process
+            // starts, so a restarted sender never reuses one.
+            self.streams_started += 1;
+            let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
+            let mut s = SendStream::new(group, window, epoch, self.config.first_seq);
+            s.view = view_tag(info);
+            e.insert(s);
+        }
+        true
+    }
+
+    /// Queues one message into `region`'s send stream (started if there is none); returns
+    /// whether it was queued (the region exists).
+    pub(super) fn queue_message(
+        &mut self,
+        region: RegionId,
+        topic: TopicId,
+        payload: Bytes,
+    ) -> bool {
+        if !self.send_stream_for(region) {
+            return false;
+        }
+        let stream = self.send.get_mut(&region).expect("made sure");
+        if stream.queue.is_empty() {
+            self.ready.push_back(region);
+        }
+        self.queued_bytes += payload.len() + MESSAGE_OVERHEAD;
+        stream.queue.push_back(Outgoing { topic, payload });
+        true
     }
 
     /// Bytes queued for sending.
@@ -333,17 +368,35 @@ impl NodeCore {
         let len = if packs {
             let mut w = DataWriter::new(&mut buf[..budget], &header, id, seq).ok()?;
             w.set_view(stream.view);
+            let mut packed = 0;
+            let mut marker = false;
             while let Some(m) = stream.queue.front() {
-                if !w.push(m.topic, &m.payload) {
+                // A handover marker goes alone in its packet (flagged, so that receivers
+                // find it without reading every packet's messages).
+                marker = m.topic == TopicId::HANDOVER;
+                if marker && packed > 0 {
+                    marker = false;
                     break;
                 }
+                if !w.push(m.topic, &m.payload) {
+                    marker = false;
+                    break;
+                }
+                packed += 1;
                 let m = stream.queue.pop_front().expect("front exists");
                 self.queued_bytes -= m.payload.len() + MESSAGE_OVERHEAD;
                 self.drain.on_drained(m.payload.len() + MESSAGE_OVERHEAD);
+                if marker {
+                    break;
+                }
                 self.stats.messages_sent += 1;
                 self.stats.payload_bytes_sent += m.payload.len() as u64;
             }
-            w.finish().ok()?
+            let len = w.finish().ok()?;
+            if marker {
+                buf[wire::field::FLAGS] |= wire::FLAG_HANDOVER;
+            }
+            len
         } else {
             let m = stream.queue.front()?;
             let cursor = *stream.frag.get_or_insert(FragCursor {

@@ -145,6 +145,8 @@ pub struct CoreStats {
     pub lec: LecCounters,
     /// How the packets this node lost were repaired: laterally, by a peer, by the sender.
     pub repaired: RepairSplit,
+    /// Subscription handover counters.
+    pub handover: super::HandoverStats,
     /// Drops by reason.
     pub drops: DropStats,
     /// Discovery counters.

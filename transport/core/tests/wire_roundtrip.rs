@@ -203,7 +203,7 @@ proptest! {
         topics in prop::collection::vec(any::<u64>(), 0..170)) {
         let a = Announce {
             incarnation, unicast: SocketAddrV4::new(Ipv4Addr::from(ip), port), leaving,
-            topics_version: version, chunk, chunk_count: chunk + more, digest: RegionId(digest),
+            topics_version: version, chunk, chunk_count: chunk + more, digest: RegionId(digest), departing: RegionId(0),
             topics: topics.into_iter().map(TopicId).collect(),
         };
         let mut buf = vec![0u8; 1472];

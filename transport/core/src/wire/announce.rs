@@ -24,8 +24,9 @@ mod announce_field {
     pub const CHUNK: Range<usize> = 20..22;
     pub const CHUNK_COUNT: Range<usize> = 22..24;
     pub const DIGEST: Range<usize> = 24..32;
+    pub const DEPARTING: Range<usize> = 32..40;
     /// Where the topic ids (u64 each) start.
-    pub const TOPICS: usize = 32;
+    pub const TOPICS: usize = 40;
 }
 use announce_field as f;
 
@@ -46,6 +47,10 @@ pub struct Announce {
     pub chunk_count: u16,
     /// Digest of the whole topic list (its region id), to check the assembled chunks.
     pub digest: RegionId,
+    /// The region the node is departing at this topics version (`RegionId(0)`: none): it
+    /// changed its subscriptions and still finishes the old region's streams (the
+    /// subscription handover).
+    pub departing: RegionId,
     /// This chunk's part of the sorted topic list.
     pub topics: Vec<TopicId>,
 }
@@ -69,6 +74,7 @@ impl Announce {
         b[f::CHUNK].copy_from_slice(&self.chunk.to_be_bytes());
         b[f::CHUNK_COUNT].copy_from_slice(&self.chunk_count.to_be_bytes());
         b[f::DIGEST].copy_from_slice(&self.digest.0.to_be_bytes());
+        b[f::DEPARTING].copy_from_slice(&self.departing.0.to_be_bytes());
         for (i, t) in self.topics.iter().enumerate() {
             let at = ANNOUNCE_FIXED_LEN + 8 * i;
             b[at..at + 8].copy_from_slice(&t.0.to_be_bytes());
@@ -101,6 +107,7 @@ impl Announce {
             chunk,
             chunk_count,
             digest: RegionId(u64_at(body, f::DIGEST.start)),
+            departing: RegionId(u64_at(body, f::DEPARTING.start)),
             topics: list
                 .chunks_exact(8)
                 .map(|c| TopicId(u64_at(c, 0)))

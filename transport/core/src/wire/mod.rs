@@ -15,11 +15,13 @@
 //! [`DataWriter`] and [`DataPacket`], or one fragment of a large message) and [`StreamState`]
 //! (a sender's highest sequence number per stream, so receivers see losses at a stream's tail);
 //! recovery packets ([`Token`], [`TokenAck`], [`RepairRequest`], [`SenderAck`]); lateral repairs
-//! ([`LecRepair`]: XOR or Reed–Solomon parity of a bin of data packets, between receivers).
+//! ([`LecRepair`]: XOR or Reed–Solomon parity of a bin of data packets, between receivers);
+//! handover markers ([`HandoverMarker`], messages inside data packets).
 //! Parsing never panics on any input; every error is a [`WireError`].
 
 mod announce;
 mod data;
+mod handover;
 mod header;
 mod lec;
 mod recovery;
@@ -32,6 +34,7 @@ pub use data::{
     DataPacket, DataWriter, Fragment, MessageIter, StreamId, DATA_FIXED_LEN, FRAGMENT_FIXED_LEN,
     MESSAGE_OVERHEAD,
 };
+pub use handover::{HandoverMarker, MarkerKind, FLAG_HANDOVER, HANDOVER_MARKER_LEN};
 pub use header::{field, Header, PacketKind, FLAG_UNICAST_COPY, HEADER_LEN, MAGIC, VERSION};
 pub use lec::{
     lec_digest, LecCode, LecEntries, LecEntry, LecHead, LecRepair, PacketId, LEC_ENTRY_LEN,
