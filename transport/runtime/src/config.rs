@@ -71,6 +71,13 @@ pub struct RuntimeConfig {
     /// headers (a segment must not be fragmented). Larger datagrams go out one by one.
     /// Default 1,472 (an Ethernet MTU of 1,500).
     pub gso_max_segment_bytes: usize,
+    /// UDP generic receive offload (`UDP_GRO`, Linux 5.0) on the data socket: the kernel may
+    /// queue a run of equal-sized datagrams from one sender (a GSO send that crossed veth or
+    /// loopback unsegmented, or one the device coalesced) as one buffer, which the runtime
+    /// receives with one `recvmsg` and splits back into the datagrams, zero-copy. Without
+    /// runs to coalesce it costs one `recvmsg` per datagram instead of one `recvmmsg` per
+    /// batch. `QS_GRO=on|off` overrides this when the runtime opens. Default false.
+    pub gro: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -92,6 +99,7 @@ impl Default for RuntimeConfig {
             busy_poll: None,
             gso: true,
             gso_max_segment_bytes: 1472,
+            gro: false,
         }
     }
 }

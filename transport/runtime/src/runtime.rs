@@ -103,6 +103,10 @@ pub struct RuntimeStats {
     /// Times the kernel refused a GSO send (`EIO`, `EINVAL`): GSO was then switched off and
     /// the datagrams sent plainly. At most 1.
     pub gso_fallbacks: u64,
+    /// GRO receives ([`RuntimeConfig::gro`]) that returned more than one datagram.
+    pub gro_receives: u64,
+    /// Datagrams inside those receives.
+    pub gro_segments: u64,
     /// Times the unicast socket's send buffer was full (we then wait for writability).
     pub send_would_block: u64,
     /// Datagrams dropped because the kernel refused them (e.g. `ENETUNREACH`, `EPERM`,
@@ -212,6 +216,8 @@ pub struct Runtime {
     stats: RuntimeStats,
     /// GSO is on (configured, not overridden by `QS_GSO`, not refused by the kernel yet).
     gso: bool,
+    /// `UDP_GRO` is on for the data socket.
+    gro: bool,
     send_warn: WarnLimiter,
     recv_warn: WarnLimiter,
     transmit_warn: WarnLimiter,
@@ -290,6 +296,14 @@ impl Runtime {
         )))?;
         let data = group_socket()?;
         recv[DATA] = sys::size_buffer(&data, BufferDir::Recv, cfg.recv_buffer_bytes)?;
+        let gro = gso_enabled(cfg.gro, std::env::var("QS_GRO").ok().as_deref())
+            && match sys::enable_gro(data.as_raw_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("UDP GRO unavailable ({e}); receiving datagrams one by one");
+                    false
+                }
+            };
         data.bind(&SockAddr::from(SocketAddrV4::new(
             Ipv4Addr::UNSPECIFIED,
             cfg.data_port,
@@ -338,7 +352,11 @@ impl Runtime {
             send_backoff_until: None,
             local_addr,
             epoch: std::time::Instant::now(),
-            arenas: RecvArenas::new(batch * cfg.recv_slot_bytes),
+            arenas: RecvArenas::new(if gro {
+                (batch * cfg.recv_slot_bytes).max(4 * sys::GRO_MAX_BYTES)
+            } else {
+                batch * cfg.recv_slot_bytes
+            }),
             recv_scratch: MmsgScratch::new(batch),
             send_scratch: MmsgScratch::new(batch),
             recv_meta: Vec::with_capacity(batch),
@@ -347,6 +365,7 @@ impl Runtime {
             buffers,
             stats: RuntimeStats::default(),
             gso: gso_enabled(cfg.gso, std::env::var("QS_GSO").ok().as_deref()),
+            gro,
             send_warn: WarnLimiter::default(),
             recv_warn: WarnLimiter::default(),
             transmit_warn: WarnLimiter::default(),
@@ -631,6 +650,9 @@ impl Runtime {
         if !self.readable[socket] {
             return 0;
         }
+        if socket == DATA && self.gro {
+            return self.receive_gro(socket, core, now);
+        }
         let slot = self.cfg.recv_slot_bytes;
         let batch = self.cfg.batch;
         let fd = self.sockets[socket].as_raw_fd();
@@ -646,7 +668,9 @@ impl Runtime {
             // Another arena when this one cannot hold a quarter batch: a reclaimed one whose
             // slices are all gone, or fresh memory (counted).
             let arena = self.arenas.with_room((batch / 4).max(1) * slot);
-            let room = arena.len() / slot;
+            // At most a batch: a short batch below means the socket ran dry (with GRO the
+            // arenas are larger than a batch of slots).
+            let room = (arena.len() / slot).min(batch);
             let result = sys::recv_batch(
                 fd,
                 libc::MSG_DONTWAIT,
@@ -709,6 +733,76 @@ impl Runtime {
             }
         }
         self.recv_meta = meta;
+        self.stats.recv_arena_allocations = self.arenas.allocations;
+        self.stats.recv_arena_reuses = self.arenas.reuses;
+        delivered
+    }
+
+    /// [`Runtime::receive`] for a `UDP_GRO` socket: one `recvmsg` per buffer, each split into
+    /// its datagrams (zero-copy slices of the arena, which keeps only the bytes received),
+    /// up to the datagrams a `recvmmsg` budget would take.
+    fn receive_gro<D: Driven>(&mut self, socket: usize, core: &mut D, now: Instant) -> usize {
+        let fd = self.sockets[socket].as_raw_fd();
+        let budget = self.cfg.recv_budget_batches.max(1) * self.cfg.batch;
+        let mut delivered = 0;
+        loop {
+            if delivered >= budget {
+                self.stats.recv_budget_exhausted += 1;
+                break;
+            }
+            let arena = self.arenas.with_room(sys::GRO_MAX_BYTES);
+            let result = sys::recv_gro(fd, libc::MSG_DONTWAIT, &mut arena[..sys::GRO_MAX_BYTES]);
+            match result {
+                Ok(got) => {
+                    self.stats.recv_batches += 1;
+                    let m = got.meta;
+                    // Only the received bytes leave the arena, rounded up to keep slices
+                    // aligned; the rest is room for the next receive.
+                    let take = m.len.next_multiple_of(8).min(sys::GRO_MAX_BYTES);
+                    let filled = self.arenas.with_room(0).split_to(take).freeze();
+                    if m.truncated {
+                        self.stats.truncated_drops += 1;
+                        continue;
+                    }
+                    let Some(from) = m.from else {
+                        self.stats.non_ipv4_drops += 1;
+                        continue;
+                    };
+                    let segment = got.segment.max(1);
+                    let mut start = 0;
+                    let mut n = 0;
+                    while start < m.len || (m.len == 0 && n == 0) {
+                        let end = (start + segment).min(m.len);
+                        self.stats.datagrams_received += 1;
+                        self.stats.bytes_received += (end - start) as u64;
+                        core.handle_datagram(now, SocketAddr::V4(from), filled.slice(start..end));
+                        n += 1;
+                        start = end;
+                    }
+                    if n > 1 {
+                        self.stats.gro_receives += 1;
+                        self.stats.gro_segments += n as u64;
+                    }
+                    delivered += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable[socket] = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.recv_errors += 1;
+                    self.readable[socket] = false;
+                    if let Some(suppressed) = self.recv_warn.allow(now.0) {
+                        tracing::warn!(
+                            "receive on the {} socket failed: {e} ({suppressed} similar suppressed)",
+                            SOCKET_NAMES[socket]
+                        );
+                    }
+                    break;
+                }
+            }
+        }
         self.stats.recv_arena_allocations = self.arenas.allocations;
         self.stats.recv_arena_reuses = self.arenas.reuses;
         delivered

@@ -469,6 +469,91 @@ where
     Ok((rc as usize).min(n))
 }
 
+/// The most bytes one UDP GRO receive may return (the kernel coalesces up to 64 KiB).
+pub const GRO_MAX_BYTES: usize = 65_536;
+
+/// Turns on UDP generic receive offload (`UDP_GRO`, Linux 5.0): the kernel may queue runs of
+/// equal-sized datagrams from one sender as one buffer, which [`recv_gro`] returns with the
+/// segment size.
+pub fn enable_gro(fd: RawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid int option value and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One received buffer of a GRO socket: `meta.len` bytes holding datagrams of `segment`
+/// bytes each (the last may be shorter); `segment` is `meta.len` for a single datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GroMeta {
+    /// The buffer as received.
+    pub meta: RecvMeta,
+    /// The length of each datagram inside it.
+    pub segment: usize,
+}
+
+/// One `recvmsg` into `buf` on a socket with [`enable_gro`]: one datagram, or a run of
+/// coalesced datagrams with their segment size.
+pub fn recv_gro(fd: RawFd, flags: libc::c_int, buf: &mut [u8]) -> io::Result<GroMeta> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: all-zero bytes are valid for these C structs.
+    let mut name: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut control = [0u64; CMSG_WORDS];
+    // SAFETY: as above.
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.as_mut_ptr().cast();
+    hdr.msg_controllen = mem::size_of_val(&control) as _;
+    // SAFETY: the header points at live, exclusively borrowed buffers of the sizes given; the
+    // kernel writes at most those bytes.
+    let rc = unsafe { libc::recvmsg(fd, &mut hdr, flags) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let len = (rc as usize).min(buf.len());
+    let mut segment = len;
+    // SAFETY: the kernel filled msg_control with well-formed control messages within
+    // msg_controllen; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside it, and a UDP_GRO message carries
+    // an int.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                if size > 0 {
+                    segment = (size as usize).min(len.max(1));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    Ok(GroMeta {
+        meta: RecvMeta {
+            len,
+            truncated: hdr.msg_flags & libc::MSG_TRUNC != 0,
+            from: parse_sockaddr(&name, hdr.msg_namelen),
+        },
+        segment,
+    })
+}
+
 /// What one [`send_batch_gso`] call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GsoSent {
@@ -731,6 +816,51 @@ mod tests {
             let (len, _) = rx.recv_from(&mut buf).expect("receive");
             assert_eq!(&buf[..len], p.as_slice(), "datagram {i}");
         }
+    }
+
+    #[test]
+    fn gro_receives_a_gso_run_as_one_buffer_with_its_segment_size() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        enable_gro(rx.as_raw_fd()).expect("UDP_GRO");
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let std::net::SocketAddr::V4(to) = rx.local_addr().expect("addr") else {
+            unreachable!("bound to IPv4")
+        };
+        // A run of 10 x 1,000 B and 1 x 300 B (one GSO send), then a lone datagram.
+        let payloads: Vec<Vec<u8>> = (0..11)
+            .map(|i| vec![i as u8; if i == 10 { 300 } else { 1000 }])
+            .chain([vec![99u8; 50]])
+            .collect();
+        let mut scratch = MmsgScratch::new(64);
+        let sent = send_batch_gso(
+            tx.as_raw_fd(),
+            payloads.iter().map(|p| (to, p.as_slice())),
+            0,
+            1472,
+            &mut scratch,
+        )
+        .map_err(|(e, _)| e)
+        .expect("gso send");
+        assert_eq!(sent.datagrams, 12);
+        let mut buf = vec![0u8; GRO_MAX_BYTES];
+        let first = recv_gro(rx.as_raw_fd(), 0, &mut buf).expect("receive");
+        assert_eq!((first.meta.len, first.segment), (10_300, 1000));
+        assert!(!first.meta.truncated);
+        assert_eq!(
+            first.meta.from,
+            Some(match tx.local_addr().unwrap() {
+                std::net::SocketAddr::V4(a) => a,
+                _ => unreachable!(),
+            })
+        );
+        let split: Vec<&[u8]> = buf[..first.meta.len].chunks(first.segment).collect();
+        assert_eq!(split.len(), 11);
+        for (got, want) in split.iter().zip(&payloads) {
+            assert_eq!(*got, want.as_slice());
+        }
+        let lone = recv_gro(rx.as_raw_fd(), 0, &mut buf).expect("receive");
+        assert_eq!((lone.meta.len, lone.segment), (50, 50));
+        assert_eq!(&buf[..50], payloads[11].as_slice());
     }
 
     #[test]
