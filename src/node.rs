@@ -144,6 +144,8 @@ pub struct NodeBuilder {
     seed: Option<u64>,
     key: Option<KeyRing>,
     busy_poll: Option<Duration>,
+    gso: bool,
+    gro: bool,
     key_retire_after: Duration,
 }
 
@@ -179,6 +181,8 @@ impl Default for NodeBuilder {
             seed: None,
             key: None,
             busy_poll: None,
+            gso: true,
+            gro: false,
             key_retire_after: Duration::from_secs(30),
         }
     }
@@ -436,6 +440,29 @@ impl NodeBuilder {
         self
     }
 
+    /// UDP generic segmentation offload for sending (default on; Linux 4.18+): the node
+    /// thread hands the kernel each run of equal-sized datagrams to one destination (the
+    /// packed data stream, mostly) as one buffer, which the kernel splits into the same
+    /// datagrams, saving most of its per-datagram work. Receivers see no difference. If the
+    /// kernel or device refuses, the node sends plainly from then on
+    /// (`Stats::runtime.gso_fallbacks`). The variable `QS_GSO=on|off` overrides this.
+    pub fn gso(mut self, on: bool) -> Self {
+        self.gso = on;
+        self
+    }
+
+    /// UDP generic receive offload on the data socket (default off; Linux 5.0+): the kernel
+    /// queues a run of equal-sized datagrams from one sender (a GSO send over veth or
+    /// loopback, or what the NIC coalesced) as one buffer, received with one `recvmsg` and
+    /// split into the datagrams without copying. It saves most of the receiver's
+    /// per-datagram kernel work when runs arrive, and costs one `recvmsg` per datagram
+    /// instead of one `recvmmsg` per batch when they do not. `Stats::runtime.gro_segments`
+    /// counts what arrived coalesced. The variable `QS_GRO=on|off` overrides this.
+    pub fn gro(mut self, on: bool) -> Self {
+        self.gro = on;
+        self
+    }
+
     /// The seed of the node's protocol randomness (default: from the node id).
     pub fn seed(mut self, seed: u64) -> Self {
         self.seed = Some(seed);
@@ -480,6 +507,8 @@ impl NodeBuilder {
             send_buffer_bytes: self.send_buffer_bytes,
             recv_slot_bytes: self.max_datagram.max(2048),
             busy_poll: self.busy_poll,
+            gso: self.gso,
+            gro: self.gro,
             ..RuntimeConfig::default()
         })?;
         let id = self.node_id.unwrap_or_else(random_node_id);

@@ -255,6 +255,18 @@ pub struct NodeOpts {
         default_missing_value = "always", value_parser = parse_busy_poll)]
     #[serde(with = "opt_busy_poll", skip_serializing_if = "Option::is_none")]
     pub busy_poll: Option<Duration>,
+    /// UDP GSO (`UDP_SEGMENT`): hand the kernel runs of equal-sized datagrams as one buffer
+    /// each; the wire is unchanged, and the node falls back to plain sends if the kernel
+    /// refuses [default: on]
+    #[arg(long, env = "QS_GSO", value_name = "on|off", value_parser = parse_on_off)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gso: Option<bool>,
+    /// UDP GRO (`UDP_GRO`) on the data socket: receive a run of equal-sized datagrams as one
+    /// buffer and split it; one `recvmsg` per buffer instead of one `recvmmsg` per batch
+    /// [default: off]
+    #[arg(long, env = "QS_GRO", value_name = "on|off", value_parser = parse_on_off)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gro: Option<bool>,
     /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464) [default: off]
     #[arg(long, env = "QS_METRICS", value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,7 +319,7 @@ impl NodeOpts {
             send_buffer_bytes, max_datagram, send_queue_bytes, send_queue_time,
             max_message_bytes, subscription_queue, publish_queue, publish_queue_bytes,
             event_queue, announce_interval, peer_timeout, sender_grace, node_id, rng_seed,
-            busy_poll, metrics);
+            busy_poll, gso, gro, metrics);
         if o.seeds.is_empty() {
             o.seeds = file.seeds.clone();
         }
@@ -342,7 +354,7 @@ impl NodeOpts {
             publish_queue => publish_queue, publish_queue_bytes => publish_queue_bytes,
             event_queue => event_queue,
             announce_interval => announce_interval, peer_timeout => peer_timeout,
-            sender_grace => sender_grace, busy_poll => busy_poll,
+            sender_grace => sender_grace, busy_poll => busy_poll, gso => gso, gro => gro,
             rng_seed => seed, metrics => metrics);
         if let Some(c) = &self.cluster {
             b = b.cluster(c);

@@ -284,6 +284,15 @@ struct PubSummary {
     cpu: crate::cpu::CpuUse,
     /// That CPU time per message sent, in nanoseconds.
     cpu_ns_per_msg: f64,
+    /// `sendmmsg` calls of the node thread (all traffic classes).
+    send_batches: u64,
+    /// Of the headers in those calls, the ones that carried several datagrams as one UDP GSO
+    /// buffer, the datagrams they carried, and whether the kernel refused GSO (`--gso`).
+    gso_sends: u64,
+    /// See `gso_sends`.
+    gso_segments: u64,
+    /// See `gso_sends`.
+    gso_fallbacks: u64,
 }
 
 /// Where `qs pub`'s messages come from.
@@ -441,6 +450,10 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
         drops: stats.core.drops,
         cpu,
         cpu_ns_per_msg: (cpu.node_ns + cpu.app_ns) as f64 / sent.max(1) as f64,
+        send_batches: stats.runtime.send_batches,
+        gso_sends: stats.runtime.gso_sends,
+        gso_segments: stats.runtime.gso_segments,
+        gso_fallbacks: stats.runtime.gso_fallbacks,
     };
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -59,6 +59,25 @@ pub struct RuntimeConfig {
     ///
     /// Default `None`: every wait blocks at once.
     pub busy_poll: Option<Duration>,
+    /// UDP generic segmentation offload (`UDP_SEGMENT`, Linux 4.18) for sending: runs of
+    /// equal-sized datagrams to one destination in a batch (the packed data stream, mostly) go
+    /// to the kernel as one buffer per run, which it splits back into the same datagrams. The
+    /// wire is unchanged. If the kernel or device refuses (`EIO`, `EINVAL`), the runtime falls
+    /// back to plain sends for good and counts it in
+    /// [`RuntimeStats::gso_fallbacks`](crate::RuntimeStats). The environment variable
+    /// `QS_GSO=off` (or `on`) overrides this when the runtime opens. Default true.
+    pub gso: bool,
+    /// The largest datagram GSO may carry as a segment: the path MTU less the IPv4 and UDP
+    /// headers (a segment must not be fragmented). Larger datagrams go out one by one.
+    /// Default 1,472 (an Ethernet MTU of 1,500).
+    pub gso_max_segment_bytes: usize,
+    /// UDP generic receive offload (`UDP_GRO`, Linux 5.0) on the data socket: the kernel may
+    /// queue a run of equal-sized datagrams from one sender (a GSO send that crossed veth or
+    /// loopback unsegmented, or one the device coalesced) as one buffer, which the runtime
+    /// receives with one `recvmsg` and splits back into the datagrams, zero-copy. Without
+    /// runs to coalesce it costs one `recvmsg` per datagram instead of one `recvmmsg` per
+    /// batch. `QS_GRO=on|off` overrides this when the runtime opens. Default false.
+    pub gro: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -78,6 +97,9 @@ impl Default for RuntimeConfig {
             recv_budget_batches: 8,
             send_budget_batches: 8,
             busy_poll: None,
+            gso: true,
+            gso_max_segment_bytes: 1472,
+            gro: false,
         }
     }
 }

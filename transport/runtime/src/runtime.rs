@@ -95,6 +95,18 @@ pub struct RuntimeStats {
     pub bytes_sent: u64,
     /// Successful `sendmmsg` calls.
     pub send_batches: u64,
+    /// `sendmmsg` headers that carried several datagrams as one GSO buffer
+    /// ([`RuntimeConfig::gso`]).
+    pub gso_sends: u64,
+    /// Datagrams sent inside GSO buffers (each one a full datagram on the wire).
+    pub gso_segments: u64,
+    /// Times the kernel refused a GSO send (`EIO`, `EINVAL`): GSO was then switched off and
+    /// the datagrams sent plainly. At most 1.
+    pub gso_fallbacks: u64,
+    /// GRO receives ([`RuntimeConfig::gro`]) that returned more than one datagram.
+    pub gro_receives: u64,
+    /// Datagrams inside those receives.
+    pub gro_segments: u64,
     /// Times the unicast socket's send buffer was full (we then wait for writability).
     pub send_would_block: u64,
     /// Datagrams dropped because the kernel refused them (e.g. `ENETUNREACH`, `EPERM`,
@@ -202,6 +214,10 @@ pub struct Runtime {
     joined: BTreeSet<SocketAddrV4>,
     buffers: SocketBuffers,
     stats: RuntimeStats,
+    /// GSO is on (configured, not overridden by `QS_GSO`, not refused by the kernel yet).
+    gso: bool,
+    /// `UDP_GRO` is on for the data socket.
+    gro: bool,
     send_warn: WarnLimiter,
     recv_warn: WarnLimiter,
     transmit_warn: WarnLimiter,
@@ -280,6 +296,14 @@ impl Runtime {
         )))?;
         let data = group_socket()?;
         recv[DATA] = sys::size_buffer(&data, BufferDir::Recv, cfg.recv_buffer_bytes)?;
+        let gro = gso_enabled(cfg.gro, std::env::var("QS_GRO").ok().as_deref())
+            && match sys::enable_gro(data.as_raw_fd()) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("UDP GRO unavailable ({e}); receiving datagrams one by one");
+                    false
+                }
+            };
         data.bind(&SockAddr::from(SocketAddrV4::new(
             Ipv4Addr::UNSPECIFIED,
             cfg.data_port,
@@ -328,7 +352,11 @@ impl Runtime {
             send_backoff_until: None,
             local_addr,
             epoch: std::time::Instant::now(),
-            arenas: RecvArenas::new(batch * cfg.recv_slot_bytes),
+            arenas: RecvArenas::new(if gro {
+                (batch * cfg.recv_slot_bytes).max(4 * sys::GRO_MAX_BYTES)
+            } else {
+                batch * cfg.recv_slot_bytes
+            }),
             recv_scratch: MmsgScratch::new(batch),
             send_scratch: MmsgScratch::new(batch),
             recv_meta: Vec::with_capacity(batch),
@@ -336,6 +364,8 @@ impl Runtime {
             joined: BTreeSet::new(),
             buffers,
             stats: RuntimeStats::default(),
+            gso: gso_enabled(cfg.gso, std::env::var("QS_GSO").ok().as_deref()),
+            gro,
             send_warn: WarnLimiter::default(),
             recv_warn: WarnLimiter::default(),
             transmit_warn: WarnLimiter::default(),
@@ -620,6 +650,9 @@ impl Runtime {
         if !self.readable[socket] {
             return 0;
         }
+        if socket == DATA && self.gro {
+            return self.receive_gro(socket, core, now);
+        }
         let slot = self.cfg.recv_slot_bytes;
         let batch = self.cfg.batch;
         let fd = self.sockets[socket].as_raw_fd();
@@ -635,7 +668,9 @@ impl Runtime {
             // Another arena when this one cannot hold a quarter batch: a reclaimed one whose
             // slices are all gone, or fresh memory (counted).
             let arena = self.arenas.with_room((batch / 4).max(1) * slot);
-            let room = arena.len() / slot;
+            // At most a batch: a short batch below means the socket ran dry (with GRO the
+            // arenas are larger than a batch of slots).
+            let room = (arena.len() / slot).min(batch);
             let result = sys::recv_batch(
                 fd,
                 libc::MSG_DONTWAIT,
@@ -698,6 +733,76 @@ impl Runtime {
             }
         }
         self.recv_meta = meta;
+        self.stats.recv_arena_allocations = self.arenas.allocations;
+        self.stats.recv_arena_reuses = self.arenas.reuses;
+        delivered
+    }
+
+    /// [`Runtime::receive`] for a `UDP_GRO` socket: one `recvmsg` per buffer, each split into
+    /// its datagrams (zero-copy slices of the arena, which keeps only the bytes received),
+    /// up to the datagrams a `recvmmsg` budget would take.
+    fn receive_gro<D: Driven>(&mut self, socket: usize, core: &mut D, now: Instant) -> usize {
+        let fd = self.sockets[socket].as_raw_fd();
+        let budget = self.cfg.recv_budget_batches.max(1) * self.cfg.batch;
+        let mut delivered = 0;
+        loop {
+            if delivered >= budget {
+                self.stats.recv_budget_exhausted += 1;
+                break;
+            }
+            let arena = self.arenas.with_room(sys::GRO_MAX_BYTES);
+            let result = sys::recv_gro(fd, libc::MSG_DONTWAIT, &mut arena[..sys::GRO_MAX_BYTES]);
+            match result {
+                Ok(got) => {
+                    self.stats.recv_batches += 1;
+                    let m = got.meta;
+                    // Only the received bytes leave the arena, rounded up to keep slices
+                    // aligned; the rest is room for the next receive.
+                    let take = m.len.next_multiple_of(8).min(sys::GRO_MAX_BYTES);
+                    let filled = self.arenas.with_room(0).split_to(take).freeze();
+                    if m.truncated {
+                        self.stats.truncated_drops += 1;
+                        continue;
+                    }
+                    let Some(from) = m.from else {
+                        self.stats.non_ipv4_drops += 1;
+                        continue;
+                    };
+                    let segment = got.segment.max(1);
+                    let mut start = 0;
+                    let mut n = 0;
+                    while start < m.len || (m.len == 0 && n == 0) {
+                        let end = (start + segment).min(m.len);
+                        self.stats.datagrams_received += 1;
+                        self.stats.bytes_received += (end - start) as u64;
+                        core.handle_datagram(now, SocketAddr::V4(from), filled.slice(start..end));
+                        n += 1;
+                        start = end;
+                    }
+                    if n > 1 {
+                        self.stats.gro_receives += 1;
+                        self.stats.gro_segments += n as u64;
+                    }
+                    delivered += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.readable[socket] = false;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.stats.recv_errors += 1;
+                    self.readable[socket] = false;
+                    if let Some(suppressed) = self.recv_warn.allow(now.0) {
+                        tracing::warn!(
+                            "receive on the {} socket failed: {e} ({suppressed} similar suppressed)",
+                            SOCKET_NAMES[socket]
+                        );
+                    }
+                    break;
+                }
+            }
+        }
         self.stats.recv_arena_allocations = self.arenas.allocations;
         self.stats.recv_arena_reuses = self.arenas.reuses;
         delivered
@@ -834,50 +939,100 @@ impl Runtime {
     /// One `sendmmsg` of the queued packets. Returns datagrams accepted.
     fn flush_batch(&mut self, now: Instant) -> usize {
         let fd = self.sockets[UNICAST].as_raw_fd();
-        let batch = self.sendq.next_batch(self.cfg.batch);
-        match sys::send_batch(fd, batch, libc::MSG_DONTWAIT, &mut self.send_scratch) {
-            Ok(n) => {
-                let bytes = self.sendq.complete(n);
-                self.stats.send_batches += 1;
-                self.stats.datagrams_sent += n as u64;
-                self.stats.bytes_sent += bytes;
-                n
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.sendq.complete(0);
-                self.watch_writable(true);
-                self.stats.send_would_block += 1;
-                0
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                self.sendq.complete(0);
-                0
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                // The device queue is full (veth, bridges): the packet is fine, the moment is
-                // not. Keep it queued and retry shortly; no readiness event will say when.
-                self.sendq.complete(0);
-                self.stats.send_enobufs += 1;
-                self.send_backoff_until = Some(now + ENOBUFS_PAUSE);
-                0
-            }
-            Err(e) => {
-                // sendmmsg reports an error only when the first datagram failed: drop it and
-                // carry on with the rest.
-                self.sendq.complete(1);
-                self.stats.send_errors += 1;
-                if let Some(suppressed) = self.send_warn.allow(now.0) {
-                    tracing::warn!(
-                        "send failed, datagram dropped: {e} ({suppressed} similar suppressed)"
-                    );
+        if self.gso {
+            let batch = self.sendq.next_batch(self.cfg.batch);
+            let max_segment = self.cfg.gso_max_segment_bytes;
+            let flags = libc::MSG_DONTWAIT;
+            match sys::send_batch_gso(fd, batch, flags, max_segment, &mut self.send_scratch) {
+                Ok(sent) => {
+                    self.stats.gso_sends += sent.gso_sends as u64;
+                    self.stats.gso_segments += sent.gso_segments as u64;
+                    return self.sent(sent.datagrams);
                 }
-                0
+                Err((e, true)) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) => {
+                    // The kernel or the device cannot segment: plain sends from now on.
+                    self.sendq.complete(0);
+                    self.gso = false;
+                    self.stats.gso_fallbacks += 1;
+                    tracing::warn!("UDP GSO refused ({e}); sending datagrams one by one");
+                }
+                Err((e, _)) => return self.send_failed(e, now),
             }
         }
+        let batch = self.sendq.next_batch(self.cfg.batch);
+        match sys::send_batch(fd, batch, libc::MSG_DONTWAIT, &mut self.send_scratch) {
+            Ok(n) => self.sent(n),
+            Err(e) => self.send_failed(e, now),
+        }
+    }
+
+    /// The kernel accepted the first `n` datagrams of the batch.
+    fn sent(&mut self, n: usize) -> usize {
+        let bytes = self.sendq.complete(n);
+        self.stats.send_batches += 1;
+        self.stats.datagrams_sent += n as u64;
+        self.stats.bytes_sent += bytes;
+        n
+    }
+
+    /// A send whose first header failed with `e`: wait, pause or drop, by the error.
+    fn send_failed(&mut self, e: io::Error, now: Instant) -> usize {
+        if e.kind() == io::ErrorKind::WouldBlock {
+            self.sendq.complete(0);
+            self.watch_writable(true);
+            self.stats.send_would_block += 1;
+        } else if e.kind() == io::ErrorKind::Interrupted {
+            self.sendq.complete(0);
+        } else if e.raw_os_error() == Some(libc::ENOBUFS) {
+            // The device queue is full (veth, bridges): the packet is fine, the moment is
+            // not. Keep it queued and retry shortly; no readiness event will say when.
+            self.sendq.complete(0);
+            self.stats.send_enobufs += 1;
+            self.send_backoff_until = Some(now + ENOBUFS_PAUSE);
+        } else {
+            // sendmmsg reports an error only when the first header failed: drop its
+            // datagram and carry on with the rest. (A refused GSO header is never dropped
+            // here: it falls back above.)
+            self.sendq.complete(1);
+            self.stats.send_errors += 1;
+            if let Some(suppressed) = self.send_warn.allow(now.0) {
+                tracing::warn!(
+                    "send failed, datagram dropped: {e} ({suppressed} similar suppressed)"
+                );
+            }
+        }
+        0
+    }
+}
+
+/// Whether GSO is on: the configured value unless `QS_GSO` says `off`/`0`/`false` or
+/// `on`/`1`/`true`.
+fn gso_enabled(configured: bool, env: Option<&str>) -> bool {
+    match env.map(str::trim) {
+        Some("off" | "0" | "false") => false,
+        Some("on" | "1" | "true") => true,
+        _ => configured,
     }
 }
 
 /// A duration in whole nanoseconds, saturating.
 fn duration_nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod gso_tests {
+    use super::gso_enabled;
+
+    #[test]
+    fn qs_gso_overrides_the_configured_value_and_anything_else_keeps_it() {
+        for configured in [true, false] {
+            assert_eq!(gso_enabled(configured, None), configured);
+            assert_eq!(gso_enabled(configured, Some("maybe")), configured);
+            assert!(!gso_enabled(configured, Some("off")));
+            assert!(!gso_enabled(configured, Some("0")));
+            assert!(gso_enabled(configured, Some(" on")));
+            assert!(gso_enabled(configured, Some("1")));
+        }
+    }
 }
