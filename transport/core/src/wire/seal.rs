@@ -680,6 +680,35 @@ mod tests {
             Seal::keyed(ring(1), 0, 0).open(&mixed),
             Err(WireError::Unauthenticated)
         );
+        // The forgery a repeated nonce hands an outsider under a MAC linear in its input
+        // (GMAC, plain AES-GCM: the tag is GHASH_H(input) ^ E_K(nonce)): with three
+        // datagrams of one length under one nonce, their XOR (header, trailer and tag
+        // included) carries a valid tag for a body none of them had. GCM-SIV encrypts the
+        // hash, so it must not open.
+        let c = datagram(
+            PacketKind::Token,
+            9,
+            b"third",
+            &mut Seal::keyed(ring(1), 5, 8),
+        );
+        assert_eq!(nonce(&a), nonce(&c));
+        let forged: Vec<u8> = a
+            .iter()
+            .zip(&b)
+            .zip(&c)
+            .map(|((x, y), z)| x ^ y ^ z)
+            .collect();
+        assert_eq!(
+            forged[..HEADER_LEN],
+            a[..HEADER_LEN],
+            "a well-formed header"
+        );
+        assert!(![&a, &b, &c].contains(&&forged));
+        assert_eq!(
+            Seal::keyed(ring(1), 0, 0).open(&forged),
+            Err(WireError::Unauthenticated),
+            "three sealed datagrams under one nonce let an outsider forge a fourth"
+        );
     }
 
     #[test]
