@@ -598,6 +598,9 @@ pub struct SubSummary {
     ring: quicksilver::core::RingStats,
     /// Every drop by reason (the `drops_*` fields above are some of these).
     drops: quicksilver::core::DropStats,
+    /// Subscription handovers: departures started, completed, timed out or cut short,
+    /// messages skipped before a sender's cut, markers sent.
+    handover: quicksilver::core::HandoverStats,
     /// Resident memory at the end, in KiB (Linux; 0 where unknown): scripts check it stays
     /// flat under hostile input.
     rss_kb: u64,
@@ -890,6 +893,7 @@ pub fn run_sub(a: SubArgs) -> anyhow::Result<ExitCode> {
         discovery: stats.core.discovery,
         ring: stats.core.ring,
         drops: stats.core.drops,
+        handover: stats.core.handover,
         rss_kb: rss_kb(),
         ended,
         cpu,

@@ -159,9 +159,14 @@ fn qs_sub_json_keeps_its_summary_fields_and_says_why_it_ended() {
         "subscriber_overflow",
         "socket_rcvbuf",
         "senders_lost",
+        "handover",
     ] {
         assert!(v.get(field).is_some(), "{field} in {v}");
     }
+    assert_eq!(
+        v["handover"]["departures"], 0,
+        "no subscription change: {v}"
+    );
     assert_eq!(v["ended"], "wait");
 }
 
