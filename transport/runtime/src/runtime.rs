@@ -645,6 +645,19 @@ impl Runtime {
         }
     }
 
+    /// A receive on `socket` failed: counted, the socket waits for its next readiness, and
+    /// the failure is logged (rate-limited).
+    fn recv_failed(&mut self, now: Instant, socket: usize, e: &io::Error) {
+        self.stats.recv_errors += 1;
+        self.readable[socket] = false;
+        if let Some(suppressed) = self.recv_warn.allow(now.0) {
+            tracing::warn!(
+                "receive on the {} socket failed: {e} ({suppressed} similar suppressed)",
+                SOCKET_NAMES[socket]
+            );
+        }
+    }
+
     /// Drains one socket into the core, under the batch budget. Returns datagrams delivered.
     fn receive<D: Driven>(&mut self, socket: usize, core: &mut D, now: Instant) -> usize {
         if !self.readable[socket] {
@@ -720,14 +733,7 @@ impl Runtime {
                     batches += 1;
                 }
                 Err(e) => {
-                    self.stats.recv_errors += 1;
-                    self.readable[socket] = false;
-                    if let Some(suppressed) = self.recv_warn.allow(now.0) {
-                        tracing::warn!(
-                            "receive on the {} socket failed: {e} ({suppressed} similar suppressed)",
-                            SOCKET_NAMES[socket]
-                        );
-                    }
+                    self.recv_failed(now, socket, &e);
                     break;
                 }
             }
@@ -791,14 +797,7 @@ impl Runtime {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.stats.recv_errors += 1;
-                    self.readable[socket] = false;
-                    if let Some(suppressed) = self.recv_warn.allow(now.0) {
-                        tracing::warn!(
-                            "receive on the {} socket failed: {e} ({suppressed} similar suppressed)",
-                            SOCKET_NAMES[socket]
-                        );
-                    }
+                    self.recv_failed(now, socket, &e);
                     break;
                 }
             }

@@ -257,6 +257,25 @@ pub fn size_buffer(socket: &Socket, dir: BufferDir, requested: usize) -> io::Res
     })
 }
 
+/// Writes up to the scratch's capacity of `datagrams` into its destination and buffer
+/// tables; returns how many.
+fn fill_scratch<'a, I>(datagrams: I, scratch: &mut MmsgScratch) -> usize
+where
+    I: IntoIterator<Item = (SocketAddrV4, &'a [u8])>,
+{
+    let mut n = 0;
+    for (dest, payload) in datagrams.into_iter().take(scratch.capacity()) {
+        scratch.dests[n] = sockaddr_in(dest);
+        scratch.iovs[n] = libc::iovec {
+            // The kernel only reads send buffers; the mut cast is what the C type demands.
+            iov_base: payload.as_ptr().cast_mut().cast(),
+            iov_len: payload.len(),
+        };
+        n += 1;
+    }
+    n
+}
+
 fn sockaddr_in(addr: SocketAddrV4) -> libc::sockaddr_in {
     libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
@@ -441,16 +460,7 @@ pub fn send_batch<'a, I>(
 where
     I: IntoIterator<Item = (SocketAddrV4, &'a [u8])>,
 {
-    let mut n = 0;
-    for (dest, payload) in datagrams.into_iter().take(scratch.capacity()) {
-        scratch.dests[n] = sockaddr_in(dest);
-        scratch.iovs[n] = libc::iovec {
-            // The kernel only reads send buffers; the mut cast is what the C type demands.
-            iov_base: payload.as_ptr().cast_mut().cast(),
-            iov_len: payload.len(),
-        };
-        n += 1;
-    }
+    let n = fill_scratch(datagrams, scratch);
     if n == 0 {
         return Ok(0);
     }
@@ -586,16 +596,7 @@ pub fn send_batch_gso<'a, I>(
 where
     I: IntoIterator<Item = (SocketAddrV4, &'a [u8])>,
 {
-    let mut n = 0;
-    for (dest, payload) in datagrams.into_iter().take(scratch.capacity()) {
-        scratch.dests[n] = sockaddr_in(dest);
-        scratch.iovs[n] = libc::iovec {
-            // The kernel only reads send buffers; the mut cast is what the C type demands.
-            iov_base: payload.as_ptr().cast_mut().cast(),
-            iov_len: payload.len(),
-        };
-        n += 1;
-    }
+    let n = fill_scratch(datagrams, scratch);
     if n == 0 {
         return Ok(GsoSent::default());
     }
