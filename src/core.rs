@@ -465,11 +465,7 @@ impl NodeCore {
             let departed = self.departed_region();
             self.gossip.set_topics_departing(topics, departed);
         }
-        let departed = self.departed_region();
-        let version = self.own_record_version();
-        self.discovery
-            .set_signature(now, signature, version, departed);
-        self.drain_gossip(now);
+        self.announce_record(now);
         self.prune_send_streams();
         self.refresh_ring(now);
         self.refresh_lec();

@@ -204,8 +204,13 @@ impl NodeCore {
             .is_some_and(|d| self.recv.contains_key(&(sender, d.region)))
     }
 
-    /// A handover marker popped (in order) from stream `key`.
-    pub(super) fn on_marker(&mut self, key: (NodeId, RegionId), marker: HandoverMarker) {
+    /// A message on the handover topic popped (in order) from stream `key`; one that is no
+    /// marker is counted as malformed.
+    pub(super) fn on_marker_popped(&mut self, key: (NodeId, RegionId), payload: &[u8]) {
+        let Ok(marker) = HandoverMarker::parse(payload) else {
+            self.stats.drops.malformed += 1;
+            return;
+        };
         let (sender, region) = key;
         if marker.node != self.config.id {
             return; // another node's cut
@@ -289,11 +294,8 @@ impl NodeCore {
         seq: Seq,
         packet: &wire::DataPacket,
     ) {
-        if !packet.is_marker() {
-            return;
-        }
+        // (A malformed one is counted when it pops.)
         let Some(m) = packet.marker() else {
-            self.stats.drops.malformed += 1;
             return;
         };
         if m.kind == MarkerKind::Joined && m.node != self.config.id {

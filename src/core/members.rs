@@ -320,6 +320,7 @@ impl NodeCore {
 
     /// Puts `id` where its subscription record says (or out of the region table when gossip
     /// holds no record of it). Returns whether the table changed.
+    ///
     /// A record that newly names a region its node departs moves the node out of it, so
     /// this node, as a sender, marks the cut in its streams (`handover.rs`).
     fn apply_record(&mut self, id: NodeId) -> bool {

@@ -502,12 +502,14 @@ impl NodeCore {
                     // region, or did not subscribe them).
                     self.stats.handover.skipped += u64::from(count);
                 }
-                Popped::Packet(seq, Received::Packed(p)) if discarding || p.is_marker() => {
+                Popped::Packet(seq, Received::Packed(p)) if discarding => {
                     stream.last = Some(seq);
-                    if let Some(marker) = p.marker() {
-                        self.on_marker(key, marker);
-                    } else {
-                        self.stats.handover.skipped += p.messages().count() as u64;
+                    for (topic, payload) in p.messages() {
+                        if topic == TopicId::HANDOVER {
+                            self.on_marker_popped(key, &payload);
+                        } else {
+                            self.stats.handover.skipped += 1;
+                        }
                     }
                 }
                 Popped::Packet(seq, Received::Fragment(f)) if discarding => {
@@ -542,6 +544,7 @@ impl NodeCore {
                     let mut delivered = 0;
                     for (topic, payload) in p.messages() {
                         if topic == TopicId::HANDOVER {
+                            self.on_marker_popped(key, &payload);
                             continue;
                         }
                         if self.subscriptions.contains(&topic) {

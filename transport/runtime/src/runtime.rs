@@ -645,6 +645,19 @@ impl Runtime {
         }
     }
 
+    /// The source of a received datagram, or `None` (counted) for one the kernel truncated
+    /// or one from a non-IPv4 source.
+    fn usable_from(&mut self, m: &sys::RecvMeta) -> Option<SocketAddrV4> {
+        if m.truncated {
+            self.stats.truncated_drops += 1;
+            return None;
+        }
+        if m.from.is_none() {
+            self.stats.non_ipv4_drops += 1;
+        }
+        m.from
+    }
+
     /// A receive on `socket` failed: counted, the socket waits for its next readiness, and
     /// the failure is logged (rate-limited).
     fn recv_failed(&mut self, now: Instant, socket: usize, e: &io::Error) {
@@ -699,12 +712,7 @@ impl Runtime {
                     // The received prefix leaves the arena; the core may keep slices of it.
                     let filled = self.arenas.with_room(0).split_to(k * slot).freeze();
                     for (i, m) in meta.iter().enumerate() {
-                        if m.truncated {
-                            self.stats.truncated_drops += 1;
-                            continue;
-                        }
-                        let Some(from) = m.from else {
-                            self.stats.non_ipv4_drops += 1;
+                        let Some(from) = self.usable_from(m) else {
                             continue;
                         };
                         self.stats.datagrams_received += 1;
@@ -766,12 +774,7 @@ impl Runtime {
                     // aligned; the rest is room for the next receive.
                     let take = m.len.next_multiple_of(8).min(sys::GRO_MAX_BYTES);
                     let filled = self.arenas.with_room(0).split_to(take).freeze();
-                    if m.truncated {
-                        self.stats.truncated_drops += 1;
-                        continue;
-                    }
-                    let Some(from) = m.from else {
-                        self.stats.non_ipv4_drops += 1;
+                    let Some(from) = self.usable_from(&m) else {
                         continue;
                     };
                     let segment = got.segment.max(1);

@@ -72,14 +72,6 @@ impl HandoverMarker {
 }
 
 impl super::DataPacket {
-    /// Whether the packet is a handover marker (its first message is on
-    /// [`TopicId::HANDOVER`]; senders put markers alone in their packets).
-    pub fn is_marker(&self) -> bool {
-        self.messages()
-            .next()
-            .is_some_and(|(t, _)| t == TopicId::HANDOVER)
-    }
-
     /// The handover marker the packet carries, if it is one and well formed.
     pub fn marker(&self) -> Option<HandoverMarker> {
         let (topic, payload) = self.messages().next()?;
