@@ -188,6 +188,14 @@ impl Cache {
         }
     }
 
+    /// Drops `sender`'s stream of `epoch`, if that is the one cached (a region this node
+    /// departed: no ring will clean it any more).
+    pub fn forget_stream(&mut self, sender: NodeId, epoch: u64) {
+        if self.streams.get(&sender).is_some_and(|s| s.epoch == epoch) {
+            self.forget(sender);
+        }
+    }
+
     /// Drops everything (a new region or view: caretaker duties start over).
     pub fn clear(&mut self) {
         let senders: Vec<NodeId> = self.streams.keys().copied().collect();
@@ -316,6 +324,17 @@ mod tests {
         c.clear();
         assert_eq!((c.packets(), c.bytes()), (0, 0));
         assert_eq!(c.peak_bytes(), 30);
+        c.check_invariants();
+    }
+
+    #[test]
+    fn forgetting_a_stream_drops_it_only_if_its_epoch_is_cached() {
+        let mut c = Cache::new(1 << 20);
+        c.insert(A, 2, Seq(1), &[0; 10]).unwrap();
+        c.forget_stream(A, 1);
+        assert!(c.holds(A, 2, Seq(1)), "another epoch of the sender stays");
+        c.forget_stream(A, 2);
+        assert_eq!((c.packets(), c.bytes()), (0, 0));
         c.check_invariants();
     }
 }

@@ -79,6 +79,9 @@ pub(super) struct Departure {
     /// Senders whose stream of the departed region reached its `Left` marker (or that are
     /// not cut: a conflict); their packets there are ignored from now on.
     pub(super) done: BTreeSet<NodeId>,
+    /// The epochs of the departed region's streams that reached their marker: this node
+    /// still caretakes them for the old ring until the departure ends, then drops them.
+    pub(super) finished: Vec<(NodeId, u64)>,
 }
 
 /// How a sender's stream in the own region is gated during a handover.
@@ -126,6 +129,7 @@ impl NodeCore {
             ring,
             since: now,
             done: BTreeSet::new(),
+            finished: Vec::new(),
         });
         self.stats.handover.departures += 1;
         let senders: Vec<NodeId> = self
@@ -233,8 +237,10 @@ impl NodeCore {
                 if !ours {
                     return;
                 }
+                let epoch = self.recv.get(&key).map(|s| s.epoch);
                 if let Some(d) = self.departure.as_mut() {
                     d.done.insert(sender);
+                    d.finished.extend(epoch.map(|e| (sender, e)));
                 }
                 // Everything of this stream that is ours was delivered: what follows in it
                 // goes to the region's other members.
@@ -322,10 +328,16 @@ impl NodeCore {
             .filter(|(_, r)| *r == d.region)
             .copied()
             .collect();
+        let mut finished = d.finished;
         for key in &keys {
             self.finish_stream(now, *key);
+            finished.extend(self.recv.get(key).map(|s| (key.0, s.epoch)));
             self.recv.remove(key);
             self.stalled.remove(key);
+        }
+        // What this node caretook for the old region: no ring of it cleans that any more.
+        for (sender, epoch) in finished {
+            self.cache.forget_stream(sender, epoch);
         }
         let range = self.regions.range();
         let own_group = self.own_region.map(|r| range.group(r));

@@ -261,11 +261,26 @@ impl NodeCore {
                 return;
             }
         }
+        // A sender's stream in the region this node moves into, before its cut: the `Joined`
+        // marker may come after a later packet (reordered), so the window starts earlier and
+        // waits for what came before, like at a stream's start (what never comes, the ring
+        // skips as before this node's time). Starting at the first packet would drop the
+        // marker as stale and discard what follows it.
+        let gated_start =
+            (!self.recv.contains_key(&key) && self.handover_discards(key)).then(|| {
+                let slack = (self.config.reorder_window_packets / 2) as u32;
+                Seq(seq.0.wrapping_sub(slack))
+            });
         let config = &self.config;
-        let stream = self
-            .recv
-            .entry(key)
-            .or_insert_with(|| RecvStream::new(config, epoch));
+        let stream = self.recv.entry(key).or_insert_with(|| {
+            let mut s = RecvStream::new(config, epoch);
+            if let Some(start) = gated_start {
+                if config.first_seq.is_before(start) {
+                    s.window = s.window.starting_at(start);
+                }
+            }
+            s
+        });
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
         let in_order = stream.window.next_expected().is_none_or(|next| next == seq);
