@@ -20,7 +20,7 @@ use qs_transport::wire::{
     self, DataWriter, Fragment, PacketKind, SenderAck, StreamId, StreamState, HEADER_LEN,
     MESSAGE_OVERHEAD,
 };
-use qs_transport::{Instant, RegionId, Seq, TopicId, TrafficClass, Transmit};
+use qs_transport::{Instant, NodeId, RegionId, Seq, TopicId, TrafficClass, Transmit};
 
 use super::out::Intent;
 use super::{NodeCore, PublishRefused};
@@ -224,6 +224,21 @@ impl NodeCore {
             let mut s = SendStream::new(group, window, epoch, self.config.first_seq);
             s.view = view_tag(info);
             e.insert(s);
+        }
+        // Members departing the region as the stream starts: nothing of it is theirs, so it
+        // starts with their cut. A sender that learns of a move only now (restarted, or new
+        // to the region) has marked nothing, and they would wait for its marker until
+        // `handover_timeout`.
+        let departing: Vec<NodeId> = self
+            .regions
+            .region(region)
+            .map(|r| r.departing.iter().copied().collect())
+            .unwrap_or_default();
+        for m in departing {
+            if let Some(version) = self.gossip.subscriptions().record(m).map(|r| r.version) {
+                let to = self.regions.region_of(m);
+                self.mark_handover(m, version, region, to);
+            }
         }
         true
     }
