@@ -26,6 +26,9 @@ use super::{CoreConfig, Event, NodeCore};
 /// Most young holes a stream remembers (beyond it the oldest is forgotten: the ring may ask
 /// for it at once, which costs a repair, not a loss).
 pub(super) const YOUNG_HOLES_MAX: usize = 256;
+/// Most positions before a stream's first packet heard mid-stream that wait for LEC (see
+/// [`ReceiveWindow::look_back`]); a bin spans `bin_packets × stagger` of them (16 by default).
+const LOOK_BACK: u32 = 64;
 /// Most holes one arrival reports to LEC (a jump of thousands is a join or a long outage,
 /// which the ring handles).
 const HOLES_REPORTED_MAX: u32 = 64;
@@ -261,11 +264,21 @@ impl NodeCore {
                 return;
             }
         }
+        let hold = if own {
+            self.lec_hold_off()
+        } else {
+            std::time::Duration::ZERO
+        };
         let config = &self.config;
         let stream = self
             .recv
             .entry(key)
             .or_insert_with(|| RecvStream::new(config, epoch));
+        if stream.window.next_expected().is_none() && !hold.is_zero() {
+            // A stream first heard mid-stream (a joiner): the packets just before the first
+            // one heard may have been lost and be rebuilt laterally a bin later.
+            stream.window.look_back(LOOK_BACK, hold);
+        }
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
         let in_order = stream.window.next_expected().is_none_or(|next| next == seq);
@@ -324,6 +337,12 @@ impl NodeCore {
             Arrival::Stale => self.stats.drops.stale += 1,
             Arrival::First { missed_before } => {
                 self.stats.missed_on_join += u64::from(missed_before);
+                if let Some(s) = self.recv.get_mut(&key) {
+                    // Positions the window looks back at wait for LEC, not for the ring.
+                    if let Some(next) = s.window.next_expected().filter(|n| n.is_before(seq)) {
+                        s.note_holes(now, next, seq, now + hold);
+                    }
+                }
             }
             Arrival::Accepted => {
                 self.stats.held_back += u64::from(!in_order);
