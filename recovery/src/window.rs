@@ -109,8 +109,14 @@ pub struct ReceiveWindow<T> {
     /// Until when the positions before `first_heard` are waited for (a first packet heard
     /// mid-stream that looked back).
     first_wait: Option<Instant>,
+    /// The last runs of positions given up (lost or not heard), oldest first, at most
+    /// [`GIVEN_UP_MAX`]: see [`ReceiveWindow::was_given_up`].
+    given_up: VecDeque<(Seq, u32)>,
     out: VecDeque<Popped<T>>,
 }
+
+/// Most runs of given-up positions a window remembers.
+const GIVEN_UP_MAX: usize = 16;
 
 impl<T> ReceiveWindow<T> {
     /// A window holding at most `capacity` (≥ 1) waiting packets, giving up holes after
@@ -127,6 +133,7 @@ impl<T> ReceiveWindow<T> {
             first: Seq::FIRST,
             look_back: (0, Duration::ZERO),
             first_wait: None,
+            given_up: VecDeque::new(),
             out: VecDeque::new(),
         }
     }
@@ -261,6 +268,15 @@ impl<T> ReceiveWindow<T> {
             .timeout
             .and_then(|timeout| self.waiting_since.map(|t| t + timeout));
         first.into_iter().chain(hole).min()
+    }
+
+    /// Whether `seq` lies in one of the last runs of positions the window gave up (as lost or
+    /// not heard) rather than handed on: a packet for it that comes now is too late, not a
+    /// duplicate. Only the last few runs are remembered.
+    pub fn was_given_up(&self, seq: Seq) -> bool {
+        self.given_up
+            .iter()
+            .any(|(first, count)| (0..i64::from(*count)).contains(&first.distance_to(seq)))
     }
 
     /// Everything up to here was handed on or given up; `None` before anything was heard.
@@ -464,6 +480,10 @@ impl<T> ReceiveWindow<T> {
     /// Reports `count` given-up packets from `first`: those before the first packet heard
     /// are [`Popped::NotHeard`], the rest a gap.
     fn push_lost(&mut self, first: Seq, count: u32) {
+        if self.given_up.len() >= GIVEN_UP_MAX {
+            self.given_up.pop_front();
+        }
+        self.given_up.push_back((first, count));
         let unheard = match self.first_heard {
             Some(f) => (first.distance_to(f).max(0) as u32).min(count),
             None => 0,
@@ -556,6 +576,8 @@ mod tests {
             );
             assert_eq!(w.deadline(), None);
             assert_eq!(w.insert(T0, Seq(99), 99), Arrival::Stale);
+            assert!(w.was_given_up(Seq(99)) && w.was_given_up(Seq(96)));
+            assert!(!w.was_given_up(Seq(98)) && !w.was_given_up(Seq(100)));
         }
         // Without a look-back the window starts after the first packet heard.
         let mut w = ReceiveWindow::reliable(64);

@@ -79,9 +79,10 @@ pub struct LecCounters {
     /// Parked packets whose original arrived meanwhile (dropped as duplicates: a repair
     /// overtook the data it covers).
     pub rebuilt_overtaken: u64,
-    /// Rebuilt packets dropped because the receive window had already moved past them (it
-    /// gave them up, or started after them: a joiner's look-back over before they came);
-    /// their messages are not delivered.
+    /// Rebuilt packets that came too late: the receive window had given their position up
+    /// (as lost, or as not heard: a joiner's look-back was over before they came), so their
+    /// messages are not delivered. (A rebuilt copy of a packet already delivered is a
+    /// duplicate, not counted here.)
     pub rebuilt_stale: u64,
     /// Rebuilt packets dropped because the parking was full.
     pub parked_full: u64,
@@ -380,7 +381,8 @@ impl NodeCore {
     }
 
     /// A rebuilt packet enters the receive path; returns whether the window dropped it as a
-    /// duplicate (one behind the window is counted as [`LecCounters::rebuilt_stale`]).
+    /// duplicate (one whose position the window gave up is counted as
+    /// [`LecCounters::rebuilt_stale`]).
     fn enter_rebuilt(&mut self, now: Instant, id: PacketId, bytes: Bytes) -> bool {
         let header = match Header::peek(&bytes) {
             Ok(h)
@@ -395,24 +397,19 @@ impl NodeCore {
                 return false;
             }
         };
-        let behind = self
+        // Given up by the window (not delivered): too late rather than a duplicate.
+        let too_late = self
             .own_region
             .and_then(|r| self.recv.get(&(id.sender, r)))
-            .is_some_and(|s| {
-                s.epoch > id.epoch
-                    || (s.epoch == id.epoch
-                        && s.window
-                            .next_expected()
-                            .is_some_and(|n| id.seq.is_before(n)))
-            });
+            .is_some_and(|s| s.epoch == id.epoch && s.window.was_given_up(id.seq));
         let stale = self.stats.drops.stale;
         let body = bytes.slice(HEADER_LEN..);
         self.receive_data(now, &header, &bytes, body, Via::Rebuilt);
         let refused = self.stats.drops.stale > stale;
-        if refused && behind {
+        if refused && too_late {
             self.lec.retired.rebuilt_stale += 1;
         }
-        refused && !behind
+        refused && !too_late
     }
 
     /// LEC's timers.
