@@ -8,7 +8,9 @@
 //! With lateral error correction on, each stream remembers its young holes (at most
 //! [`YOUNG_HOLES_MAX`]) and hides them from the ring for [`qs_recovery::Lec::hold_off`], so a
 //! lateral repair gets its chance before the token path asks a peer; every data packet of the
-//! region (refused ones too) is handed to LEC, and holes are reported to it.
+//! region (refused ones too) is handed to LEC, and holes are reported to it. A stream first
+//! heard mid-stream (a joiner) looks back `LOOK_BACK` positions for the hold-off before
+//! counting them as not heard: a lost first packet may be rebuilt by a neighbour.
 //!
 //! Not here: how holes get repaired (`recovery.rs`, `lec.rs`), which senders are live
 //! (`members.rs`).
