@@ -62,6 +62,61 @@ struct Spec {
     lec: bool,
 }
 
+/// A node as the simulator drives it, with one deterministic network loss the test can
+/// arm: the next data datagram from a given sender is lost on its way in.
+struct TestNode {
+    core: NodeCore,
+    lose_next_data_of: Option<NodeId>,
+}
+
+impl TestNode {
+    fn new(config: CoreConfig) -> TestNode {
+        TestNode {
+            core: NodeCore::new(config, Instant::ZERO),
+            lose_next_data_of: None,
+        }
+    }
+}
+
+impl std::ops::Deref for TestNode {
+    type Target = NodeCore;
+    fn deref(&self) -> &NodeCore {
+        &self.core
+    }
+}
+
+impl std::ops::DerefMut for TestNode {
+    fn deref_mut(&mut self) -> &mut NodeCore {
+        &mut self.core
+    }
+}
+
+impl Driven for TestNode {
+    fn handle_datagram(&mut self, now: Instant, from: SocketAddr, datagram: Bytes) {
+        if let Some(sender) = self.lose_next_data_of {
+            if Header::peek(&datagram)
+                .is_ok_and(|h| h.sender == sender && h.kind == PacketKind::Data)
+            {
+                self.lose_next_data_of = None;
+                return;
+            }
+        }
+        self.core.handle_datagram(now, from, datagram);
+    }
+    fn handle_timeout(&mut self, now: Instant) {
+        self.core.handle_timeout(now);
+    }
+    fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<qs_transport::Transmit> {
+        self.core.poll_transmit(now, buf)
+    }
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.core.poll_timeout()
+    }
+    fn poll_command(&mut self) -> Option<qs_transport::SocketCommand> {
+        self.core.poll_command()
+    }
+}
+
 struct Oracle {
     /// Per publishing node: payloads in publish order.
     sent: BTreeMap<usize, Vec<Bytes>>,
@@ -96,7 +151,7 @@ impl Oracle {
 struct Run {
     spec: Spec,
     seed: u64,
-    sim: Sim<NodeCore>,
+    sim: Sim<TestNode>,
     idx: Vec<NodeIndex>,
     oracle: Oracle,
     publishers: Vec<usize>,
@@ -128,7 +183,7 @@ impl Run {
         let mut sim = Sim::new(config);
         let mut idx = Vec::new();
         for i in 0..spec.receivers + spec.senders {
-            let mut n = NodeCore::new(core_config(i, seed, spec.lec), Instant::ZERO);
+            let mut n = TestNode::new(core_config(i, seed, spec.lec));
             if i < spec.receivers {
                 n.subscribe(Instant::ZERO, topic(0));
             }
@@ -162,7 +217,7 @@ impl Run {
         let (data_lost, lec_datagrams) = (&mut self.data_lost, &mut self.lec_datagrams);
         let t = self.sim.now() + d;
         self.sim
-            .run_until(t, &mut |o: &mut Observation<'_, NodeCore>| {
+            .run_until(t, &mut |o: &mut Observation<'_, TestNode>| {
                 let r = o.index.0;
                 match &o.event {
                     EventKind::Dropped {
@@ -243,6 +298,11 @@ impl Run {
     /// Discovery, the workload, then until everything is delivered.
     fn run(&mut self) {
         self.run_for(Duration::from_millis(1500));
+        self.finish();
+    }
+
+    /// The rest of the workload, then until everything is delivered.
+    fn finish(&mut self) {
         let mut ms = 0;
         while self.publish_tick() {
             self.run_for(Duration::from_millis(1));
@@ -616,4 +676,149 @@ fn a_streams_first_packet_lost_at_one_subscriber_is_still_delivered() {
             "3 receivers, first packets lost at one, LEC {lec}"
         ));
     }
+}
+
+/// Issue 12: a subscriber that joins a running stream and loses the first packet sent to it
+/// heard nothing of the stream before, so its receive window starts after the next packet;
+/// the lost one, rebuilt laterally by its peers a bin later, was then dropped as stale
+/// (counted in `drops.stale` only, and as missed on join). The stream runs past the joiner's
+/// reorder window first (so the window does not wait from the stream's start), pauses while
+/// the joiner subscribes and every member and the sender learn of it, then the first packet
+/// after the pause is lost at the joiner alone. The joiner
+/// must deliver every message from that one on, exactly once and in order.
+fn joiner_loses_its_first_packet(seed: u64, hold_off_max: Option<Duration>) -> (Run, usize) {
+    let hint = replay_hint(seed, TEST);
+    let spec = Spec {
+        member_publishes: false,
+        ..spec(3, 1, 1_200, true)
+    };
+    let mut run = Run::new(spec, lossy(seed, 0.01));
+    // The joiner: its window is shorter than what the stream sent before it joins.
+    let j = run.idx.len();
+    let mut config = core_config(j, seed, true);
+    config.reorder_window_packets = 256;
+    if let (Some(lec), Some(max)) = (config.lec.as_mut(), hold_off_max) {
+        lec.hold_off_max = max;
+    }
+    run.idx
+        .push(run.sim.add_node(addr(j), TestNode::new(config)));
+    let joiner = run.idx[j];
+    run.sim.set_node_loss(joiner, LossModel::None);
+    run.run_for(Duration::from_millis(1500));
+    let before = 400;
+    while run.next[&3] < before {
+        run.publish_tick();
+        run.run_for(Duration::from_millis(1));
+    }
+    // The stream is quiet (everything delivered) when the joiner subscribes: it gets nothing
+    // of the stream until the next message.
+    let mut waited = 0;
+    while run.outstanding() > 0 || !run.sim.node(run.idx[3]).is_idle() {
+        run.run_for(Duration::from_millis(10));
+        waited += 1;
+        assert!(waited < 500, "the stream never went quiet; {hint}");
+    }
+    run.oracle.next.insert((j, 3), before as usize);
+    let now = run.sim.now();
+    run.sim.node_mut(joiner).subscribe(now, topic(0));
+    run.sim.poke(joiner);
+    let sender = run.idx[3];
+    let mut waited = 0;
+    loop {
+        run.run_for(Duration::from_millis(1));
+        waited += 1;
+        assert!(waited < 5_000, "the joiner never joined; {hint}");
+        let region = run.sim.node(joiner).own_region();
+        let known = region.is_some()
+            && run.sim.node(sender).subscribers_of(topic(0)) == 4
+            && (0..3).all(|r| {
+                let n = run.sim.node(run.idx[r]);
+                n.own_region() == region
+                    && n.regions()
+                        .region(region.expect("checked"))
+                        .is_some_and(|g| g.members.contains(&id(j)))
+            });
+        if known && waited >= 30 {
+            break;
+        }
+    }
+    assert_eq!(
+        run.sim.node(joiner).receive_streams().count(),
+        0,
+        "the joiner heard of the stream before its first packet; {hint}"
+    );
+    let first = run.next[&3] as usize;
+    assert_eq!(first, before as usize);
+    if hold_off_max.is_some() {
+        // The look-back is over before the repair comes: the joiner starts one later.
+        run.oracle.next.insert((j, 3), first + 1);
+    }
+    // Its first packet of the stream is lost, the second (sent right after it) is not.
+    run.sim.node_mut(joiner).lose_next_data_of = Some(id(3));
+    for k in 0..2 {
+        let m = payload(3, (first + k) as u32, run.spec.size);
+        run.sim
+            .node_mut(sender)
+            .publish(topic(0), m.clone())
+            .expect("room for two messages");
+        run.oracle.sent.get_mut(&3).expect("publisher").push(m);
+        *run.next.get_mut(&3).expect("publisher") += 1;
+    }
+    run.sim.poke(sender);
+    run.run_for(Duration::from_micros(300));
+    assert!(
+        run.sim.node(joiner).lose_next_data_of.is_none(),
+        "the first packet reached the joiner; {hint}"
+    );
+    run.finish();
+    let deadline = run.sim.now() + Duration::from_secs(5);
+    while run.oracle.next.get(&(j, 3)).copied() < Some(run.oracle.sent[&3].len())
+        && run.sim.now() < deadline
+    {
+        run.run_for(Duration::from_millis(50));
+    }
+    let s = run.stats(j);
+    run.report("3 receivers and a joiner whose first packet is lost");
+    println!(
+        "joiner: repaired {:?}, missed on join {}, stale {}, LEC rebuilt {}, rebuilt stale {}",
+        s.repaired, s.missed_on_join, s.drops.stale, s.lec.rebuilt, s.lec.rebuilt_stale
+    );
+    assert_eq!(
+        run.oracle.next.get(&(j, 3)).copied(),
+        Some(run.oracle.sent[&3].len()),
+        "the joiner did not get the rest of the stream; {hint}"
+    );
+    (run, j)
+}
+
+/// The joiner delivers the packet its peers rebuilt, in order, before the rest.
+#[test]
+fn a_joiners_first_packet_rebuilt_laterally_is_delivered() {
+    let seed = seed_from_env(128);
+    let (run, j) = joiner_loses_its_first_packet(seed, None);
+    let s = run.stats(j);
+    let hint = replay_hint(seed, TEST);
+    assert_eq!(
+        (s.repaired.lateral, s.lec.rebuilt_stale),
+        (1, 0),
+        "the first packet was rebuilt laterally and delivered; {hint}"
+    );
+    assert_eq!(s.missed_on_join, 400, "what came before the join; {hint}");
+}
+
+/// When the joiner's look-back is over before the repair comes (a hold-off of 1 µs), the
+/// packet rebuilt then is behind its window: it is counted as rebuilt too late, and
+/// as missed on join, not thrown away unseen.
+#[test]
+fn a_joiners_first_packet_rebuilt_after_its_look_back_is_counted() {
+    let seed = seed_from_env(128);
+    let (run, j) = joiner_loses_its_first_packet(seed, Some(Duration::from_micros(1)));
+    let s = run.stats(j);
+    let hint = replay_hint(seed, TEST);
+    assert_eq!(
+        (s.lec.rebuilt_stale, s.repaired.lateral),
+        (1, 0),
+        "the late rebuilt packet is counted; {hint}"
+    );
+    assert_eq!(s.missed_on_join, 401, "it is missed on join; {hint}");
 }

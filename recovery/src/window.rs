@@ -103,8 +103,20 @@ pub struct ReceiveWindow<T> {
     first_heard: Option<Seq>,
     /// The stream's first sequence number ([`Seq::FIRST`] unless set otherwise).
     first: Seq,
+    /// A first packet heard mid-stream waits this long for up to this many positions before
+    /// it (see [`ReceiveWindow::look_back`]).
+    look_back: (u32, Duration),
+    /// Until when the positions before `first_heard` are waited for (a first packet heard
+    /// mid-stream that looked back).
+    first_wait: Option<Instant>,
+    /// The last runs of positions given up (lost or not heard), oldest first, at most
+    /// [`GIVEN_UP_MAX`]: see [`ReceiveWindow::was_given_up`].
+    given_up: VecDeque<(Seq, u32)>,
     out: VecDeque<Popped<T>>,
 }
+
+/// Most runs of given-up positions a window remembers.
+const GIVEN_UP_MAX: usize = 16;
 
 impl<T> ReceiveWindow<T> {
     /// A window holding at most `capacity` (≥ 1) waiting packets, giving up holes after
@@ -119,6 +131,9 @@ impl<T> ReceiveWindow<T> {
             waiting_since: None,
             first_heard: None,
             first: Seq::FIRST,
+            look_back: (0, Duration::ZERO),
+            first_wait: None,
+            given_up: VecDeque::new(),
             out: VecDeque::new(),
         }
     }
@@ -127,6 +142,17 @@ impl<T> ReceiveWindow<T> {
     /// [`Seq::FIRST`] (a sender and its receivers must agree on it).
     pub fn starting_at(self, first: Seq) -> ReceiveWindow<T> {
         ReceiveWindow { first, ..self }
+    }
+
+    /// Until the first packet is heard: a first packet heard mid-stream (not within the
+    /// window's capacity of the stream's start, where the window waits from the start) waits
+    /// up to `wait` for the `positions` (at most) before it, which may still come: a packet
+    /// lost just before it, rebuilt from a neighbour's lateral repair once the packets after it
+    /// arrived. Those that do not come in time are [`Popped::NotHeard`], like everything before
+    /// them. Without it (0 positions, the default) the window starts right after the first
+    /// packet heard and anything before it is [`Arrival::Stale`].
+    pub fn look_back(&mut self, positions: u32, wait: Duration) {
+        self.look_back = (positions, wait);
     }
 
     /// A reliable-mode window of `capacity` (≥ 1) positions: holes wait for repair.
@@ -161,6 +187,24 @@ impl<T> ReceiveWindow<T> {
                 self.highest = Some(seq);
                 self.advance(now);
                 return Arrival::First { missed_before: 0 };
+            }
+            let (positions, wait) = self.look_back;
+            let back = i64::from(positions)
+                .min(before)
+                .min(self.capacity as i64 - 1)
+                .max(0) as u32;
+            if back > 0 {
+                // Mid-stream: the packets just before it may still come.
+                self.next = Some(Seq(seq.0.wrapping_sub(back)));
+                self.first_heard = Some(seq);
+                self.first_wait = Some(now + wait);
+                self.slots.resize_with(back as usize, || None);
+                self.slots.push_back(Some(item));
+                self.highest = Some(seq);
+                self.advance(now);
+                return Arrival::First {
+                    missed_before: before as u32 - back,
+                };
             }
             self.next = Some(seq.next());
             self.highest = Some(seq);
@@ -216,10 +260,23 @@ impl<T> ReceiveWindow<T> {
         self.advance(now);
     }
 
-    /// When [`ReceiveWindow::handle_timeout`] must run, if a hole is waiting.
+    /// When [`ReceiveWindow::handle_timeout`] must run, if a hole is waiting (best-effort
+    /// mode) or a first packet looks back ([`ReceiveWindow::look_back`]).
     pub fn deadline(&self) -> Option<Instant> {
-        let timeout = self.timeout?;
-        self.waiting_since.map(|t| t + timeout)
+        let first = self.first_wait.filter(|_| self.first_heard.is_some());
+        let hole = self
+            .timeout
+            .and_then(|timeout| self.waiting_since.map(|t| t + timeout));
+        first.into_iter().chain(hole).min()
+    }
+
+    /// Whether `seq` lies in one of the last runs of positions the window gave up (as lost or
+    /// not heard) rather than handed on: a packet for it that comes now is too late, not a
+    /// duplicate. Only the last few runs are remembered.
+    pub fn was_given_up(&self, seq: Seq) -> bool {
+        self.given_up
+            .iter()
+            .any(|(first, count)| (0..i64::from(*count)).contains(&first.distance_to(seq)))
     }
 
     /// Everything up to here was handed on or given up; `None` before anything was heard.
@@ -347,9 +404,16 @@ impl<T> ReceiveWindow<T> {
         }
     }
 
-    /// Gives up holes older than the timeout.
+    /// Gives up holes older than the timeout, and the positions a first packet heard
+    /// mid-stream waited for once its wait is over (as not heard).
     pub fn handle_timeout(&mut self, now: Instant) {
-        while self.deadline().is_some_and(|d| d <= now) {
+        if self.first_wait.is_some_and(|t| t <= now) {
+            self.first_wait = None;
+            if let Some(first) = self.first_heard {
+                self.skip_to(now, first, false);
+            }
+        }
+        while self.timeout.is_some() && self.deadline().is_some_and(|d| d <= now) {
             self.give_up_head();
             self.advance(now);
         }
@@ -416,6 +480,10 @@ impl<T> ReceiveWindow<T> {
     /// Reports `count` given-up packets from `first`: those before the first packet heard
     /// are [`Popped::NotHeard`], the rest a gap.
     fn push_lost(&mut self, first: Seq, count: u32) {
+        if self.given_up.len() >= GIVEN_UP_MAX {
+            self.given_up.pop_front();
+        }
+        self.given_up.push_back((first, count));
         let unheard = match self.first_heard {
             Some(f) => (first.distance_to(f).max(0) as u32).min(count),
             None => 0,
@@ -471,6 +539,53 @@ mod tests {
 
     fn drain(w: &mut ReceiveWindow<u32>) -> Vec<Popped<u32>> {
         std::iter::from_fn(|| w.pop()).collect()
+    }
+
+    #[test]
+    fn a_first_packet_heard_mid_stream_waits_for_the_positions_it_looks_back_at() {
+        for reliable in [true, false] {
+            let mut w = if reliable {
+                ReceiveWindow::reliable(64)
+            } else {
+                ReceiveWindow::new(64, WAIT)
+            };
+            w.look_back(4, Duration::from_millis(2));
+            // Mid-stream (past the capacity from the start): 96..=99 are waited for.
+            assert_eq!(
+                w.insert(T0, Seq(100), 100),
+                Arrival::First { missed_before: 95 }
+            );
+            assert_eq!(w.prefix(), Some(Seq(95)));
+            assert_eq!(w.insert(T0, Seq(101), 101), Arrival::Accepted);
+            assert_eq!(w.insert(T0, Seq(98), 98), Arrival::Accepted);
+            assert!(drain(&mut w).is_empty(), "nothing before the wait is over");
+            assert_eq!(w.deadline(), Some(T0 + Duration::from_millis(2)));
+            w.handle_timeout(T0 + Duration::from_millis(2) - Duration::from_nanos(1));
+            assert!(drain(&mut w).is_empty());
+            w.handle_timeout(T0 + Duration::from_millis(2));
+            assert_eq!(
+                drain(&mut w),
+                vec![
+                    Popped::NotHeard { count: 2 },
+                    Popped::Packet(Seq(98), 98),
+                    Popped::NotHeard { count: 1 },
+                    Popped::Packet(Seq(100), 100),
+                    Popped::Packet(Seq(101), 101),
+                ],
+                "reliable {reliable}"
+            );
+            assert_eq!(w.deadline(), None);
+            assert_eq!(w.insert(T0, Seq(99), 99), Arrival::Stale);
+            assert!(w.was_given_up(Seq(99)) && w.was_given_up(Seq(96)));
+            assert!(!w.was_given_up(Seq(98)) && !w.was_given_up(Seq(100)));
+        }
+        // Without a look-back the window starts after the first packet heard.
+        let mut w = ReceiveWindow::reliable(64);
+        assert_eq!(
+            w.insert(T0, Seq(100), 100),
+            Arrival::First { missed_before: 99 }
+        );
+        assert_eq!(w.insert(T0, Seq(99), 99), Arrival::Stale);
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub struct LecCounters {
     /// Parked packets whose original arrived meanwhile (dropped as duplicates: a repair
     /// overtook the data it covers).
     pub rebuilt_overtaken: u64,
+    /// Rebuilt packets that came too late: the receive window had given their position up
+    /// (as lost, or as not heard: a joiner's look-back was over before they came), so their
+    /// messages are not delivered. (A rebuilt copy of a packet already delivered is a
+    /// duplicate, not counted here.)
+    pub rebuilt_stale: u64,
     /// Rebuilt packets dropped because the parking was full.
     pub parked_full: u64,
     /// Rebuilt packets whose original then arrived (late, not lost: LEC takes their loss back
@@ -329,6 +334,7 @@ impl NodeCore {
             .and_then(|(_, lec)| lec.poll_rebuilt())
         {
             if self.is_known_hole(id) {
+                // A duplicate here is a packet that came in the same iteration as the repair.
                 self.enter_rebuilt(now, id, bytes);
                 continue;
             }
@@ -367,17 +373,17 @@ impl NodeCore {
     fn release_parked(&mut self, now: Instant) {
         while self.lec.parked.front().is_some_and(|(t, _, _)| *t <= now) {
             let (_, id, bytes) = self.lec.parked.pop_front().expect("checked");
-            // The window drops it as stale if the original came meanwhile.
-            let stale = self.stats.drops.stale;
-            self.enter_rebuilt(now, id, bytes);
-            if self.stats.drops.stale > stale {
+            // The window drops it as a duplicate if the original came meanwhile.
+            if self.enter_rebuilt(now, id, bytes) {
                 self.lec.retired.rebuilt_overtaken += 1;
             }
         }
     }
 
-    /// A rebuilt packet enters the receive path.
-    fn enter_rebuilt(&mut self, now: Instant, id: PacketId, bytes: Bytes) {
+    /// A rebuilt packet enters the receive path; returns whether the window dropped it as a
+    /// duplicate (one whose position the window gave up is counted as
+    /// [`LecCounters::rebuilt_stale`]).
+    fn enter_rebuilt(&mut self, now: Instant, id: PacketId, bytes: Bytes) -> bool {
         let header = match Header::peek(&bytes) {
             Ok(h)
                 if h.sender == id.sender
@@ -388,11 +394,22 @@ impl NodeCore {
             }
             _ => {
                 self.lec.retired.rebuilt_refused += 1;
-                return;
+                return false;
             }
         };
+        // Given up by the window (not delivered): too late rather than a duplicate.
+        let too_late = self
+            .own_region
+            .and_then(|r| self.recv.get(&(id.sender, r)))
+            .is_some_and(|s| s.epoch == id.epoch && s.window.was_given_up(id.seq));
+        let stale = self.stats.drops.stale;
         let body = bytes.slice(HEADER_LEN..);
         self.receive_data(now, &header, &bytes, body, Via::Rebuilt);
+        let refused = self.stats.drops.stale > stale;
+        if refused && too_late {
+            self.lec.retired.rebuilt_stale += 1;
+        }
+        refused && !too_late
     }
 
     /// LEC's timers.

@@ -8,7 +8,9 @@
 //! With lateral error correction on, each stream remembers its young holes (at most
 //! [`YOUNG_HOLES_MAX`]) and hides them from the ring for [`qs_recovery::Lec::hold_off`], so a
 //! lateral repair gets its chance before the token path asks a peer; every data packet of the
-//! region (refused ones too) is handed to LEC, and holes are reported to it.
+//! region (refused ones too) is handed to LEC, and holes are reported to it. A stream first
+//! heard mid-stream (a joiner) looks back `LOOK_BACK` positions for the hold-off before
+//! counting them as not heard: a lost first packet may be rebuilt by a neighbour.
 //!
 //! Not here: how holes get repaired (`recovery.rs`, `lec.rs`), which senders are live
 //! (`members.rs`).
@@ -26,6 +28,9 @@ use super::{CoreConfig, Event, NodeCore};
 /// Most young holes a stream remembers (beyond it the oldest is forgotten: the ring may ask
 /// for it at once, which costs a repair, not a loss).
 pub(super) const YOUNG_HOLES_MAX: usize = 256;
+/// Most positions before a stream's first packet heard mid-stream that wait for LEC (see
+/// [`ReceiveWindow::look_back`]); a bin spans `bin_packets × stagger` of them (16 by default).
+const LOOK_BACK: u32 = 64;
 /// Most holes one arrival reports to LEC (a jump of thousands is a join or a long outage,
 /// which the ring handles).
 const HOLES_REPORTED_MAX: u32 = 64;
@@ -271,6 +276,11 @@ impl NodeCore {
                 let slack = (self.config.reorder_window_packets / 2) as u32;
                 Seq(seq.0.wrapping_sub(slack))
             });
+        let hold = if own {
+            self.lec_hold_off()
+        } else {
+            std::time::Duration::ZERO
+        };
         let config = &self.config;
         let stream = self.recv.entry(key).or_insert_with(|| {
             let mut s = RecvStream::new(config, epoch);
@@ -281,6 +291,11 @@ impl NodeCore {
             }
             s
         });
+        if stream.window.next_expected().is_none() && !hold.is_zero() {
+            // A stream first heard mid-stream (a joiner): the packets just before the first
+            // one heard may have been lost and be rebuilt laterally a bin later.
+            stream.window.look_back(LOOK_BACK, hold);
+        }
         // A packet that has to wait is copied out of the receive batch, so it does not pin
         // the whole batch buffer; in-order packets stay zero-copy.
         let in_order = stream.window.next_expected().is_none_or(|next| next == seq);
@@ -339,6 +354,12 @@ impl NodeCore {
             Arrival::Stale => self.stats.drops.stale += 1,
             Arrival::First { missed_before } => {
                 self.stats.missed_on_join += u64::from(missed_before);
+                if let Some(s) = self.recv.get_mut(&key) {
+                    // Positions the window looks back at wait for LEC, not for the ring.
+                    if let Some(next) = s.window.next_expected().filter(|n| n.is_before(seq)) {
+                        s.note_holes(now, next, seq, now + hold);
+                    }
+                }
             }
             Arrival::Accepted => {
                 self.stats.held_back += u64::from(!in_order);

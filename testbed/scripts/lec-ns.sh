@@ -2,7 +2,7 @@
 # lec-ns.sh: lateral error correction across network namespaces, LEC off beside LEC on.
 #
 # Usage: lec-ns.sh [--qs PATH] [--receivers K] [--size B] [--rate R] [--count N]
-#                  [--loss PCT] [--blast-count N] [--rounds N]
+#                  [--loss PCT] [--blast-count N] [--rounds N] [--lec "off on"] [--no-blast]
 #
 # Builds a LAN of 1 + K hosts (lan.sh; default K = 3), then, in one run (so the figures share
 # the machine's noise), for each round and each of LEC off / on:
@@ -13,7 +13,10 @@
 #      sender), gaps;
 #   2. unpaced, without loss (`--rate 0`, --blast-count messages): throughput, and how many
 #      datagrams the subscribers' own sockets dropped (overflow: `lec.socket_drops`).
-# Prints one table; keeps the JSON under a temporary directory (printed). Needs root. Other
+# --lec picks the settings each round runs, in order (default both); --no-blast skips step 2.
+# Prints one table, then per LEC setting the lossy run's p50 and p99 over the clean run's of the
+# same round (min / median / max over the rounds); keeps the JSON under a temporary directory
+# (printed). Needs root. Other
 # work on the machine moves every figure (2 shared cores): compare figures of one run only.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -28,6 +31,8 @@ count=50000
 loss=1
 blast=200000
 rounds=1
+lecs="off on"
+blast_runs=1
 while [ $# -gt 0 ]; do
     case $1 in
         --qs) qs=$2; shift 2 ;;
@@ -38,7 +43,9 @@ while [ $# -gt 0 ]; do
         --loss) loss=$2; shift 2 ;;
         --blast-count) blast=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --lec) lecs=$2; shift 2 ;;
+        --no-blast) blast_runs=0; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "lec-ns.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -81,13 +88,13 @@ clean() {
 }
 
 for round in $(seq 1 "$rounds"); do
-    for lec in off on; do
+    for lec in $lecs; do
         echo "lec-ns.sh: round $round, LEC $lec" >&2
         qs_run "r$round-$lec-clean" "$lec" "$count" "$rate"
         lossy
         qs_run "r$round-$lec-lossy" "$lec" "$count" "$rate"
         clean "r$round-$lec-lossy"
-        qs_run "r$round-$lec-blast" "$lec" "$blast" 0
+        if [ "$blast_runs" = 1 ]; then qs_run "r$round-$lec-blast" "$lec" "$blast" 0; fi
     done
 done
 
@@ -120,6 +127,24 @@ for r in range(1, rounds + 1):
             print(f"{r:>5} {lec:>4} {run:>6} {got*100:>6.2f}% {sum(s['gaps'] for s in subs):>5} {mean(s['rate_msgs_s'] for s in subs):>9.0f} "
                   f"{mean(x.get('p50', float('nan')) for x in lat):>8.0f} {max(x.get('p99', float('nan')) for x in lat):>8.0f} "
                   f"{dropped:>8} {sock:>6} {l:>8} {p:>6} {snd:>6} {share:>8.1f}%")
+ratios = {}
+for r in range(1, rounds + 1):
+    for lec in ("off", "on"):
+        runs = {}
+        for run in ("clean", "lossy"):
+            subs = [load(p) for p in sorted(glob.glob(f"{out}/r{r}-{lec}-{run}-h*.json"))]
+            lat = [s.get("latency_us") or {} for s in subs]
+            if lat and all("p50" in x and "p99" in x for x in lat):
+                runs[run] = (mean(x["p50"] for x in lat), max(x["p99"] for x in lat))
+        if len(runs) == 2 and runs["clean"][0] > 0 and runs["clean"][1] > 0:
+            ratios.setdefault(lec, []).append((runs["lossy"][0] / runs["clean"][0], runs["lossy"][1] / runs["clean"][1]))
+def mmm(xs):
+    xs = sorted(xs)
+    return f"{xs[0]:.2f} / {xs[len(xs) // 2]:.2f} / {xs[-1]:.2f}"
+for lec, rs in ratios.items():
+    print(f"LEC {lec}: lossy over clean of the same round, {len(rs)} rounds (min / median / max): "
+          f"p50 {mmm(a for a, _ in rs)}, p99 {mmm(b for _, b in rs)}; per round p99: "
+          + ", ".join(f"{b:.2f}" for _, b in rs))
 print(f"(JSON in {out}; dropped: frames nftables dropped at the subscribers, all UDP kinds; "
       "sock: datagrams the subscribers' own sockets dropped, SO_MEMINFO)")
 PY
