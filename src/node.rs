@@ -126,6 +126,7 @@ pub struct NodeBuilder {
     max_datagram: usize,
     send_queue_bytes: usize,
     send_queue_time: Duration,
+    send_window_time: Duration,
     max_message_bytes: usize,
     subscription_queue: usize,
     publish_queue: usize,
@@ -163,6 +164,7 @@ impl Default for NodeBuilder {
             max_datagram: 1472,
             send_queue_bytes: 16 << 20,
             send_queue_time: Duration::from_millis(5),
+            send_window_time: Duration::ZERO,
             max_message_bytes: 16 << 20,
             subscription_queue: 65_536,
             publish_queue: 4096,
@@ -258,6 +260,22 @@ impl NodeBuilder {
     /// `Duration::ZERO`: bounded by [`NodeBuilder::send_queue_bytes`] alone. Default 5 ms.
     pub fn send_queue_time(mut self, time: Duration) -> Self {
         self.send_queue_time = time;
+        self
+    }
+
+    /// Reliable mode: the send window (data sent and not yet acknowledged by the region) is
+    /// bounded by time as well as by its 8,192 packets: a stream stops sending new data while
+    /// it holds more than this long's worth unacknowledged at the rate the region has been
+    /// acknowledging it (never less than 256 KiB), so that a subscriber descheduled for a
+    /// moment finds milliseconds of data waiting in its socket buffer rather than a whole
+    /// window (the tail of latency at saturation): with small queues
+    /// (`publish_queue_bytes(32768)`, `send_queue_time(1ms)`, `subscription_queue(1024)`),
+    /// 5 ms kept the unpaced 1 KB p99 near 10 ms in BENCHMARKS.md's runs, at a throughput
+    /// cost. A slow subscriber then lags by this time's worth, not a whole window, so it
+    /// reaches the isolation policy's lag ([`NodeBuilder::isolate_slow`]) later or never.
+    /// `Duration::ZERO` (the default): bounded by packets alone.
+    pub fn send_window_time(mut self, time: Duration) -> Self {
+        self.send_window_time = time;
         self
     }
 
@@ -525,6 +543,7 @@ impl NodeBuilder {
         config.max_datagram = self.max_datagram;
         config.send_queue_bytes = self.send_queue_bytes;
         config.send_queue_time = self.send_queue_time;
+        config.send_window_time = self.send_window_time;
         config.max_message_bytes = self.max_message_bytes;
         config.inject_loss = self.inject_loss;
         config.reliable = self.reliable;

@@ -1578,6 +1578,8 @@ fn stalled_app_run(stop_ms: u32, slow_lag: u32, slow_after: Duration, isolate: b
     };
     let mut run = Run::with(s, SimConfig::with_seed(seed), |c| {
         c.send_window_packets = STALL_WINDOW as usize;
+        // Bounded by packets alone: the lag is exactly the window.
+        c.send_window_time = Duration::ZERO;
         c.reorder_window_packets = STALL_WINDOW as usize;
         c.max_pending_events = 50;
         c.send_queue_bytes = 64 << 10;
@@ -1631,6 +1633,81 @@ fn a_held_back_sender_fills_its_send_window_exactly() {
         u64::from(STALL_WINDOW),
         "{}",
         replay_hint(seed_from_env(25), "--release --test sim_recovery held_back")
+    );
+}
+
+/// One sender publishes 150 messages of 1,000 bytes per millisecond (150 MB/s) to three
+/// receivers for 200 ms with a 4,096-packet send window bounded by `window_time`; the
+/// application of node 2 reads nothing from 50 to 150 ms (a subscriber descheduled for a
+/// tenth of a second). Returns (the most bytes the sender held unacknowledged, the most
+/// packets, how long publishing took in ms).
+fn stalled_window_run(window_time: Duration) -> (u64, u64, u32) {
+    let seed = seed_from_env(26);
+    let s = Spec {
+        receivers: vec![vec![0]; 3],
+        senders: vec![vec![0]],
+        messages: 30_000,
+        size: 1000,
+        sizes: Vec::new(),
+        per_ms: 150,
+    };
+    let mut run = Run::with(s, SimConfig::with_seed(seed), |c| {
+        c.send_window_packets = 4096;
+        c.send_window_time = window_time;
+        c.reorder_window_packets = 4096;
+        c.max_pending_events = 50;
+        c.send_queue_bytes = 256 << 10;
+    });
+    run.unacked_peak = Some(BTreeMap::new());
+    let mut took = 0;
+    run.run(|run, ms| {
+        took = ms;
+        if ms == 50 {
+            run.stopped = Some(2);
+        }
+        if ms == 150 {
+            run.stopped = None;
+        }
+    });
+    let packets = run
+        .unacked_peak
+        .as_ref()
+        .and_then(|p| p.get(&3).copied())
+        .unwrap_or(0);
+    let st = run.stats(3);
+    println!(
+        "send window time {window_time:?}: unacknowledged peak {} bytes, {packets} packets; \
+         publishing took {took} ms; paced {} times",
+        st.unacked_bytes_peak, st.pacing_engaged
+    );
+    (st.unacked_bytes_peak, packets, took)
+}
+
+/// The send window's time bound, both sides (issue 13): while a member's application stalls
+/// for 100 ms, a 5 ms window holds about 5 ms of the region's acknowledgement rate
+/// (150 MB/s: 750 KB) unacknowledged and no more, where the same window bounded by packets
+/// alone fills all its 4,096 packets into the stalled member; both deliver everything (the
+/// run checks it), and the bound does not slow the sender down.
+#[test]
+fn a_time_bounded_send_window_holds_its_time_while_a_member_stalls() {
+    let (bytes_on, packets_on, took_on) = stalled_window_run(Duration::from_millis(5));
+    let (bytes_off, packets_off, took_off) = stalled_window_run(Duration::ZERO);
+    let hint = replay_hint(
+        seed_from_env(26),
+        "--release --test sim_recovery time_bounded",
+    );
+    assert_eq!(packets_off, 4096, "bounded by packets: {hint}");
+    assert!(
+        bytes_on <= 1_000_000 && packets_on < 1000,
+        "5 ms at 150 MB/s is 750 KB: {bytes_on} bytes, {packets_on} packets; {hint}"
+    );
+    assert!(
+        bytes_off > 4 * bytes_on,
+        "{bytes_off} vs {bytes_on}; {hint}"
+    );
+    assert!(
+        took_on <= took_off + took_off / 10,
+        "the bound costs no throughput: {took_on} ms vs {took_off} ms; {hint}"
     );
 }
 

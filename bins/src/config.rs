@@ -205,6 +205,12 @@ pub struct NodeOpts {
     #[arg(long, env = "QS_SEND_QUEUE_TIME", value_name = "DURATION", value_parser = parse_duration)]
     #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
     pub send_queue_time: Option<Duration>,
+    /// Time's worth of data the send window may hold unacknowledged at the region's
+    /// acknowledgement rate (at least 256 KiB) before the stream waits (0s: packets only)
+    /// [default: 0s]
+    #[arg(long, env = "QS_SEND_WINDOW_TIME", value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(with = "opt_duration", skip_serializing_if = "Option::is_none")]
+    pub send_window_time: Option<Duration>,
     /// Largest message published or accepted [default: 16777216]
     #[arg(long, env = "QS_MAX_MESSAGE_BYTES", value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -317,7 +323,7 @@ impl NodeOpts {
         fill!(o, file: iface, key_file, cluster, control_group, data_port, unicast_port,
             group_range, best_effort, isolate_slow, inject_loss, lec, recv_buffer_bytes,
             send_buffer_bytes, max_datagram, send_queue_bytes, send_queue_time,
-            max_message_bytes, subscription_queue, publish_queue, publish_queue_bytes,
+            send_window_time, max_message_bytes, subscription_queue, publish_queue, publish_queue_bytes,
             event_queue, announce_interval, peer_timeout, sender_grace, node_id, rng_seed,
             busy_poll, gso, gro, metrics);
         if o.seeds.is_empty() {
@@ -349,7 +355,7 @@ impl NodeOpts {
             isolate_slow => isolate_slow, inject_loss => inject_loss, lec => lec,
             recv_buffer_bytes => recv_buffer_bytes, send_buffer_bytes => send_buffer_bytes,
             max_datagram => max_datagram, send_queue_bytes => send_queue_bytes,
-            send_queue_time => send_queue_time,
+            send_queue_time => send_queue_time, send_window_time => send_window_time,
             max_message_bytes => max_message_bytes, subscription_queue => subscription_queue,
             publish_queue => publish_queue, publish_queue_bytes => publish_queue_bytes,
             event_queue => event_queue,

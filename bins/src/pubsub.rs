@@ -293,6 +293,11 @@ struct PubSummary {
     gso_segments: u64,
     /// See `gso_sends`.
     gso_fallbacks: u64,
+    /// The most bytes held sent and unacknowledged in a send window (`--send-window-time`
+    /// bounds it), and how often rate control engaged pacing.
+    unacked_bytes_peak: u64,
+    /// See `unacked_bytes_peak`.
+    pacing_engaged: u64,
 }
 
 /// Where `qs pub`'s messages come from.
@@ -454,6 +459,8 @@ pub fn run_pub(a: PubArgs) -> anyhow::Result<ExitCode> {
         gso_sends: stats.runtime.gso_sends,
         gso_segments: stats.runtime.gso_segments,
         gso_fallbacks: stats.runtime.gso_fallbacks,
+        unacked_bytes_peak: stats.core.unacked_bytes_peak,
+        pacing_engaged: stats.core.pacing_engaged,
     };
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);

@@ -54,9 +54,13 @@ impl DrainRate {
         }
     }
 
-    /// `bytes` left the queue.
+    /// `bytes` left the queue since the last look. Bytes that left while the last look saw
+    /// nothing queued (or before any look) count for nothing: no busy time measured them, and
+    /// counting them would make the rate a burst's.
     pub fn on_drained(&mut self, bytes: usize) {
-        self.drained = self.drained.saturating_add(bytes);
+        if self.seen_busy.is_some() {
+            self.drained = self.drained.saturating_add(bytes);
+        }
     }
 
     /// Bytes per second while busy, once measured.
@@ -117,6 +121,20 @@ mod tests {
         }
         let after = d.rate().expect("measured");
         assert!(after > 0.9 * before, "{before} -> {after}");
+    }
+
+    #[test]
+    fn bytes_drained_without_a_busy_look_are_not_a_burst_of_rate() {
+        let mut d = DrainRate::new();
+        // A megabyte left before anything was looked at (a window's first acknowledgement).
+        d.on_drained(1_000_000);
+        // Then 1,000 bytes every 10 µs for 2 ms: one sample, 100 MB/s.
+        for i in 0..=200 {
+            d.on_poll(at(i * 10), 10_000);
+            d.on_drained(1000);
+        }
+        let r = d.rate().expect("measured");
+        assert!((r - 1e8).abs() < 2e6, "{r}");
     }
 
     #[test]

@@ -8,12 +8,19 @@
 //! [`SendWindow::get`] when it sends them again. A full window ([`SendWindow::is_open`]) stops
 //! the stream, which pushes back on the publisher. Kept packets live in recycled buffers, so
 //! steady state allocates nothing per packet.
+//!
+//! The window is bounded by packets and, optionally ([`SendWindow::bound_by_time`]), by time:
+//! it also closes once it holds more than a given time's worth of data at the rate the region
+//! has been acknowledging it (issue 13: a member descheduled for 100 ms otherwise lets the
+//! sender pour a whole 8,192-packet window, 200 ms of 1 KB messages, into its socket buffer,
+//! and those messages arrive late however fast the member catches up).
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use qs_transport::{Instant, Seq};
 
+use crate::drain::DrainRate;
 use crate::store::BufferPool;
 
 /// What [`SendWindow::resend`] decided about a packet the region asks for again.
@@ -42,6 +49,12 @@ pub struct SendWindow {
     bytes: usize,
     peak_bytes: usize,
     pool: BufferPool,
+    /// The time bound: most time's worth of data held at the acknowledgement rate (zero:
+    /// bounded by packets only), and the fewest bytes it ever limits the window to.
+    time: Duration,
+    floor: usize,
+    /// Bytes per second the region acknowledges while the window holds something.
+    acks: DrainRate,
 }
 
 #[derive(Debug)]
@@ -70,7 +83,21 @@ impl SendWindow {
             peak_bytes: 0,
             // A full window's worth, so a window in steady state allocates nothing.
             pool: BufferPool::new(capacity),
+            time: Duration::ZERO,
+            floor: 0,
+            acks: DrainRate::new(),
         }
+    }
+
+    /// Bounds the window by time as well: it closes while it holds more than `time`'s worth of
+    /// data at the rate the region acknowledged it lately, but never below `floor` bytes (so
+    /// that the acknowledgement delay, a ring round or two, does not hold the stream back
+    /// whatever the rate). Until a rate is measured, and with `time` zero, only the packet
+    /// bound applies.
+    pub fn bound_by_time(mut self, time: Duration, floor: usize) -> SendWindow {
+        self.time = time;
+        self.floor = floor;
+        self
     }
 
     /// The sequence number the next packet gets.
@@ -93,9 +120,29 @@ impl SendWindow {
         Seq(self.base.0.wrapping_sub(1))
     }
 
-    /// Whether another packet may be sent (reliable mode: the window is not full).
+    /// Whether another packet may be sent (reliable mode: the window holds fewer than its
+    /// packets and no more than [`SendWindow::byte_limit`] bytes).
     pub fn is_open(&self) -> bool {
-        self.capacity == 0 || self.packets.len() < self.capacity
+        self.capacity == 0
+            || (self.packets.len() < self.capacity && self.bytes <= self.byte_limit())
+    }
+
+    /// Whether the window holds all the packets it may (reliable mode): closed by its packets,
+    /// not by its time bound.
+    pub fn is_full(&self) -> bool {
+        self.capacity != 0 && self.packets.len() >= self.capacity
+    }
+
+    /// The most bytes the window holds before it closes: the time bound's share of the
+    /// acknowledgement rate ([`SendWindow::bound_by_time`]), unbounded without one.
+    pub fn byte_limit(&self) -> usize {
+        self.acks.limit(self.time, self.floor, usize::MAX)
+    }
+
+    /// Bytes per second the region acknowledged lately (while the window held something),
+    /// once measured.
+    pub fn ack_rate(&self) -> Option<f64> {
+        self.acks.rate()
     }
 
     /// Packets held unacknowledged.
@@ -134,9 +181,11 @@ impl SendWindow {
         });
     }
 
-    /// The region holds everything up to `stable`: frees it. Returns how many packets were
-    /// freed (a point before the window frees nothing; one beyond what was sent frees all).
-    pub fn ack(&mut self, stable: Seq) -> u64 {
+    /// The region holds everything up to `stable` (told at `now`): frees it. Returns how many
+    /// packets were freed (a point before the window frees nothing; one beyond what was sent
+    /// frees all).
+    pub fn ack(&mut self, now: Instant, stable: Seq) -> u64 {
+        let before = self.bytes;
         let mut freed = 0;
         while !stable.is_before(self.base) && !self.packets.is_empty() {
             let k = self.packets.pop_front().expect("not empty");
@@ -145,6 +194,12 @@ impl SendWindow {
             self.base = self.base.next();
             freed += 1;
         }
+        // What this acknowledgement freed belongs to the time since the last one (counted
+        // only if the window held something then: the first acknowledgement, or the first
+        // after an empty window, measures nothing), and the time until the next one is busy
+        // if the window still holds something.
+        self.acks.on_drained(before - self.bytes);
+        self.acks.on_poll(now, self.bytes);
         freed
     }
 
@@ -217,8 +272,8 @@ mod tests {
     #[test]
     fn a_full_window_closes_and_an_acknowledgement_reopens_it() {
         let mut w = filled(4, 4);
-        assert!(!w.is_open());
-        assert_eq!(w.ack(Seq(2)), 2);
+        assert!(!w.is_open() && w.is_full());
+        assert_eq!(w.ack(T0, Seq(2)), 2);
         assert!(w.is_open());
         assert_eq!((w.len(), w.bytes(), w.acked()), (2, 20, Seq(2)));
         assert_eq!(w.get(Seq(2)), None);
@@ -236,9 +291,9 @@ mod tests {
     #[test]
     fn an_acknowledgement_before_the_window_frees_nothing_and_beyond_frees_everything() {
         let mut w = filled(8, 5);
-        w.ack(Seq(3));
-        assert_eq!(w.ack(Seq(1)), 0);
-        assert_eq!(w.ack(Seq(100)), 2);
+        w.ack(T0, Seq(3));
+        assert_eq!(w.ack(T0, Seq(1)), 0);
+        assert_eq!(w.ack(T0, Seq(100)), 2);
         assert!(w.is_empty());
         w.check_invariants();
     }
@@ -262,6 +317,73 @@ mod tests {
         w.check_invariants();
     }
 
+    fn at_ms(ms: u64) -> Instant {
+        T0 + Duration::from_millis(ms)
+    }
+
+    /// A window whose region acknowledged `per_ms` packets of 1,000 bytes every millisecond
+    /// for 60 ms (the window never empty), then is filled until it closes.
+    fn filled_at_ack_rate(
+        capacity: usize,
+        time: Duration,
+        floor: usize,
+        per_ms: u32,
+    ) -> SendWindow {
+        let mut w = SendWindow::new(capacity).bound_by_time(time, floor);
+        for ms in 0..60 {
+            for _ in 0..per_ms {
+                w.sent(&[0u8; 1000]);
+            }
+            // Everything but the last packet: the window is never seen empty.
+            w.ack(at_ms(ms), Seq(w.highest().0 - 1));
+        }
+        while w.is_open() {
+            w.sent(&[0u8; 1000]);
+            assert!(w.len() <= capacity, "bounded by packets at least");
+        }
+        w.check_invariants();
+        w
+    }
+
+    #[test]
+    fn a_time_bounded_window_closes_just_past_its_time_at_the_acknowledgement_rate() {
+        // 100 packets of 1,000 bytes acknowledged per millisecond: 100 MB/s, 5 ms = 500 KB.
+        let w = filled_at_ack_rate(100_000, Duration::from_millis(5), 64 << 10, 100);
+        let rate = w.ack_rate().expect("measured");
+        assert!((rate - 1e8).abs() < 1e6, "{rate}");
+        let limit = w.byte_limit();
+        assert!((495_000..=505_000).contains(&limit), "{limit}");
+        // Open up to the limit, closed by the first packet past it.
+        assert!(
+            w.bytes() > limit && w.bytes() - 1000 <= limit,
+            "{} {limit}",
+            w.bytes()
+        );
+        assert!(
+            w.len() < 1000 && !w.is_full(),
+            "far below its packets: {}",
+            w.len()
+        );
+    }
+
+    #[test]
+    fn without_a_time_bound_the_window_fills_to_its_packets() {
+        let w = filled_at_ack_rate(2000, Duration::ZERO, 64 << 10, 100);
+        assert_eq!(w.len(), 2000);
+        assert_eq!(w.byte_limit(), usize::MAX);
+    }
+
+    #[test]
+    fn a_slowly_acknowledged_window_still_holds_its_floor() {
+        // 1 MB/s acknowledged: 5 ms of it is 5 KB, below the 64 KiB floor.
+        let w = filled_at_ack_rate(100_000, Duration::from_millis(5), 64 << 10, 1);
+        assert_eq!(w.byte_limit(), 64 << 10);
+        assert!(w.bytes() > 64 << 10 && w.bytes() - 1000 <= 64 << 10);
+        // Nothing measured yet: the packets alone bound it.
+        let fresh = SendWindow::new(10).bound_by_time(Duration::from_millis(5), 64 << 10);
+        assert_eq!(fresh.byte_limit(), usize::MAX);
+    }
+
     #[test]
     fn sequence_numbers_wrap_inside_the_window() {
         let mut w = SendWindow::new(8);
@@ -271,7 +393,7 @@ mod tests {
             w.sent(&[1]);
         }
         assert!(w.get(Seq(u32::MAX)).is_some() && w.get(Seq(1)).is_some());
-        assert_eq!(w.ack(Seq(0)), 3);
+        assert_eq!(w.ack(T0, Seq(0)), 3);
         w.check_invariants();
     }
 }

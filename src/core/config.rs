@@ -19,6 +19,11 @@ use super::repair_limit::RepairLimit;
 /// however slowly the queue drained lately.
 pub const SEND_QUEUE_FLOOR: usize = 64 << 10;
 
+/// The least a time-bounded send window may hold (bytes): a ring round or two of
+/// acknowledgement delay at a fast stream's rate (256 KiB is 6.5 ms at 40 MB/s), so that the
+/// delay in acknowledging does not throttle the stream however low the measured rate fell.
+pub const SEND_WINDOW_FLOOR: usize = 256 << 10;
+
 /// Settings of a [`NodeCore`].
 #[derive(Debug, Clone)]
 pub struct CoreConfig {
@@ -75,6 +80,15 @@ pub struct CoreConfig {
     /// Reliable mode: most packets a sender keeps unacknowledged per region; a full window
     /// pauses sending to that region. Must not exceed `reorder_window_packets`.
     pub send_window_packets: usize,
+    /// Reliable mode: the send window is also bounded by time: a stream stops taking new data
+    /// into flight while it holds more than this long's worth unacknowledged at the rate the
+    /// region has been acknowledging it (and at least [`SEND_WINDOW_FLOOR`] bytes), so that a
+    /// member descheduled for a while finds a few milliseconds of data waiting in its socket
+    /// buffer, not a whole window. Zero (the default): bounded by `send_window_packets` alone.
+    /// With the bound on, a slow member lags the stream by about this time's worth, not by
+    /// a full window: `ring.slow_lag` above that (default 4,096 packets) never marks it slow,
+    /// so rate control and the isolation policy see it only with a lower `slow_lag`.
+    pub send_window_time: Duration,
     /// Reliable mode: pace senders to the slowest member's receive rate while a region falls
     /// behind (rate control through the ring); `false` leaves only the window.
     pub rate_control: bool,
@@ -162,6 +176,7 @@ impl CoreConfig {
             inject_loss: 0.0,
             reliable: true,
             send_window_packets: 8192,
+            send_window_time: Duration::ZERO,
             rate_control: true,
             max_pending_events: 65536,
             cache_max_bytes: 64 << 20,

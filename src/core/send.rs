@@ -2,7 +2,8 @@
 //! only queues `(topic, payload)`; packets (headers, sequence numbers, packing of small
 //! messages, fragments of large ones) are built in [`NodeCore::poll_data`] when the driver can
 //! send (pull-based sending). Each stream's [`SendWindow`] keeps what the region has not
-//! acknowledged (a full window stops the stream, and the queue then pushes back on
+//! acknowledged, bounded by packets and by time (`send_window_time` at the region's
+//! acknowledgement rate; a closed window stops the stream, and the queue then pushes back on
 //! publishers), its [`Pacer`] follows the slowest member while the region falls behind, and a
 //! stream that goes idle announces its tail ([`StreamState`]) so receivers see tail losses.
 //!
@@ -68,13 +69,14 @@ pub(super) struct SendStream {
 }
 
 impl SendStream {
-    fn new(group: SocketAddrV4, window_packets: usize, epoch: u64, first: Seq) -> SendStream {
+    fn new(group: SocketAddrV4, window: SendWindow, epoch: u64) -> SendStream {
+        let first = window.next_seq();
         SendStream {
             group,
             queue: VecDeque::new(),
             frag: None,
             epoch,
-            window: SendWindow::starting_at(window_packets, first),
+            window,
             pacer: Pacer::new(),
             floor: Seq(first.0.wrapping_sub(1)),
             state_at: None,
@@ -221,7 +223,11 @@ impl NodeCore {
             // starts, so a restarted sender never reuses one.
             self.streams_started += 1;
             let epoch = (self.config.incarnation << 16).wrapping_add(self.streams_started);
-            let mut s = SendStream::new(group, window, epoch, self.config.first_seq);
+            let window = SendWindow::starting_at(window, self.config.first_seq).bound_by_time(
+                self.config.send_window_time,
+                super::config::SEND_WINDOW_FLOOR,
+            );
+            let mut s = SendStream::new(group, window, epoch);
             s.view = view_tag(info);
             e.insert(s);
         }
@@ -356,7 +362,12 @@ impl NodeCore {
             let r = *self.ready.front()?;
             if let Some(s) = self.send.get_mut(&r) {
                 if !s.window.is_open() {
-                    s.pacer.on_window_full();
+                    // Rate control follows a window full of packets (the region's slowest
+                    // member cannot keep up); the time bound closing it is the window's own
+                    // back-pressure on a delay, already at the region's pace.
+                    if s.window.is_full() {
+                        s.pacer.on_window_full();
+                    }
                 } else if s.pacer.allows(now) {
                     region = Some(r);
                     break;
@@ -502,7 +513,7 @@ impl NodeCore {
             return;
         }
         let acked_before = stream.window.acked();
-        let freed = stream.window.ack(ack.stable);
+        let freed = stream.window.ack(now, ack.stable);
         self.stats.acked_packets += freed;
         if !ack.stable.is_before(ack.floor) && stream.floor.is_before(ack.floor) {
             stream.floor = ack.floor;
