@@ -461,6 +461,22 @@ type Decoded = (
     Repair,
 );
 
+/// The entries of `map` after `cursor`, then from the start up to it (all of them, in order,
+/// without a cursor): a round-robin walk resuming where the last one stopped, taken lazily.
+fn resume<K: Ord + Copy, V>(
+    map: &BTreeMap<K, V>,
+    cursor: Option<K>,
+) -> impl Iterator<Item = (&K, &V)> {
+    let (after, before) = match cursor {
+        Some(c) => (
+            map.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
+            Some(map.range(..=c)),
+        ),
+        None => (map.range(..), None),
+    };
+    after.chain(before.into_iter().flatten())
+}
+
 /// The region-records repair part of a payload: the sender's digest of its region's
 /// records, and/or its listing of them (sorted by id; `complete` if nothing was left out).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -653,6 +669,13 @@ pub struct Health {
     beat_cursor: Option<Option<RegionId>>,
     /// Our view of our region (its aggregate and our rank in it), until the records change.
     view: Option<(Aggregate, usize)>,
+    /// [`Health::region_digest`], until the records change.
+    rec_digest: Option<(u32, u16)>,
+    /// [`Health::aggregate_digest`], until the aggregates change.
+    agg_digest: Option<(u32, u16)>,
+    /// The regions whose held aggregate is still hot (`hot > 0`): a push picks its news
+    /// from these, not from a walk of every region's.
+    hot_aggs: std::collections::BTreeSet<Option<RegionId>>,
     disagree_since: Option<Instant>,
     last_issued: Option<Instant>,
     rounds: u64,
@@ -683,6 +706,9 @@ impl Health {
             agg_cursor: None,
             beat_cursor: None,
             view: None,
+            rec_digest: None,
+            agg_digest: None,
+            hot_aggs: std::collections::BTreeSet::new(),
             disagree_since: None,
             last_issued: None,
             rounds: 0,
@@ -707,7 +733,7 @@ impl Health {
             hot: self.config.hot_sends,
         };
         self.records.insert(self.me, e);
-        self.view = None;
+        self.records_changed();
         // Our next push goes to our region's aggregator, which re-issues the aggregate: a
         // change reaches the cluster in one hop plus the aggregate's spread.
         self.tell_aggregator = self.aggregator().is_some_and(|a| a != self.me);
@@ -737,7 +763,7 @@ impl Health {
         self.records
             .retain(|id, e| *id == me || e.rec.region == region);
         self.stats.records_other_region += (before - self.records.len()) as u64;
-        self.view = None;
+        self.records_changed();
         if let Some(h) = self.records.get(&self.me).map(|e| e.rec.health) {
             self.set_local(now, h);
         }
@@ -855,7 +881,7 @@ impl Health {
         }
         self.mates.remove(&id);
         if self.records.remove(&id).is_some() {
-            self.view = None;
+            self.records_changed();
         }
         if self.forgotten.len() < FORGOTTEN_MAX || self.forgotten.contains_key(&id) {
             self.forgotten.insert(id, born_at(now, 0));
@@ -962,6 +988,7 @@ impl Health {
 
     fn insert_aggregate(&mut self, e: AggEntry) -> bool {
         let region = e.agg.region;
+        self.agg_digest = None;
         if !self.aggs.contains_key(&region) && self.aggs.len() >= self.config.regions_max {
             // Evict the oldest aggregate of another region, if older than this one.
             let victim = self
@@ -973,11 +1000,13 @@ impl Health {
             match victim {
                 Some((r, born)) if born < e.born && region != r => {
                     self.aggs.remove(&r);
+                    self.hot_aggs.remove(&r);
                     self.stats.aggregates_overflow += 1;
                 }
                 _ if region == self.region => {
                     if let Some((r, _)) = victim {
                         self.aggs.remove(&r);
+                        self.hot_aggs.remove(&r);
                     }
                     self.stats.aggregates_overflow += 1;
                 }
@@ -991,7 +1020,17 @@ impl Health {
             }
         }
         self.aggs.insert(region, e);
+        self.hot_changed(region);
         true
+    }
+
+    /// Keeps [`Health::hot_aggs`] in step with region `r`'s held aggregate.
+    fn hot_changed(&mut self, r: Option<RegionId>) {
+        if self.aggs.get(&r).is_some_and(|e| e.hot > 0) {
+            self.hot_aggs.insert(r);
+        } else {
+            self.hot_aggs.remove(&r);
+        }
     }
 
     fn merge_aggregate(&mut self, now: Instant, agg: RegionAggregate, age: u32) {
@@ -1009,6 +1048,7 @@ impl Health {
                     h.born = born;
                 }
                 h.hot = h.hot.saturating_sub(1);
+                self.hot_changed(agg.region);
             }
             if new <= old {
                 return;
@@ -1045,7 +1085,7 @@ impl Health {
                 .is_some_and(|o| rec.version > o.rec.version)
             {
                 self.records.remove(&id);
-                self.view = None;
+                self.records_changed();
             }
             self.stats.records_other_region += 1;
             return;
@@ -1068,7 +1108,7 @@ impl Health {
                 hot: self.config.hot_sends,
             };
             self.stats.records_merged += 1;
-            self.view = None;
+            self.records_changed();
             return;
         }
         if self.records.len() >= self.config.records_max {
@@ -1091,7 +1131,7 @@ impl Health {
         let hot = self.config.hot_sends;
         self.records.insert(id, RecEntry { rec, born, hot });
         self.stats.records_merged += 1;
-        self.view = None;
+        self.records_changed();
     }
 
     fn expire(&mut self, now: Instant) {
@@ -1101,11 +1141,16 @@ impl Health {
         self.records
             .retain(|id, e| *id == me || !older_than(now, e.born, expiry));
         if self.records.len() != before {
-            self.view = None;
+            self.records_changed();
         }
         self.stats.records_expired += (before - self.records.len()) as u64;
         let before = self.aggs.len();
         self.aggs.retain(|_, e| !older_than(now, e.born, expiry));
+        if self.aggs.len() != before {
+            self.agg_digest = None;
+            let aggs = &self.aggs;
+            self.hot_aggs.retain(|r| aggs.contains_key(r));
+        }
         self.stats.aggregates_expired += (before - self.aggs.len()) as u64;
         self.forgotten
             .retain(|_, f| !older_than(now, *f, expiry + expiry));
@@ -1118,8 +1163,23 @@ impl Health {
         }
     }
 
-    /// XOR of the fingerprints of our region's records (id and version) and their count.
-    fn region_digest(&self) -> (u32, u16) {
+    /// The records changed (a record came, went or took a new version): our view of the
+    /// region and the records' digest are computed again when next needed.
+    fn records_changed(&mut self) {
+        self.view = None;
+        self.rec_digest = None;
+    }
+
+    /// XOR of the fingerprints of our region's records (id and version) and their count;
+    /// computed once per change of the records, not per push.
+    fn region_digest(&mut self) -> (u32, u16) {
+        match self.rec_digest {
+            Some(d) => d,
+            None => *self.rec_digest.insert(self.compute_region_digest()),
+        }
+    }
+
+    fn compute_region_digest(&self) -> (u32, u16) {
         let mut h = 0u32;
         for (id, e) in &self.records {
             h ^= crate::sync::fingerprint(*id, &[e.rec.version]);
@@ -1128,8 +1188,15 @@ impl Health {
     }
 
     /// XOR of the fingerprints of the held aggregates (region, version, aggregator) and
-    /// their count.
-    fn aggregate_digest(&self) -> (u32, u16) {
+    /// their count; computed once per change of the aggregates, not per push or answer.
+    fn aggregate_digest(&mut self) -> (u32, u16) {
+        match self.agg_digest {
+            Some(d) => d,
+            None => *self.agg_digest.insert(self.compute_aggregate_digest()),
+        }
+    }
+
+    fn compute_aggregate_digest(&self) -> (u32, u16) {
         let mut h = 0u32;
         for (r, e) in &self.aggs {
             let region = r.map_or(u64::MAX, |r| r.0);
@@ -1275,12 +1342,12 @@ impl Health {
     pub fn news(&self) -> (usize, usize) {
         (
             self.records.values().filter(|e| e.hot > 0).count(),
-            self.aggs.values().filter(|e| e.hot > 0).count(),
+            self.hot_aggs.len(),
         )
     }
 
     fn has_hot(&self) -> bool {
-        self.aggs.values().any(|e| e.hot > 0) || self.records.values().any(|e| e.hot > 0)
+        !self.hot_aggs.is_empty() || self.records.values().any(|e| e.hot > 0)
     }
 
     /// Writes one push within `budget`: hot aggregates, hot records (the peer's region first),
@@ -1322,24 +1389,19 @@ impl Health {
         let node_beats: Vec<(i64, NodeId)> = Vec::new();
         let mut region_beats: Vec<(i64, Option<RegionId>)> = Vec::new();
         if cold && !self.aggs.is_empty() {
-            let from = self.beat_cursor;
-            let order: Vec<(Option<RegionId>, i64)> = match from {
-                Some(c) => self
-                    .aggs
-                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                    .chain(self.aggs.range(..=c))
-                    .map(|(r, e)| (*r, e.born))
-                    .collect(),
-                None => self.aggs.iter().map(|(r, e)| (*r, e.born)).collect(),
-            };
-            for (r, born) in order {
-                let len = region_len(r) + 2;
+            // Walked lazily: a push costs the beats it carries, not the table.
+            let mut last = None;
+            for (r, e) in resume(&self.aggs, self.beat_cursor) {
+                let len = region_len(*r) + 2;
                 if used + len > beat_limit || region_beats.len() >= PER_SECTION_MAX {
                     break;
                 }
                 used += len;
-                region_beats.push((born, r));
-                self.beat_cursor = Some(r);
+                region_beats.push((e.born, *r));
+                last = Some(*r);
+            }
+            if last.is_some() {
+                self.beat_cursor = last;
             }
         }
         if used > budget {
@@ -1347,10 +1409,9 @@ impl Health {
         }
         // Choose aggregates.
         let mut hot: Vec<(u8, i64, Option<RegionId>)> = self
-            .aggs
+            .hot_aggs
             .iter()
-            .filter(|(_, e)| e.hot > 0)
-            .map(|(r, e)| (e.hot, e.born, *r))
+            .filter_map(|r| self.aggs.get(r).map(|e| (e.hot, e.born, *r)))
             .collect();
         hot.sort_by(|a, b| b.cmp(a));
         let mut aggs: Vec<Option<RegionId>> = Vec::new();
@@ -1408,22 +1469,13 @@ impl Health {
         }
         // Round-robin: aggregates up to half of what is left, then records, then aggregates.
         let cold_aggs = |this: &Health, used: &mut usize, limit: usize, aggs: &mut Vec<_>| {
-            let from = this.agg_cursor;
-            let order: Vec<Option<RegionId>> = match from {
-                Some(c) => this
-                    .aggs
-                    .range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                    .chain(this.aggs.range(..=c))
-                    .map(|(r, _)| *r)
-                    .collect(),
-                None => this.aggs.keys().copied().collect(),
-            };
             let mut last = None;
-            for r in order {
+            for (r, e) in resume(&this.aggs, this.agg_cursor) {
+                let r = *r;
                 if aggs.contains(&r) {
                     continue;
                 }
-                let len = aggregate_len(&this.aggs[&r].agg);
+                let len = aggregate_len(&e.agg);
                 if *used + len > limit || aggs.len() >= PER_SECTION_MAX {
                     break;
                 }
@@ -1478,6 +1530,7 @@ impl Health {
                 e.hot = e.hot.saturating_sub(1);
                 encode_aggregate(e, now, out);
             }
+            self.hot_changed(*r);
         }
         out.push(recs.len() as u8);
         for id in &recs {
@@ -1727,6 +1780,19 @@ impl GossipObject for Health {
     }
     fn check_invariants(&self) {
         assert!(self.records.len() <= self.config.records_max.max(1));
+        if let Some(d) = self.rec_digest {
+            assert_eq!(d, self.compute_region_digest(), "stale record digest");
+        }
+        if let Some(d) = self.agg_digest {
+            assert_eq!(d, self.compute_aggregate_digest(), "stale aggregate digest");
+        }
+        assert!(
+            self.aggs
+                .iter()
+                .all(|(r, e)| (e.hot > 0) == self.hot_aggs.contains(r)),
+            "hot aggregates out of step"
+        );
+        assert!(self.hot_aggs.iter().all(|r| self.aggs.contains_key(r)));
         assert!(self.aggs.len() <= self.config.regions_max.max(1));
         assert!(self.forgotten.len() <= FORGOTTEN_MAX);
         assert!(self.mates.len() <= 4 * self.config.records_max.max(1));
@@ -1866,6 +1932,49 @@ mod tests {
         a.check_invariants();
         b.check_invariants();
         c.check_invariants();
+    }
+
+    #[test]
+    fn digests_and_hot_aggregates_follow_every_change_of_the_tables() {
+        let now = Instant(1_000_000_000);
+        let cfg = HealthConfig::default();
+        let mut a = Health::new(NodeId(1), cfg.clone());
+        let mut b = Health::new(NodeId(2), cfg.clone());
+        let mut c = Health::new(NodeId(3), cfg.clone());
+        a.set_region(now, Some(RegionId(5)));
+        b.set_region(now, Some(RegionId(5)));
+        c.set_region(now, Some(RegionId(6)));
+        a.set_local(now, h(1.0));
+        b.set_local(now, h(2.0));
+        c.set_local(now, h(7.0));
+        push(&mut b, &mut a, now, 1000);
+        // Cached digests (pushes and answers reuse them) ...
+        let (records, aggs) = (a.region_digest(), a.aggregate_digest());
+        assert_eq!(records.1, 2);
+        // ... follow a new version of a record ...
+        let later = now + cfg_gap();
+        b.set_local(later, h(3.0));
+        push(&mut b, &mut a, later, 1000);
+        assert_ne!(a.region_digest(), records, "b's new version");
+        a.check_invariants();
+        // ... and a region's aggregate arriving.
+        push(&mut c, &mut a, later, 1000);
+        assert_ne!(a.aggregate_digest(), aggs, "region 6's aggregate");
+        a.check_invariants();
+        // Hot aggregates cool down push by push until none is news.
+        assert!(a.news().1 > 0);
+        for _ in 0..=2 * cfg.aggregate_hot_sends {
+            push(&mut a, &mut b, later, 1000);
+            a.check_invariants();
+        }
+        assert_eq!(a.news().1, 0, "every aggregate pushed hot_sends times");
+        // Expiry drops what nobody vouched for; the digests follow.
+        let (records, aggs) = (a.region_digest(), a.aggregate_digest());
+        a.expire(later + cfg.expiry + cfg.expiry);
+        assert_eq!(a.region_digest().1, 1, "our own record only");
+        assert_ne!(a.aggregate_digest(), aggs);
+        assert_ne!(a.region_digest(), records);
+        a.check_invariants();
     }
 
     #[test]

@@ -20,7 +20,8 @@
 //!   to forget that address ([`GossipObject::forget_peer`](crate::GossipObject::forget_peer));
 //!   the table holds at most `slots_max` slots (the stalest is evicted, counted). A round
 //!   looks only at the slots whose deadline came due (a heap of deadlines, moved on lazily)
-//!   and at the replies waiting for credit, not at the whole table.
+//!   and at the replies waiting for credit, not at the whole table; an eviction finds the
+//!   stalest slot from the same heap.
 //!
 //! Runtime section (tag [`RUNTIME_TAG`], first in a datagram): `echo u32 | [cookie u32]` —
 //! the cookie the receiver gave us (0: none), then, when the receiver's last echo to us was
@@ -217,15 +218,8 @@ impl Peers {
     fn slot(&mut self, addr: SocketAddr, now: Instant) -> Option<&mut Slot> {
         if !self.slots.contains_key(&addr) {
             if self.slots.len() >= self.config.slots_max.max(1) {
-                // Evict the stalest slot that is not waiting to send (only a full table
-                // walks it).
-                let victim = self
-                    .slots
-                    .iter()
-                    .filter(|(_, s)| !s.queued)
-                    .min_by_key(|(_, s)| s.touched)
-                    .map(|(a, _)| *a);
-                match victim {
+                // Evict the stalest slot that is not waiting to send.
+                match self.stalest_unqueued() {
                     Some(v) => {
                         self.drop_slot(v);
                         self.stats.slots_evicted += 1;
@@ -249,6 +243,33 @@ impl Peers {
             }
         }
         self.slots.get_mut(&addr)
+    }
+
+    /// The least recently touched slot not waiting to send (ties: the lowest address), found
+    /// from the expiry heap instead of a walk of the table: entries behind their slot's
+    /// `touched` are moved on (as [`Peers::tick`] does), queued slots are passed over and put
+    /// back, so an eviction costs the entries it passes, not the table.
+    fn stalest_unqueued(&mut self) -> Option<SocketAddr> {
+        let mut passed = Vec::new();
+        let found = loop {
+            let Some(Reverse((t, a))) = self.expiry.pop() else {
+                break None;
+            };
+            let Some(s) = self.slots.get_mut(&a).filter(|s| s.due == t) else {
+                continue;
+            };
+            if s.touched != t {
+                s.due = s.touched;
+                self.expiry.push(Reverse((s.touched, a)));
+                continue;
+            }
+            passed.push(Reverse((t, a)));
+            if !s.queued {
+                break Some(a);
+            }
+        };
+        self.expiry.extend(passed);
+        found
     }
 
     fn drop_slot(&mut self, addr: SocketAddr) {
@@ -747,5 +768,34 @@ mod tests {
         assert_eq!(p.len(), 2);
         assert_eq!(p.take_forgotten(), vec![a(1)]);
         assert_eq!(p.stats.slots_evicted, 1);
+    }
+
+    #[test]
+    fn an_eviction_passes_over_slots_heard_from_since_and_slots_waiting_to_send() {
+        let now = Instant(1_000_000_000);
+        let at = |ms: u64| now + Duration::from_millis(ms);
+        let cfg = PeersConfig {
+            slots_max: 3,
+            ..PeersConfig::default()
+        };
+        let mut p = Peers::new(cfg, Prng::new(1), now);
+        p.received(at(0), a(1), NodeId(1), 10, 0, None);
+        p.received(at(1), a(2), NodeId(2), 10, 0, None);
+        p.received(at(2), a(3), NodeId(3), 10, 0, None);
+        // 1 is heard from again (its heap entry still says 0); 2 waits to send.
+        p.received(at(3), a(1), NodeId(1), 10, 0, None);
+        p.add(at(4), a(2), 0, true, Some(NodeId(2)));
+        p.received(at(5), a(4), NodeId(4), 10, 0, None);
+        assert_eq!(
+            p.take_forgotten(),
+            vec![a(3)],
+            "the stalest slot not queued"
+        );
+        p.check_invariants();
+        p.received(at(6), a(5), NodeId(5), 10, 0, None);
+        assert_eq!(p.take_forgotten(), vec![a(1)], "touched at 3, before 4");
+        assert!(p.contains(a(2)), "still waiting to send");
+        assert_eq!(p.stats.slots_evicted, 2);
+        p.check_invariants();
     }
 }
