@@ -2265,12 +2265,17 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
 ///   restarted sender learned of the move only as a departing record, marked no cut, and
 ///   receiver 4's departure waited for its marker (the old region's stability stuck, 46
 ///   packets left cached).
+/// * 30456, with all: a sender that publishes nothing a moving receiver keeps started a
+///   stream into its new region only for the `Joined` marker; that one packet was lost, and
+///   the receiver (alone there) ignored the sender's stream states for a stream it had never
+///   heard of, so the packet stayed unacknowledged for ever.
 const SWARM_REGRESSIONS: &[(u64, bool, bool)] = &[
     (5136, false, false),
     (20718, true, false),
     (30001, true, true),
     (30053, true, true),
     (50005, true, true),
+    (30456, true, true),
 ];
 
 /// A random non-empty subset of `0..n`.

@@ -681,7 +681,23 @@ impl NodeCore {
         }
         let key = (sender, s.region);
         match self.recv.get(&key).map(|st| st.epoch) {
-            // Never heard of this stream: it has nothing to claim from before we joined.
+            // Never heard of this stream, in the own region, in reliable mode, while the
+            // sender holds packets the region has not acknowledged: every one of them was
+            // lost here (a stream of one packet, such as a handover marker, has no later
+            // packet to reveal it). It starts after the acknowledged floor, where the ring
+            // would start it; what came before was before this node's time.
+            None if self.config.reliable
+                && Some(s.region) == self.own_region
+                && s.floor.is_before(s.highest)
+                && self.recv.len() < self.config.max_streams =>
+            {
+                let before = self.config.first_seq.distance_to(s.floor.next()).max(0) as u64;
+                self.stats.missed_on_join += before;
+                let mut stream = RecvStream::new(&self.config, s.epoch);
+                stream.window.skip_to(now, s.floor.next(), false);
+                self.recv.insert(key, stream);
+            }
+            // Otherwise it has nothing to claim from before we joined.
             None => return,
             Some(e) if e > s.epoch => return,
             Some(e) if e < s.epoch => {
