@@ -691,6 +691,13 @@ impl NodeCore {
                 && s.floor.is_before(s.highest)
                 && self.recv.len() < self.config.max_streams =>
             {
+                // (A state claiming more than the windows could hold starts nothing.)
+                let bound =
+                    (self.config.send_window_packets + self.config.reorder_window_packets) as u32;
+                if s.floor.distance_to(s.highest) > i64::from(bound) {
+                    self.stats.drops.out_of_bounds += 1;
+                    return;
+                }
                 let before = self.config.first_seq.distance_to(s.floor.next()).max(0) as u64;
                 self.stats.missed_on_join += before;
                 let mut stream = RecvStream::new(&self.config, s.epoch);
