@@ -679,6 +679,10 @@ impl NodeCore {
             self.stats.drops.foreign_region += 1;
             return;
         }
+        // A sender cannot be further ahead of a member than its send window plus our
+        // reorder window: a state beyond that (a forgery, or a buggy peer) would skip data
+        // that exists or count phantom losses, so it is refused.
+        let bound = (self.config.send_window_packets + self.config.reorder_window_packets) as u32;
         let key = (sender, s.region);
         match self.recv.get(&key).map(|st| st.epoch) {
             // Never heard of this stream, in the own region, in reliable mode, while the
@@ -692,8 +696,6 @@ impl NodeCore {
                 && self.recv.len() < self.config.max_streams =>
             {
                 // (A state claiming more than the windows could hold starts nothing.)
-                let bound =
-                    (self.config.send_window_packets + self.config.reorder_window_packets) as u32;
                 if s.floor.distance_to(s.highest) > i64::from(bound) {
                     self.stats.drops.out_of_bounds += 1;
                     return;
@@ -717,10 +719,6 @@ impl NodeCore {
         let Some(stream) = self.recv.get_mut(&key) else {
             return;
         };
-        // A sender cannot be further ahead of a member than its send window plus our
-        // reorder window: a state beyond that (a forgery, or a buggy peer) would skip data
-        // that exists or count phantom losses, so it is refused.
-        let bound = (self.config.send_window_packets + self.config.reorder_window_packets) as u32;
         if let Some(next) = stream.window.next_expected() {
             let far = |q: Seq| (bound..1 << 31).contains(&q.0.wrapping_sub(next.0).wrapping_sub(1));
             if far(s.highest) || far(s.floor) {
