@@ -2269,6 +2269,11 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
 ///   stream into its new region only for the `Joined` marker; that one packet was lost, and
 ///   the receiver (alone there) ignored the sender's stream states for a stream it had never
 ///   heard of, so the packet stayed unacknowledged for ever.
+/// * 60074, 60337, 30204, 60009, 60215, with all: a sender restarts while a receiver moves
+///   between regions; the receiver had gated the sender's stream into its new region until
+///   the old incarnation's `Joined` marker, so the new incarnation (which knew of the move
+///   from the start and marked no cut) had its first messages skipped: lost without a gap,
+///   or never delivered, or left unacknowledged.
 const SWARM_REGRESSIONS: &[(u64, bool, bool)] = &[
     (5136, false, false),
     (20718, true, false),
@@ -2276,6 +2281,11 @@ const SWARM_REGRESSIONS: &[(u64, bool, bool)] = &[
     (30053, true, true),
     (50005, true, true),
     (30456, true, true),
+    (60074, true, true),
+    (60337, true, true),
+    (30204, true, true),
+    (60009, true, true),
+    (60215, true, true),
 ];
 
 /// A random non-empty subset of `0..n`.

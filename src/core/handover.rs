@@ -61,6 +61,9 @@ pub struct HandoverStats {
     pub skipped: u64,
     /// Gates given up because their `Joined` marker did not come within `handover_timeout`.
     pub gates_timed_out: u64,
+    /// Gates dropped because their sender restarted: its new incarnation's stream here
+    /// began after the move was known, so all of it is this node's and nothing is skipped.
+    pub restarted: u64,
     /// Old-region streams ignored because the same sender's new-region stream was already
     /// delivering here when they began.
     pub conflicts: u64,
@@ -87,8 +90,13 @@ pub(super) struct Departure {
 /// How a sender's stream in the own region is gated during a handover.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Gate {
-    /// Before the sender's `Joined` marker: messages are skipped.
-    Discarding { version: u32, since: Instant },
+    /// Before the sender's `Joined` marker: messages are skipped. `incarnation` is the
+    /// sender's incarnation when gated (a later one marks no cut for this departure).
+    Discarding {
+        version: u32,
+        since: Instant,
+        incarnation: u64,
+    },
     /// At the marker: the stream waits until the sender's old-region stream reached its
     /// `Left` marker.
     Joined,
@@ -96,6 +104,12 @@ pub(super) enum Gate {
 
 /// Most gates held (one per sender; beyond it a sender's new stream is not gated).
 const GATES_MAX: usize = 4096;
+
+/// The sender incarnation a stream epoch was made from (`send.rs`: the incarnation shifted
+/// left by 16, plus the streams the process started).
+pub(super) fn incarnation_of(epoch: u64) -> u64 {
+    epoch >> 16
+}
 
 impl NodeCore {
     /// Whether this node receives `region`'s data: its own region, or the one it departs.
@@ -132,19 +146,20 @@ impl NodeCore {
             finished: Vec::new(),
         });
         self.stats.handover.departures += 1;
-        let senders: Vec<NodeId> = self
+        let senders: Vec<(NodeId, u64)> = self
             .recv
-            .keys()
-            .filter(|(_, r)| *r == old)
-            .map(|(s, _)| *s)
+            .iter()
+            .filter(|((_, r), _)| *r == old)
+            .map(|((s, _), stream)| (*s, stream.epoch))
             .collect();
-        for s in senders {
-            self.gate(now, s);
+        for (s, epoch) in senders {
+            self.gate(now, s, epoch);
         }
     }
 
-    /// Gates `sender`'s stream in the own region (see [`Gate`]), unless it is gated already.
-    fn gate(&mut self, now: Instant, sender: NodeId) {
+    /// Gates `sender`'s stream in the own region (see [`Gate`]), unless it is gated already;
+    /// `epoch` is that of its stream that calls for the gate.
+    fn gate(&mut self, now: Instant, sender: NodeId, epoch: u64) {
         let Some(version) = self.departure.as_ref().map(|d| d.version) else {
             return;
         };
@@ -152,6 +167,7 @@ impl NodeCore {
             self.gates.entry(sender).or_insert(Gate::Discarding {
                 version,
                 since: now,
+                incarnation: incarnation_of(epoch),
             });
         }
     }
@@ -160,7 +176,12 @@ impl NodeCore {
     /// A sender that reached its marker there is done; one whose new-region stream already
     /// delivers here ungated cannot be cut any more (a conflict, counted); any other is
     /// gated in the own region until its cut.
-    pub(super) fn admit_departed_stream(&mut self, now: Instant, sender: NodeId) -> bool {
+    pub(super) fn admit_departed_stream(
+        &mut self,
+        now: Instant,
+        sender: NodeId,
+        epoch: u64,
+    ) -> bool {
         let Some(d) = self.departure.as_mut() else {
             return false;
         };
@@ -175,8 +196,22 @@ impl NodeCore {
             self.stats.handover.conflicts += 1;
             return false;
         }
-        self.gate(now, sender);
+        self.gate(now, sender, epoch);
         true
+    }
+
+    /// An own-region stream of `sender` with `epoch` is about to begin here (its earlier
+    /// stream, if any, is finished): if the sender was gated in an earlier incarnation, the
+    /// gate goes. The restarted sender learnt this node's move before it began the stream, so
+    /// it marks no cut there: everything in it is for this node (skipping up to a marker would
+    /// lose messages), and its stream of the departed region is then a conflict, ignored.
+    pub(super) fn ungate_restarted(&mut self, sender: NodeId, epoch: u64) {
+        if let Some(Gate::Discarding { incarnation, .. }) = self.gates.get(&sender) {
+            if *incarnation < incarnation_of(epoch) {
+                self.gates.remove(&sender);
+                self.stats.handover.restarted += 1;
+            }
+        }
     }
 
     /// Whether the own-region stream `key` must not release anything now: its sender's

@@ -249,6 +249,9 @@ impl NodeCore {
             Some(e) if e < epoch => self.finish_stream(now, key),
             _ => {}
         }
+        if own && !self.gates.is_empty() && self.recv.get(&key).is_none_or(|s| s.epoch < epoch) {
+            self.ungate_restarted(sender, epoch);
+        }
         if !self.recv.contains_key(&key) {
             if self.is_closed(sender, epoch) {
                 // A straggler (a second repair copy) of a stream closed for good: delivering
@@ -260,7 +263,7 @@ impl NodeCore {
                 self.stats.drops.stream_table_full += 1;
                 return;
             }
-            if !own && !self.admit_departed_stream(now, sender) {
+            if !own && !self.admit_departed_stream(now, sender, epoch) {
                 // The departed region's stream of a sender that reached its cut.
                 self.stats.drops.stale += 1;
                 return;
@@ -743,11 +746,15 @@ impl NodeCore {
             Some(e) if e < u.epoch => self.finish_stream(now, key),
             _ => {}
         }
+        let own = Some(region) == self.own_region;
+        if own && !self.gates.is_empty() && self.recv.get(&key).is_none_or(|s| s.epoch < u.epoch) {
+            self.ungate_restarted(u.sender, u.epoch);
+        }
         if !self.recv.contains_key(&key) {
             if self.recv.len() >= self.config.max_streams {
                 return;
             }
-            if Some(region) != self.own_region && !self.admit_departed_stream(now, u.sender) {
+            if !own && !self.admit_departed_stream(now, u.sender, u.epoch) {
                 return;
             }
         }
