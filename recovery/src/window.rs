@@ -173,6 +173,16 @@ impl<T> ReceiveWindow<T> {
         self.slots.iter().filter(|s| s.is_some()).count()
     }
 
+    /// The packets the window holds that were not popped yet: those released in order
+    /// first, then those waiting behind a hole, in sequence order.
+    pub fn held(&self) -> impl Iterator<Item = &T> {
+        let released = self.out.iter().filter_map(|p| match p {
+            Popped::Packet(_, item) => Some(item),
+            _ => None,
+        });
+        released.chain(self.slots.iter().flatten())
+    }
+
     /// Accounts for packet `seq` carrying `item`.
     pub fn insert(&mut self, now: Instant, seq: Seq, item: T) -> Arrival {
         let Some(next) = self.next else {
@@ -539,6 +549,20 @@ mod tests {
 
     fn drain(w: &mut ReceiveWindow<u32>) -> Vec<Popped<u32>> {
         std::iter::from_fn(|| w.pop()).collect()
+    }
+
+    #[test]
+    fn held_lists_what_was_not_popped_in_order_then_behind_holes() {
+        let mut w = ReceiveWindow::reliable(16);
+        for s in [1u32, 2, 5, 4, 8] {
+            w.insert(T0, Seq(s), s * 10);
+        }
+        assert_eq!(w.held().copied().collect::<Vec<_>>(), [10, 20, 40, 50, 80]);
+        w.pop();
+        assert_eq!(w.held().copied().collect::<Vec<_>>(), [20, 40, 50, 80]);
+        w.give_up_all(T0);
+        drain(&mut w);
+        assert_eq!(w.held().count(), 0);
     }
 
     #[test]

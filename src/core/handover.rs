@@ -64,6 +64,10 @@ pub struct HandoverStats {
     /// Gates dropped because their sender restarted: its new incarnation's stream here
     /// began after the move was known, so all of it is this node's and nothing is skipped.
     pub restarted: u64,
+    /// Old-region streams ended at a hole when the departure ended: their `Left` marker was
+    /// never received while the sender's `Joined` one was (what followed the hole was
+    /// reported as a gap, see `end_departure`).
+    pub cuts_lost: u64,
     /// Old-region streams ignored because the same sender's new-region stream was already
     /// delivering here when they began.
     pub conflicts: u64,
@@ -349,7 +353,7 @@ impl NodeCore {
     /// Ends the departure: leaves the departed region's group, reports what its streams
     /// still lack as gaps, and publishes a record that departs nothing. `why` counts it.
     pub(super) fn end_departure(&mut self, now: Instant, why: DepartureEnd) {
-        let Some(d) = self.departure.take() else {
+        let Some((region, version)) = self.departure.as_ref().map(|d| (d.region, d.version)) else {
             return;
         };
         match why {
@@ -360,16 +364,36 @@ impl NodeCore {
         let keys: Vec<(NodeId, RegionId)> = self
             .recv
             .keys()
-            .filter(|(_, r)| *r == d.region)
+            .filter(|(_, r)| *r == region)
             .copied()
             .collect();
-        let mut finished = d.finished;
+        // The streams end while the departure is still open, so a `Left` marker met on the
+        // way still cuts its stream there.
+        let mut finished = Vec::new();
         for key in &keys {
-            self.finish_stream(now, *key);
             finished.extend(self.recv.get(key).map(|s| (key.0, s.epoch)));
+            let ours = |p: &wire::DataPacket| {
+                p.marker().is_some_and(|m| {
+                    m.kind == MarkerKind::Left && m.node == self.config.id && m.version == version
+                })
+            };
+            if self.gates.get(&key.0) == Some(&Gate::Joined) && !self.stream_holds(*key, ours) {
+                // The sender's new-region stream is at its cut, but the `Left` marker lies in
+                // a hole nobody repaired: beyond the hole this node cannot tell its messages
+                // from those it gets in the new region, so it reports them lost rather than
+                // delivering some twice.
+                self.stats.handover.cuts_lost += 1;
+                self.end_stream_at_hole(*key);
+            } else {
+                self.finish_stream(now, *key);
+            }
             self.recv.remove(key);
             self.stalled.remove(key);
         }
+        let Some(d) = self.departure.take() else {
+            return;
+        };
+        finished.extend(d.finished);
         // What this node caretook for the old region: no ring of it cleans that any more.
         for (sender, epoch) in finished {
             self.cache.forget_stream(sender, epoch);

@@ -494,6 +494,49 @@ impl NodeCore {
         self.drain(key, false);
     }
 
+    /// Ends stream `key` at its first hole: what its window releases in order is handed on,
+    /// everything after the hole, up to the highest packet known, is reported as one gap and
+    /// not delivered (the handover cannot tell which of it was this node's: `handover.rs`).
+    pub(super) fn end_stream_at_hole(&mut self, key: (NodeId, RegionId)) {
+        self.stalled.remove(&key);
+        self.drain(key, false);
+        let Some(stream) = self.recv.get_mut(&key) else {
+            return;
+        };
+        let (Some(prefix), Some(highest)) = (stream.window.prefix(), stream.window.highest())
+        else {
+            return;
+        };
+        let count = u32::try_from(prefix.distance_to(highest).max(0)).unwrap_or(u32::MAX);
+        if count == 0 {
+            return;
+        }
+        if stream.abandon() {
+            self.stats.drops.incomplete_message += 1;
+        }
+        stream.missed += u64::from(count);
+        self.stats.gaps += u64::from(count);
+        self.events.push_back(Event::Gap {
+            sender: key.0,
+            region: key.1,
+            missed: count,
+        });
+    }
+
+    /// Whether stream `key` holds, not yet handed on, a packet for which `is` holds.
+    pub(super) fn stream_holds(
+        &self,
+        key: (NodeId, RegionId),
+        is: impl Fn(&DataPacket) -> bool,
+    ) -> bool {
+        self.recv.get(&key).is_some_and(|s| {
+            s.window.held().any(|r| match r {
+                Received::Packed(p) => is(p),
+                Received::Fragment(_) => false,
+            })
+        })
+    }
+
     fn drain(&mut self, key: (NodeId, RegionId), capped: bool) {
         loop {
             if capped && self.config.reliable && self.events.len() >= self.config.max_pending_events
