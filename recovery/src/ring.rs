@@ -73,6 +73,9 @@ use crate::ranges::RangeSet;
 /// Senders whose cut-off at the first visit after a view change is remembered, at most.
 const PREV_CUTOFFS_MAX: usize = 4096;
 
+/// Earlier views whose caretakers a member still asks for packets sent before a change.
+const PREV_VIEWS_MAX: usize = 4;
+
 /// Settings of a [`Ring`].
 #[derive(Debug, Clone)]
 pub struct RingConfig {
@@ -531,10 +534,11 @@ pub struct Ring {
     /// smoothed gap between visits, and when it next checks whether it was left out (see
     /// [`RingConfig::unvisited_after`]).
     last_visit: Instant,
-    /// The view before the latest change, and per sender the cut-off of its record at this
-    /// node's first visit since: packets up to there were cached by the old view's
-    /// caretakers (only senders this member has a stream of, at most [`PREV_CUTOFFS_MAX`]).
-    prev_view: Option<View>,
+    /// The views before the latest changes (newest first, at most [`PREV_VIEWS_MAX`]), and
+    /// per sender the cut-off of its record at this node's first visit since the latest:
+    /// packets up to there were cached by the old views' caretakers (only senders this
+    /// member has a stream of, at most [`PREV_CUTOFFS_MAX`]).
+    prev_views: VecDeque<View>,
     prev_cutoffs: BTreeMap<NodeId, Seq>,
     visit_gap: Smoothed,
     fallback_at: Instant,
@@ -575,7 +579,7 @@ impl Ring {
             sender_views: BTreeMap::new(),
             join_holds: BTreeMap::new(),
             last_visit: now,
-            prev_view: None,
+            prev_views: VecDeque::new(),
             prev_cutoffs: BTreeMap::new(),
             visit_gap: Smoothed::default(),
             fallback_at,
@@ -633,7 +637,10 @@ impl Ring {
         }
         let p = view.partitions();
         let old = std::mem::replace(&mut self.view, view);
-        self.prev_view = (!old.members().is_empty()).then_some(old);
+        if !old.members().is_empty() {
+            self.prev_views.push_front(old);
+            self.prev_views.truncate(PREV_VIEWS_MAX);
+        }
         self.prev_cutoffs.clear();
         if let Some((r, _)) = self.seen.get(&Scope::Region) {
             self.round = self.round.max(*r);
@@ -1350,7 +1357,7 @@ impl Ring {
             // come from the network: they must not grow the map), at most PREV_CUTOFFS_MAX.
             let tracked = self.prev_cutoffs.contains_key(&sender)
                 || (local.stream(sender).is_some() && self.prev_cutoffs.len() < PREV_CUTOFFS_MAX);
-            let before_change = match self.prev_view {
+            let before_change = match self.prev_views.front() {
                 Some(_) if tracked => Some(*self.prev_cutoffs.entry(sender).or_insert(rec.cutoff)),
                 _ => None,
             };
@@ -1373,17 +1380,28 @@ impl Ring {
         self.send_requests(requests);
     }
 
-    /// A member of the previous view's caretaker partition of `seq` that is still a member
-    /// (not this node), rotating with `round` (see [`Ring::set_view`]).
+    /// A member of an earlier view's caretaker partition of `seq` that is still a member
+    /// (not this node), rotating with `round` over those of the last [`PREV_VIEWS_MAX`]
+    /// views (see [`Ring::set_view`]): after two changes in a row (a crash, then a member
+    /// moving out), the packet may be cached only by caretakers of the view before the last.
     fn old_caretaker(&self, round: u32, seq: Seq) -> Option<NodeId> {
-        let prev = self.prev_view.as_ref()?;
         let current = |m: &&NodeId| **m != self.me && self.view.members().binary_search(m).is_ok();
-        let part = prev.partition(prev.caretaker(seq));
-        let n = part.iter().filter(current).count();
-        if n == 0 {
+        let mut candidates: Vec<NodeId> = self
+            .prev_views
+            .iter()
+            .flat_map(|v| {
+                v.partition(v.caretaker(seq))
+                    .iter()
+                    .filter(current)
+                    .copied()
+            })
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        if candidates.is_empty() {
             return None;
         }
-        part.iter().filter(current).nth(round as usize % n).copied()
+        Some(candidates[round as usize % candidates.len()])
     }
 
     /// Sends the gathered requests, each cut to what fits a datagram.
