@@ -29,7 +29,11 @@
 //! Limits, counted in [`HandoverStats`]: a second change while a departure is still open
 //! ends that departure at once (`cut_short`, its holes reported); a sender that starts
 //! sending to A during the departure while the node already delivers its stream in B is not
-//! cut (`conflicts`: A's copy is ignored); best-effort mode does no handover.
+//! cut (`conflicts`: A's copy is ignored); a sender that restarts during the departure ends
+//! its old incarnation's streams at once, in cut order, and its new incarnation (which knew
+//! of the move) is not gated (`restarted`); a `Left` marker never received while its
+//! `Joined` one was ends A's stream at its hole, the rest reported as a gap (`cuts_lost`);
+//! best-effort mode does no handover.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddrV4;
@@ -102,8 +106,17 @@ pub(super) enum Gate {
         incarnation: u64,
     },
     /// At the marker: the stream waits until the sender's old-region stream reached its
-    /// `Left` marker.
-    Joined,
+    /// `Left` marker. `incarnation` as when gated.
+    Joined { incarnation: u64 },
+}
+
+impl Gate {
+    /// The sender's incarnation whose cut the gate waits for.
+    fn incarnation(&self) -> u64 {
+        match *self {
+            Gate::Discarding { incarnation, .. } | Gate::Joined { incarnation } => incarnation,
+        }
+    }
 }
 
 /// Most gates held (one per sender; beyond it a sender's new stream is not gated).
@@ -195,7 +208,12 @@ impl NodeCore {
         let own = self.own_region;
         let delivering = own.is_some_and(|r| self.recv.contains_key(&(sender, r)))
             && !self.gates.contains_key(&sender);
-        if delivering {
+        // A restarted sender's new stream (see `ungate_restarted`).
+        let restarted = self
+            .gates
+            .get(&sender)
+            .is_some_and(|g| g.incarnation() < incarnation_of(epoch));
+        if delivering || restarted {
             d.done.insert(sender);
             self.stats.handover.conflicts += 1;
             return false;
@@ -204,17 +222,48 @@ impl NodeCore {
         true
     }
 
-    /// An own-region stream of `sender` with `epoch` is about to begin here (its earlier
-    /// stream, if any, is finished): if the sender was gated in an earlier incarnation, the
-    /// gate goes. The restarted sender learnt this node's move before it began the stream, so
-    /// it marks no cut there: everything in it is for this node (skipping up to a marker would
-    /// lose messages), and its stream of the departed region is then a conflict, ignored.
-    pub(super) fn ungate_restarted(&mut self, sender: NodeId, epoch: u64) {
-        if let Some(Gate::Discarding { incarnation, .. }) = self.gates.get(&sender) {
-            if *incarnation < incarnation_of(epoch) {
-                self.gates.remove(&sender);
-                self.stats.handover.restarted += 1;
+    /// A packet or ring decision of `sender`'s stream `epoch` in `region` is about to be
+    /// taken. If that is the own region, the sender is gated in an earlier incarnation, and
+    /// the stream is newer than the one held there, the sender restarted: its old
+    /// incarnation's streams end here, in handover order (the departed region's up to its
+    /// `Left` marker, then the own region's from its `Joined` one), and the gate goes. The
+    /// restarted sender learnt this node's move before it began the new stream, so it marks
+    /// no cut there: everything in it is for this node (skipping up to a marker would lose
+    /// messages), and its new stream of the departed region is a conflict, ignored
+    /// (`admit_departed_stream`).
+    pub(super) fn ungate_restarted(
+        &mut self,
+        now: Instant,
+        sender: NodeId,
+        region: RegionId,
+        epoch: u64,
+    ) {
+        let key = (sender, region);
+        let gated = self
+            .gates
+            .get(&sender)
+            .is_some_and(|g| g.incarnation() < incarnation_of(epoch));
+        if !gated
+            || Some(region) != self.own_region
+            || self.recv.get(&key).is_some_and(|s| s.epoch >= epoch)
+        {
+            return;
+        }
+        if let Some(departed) = self.departed_region() {
+            let old = (sender, departed);
+            if self.recv.get(&old).is_some_and(|s| s.epoch < epoch) {
+                self.finish_stream(now, old);
+                self.recv.remove(&old);
+                if let Some(d) = self.departure.as_mut() {
+                    d.done.insert(sender);
+                }
             }
+        }
+        if self.recv.contains_key(&key) {
+            self.finish_stream(now, key);
+        }
+        if self.gates.remove(&sender).is_some() {
+            self.stats.handover.restarted += 1;
         }
     }
 
@@ -223,7 +272,9 @@ impl NodeCore {
     /// the `Left` marker yet. A gate whose wait is over is dropped here.
     pub(super) fn handover_blocks(&mut self, key: (NodeId, RegionId)) -> bool {
         let (sender, region) = key;
-        if Some(region) != self.own_region || self.gates.get(&sender) != Some(&Gate::Joined) {
+        if Some(region) != self.own_region
+            || !matches!(self.gates.get(&sender), Some(Gate::Joined { .. }))
+        {
             return false;
         }
         if self.departed_stream_pending(sender) {
@@ -260,12 +311,15 @@ impl NodeCore {
         }
         match marker.kind {
             MarkerKind::Joined if Some(region) == self.own_region => {
-                let ours = matches!(
-                    self.gates.get(&sender),
-                    Some(Gate::Discarding { version, .. }) if *version == marker.version
-                );
-                if ours {
-                    self.gates.insert(sender, Gate::Joined);
+                if let Some(&Gate::Discarding {
+                    version,
+                    incarnation,
+                    ..
+                }) = self.gates.get(&sender)
+                {
+                    if version == marker.version {
+                        self.gates.insert(sender, Gate::Joined { incarnation });
+                    }
                 }
             }
             MarkerKind::Left => {
@@ -350,10 +404,50 @@ impl NodeCore {
         }
     }
 
+    /// Stream `key` is about to be finished (its sender started a new stream, or the
+    /// departure ends). If it is of the departed region and its sender's own-region stream is
+    /// at its `Joined` marker while this one holds no `Left` marker, the cut lies in a hole
+    /// nobody repaired: beyond the hole this node cannot tell its messages from those it gets
+    /// in the own region, so the stream ends at the hole (the rest reported as a gap) rather
+    /// than deliver some twice, and the own-region stream goes on. Returns whether it did.
+    pub(super) fn end_at_lost_cut(&mut self, key: (NodeId, RegionId)) -> bool {
+        let (sender, region) = key;
+        let Some(version) = self
+            .departure
+            .as_ref()
+            .filter(|d| d.region == region)
+            .map(|d| d.version)
+        else {
+            return false;
+        };
+        let id = self.config.id;
+        let left = |p: &wire::DataPacket| {
+            p.marker()
+                .is_some_and(|m| m.kind == MarkerKind::Left && m.node == id && m.version == version)
+        };
+        if !matches!(self.gates.get(&sender), Some(Gate::Joined { .. }))
+            || self.stream_holds(key, left)
+        {
+            return false;
+        }
+        self.stats.handover.cuts_lost += 1;
+        self.end_stream_at_hole(key);
+        let epoch = self.recv.remove(&key).map(|s| s.epoch);
+        self.stalled.remove(&key);
+        if let Some(d) = self.departure.as_mut() {
+            d.done.insert(sender);
+            d.finished.extend(epoch.map(|e| (sender, e)));
+        }
+        if let Some(own) = self.own_region {
+            self.drain_stream((sender, own));
+        }
+        true
+    }
+
     /// Ends the departure: leaves the departed region's group, reports what its streams
     /// still lack as gaps, and publishes a record that departs nothing. `why` counts it.
     pub(super) fn end_departure(&mut self, now: Instant, why: DepartureEnd) {
-        let Some((region, version)) = self.departure.as_ref().map(|d| (d.region, d.version)) else {
+        let Some(region) = self.departed_region() else {
             return;
         };
         match why {
@@ -372,21 +466,7 @@ impl NodeCore {
         let mut finished = Vec::new();
         for key in &keys {
             finished.extend(self.recv.get(key).map(|s| (key.0, s.epoch)));
-            let ours = |p: &wire::DataPacket| {
-                p.marker().is_some_and(|m| {
-                    m.kind == MarkerKind::Left && m.node == self.config.id && m.version == version
-                })
-            };
-            if self.gates.get(&key.0) == Some(&Gate::Joined) && !self.stream_holds(*key, ours) {
-                // The sender's new-region stream is at its cut, but the `Left` marker lies in
-                // a hole nobody repaired: beyond the hole this node cannot tell its messages
-                // from those it gets in the new region, so it reports them lost rather than
-                // delivering some twice.
-                self.stats.handover.cuts_lost += 1;
-                self.end_stream_at_hole(*key);
-            } else {
-                self.finish_stream(now, *key);
-            }
+            self.finish_stream(now, *key);
             self.recv.remove(key);
             self.stalled.remove(key);
         }
@@ -412,7 +492,7 @@ impl NodeCore {
         let joined: Vec<NodeId> = self
             .gates
             .iter()
-            .filter(|(_, g)| **g == Gate::Joined)
+            .filter(|(_, g)| matches!(g, Gate::Joined { .. }))
             .map(|(s, _)| *s)
             .collect();
         for s in joined {
@@ -481,7 +561,7 @@ impl NodeCore {
             .values()
             .filter_map(|g| match g {
                 Gate::Discarding { since, .. } => Some(*since + self.config.handover_timeout),
-                Gate::Joined => None,
+                Gate::Joined { .. } => None,
             })
             .min();
         departure.into_iter().chain(gates).min()

@@ -249,8 +249,8 @@ impl NodeCore {
             Some(e) if e < epoch => self.finish_stream(now, key),
             _ => {}
         }
-        if own && !self.gates.is_empty() && self.recv.get(&key).is_none_or(|s| s.epoch < epoch) {
-            self.ungate_restarted(sender, epoch);
+        if !self.gates.is_empty() {
+            self.ungate_restarted(now, sender, region, epoch);
         }
         if !self.recv.contains_key(&key) {
             if self.is_closed(sender, epoch) {
@@ -270,13 +270,15 @@ impl NodeCore {
             }
         }
         // A sender's stream in the region this node moves into, before its cut: the `Joined`
-        // marker may come after a later packet (reordered), so the window starts earlier and
-        // waits for what came before, like at a stream's start (what never comes, the ring
-        // skips as before this node's time). Starting at the first packet would drop the
-        // marker as stale and discard what follows it.
+        // marker may come after later packets (reordered, or the first packets heard here
+        // were lost: seed 40475 first heard the 56th while the marker was the 1st), so the
+        // window starts as far back as it can hold and waits for what came before, like at a
+        // stream's start (what never comes, the ring skips as before this node's time).
+        // Starting at the first packet would drop the marker as stale and discard what
+        // follows it.
         let gated_start =
             (!self.recv.contains_key(&key) && self.handover_discards(key)).then(|| {
-                let slack = (self.config.reorder_window_packets / 2) as u32;
+                let slack = self.config.reorder_window_packets.saturating_sub(1) as u32;
                 Seq(seq.0.wrapping_sub(slack))
             });
         let hold = if own {
@@ -487,6 +489,9 @@ impl NodeCore {
     /// handed on now (holes reported as gaps), whatever the application's backlog, so that
     /// the new stream's messages come after all of the old one's.
     pub(super) fn finish_stream(&mut self, now: Instant, key: (NodeId, RegionId)) {
+        if self.departure.is_some() && self.end_at_lost_cut(key) {
+            return;
+        }
         if let Some(s) = self.recv.get_mut(&key) {
             s.close(now);
         }
@@ -790,8 +795,8 @@ impl NodeCore {
             _ => {}
         }
         let own = Some(region) == self.own_region;
-        if own && !self.gates.is_empty() && self.recv.get(&key).is_none_or(|s| s.epoch < u.epoch) {
-            self.ungate_restarted(u.sender, u.epoch);
+        if !self.gates.is_empty() {
+            self.ungate_restarted(now, u.sender, region, u.epoch);
         }
         if !self.recv.contains_key(&key) {
             if self.recv.len() >= self.config.max_streams {
