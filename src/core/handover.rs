@@ -251,11 +251,14 @@ impl NodeCore {
         }
         if let Some(departed) = self.departed_region() {
             let old = (sender, departed);
-            if self.recv.get(&old).is_some_and(|s| s.epoch < epoch) {
+            let old_epoch = self.recv.get(&old).map(|s| s.epoch).filter(|e| *e < epoch);
+            if let Some(old_epoch) = old_epoch {
                 self.finish_stream(now, old);
                 self.recv.remove(&old);
                 if let Some(d) = self.departure.as_mut() {
                     d.done.insert(sender);
+                    // Its cache entries go when the departure ends (no ring cleans them).
+                    d.finished.push((sender, old_epoch));
                 }
             }
         }
