@@ -68,9 +68,10 @@ pub struct HandoverStats {
     /// Gates dropped because their sender restarted: its new incarnation's stream here
     /// began after the move was known, so all of it is this node's and nothing is skipped.
     pub restarted: u64,
-    /// Old-region streams ended at a hole when the departure ended: their `Left` marker was
-    /// never received while the sender's `Joined` one was (what followed the hole was
-    /// reported as a gap, see `end_departure`).
+    /// Old-region streams ended at a hole when they were finished (the departure ended, or
+    /// their sender restarted): their `Left` marker was never received while the sender's
+    /// `Joined` one was, so what followed the hole was reported as a gap, not delivered
+    /// (see `end_at_lost_cut`).
     pub cuts_lost: u64,
     /// Old-region streams ignored because the same sender's new-region stream was already
     /// delivering here when they began.
