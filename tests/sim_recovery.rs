@@ -857,8 +857,9 @@ impl Run {
         self.sender_knows_everyone_of(s, &topics)
     }
 
-    /// (A crashed receiver does not count: a sender restarted after it crashed never learns
-    /// of it, and would wait for ever: seed 60942.)
+    /// Whether sender `s` counts, for each of `topics`, every live receiver that subscribes
+    /// it (a crashed one does not count: a sender restarted after it crashed never learns of
+    /// it, and would wait for ever: seed 60942).
     fn sender_knows_everyone_of(&self, s: usize, topics: &BTreeSet<TopicId>) -> bool {
         let n = self.spec.receivers.len();
         topics.iter().all(|t| {
@@ -2099,8 +2100,9 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
         // another (a one-way link failure) for part of the stream.
         let s = senders.len() as u64;
         // Both start, and the one-way failure also heals, while the senders publish (`during`
-        // runs at least for milliseconds 0 to publishing - 2, `Run::faults_until`). A lasting one-way failure is a
-        // known open problem: `a_member_that_never_hears_the_leader…` in sim_membership.
+        // runs at least for milliseconds 0 to publishing - 2: `Run::faults_until`). A lasting
+        // one-way failure is a known open problem: `a_member_that_never_hears_the_leader…` in
+        // sim_membership.
         let publishing = u64::from(messages / 20);
         let freeze = prng.chance(0.25).then(|| {
             let (who, at) = (
@@ -2318,19 +2320,20 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
 ///   region was delivered meanwhile: messages reordered, duplicated, never delivered or left
 ///   unacknowledged. Now the old incarnation's streams end at once, in handover order.
 /// * 61052, with all: a receiver crashed and another moved out, two view changes in a row;
-///   a member's hole was cached only by caretakers of the view before the last, which it
-///   never asked (it asked the current and the previous view's): 91 messages never arrived.
+///   a member asked the current and the previous view's caretakers for a hole that two
+///   other live members cached (most likely caretakers of an older view): 91 messages
+///   never arrived. Members now also ask caretakers of the last four views.
 /// * 40475, with all: in a moving receiver's new region the sender's first packet (its
 ///   `Joined` marker) came 55 packets before the first one this receiver heard; the window,
 ///   started half a window back, dropped the marker as stale and the gate discarded the
 ///   stream until it timed out (90 messages never delivered).
 /// * 60823 (traced), 60826 (same check failed), with all: a sender restarts while a
-///   receiver moves and its new
-///   incarnation sends nothing more into the old region, so the old incarnation's stream
-///   there never reaches its `Left` marker and the departure lasts until `handover_timeout`,
-///   caretaking the old region meanwhile; the run checked the caches before that (the run
-///   now waits for open departures to end, and a restarted sender's old stream finished by
-///   the handover has its cache entries dropped when the departure ends).
+///   receiver moves and its new incarnation sends nothing more into the old region, so the
+///   old incarnation's stream there never reaches its `Left` marker and the departure lasts
+///   until `handover_timeout`, caretaking the old region meanwhile; the run checked the
+///   caches before that (the run now waits for open departures to end, and a restarted
+///   sender's old stream finished by the handover has its cache entries dropped when the
+///   departure ends).
 /// * 60942, with all: a sender restarted after a receiver had crashed waited to know every
 ///   subscriber, the crashed one included, before publishing again: it never did.
 /// * 60545, with all: the only sender crashed at ms 40, so publishing (and the per-ms fault
