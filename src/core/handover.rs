@@ -200,22 +200,21 @@ impl NodeCore {
         sender: NodeId,
         epoch: u64,
     ) -> bool {
-        let Some(d) = self.departure.as_mut() else {
-            return false;
-        };
-        if d.done.contains(&sender) {
+        if self
+            .departure
+            .as_ref()
+            .is_none_or(|d| d.done.contains(&sender))
+        {
             return false;
         }
         let own = self.own_region;
         let delivering = own.is_some_and(|r| self.recv.contains_key(&(sender, r)))
             && !self.gates.contains_key(&sender);
         // A restarted sender's new stream (see `ungate_restarted`).
-        let restarted = self
-            .gates
-            .get(&sender)
-            .is_some_and(|g| g.incarnation() < incarnation_of(epoch));
-        if delivering || restarted {
-            d.done.insert(sender);
+        if delivering || self.restarted_since_gated(sender, epoch) {
+            if let Some(d) = self.departure.as_mut() {
+                d.done.insert(sender);
+            }
             self.stats.handover.conflicts += 1;
             return false;
         }
@@ -240,11 +239,7 @@ impl NodeCore {
         epoch: u64,
     ) {
         let key = (sender, region);
-        let gated = self
-            .gates
-            .get(&sender)
-            .is_some_and(|g| g.incarnation() < incarnation_of(epoch));
-        if !gated
+        if !self.restarted_since_gated(sender, epoch)
             || Some(region) != self.own_region
             || self.recv.get(&key).is_some_and(|s| s.epoch >= epoch)
         {
@@ -252,15 +247,9 @@ impl NodeCore {
         }
         if let Some(departed) = self.departed_region() {
             let old = (sender, departed);
-            let old_epoch = self.recv.get(&old).map(|s| s.epoch).filter(|e| *e < epoch);
-            if let Some(old_epoch) = old_epoch {
+            if self.recv.get(&old).is_some_and(|s| s.epoch < epoch) {
                 self.finish_stream(now, old);
-                self.recv.remove(&old);
-                if let Some(d) = self.departure.as_mut() {
-                    d.done.insert(sender);
-                    // Its cache entries go when the departure ends (no ring cleans them).
-                    d.finished.push((sender, old_epoch));
-                }
+                self.retire_departed_stream(old);
             }
         }
         if self.recv.contains_key(&key) {
@@ -268,6 +257,26 @@ impl NodeCore {
         }
         if self.gates.remove(&sender).is_some() {
             self.stats.handover.restarted += 1;
+        }
+    }
+
+    /// Whether `sender` is gated for an incarnation older than `epoch`'s: it restarted since
+    /// (see `ungate_restarted`).
+    fn restarted_since_gated(&self, sender: NodeId, epoch: u64) -> bool {
+        self.gates
+            .get(&sender)
+            .is_some_and(|g| g.incarnation() < incarnation_of(epoch))
+    }
+
+    /// The departed region's stream `key` is over for this node (its cut reached, lost, or
+    /// its sender restarted): it goes, its sender is done there, and its epoch is kept so the
+    /// departure's end drops what this node caretook of it.
+    fn retire_departed_stream(&mut self, key: (NodeId, RegionId)) {
+        let epoch = self.recv.remove(&key).map(|s| s.epoch);
+        self.stalled.remove(&key);
+        if let Some(d) = self.departure.as_mut() {
+            d.done.insert(key.0);
+            d.finished.extend(epoch.map(|e| (key.0, e)));
         }
     }
 
@@ -334,15 +343,9 @@ impl NodeCore {
                 if !ours {
                     return;
                 }
-                let epoch = self.recv.get(&key).map(|s| s.epoch);
-                if let Some(d) = self.departure.as_mut() {
-                    d.done.insert(sender);
-                    d.finished.extend(epoch.map(|e| (sender, e)));
-                }
                 // Everything of this stream that is ours was delivered: what follows in it
                 // goes to the region's other members.
-                self.recv.remove(&key);
-                self.stalled.remove(&key);
+                self.retire_departed_stream(key);
                 if let Some(own) = self.own_region {
                     self.drain_stream((sender, own));
                 }
@@ -436,12 +439,7 @@ impl NodeCore {
         }
         self.stats.handover.cuts_lost += 1;
         self.end_stream_at_hole(key);
-        let epoch = self.recv.remove(&key).map(|s| s.epoch);
-        self.stalled.remove(&key);
-        if let Some(d) = self.departure.as_mut() {
-            d.done.insert(sender);
-            d.finished.extend(epoch.map(|e| (sender, e)));
-        }
+        self.retire_departed_stream(key);
         if let Some(own) = self.own_region {
             self.drain_stream((sender, own));
         }
