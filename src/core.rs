@@ -271,6 +271,11 @@ impl NodeCore {
             discovery: self.discovery.stats(),
             ring: self.ring.as_ref().map(Ring::stats).unwrap_or_default(),
             unacked_packets: self.send.values().map(|s| s.window.len() as u64).sum(),
+            retained_packets: self
+                .send
+                .values()
+                .map(|s| s.window.retained().0 as u64)
+                .sum(),
             pacing_rate: self
                 .send
                 .values()

@@ -49,6 +49,7 @@ pub struct Snapshot {
 /// Stats fields that are levels, not running totals (by their path in [`Stats`]).
 const GAUGES: &[&str] = &[
     "core.unacked_packets",
+    "core.retained_packets",
     "core.cached_packets",
     "core.cached_bytes",
     "core.cached_bytes_peak",

@@ -9,6 +9,14 @@
 //! the stream, which pushes back on the publisher. Kept packets live in recycled buffers, so
 //! steady state allocates nothing per packet.
 //!
+//! Past stability, the window also *retains* what the region acknowledged but some member
+//! may still lack: the acknowledgement's `stable` point passes members the ring skipped this
+//! round (a crashed or unreachable hop), its `floor` does not. A skipped member may be the
+//! caretaker partition of what it lacks, so no cache holds it; the sender is then the only
+//! copy. Packets between the floor and the stability point are kept for re-multicast
+//! (at most as many as the window holds, the oldest dropped first and counted) but no longer
+//! close the window, so a skipped member still does not hold the stream back.
+//!
 //! The window is bounded by packets and, optionally ([`SendWindow::bound_by_time`]), by time:
 //! it also closes once it holds more than a given time's worth of data at the rate the region
 //! has been acknowledging it (issue 13: a member descheduled for 100 ms otherwise lets the
@@ -42,6 +50,11 @@ pub struct SendWindow {
     capacity: usize,
     /// The first unacknowledged sequence number; everything before it is stable.
     base: Seq,
+    /// Packets before `base` still kept (stable, past the floor): the front of `packets`.
+    retained: usize,
+    retained_bytes: usize,
+    /// Retained packets dropped, the retention being full.
+    retained_dropped: u64,
     next: Seq,
     /// The stream's first sequence number.
     first: Seq,
@@ -76,6 +89,9 @@ impl SendWindow {
         SendWindow {
             capacity,
             base: first,
+            retained: 0,
+            retained_bytes: 0,
+            retained_dropped: 0,
             next: first,
             first,
             packets: VecDeque::new(),
@@ -123,14 +139,13 @@ impl SendWindow {
     /// Whether another packet may be sent (reliable mode: the window holds fewer than its
     /// packets and no more than [`SendWindow::byte_limit`] bytes).
     pub fn is_open(&self) -> bool {
-        self.capacity == 0
-            || (self.packets.len() < self.capacity && self.bytes <= self.byte_limit())
+        self.capacity == 0 || (self.len() < self.capacity && self.bytes <= self.byte_limit())
     }
 
     /// Whether the window holds all the packets it may (reliable mode): closed by its packets,
     /// not by its time bound.
     pub fn is_full(&self) -> bool {
-        self.capacity != 0 && self.packets.len() >= self.capacity
+        self.capacity != 0 && self.len() >= self.capacity
     }
 
     /// The most bytes the window holds before it closes: the time bound's share of the
@@ -147,12 +162,22 @@ impl SendWindow {
 
     /// Packets held unacknowledged.
     pub fn len(&self) -> usize {
-        self.packets.len()
+        self.packets.len() - self.retained
     }
 
-    /// Whether nothing is held unacknowledged.
+    /// Whether nothing is held unacknowledged (retained packets do not count).
     pub fn is_empty(&self) -> bool {
-        self.packets.is_empty()
+        self.len() == 0
+    }
+
+    /// Stable packets kept because a member the ring skipped may lack them, and their bytes.
+    pub fn retained(&self) -> (usize, usize) {
+        (self.retained, self.retained_bytes)
+    }
+
+    /// Retained packets dropped because the retention was full (a member skipped for long).
+    pub fn retained_dropped(&self) -> u64 {
+        self.retained_dropped
     }
 
     /// Bytes held unacknowledged.
@@ -181,18 +206,32 @@ impl SendWindow {
         });
     }
 
-    /// The region holds everything up to `stable` (told at `now`): frees it. Returns how many
-    /// packets were freed (a point before the window frees nothing; one beyond what was sent
-    /// frees all).
-    pub fn ack(&mut self, now: Instant, stable: Seq) -> u64 {
+    /// The region holds everything up to `stable` (told at `now`), and every member, those
+    /// the ring skipped included, up to `floor`: acknowledges up to `stable` and keeps what
+    /// lies past `floor` ([`SendWindow::retained`]). Returns how many packets left the window
+    /// (a point before the window acknowledges nothing; one beyond what was sent, all).
+    pub fn ack(&mut self, now: Instant, stable: Seq, floor: Seq) -> u64 {
         let before = self.bytes;
         let mut freed = 0;
-        while !stable.is_before(self.base) && !self.packets.is_empty() {
-            let k = self.packets.pop_front().expect("not empty");
-            self.bytes -= k.datagram.len();
-            self.pool.give_back(k.datagram);
+        while !stable.is_before(self.base) && !self.is_empty() {
+            let len = self.packets[self.retained].datagram.len();
+            self.bytes -= len;
+            self.retained_bytes += len;
+            self.retained += 1;
             self.base = self.base.next();
             freed += 1;
+        }
+        // Free what every member has, and the oldest beyond a window's worth.
+        let mut first = Seq(self.base.0.wrapping_sub(self.retained as u32));
+        while self.retained > 0 && (!floor.is_before(first) || self.retained > self.capacity) {
+            if floor.is_before(first) {
+                self.retained_dropped += 1;
+            }
+            let k = self.packets.pop_front().expect("retained");
+            self.retained -= 1;
+            self.retained_bytes -= k.datagram.len();
+            self.pool.give_back(k.datagram);
+            first = first.next();
         }
         // What this acknowledgement freed belongs to the time since the last one (counted
         // only if the window held something then: the first acknowledgement, or the first
@@ -222,7 +261,8 @@ impl SendWindow {
     }
 
     fn index(&self, seq: Seq) -> Option<usize> {
-        let i = usize::try_from(self.base.distance_to(seq)).ok()?;
+        let first = Seq(self.base.0.wrapping_sub(self.retained as u32));
+        let i = usize::try_from(first.distance_to(seq)).ok()?;
         (i < self.packets.len()).then_some(i)
     }
 
@@ -232,9 +272,16 @@ impl SendWindow {
 
     /// Panics if counts drifted or the window overflowed.
     pub fn check_invariants(&self) {
+        assert!(self.retained <= self.packets.len());
+        let bytes = |ks: &mut dyn Iterator<Item = &Kept>| ks.map(|k| k.datagram.len()).sum();
+        assert_eq!(
+            self.retained_bytes,
+            bytes(&mut self.packets.iter().take(self.retained)),
+            "retained byte count drifted"
+        );
         assert_eq!(
             self.bytes,
-            self.packets.iter().map(|k| k.datagram.len()).sum::<usize>(),
+            bytes(&mut self.packets.iter().skip(self.retained)),
             "unacked byte count drifted"
         );
         if self.capacity == 0 {
@@ -244,9 +291,9 @@ impl SendWindow {
             );
             return;
         }
-        assert!(self.packets.len() <= self.capacity);
+        assert!(self.len() <= self.capacity && self.retained <= self.capacity);
         assert_eq!(
-            self.base.advance(self.packets.len() as u32),
+            self.base.advance(self.len() as u32),
             self.next,
             "send window does not end at the next sequence number"
         );
@@ -273,11 +320,41 @@ mod tests {
     fn a_full_window_closes_and_an_acknowledgement_reopens_it() {
         let mut w = filled(4, 4);
         assert!(!w.is_open() && w.is_full());
-        assert_eq!(w.ack(T0, Seq(2)), 2);
+        assert_eq!(w.ack(T0, Seq(2), Seq(2)), 2);
         assert!(w.is_open());
         assert_eq!((w.len(), w.bytes(), w.acked()), (2, 20, Seq(2)));
         assert_eq!(w.get(Seq(2)), None);
         assert_eq!(w.get(Seq(3)), Some(&[2u8; 10][..]));
+        w.check_invariants();
+    }
+
+    #[test]
+    fn what_a_skipped_member_may_lack_is_retained_but_does_not_close_the_window() {
+        let mut w = filled(4, 4);
+        // Stable to 4, but a skipped member is known to hold only up to 1.
+        assert_eq!(w.ack(T0, Seq(4), Seq(1)), 4);
+        assert!(w.is_open() && w.is_empty());
+        assert_eq!((w.len(), w.bytes(), w.acked()), (0, 0, Seq(4)));
+        assert_eq!(w.retained(), (3, 30));
+        assert_eq!(w.get(Seq(1)), None, "every member has it");
+        assert_eq!(w.get(Seq(2)), Some(&[1u8; 10][..]));
+        assert_eq!(w.resend(T0, Seq(4), HOLD), Resend::Go);
+        w.check_invariants();
+        // The window fills again; the retention keeps at most a window's worth, oldest out.
+        for i in 4..10 {
+            if w.is_open() {
+                w.sent(&[i as u8; 10]);
+            }
+        }
+        assert!(w.is_full());
+        assert_eq!(w.ack(T0, Seq(7), Seq(1)), 3);
+        assert_eq!((w.retained(), w.retained_dropped()), ((4, 40), 2));
+        assert_eq!(w.get(Seq(3)), None, "dropped, oldest first");
+        assert_eq!(w.get(Seq(4)), Some(&[3u8; 10][..]));
+        w.check_invariants();
+        // The floor catches up: the retention empties.
+        assert_eq!(w.ack(T0, Seq(8), Seq(8)), 1);
+        assert_eq!((w.retained(), w.len()), ((0, 0), 0));
         w.check_invariants();
     }
 
@@ -291,9 +368,9 @@ mod tests {
     #[test]
     fn an_acknowledgement_before_the_window_frees_nothing_and_beyond_frees_everything() {
         let mut w = filled(8, 5);
-        w.ack(T0, Seq(3));
-        assert_eq!(w.ack(T0, Seq(1)), 0);
-        assert_eq!(w.ack(T0, Seq(100)), 2);
+        w.ack(T0, Seq(3), Seq(3));
+        assert_eq!(w.ack(T0, Seq(1), Seq(1)), 0);
+        assert_eq!(w.ack(T0, Seq(100), Seq(100)), 2);
         assert!(w.is_empty());
         w.check_invariants();
     }
@@ -335,7 +412,8 @@ mod tests {
                 w.sent(&[0u8; 1000]);
             }
             // Everything but the last packet: the window is never seen empty.
-            w.ack(at_ms(ms), Seq(w.highest().0 - 1));
+            let stable = Seq(w.highest().0 - 1);
+            w.ack(at_ms(ms), stable, stable);
         }
         while w.is_open() {
             w.sent(&[0u8; 1000]);
@@ -393,7 +471,7 @@ mod tests {
             w.sent(&[1]);
         }
         assert!(w.get(Seq(u32::MAX)).is_some() && w.get(Seq(1)).is_some());
-        assert_eq!(w.ack(T0, Seq(0)), 3);
+        assert_eq!(w.ack(T0, Seq(0), Seq(0)), 3);
         w.check_invariants();
     }
 }

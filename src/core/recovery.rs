@@ -205,7 +205,7 @@ impl NodeCore {
             + self
                 .send
                 .values()
-                .map(|s| s.window.bytes() as u64)
+                .map(|s| (s.window.bytes() + s.window.retained().1) as u64)
                 .sum::<u64>();
         let basis = (inflow, held);
         let (mut served, mut limited) = (0, 0);

@@ -102,6 +102,11 @@ pub struct CoreStats {
     pub acked_packets: u64,
     /// Packets held for retransmission now (gauge).
     pub unacked_packets: u64,
+    /// Stable packets still held because a member the ring skipped may lack them (gauge;
+    /// at most a send window's worth per stream).
+    pub retained_packets: u64,
+    /// Such packets dropped, oldest first, because the retention was full.
+    pub retained_dropped: u64,
     /// Packets in the caretaker cache now (gauge).
     pub cached_packets: u64,
     /// Bytes in the caretaker cache now (gauge).

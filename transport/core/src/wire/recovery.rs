@@ -544,7 +544,8 @@ pub struct SenderAck {
     /// Everything up to here may be freed: every member that answered this round has it.
     pub stable: Seq,
     /// Every member of the view, those skipped this round included, has everything up to
-    /// here (at most `stable`): what a stream state may tell receivers to start after.
+    /// here (at most `stable`): what a stream state may tell receivers to start after. The
+    /// sender keeps what lies between it and `stable` for re-multicast.
     pub floor: Seq,
     /// The highest sequence number any member heard of.
     pub highest: Seq,
