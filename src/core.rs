@@ -310,6 +310,32 @@ impl NodeCore {
         self.own_region
     }
 
+    /// This node's send streams, for cross-node checks: per region, the stream's epoch and
+    /// the sequence number up to which it keeps nothing (every packet up to it was freed, as
+    /// held by every member of the region by the ring's account).
+    pub fn send_freed(&self) -> impl Iterator<Item = (RegionId, u64, qs_transport::Seq)> + '_ {
+        self.send
+            .iter()
+            .map(|(r, s)| (*r, s.epoch, s.window.kept_after()))
+    }
+
+    /// Whether this node's receive stream of `sender` in `region`, of stream `epoch`, has
+    /// delivered (or given up) packet `seq` or holds it; `None` without such a stream that has
+    /// heard anything.
+    pub fn receive_has(
+        &self,
+        sender: NodeId,
+        region: RegionId,
+        epoch: u64,
+        seq: qs_transport::Seq,
+    ) -> Option<bool> {
+        let s = self
+            .recv
+            .get(&(sender, region))
+            .filter(|s| s.epoch == epoch)?;
+        s.window.has_or_passed(seq)
+    }
+
     /// Other nodes subscribing `topic`.
     pub fn subscribers_of(&self, topic: TopicId) -> usize {
         self.subscribers_of_any(&[topic])

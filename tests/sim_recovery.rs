@@ -351,6 +351,10 @@ struct Run {
     /// publishing ends sooner (a sender crash ends it early), so that faults drawn for that
     /// time still start and heal.
     faults_until: u32,
+    /// Per (sender, region, stream epoch, member): the point up to which the cross-node
+    /// check ([`Run::check_freed`]) has compared what the sender freed with what the member
+    /// delivered or holds.
+    freed_checked: BTreeMap<(usize, RegionId, u64, usize), Seq>,
 }
 
 fn core_config(i: usize, seed: u64) -> CoreConfig {
@@ -516,10 +520,76 @@ impl Run {
             settle: Duration::ZERO,
             paused: BTreeSet::new(),
             faults_until: 0,
+            freed_checked: BTreeMap::new(),
         }
     }
 
+    /// Runs for `d`, checking after every simulated millisecond what holds across nodes
+    /// ([`Run::check_freed`]).
     fn run_for(&mut self, d: Duration) {
+        let end = self.sim.now() + d;
+        while self.sim.now() < end {
+            let step = end.saturating_duration_since(self.sim.now());
+            self.run_events_for(step.min(Duration::from_millis(1)));
+            self.check_freed();
+        }
+    }
+
+    /// The cross-node invariant of issue 10: a sender frees packet s of a region's stream only
+    /// when every live member of that region has delivered s or holds it (stability passes a
+    /// member the ring skipped, but the sender keeps what that member may lack). Judged per
+    /// member from the first time it heard the stream (what was freed before it joined is not
+    /// its), not for a member changing its subscriptions (its handover decides what of each
+    /// region is its) or one that isolated itself as slow (it gives up what the region
+    /// cleaned, by design: `RingConfig::isolate_slow`), and not for a sender that counted retained packets dropped (its
+    /// retention ran full by design: `retained_dropped`).
+    fn check_freed(&mut self) {
+        let receivers = self.spec.receivers.len();
+        for i in receivers..self.idx.len() {
+            if self.oracle.crashed.contains(&i) {
+                continue;
+            }
+            let sender = self.sim.node(self.idx[i]);
+            if sender.stats().retained_dropped > 0 {
+                continue;
+            }
+            for (region, epoch, freed) in sender.send_freed() {
+                for r in 0..receivers {
+                    if self.oracle.crashed.contains(&r) || self.oracle.changing.contains_key(&r) {
+                        continue;
+                    }
+                    let member = self.sim.node(self.idx[r]);
+                    let isolated = member.ring().is_some_and(|g| g.stats().isolations > 0);
+                    if member.own_region() != Some(region) || isolated {
+                        continue;
+                    }
+                    let key = (i, region, epoch, r);
+                    let Some(last) = self.freed_checked.get(&key).copied() else {
+                        if member.receive_has(id(i), region, epoch, freed).is_some() {
+                            self.freed_checked.insert(key, freed);
+                        }
+                        continue;
+                    };
+                    let mut s = last.next();
+                    while !freed.is_before(s) {
+                        assert_ne!(
+                            member.receive_has(id(i), region, epoch, s),
+                            Some(false),
+                            "at {:?}: sender {i} freed packet {s:?} of its stream into {region:?} \
+                             (freed up to {freed:?}), which live member {r} neither delivered nor \
+                             holds; SIM_SEED={} (swarm: QS_SWARM=1)",
+                            self.sim.now(),
+                            self.seed
+                        );
+                        s = s.next();
+                    }
+                    self.freed_checked.insert(key, freed);
+                }
+            }
+        }
+    }
+
+    fn run_events_for(&mut self, d: Duration) {
         let (oracle, seed, slow, stopped) = (&mut self.oracle, self.seed, self.slow, self.stopped);
         let mut unacked_peak = self.unacked_peak.as_mut();
         let gaps = &mut self.gaps;

@@ -180,6 +180,12 @@ impl SendWindow {
         self.retained_dropped
     }
 
+    /// The sequence number before the oldest packet kept, retained ones included: everything
+    /// up to it was freed.
+    pub fn kept_after(&self) -> Seq {
+        Seq(self.base.0.wrapping_sub(self.retained as u32 + 1))
+    }
+
     /// Bytes held unacknowledged.
     pub fn bytes(&self) -> usize {
         self.bytes
@@ -351,6 +357,7 @@ mod tests {
         assert_eq!((w.retained(), w.retained_dropped()), ((4, 40), 2));
         assert_eq!(w.get(Seq(3)), None, "dropped, oldest first");
         assert_eq!(w.get(Seq(4)), Some(&[3u8; 10][..]));
+        assert_eq!(w.kept_after(), Seq(3));
         w.check_invariants();
         // The floor catches up: the retention empties.
         assert_eq!(w.ack(T0, Seq(8), Seq(8)), 1);

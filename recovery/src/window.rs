@@ -289,6 +289,16 @@ impl<T> ReceiveWindow<T> {
             .any(|(first, count)| (0..i64::from(*count)).contains(&first.distance_to(seq)))
     }
 
+    /// Whether `seq` was handed on or given up already, or is held waiting behind a hole;
+    /// `None` before anything was heard.
+    pub fn has_or_passed(&self, seq: Seq) -> Option<bool> {
+        let next = self.next?;
+        let Ok(i) = usize::try_from(next.distance_to(seq)) else {
+            return Some(true);
+        };
+        Some(matches!(self.slots.get(i), Some(Some(_))))
+    }
+
     /// Everything up to here was handed on or given up; `None` before anything was heard.
     pub fn prefix(&self) -> Option<Seq> {
         self.next.map(|n| Seq(n.0.wrapping_sub(1)))
