@@ -541,6 +541,11 @@ pub struct Ring {
     /// member has a stream of, at most [`PREV_CUTOFFS_MAX`]).
     prev_views: VecDeque<View>,
     prev_cutoffs: BTreeMap<NodeId, Seq>,
+    /// Per sender: the epoch and the known cleanup point of the last record of its stream a
+    /// visit applied here (only senders this member has a stream of, at most
+    /// [`PREV_CUTOFFS_MAX`]). A leader new to the region learns it when this member adds the
+    /// record the token lacks.
+    cleaned: BTreeMap<NodeId, (u64, Seq)>,
     visit_gap: Smoothed,
     fallback_at: Instant,
     /// Fallbacks so far since the last visit (rotates the member asked).
@@ -582,6 +587,7 @@ impl Ring {
             last_visit: now,
             prev_views: VecDeque::new(),
             prev_cutoffs: BTreeMap::new(),
+            cleaned: BTreeMap::new(),
             visit_gap: Smoothed::default(),
             fallback_at,
             fallback_turn: 0,
@@ -766,6 +772,7 @@ impl Ring {
         self.sender_views.remove(&sender);
         self.join_holds.remove(&sender);
         self.prev_cutoffs.remove(&sender);
+        self.cleaned.remove(&sender);
     }
 
     /// Panics if the ring's state is inconsistent (the simulator calls it after every
@@ -1327,6 +1334,12 @@ impl Ring {
                 let (progress, update) =
                     effective_progress(&token.records[i], local.stream(sender), &input);
                 if let Some(u) = update {
+                    let rec = &token.records[i];
+                    let room =
+                        self.cleaned.contains_key(&sender) || self.cleaned.len() < PREV_CUTOFFS_MAX;
+                    if !rec.cleanup_unknown && room {
+                        self.cleaned.insert(sender, (rec.epoch, rec.cleanup));
+                    }
                     self.actions.push_back(RingAction::Update(u));
                 }
                 progress
@@ -1480,10 +1493,18 @@ impl Ring {
             {
                 continue;
             }
-            let rec = TokenRecord {
+            let mut rec = TokenRecord {
                 incomplete: part_way,
                 ..fresh_record(s, epoch, h, p, local.first_seq)
             };
+            // The cleanup point this member knows of the stream stays (seed 63580: a joiner
+            // with the lowest id became leader, the old leader had crashed, and the record
+            // the remaining member added started from nothing, so the joiner was handed
+            // packets stable before it came, which nobody cached any more: a gap).
+            if let Some((_, c)) = self.cleaned.get(&s).filter(|(e, _)| *e == epoch) {
+                rec.cleanup = *c;
+                rec.cleanup_unknown = false;
+            }
             if token.wire_len() + rec.wire_len() > budget {
                 return;
             }
@@ -2317,6 +2338,38 @@ mod tests {
         assert!(
             third.acks.iter().any(|(to, _)| *to == S),
             "the leader acknowledges the stream it learned"
+        );
+    }
+
+    #[test]
+    fn a_new_leader_learns_what_was_cleaned_before_it_came_from_its_members() {
+        // Everyone has 1..=9; rounds make it stable and clean the caches.
+        let mut region = region(3, |_| 9, |_| vec![]);
+        for k in 0..3 {
+            round(&mut region, ms(3 * k));
+        }
+        assert!(region[1].cache.get(S, 1, Seq(9)).is_none(), "cleaned");
+        // The leader leaves and a node new to the region, with a lower id, joins (no record,
+        // no stream of S): it must not be handed 1..=9, which nobody caches any more.
+        let ids = [NodeId(0), NodeId(2), NodeId(3)];
+        for m in &mut region[1..] {
+            m.ring.set_view(ms(9), ids);
+        }
+        let mut ring = Ring::new(RingConfig::default(), NodeId(0), REGION, ms(9));
+        ring.set_view(ms(9), ids);
+        region[0] = Member {
+            ring,
+            window: None,
+            cache: Cache::new(1 << 20),
+        };
+        for k in 3..6 {
+            round(&mut region, ms(3 * k));
+        }
+        let (w, _) = region[0].window.as_ref().expect("the stream was learned");
+        assert_eq!(
+            w.next_expected(),
+            Some(Seq(10)),
+            "what was stable before the new leader came is not its"
         );
     }
 
