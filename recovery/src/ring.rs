@@ -35,9 +35,9 @@
 //!   until failure detection: skipped members do not hold the sender's window back, but the
 //!   caches keep what they may lack (cleanup holds; the cache may evict it when full) until
 //!   the view drops them, and so does the sender (the acknowledgement's `floor`), since a
-//!   skipped partition may be the caretaker of what it lacks. Hop and round timeouts follow measured round-trip and round times.
-//!   Rounds that do not come back are regenerated; round numbers per walk plus the view hash
-//!   drop stale tokens. A member no walk visits for long (it cannot hear the member before
+//!   skipped partition may be the caretaker of what it lacks. Hop and round timeouts follow
+//!   measured round-trip and round times. Rounds that do not come back are regenerated;
+//!   round numbers per walk plus the view hash drop stale tokens. A member no walk visits for long (it cannot hear the member before
 //!   it) asks for its holes itself ([`RingConfig::unvisited_after`]); after a view change
 //!   re-partitions the region, a member also asks an old caretaker ([`Ring::set_view`]).
 //! * **Slow receivers**: a member that holds the stream's lowest prefix far behind for a while

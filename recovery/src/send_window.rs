@@ -183,7 +183,12 @@ impl SendWindow {
     /// The sequence number before the oldest packet kept, retained ones included: everything
     /// up to it was freed.
     pub fn kept_after(&self) -> Seq {
-        Seq(self.base.0.wrapping_sub(self.retained as u32 + 1))
+        Seq(self.kept_from().0.wrapping_sub(1))
+    }
+
+    /// The oldest packet kept, retained ones included.
+    fn kept_from(&self) -> Seq {
+        Seq(self.base.0.wrapping_sub(self.retained as u32))
     }
 
     /// Bytes held unacknowledged.
@@ -228,7 +233,7 @@ impl SendWindow {
             freed += 1;
         }
         // Free what every member has, and the oldest beyond a window's worth.
-        let mut first = Seq(self.base.0.wrapping_sub(self.retained as u32));
+        let mut first = self.kept_from();
         while self.retained > 0 && (!floor.is_before(first) || self.retained > self.capacity) {
             if floor.is_before(first) {
                 self.retained_dropped += 1;
@@ -267,8 +272,7 @@ impl SendWindow {
     }
 
     fn index(&self, seq: Seq) -> Option<usize> {
-        let first = Seq(self.base.0.wrapping_sub(self.retained as u32));
-        let i = usize::try_from(first.distance_to(seq)).ok()?;
+        let i = usize::try_from(self.kept_from().distance_to(seq)).ok()?;
         (i < self.packets.len()).then_some(i)
     }
 
