@@ -37,9 +37,10 @@
 //!   the view drops them, and so does the sender (the acknowledgement's `floor`), since a
 //!   skipped partition may be the caretaker of what it lacks. Hop and round timeouts follow
 //!   measured round-trip and round times. Rounds that do not come back are regenerated;
-//!   round numbers per walk plus the view hash drop stale tokens. A member no walk visits for long (it cannot hear the member before
-//!   it) asks for its holes itself ([`RingConfig::unvisited_after`]); after a view change
-//!   re-partitions the region, a member also asks an old caretaker ([`Ring::set_view`]).
+//!   round numbers per walk plus the view hash drop stale tokens. A member no walk visits
+//!   for long (it cannot hear the member before it) asks for its holes itself
+//!   ([`RingConfig::unvisited_after`]); after a view change re-partitions the region, a
+//!   member also asks an old caretaker ([`Ring::set_view`]).
 //! * **Slow receivers**: a member that holds the stream's lowest prefix far behind for a while
 //!   is reported ([`SlowReceiver`]); by default the sender's window keeps everyone reliable
 //!   (the sender slows to it). With [`RingConfig::isolate_slow`] a member that finds itself
@@ -542,7 +543,7 @@ pub struct Ring {
     prev_views: VecDeque<View>,
     prev_cutoffs: BTreeMap<NodeId, Seq>,
     /// Per sender: the epoch and the known cleanup point of the last record of its stream a
-    /// visit applied here (only senders this member has a stream of, at most
+    /// visit applied here (senders whose records this member applied, at most
     /// [`PREV_CUTOFFS_MAX`]). A leader new to the region learns it when this member adds the
     /// record the token lacks.
     cleaned: BTreeMap<NodeId, (u64, Seq)>,

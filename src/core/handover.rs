@@ -464,7 +464,8 @@ impl NodeCore {
             .copied()
             .collect();
         // The streams end while the departure is still open, so a `Left` marker met on the
-        // way still cuts its stream there.
+        // way still cuts its stream there. Their epochs are taken first: finishing a stream
+        // whose application took everything removes it (not `retire_departed_stream`).
         let mut finished = Vec::new();
         for key in &keys {
             finished.extend(self.recv.get(key).map(|s| (key.0, s.epoch)));
