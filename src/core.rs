@@ -488,6 +488,10 @@ impl NodeCore {
                 self.begin_departure(now, old, version);
             }
             self.own_region = new_region;
+            // Health's region follows at once, not at the next health tick: until it does,
+            // our new mates (who know our subscriptions) refuse our record as another
+            // region's.
+            self.gossip.health_mut().set_region(now, new_region);
             self.recv
                 .retain(|(_, r), _| Some(*r) == new_region || Some(*r) == depart);
             self.stalled

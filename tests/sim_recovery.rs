@@ -2436,6 +2436,13 @@ fn swarm_of_random_clusters_and_faults_delivers_everything_exactly_once() {
 ///   had not learned yet; the run let it publish, and its first messages of topic 2 went to
 ///   no region of receiver 0's (never delivered). The run now waits until the sender knows
 ///   every live subscriber by node, not by count.
+/// * 62119, with all (the gossip plane): receiver 7 added a topic and moved into receiver
+///   24's region; by their subscription records each was the other's mate, but 7's health
+///   record still named its old region, so each refused what the other's listing offered
+///   and answered that listing with its own. The two exchanged listings every hop, the sim's
+///   duplicates started new chains, and gossip grew from 9,796 datagrams to 3.3 million in
+///   60 simulated ms (never finished). Health now takes the new region when the
+///   subscriptions change, not at the next health tick.
 const SWARM_REGRESSIONS: &[(u64, bool, bool)] = &[
     (5136, false, false),
     (20718, true, false),
@@ -2466,6 +2473,7 @@ const SWARM_REGRESSIONS: &[(u64, bool, bool)] = &[
     (30453, true, true),
     (63580, true, true),
     (62796, true, true),
+    (62119, true, true),
 ];
 
 /// A random non-empty subset of `0..n`.
