@@ -75,6 +75,9 @@ impl Owed {
     pub(crate) fn len(&self) -> usize {
         self.set.len()
     }
+    pub(crate) fn iter(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.set.iter().copied()
+    }
     pub(crate) fn max(&self) -> usize {
         self.max
     }

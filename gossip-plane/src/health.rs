@@ -35,6 +35,13 @@
 //!   records (the peer's region first; news at most half the budget), then the next entries of
 //!   a round-robin walk, within `payload_max` bytes. With nothing hot we push every
 //!   `cold_every` rounds.
+//! * Repair (anti-entropy by digest): a push ends with our digest of the region's records (to
+//!   a mate) and of the aggregates. A peer whose digest differs answers with its listing
+//!   (ids and versions); the listing's receiver sends what the listing lacks or holds older
+//!   and, if the listing shows it behind, its own listing marked as an *answer*. An answer
+//!   listing gets entries back, never another listing, so a conversation is at most digest →
+//!   listing → answer → entries, even between two nodes that each refuse what the other
+//!   lists (seed 62119: such a pair traded listings on every hop).
 //!
 //! Not done: regions larger than `records_max` get aggregates from partial views (and members
 //! may take turns re-issuing them); a node that changes region is counted in both until its
@@ -51,6 +58,14 @@
 //!            6 × (min f32 | max f32 | sum f64 | worst u64)
 //! record:    node u64 | version u64 | age ms u32 | region | 6 × f32
 //! ```
+//!
+//! The repair part follows, if present: `flags u8 | digest? | listing? | aggregate digest? |
+//! aggregate listing?`, flags 1 digest, 2 listing, 4 listing complete, 8 aggregate digest,
+//! 16 aggregate listing, 32 aggregate listing complete, 64 the listing answers the peer's,
+//! 128 the aggregate listing answers the peer's (an answer flag without its listing is
+//! malformed); a digest is `xor u32 | count u16`, a listing `count u8 | (node u64 |
+//! version u64)*`, an aggregate listing `count u8 | (region | version u64 | aggregator
+//! u64)*`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -478,13 +493,17 @@ fn resume<K: Ord + Copy, V>(
 }
 
 /// The region-records repair part of a payload: the sender's digest of its region's
-/// records, and/or its listing of them (sorted by id; `complete` if nothing was left out).
+/// records, and/or its listing of them (sorted by id; `complete` if nothing was left out;
+/// `listing_answers` if it answers our listing, so it is answered with entries only); the same
+/// for aggregates.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct Repair {
     digest: Option<(u32, u16)>,
     listing: Option<(Vec<(NodeId, u64)>, bool)>,
+    listing_answers: bool,
     agg_digest: Option<(u32, u16)>,
     agg_listing: Option<(Vec<AggKey>, bool)>,
+    agg_listing_answers: bool,
 }
 
 /// What identifies a held aggregate's version: region, version, aggregator.
@@ -516,7 +535,10 @@ const REPAIR_COMPLETE: u8 = 4;
 const REPAIR_AGG_DIGEST: u8 = 8;
 const REPAIR_AGG_LISTING: u8 = 16;
 const REPAIR_AGG_COMPLETE: u8 = 32;
-const REPAIR_FLAGS: u8 = 63;
+/// The record listing answers the peer's listing: it is answered with records only.
+const REPAIR_ANSWER: u8 = 64;
+/// The aggregate listing answers the peer's listing: it is answered with aggregates only.
+const REPAIR_AGG_ANSWER: u8 = 128;
 /// Records owed to a peer after its listing, at most.
 const OWED_RECORDS_MAX: usize = 64;
 /// Peers owed records or a listing, at most.
@@ -599,7 +621,11 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
     let mut repair = Repair::default();
     if !r.is_empty() {
         let flags = r.u8()?;
-        if flags & !REPAIR_FLAGS != 0 {
+        let answer_without_listing =
+            |answer: u8, listing: u8| flags & answer != 0 && flags & listing == 0;
+        if answer_without_listing(REPAIR_ANSWER, REPAIR_LISTING)
+            || answer_without_listing(REPAIR_AGG_ANSWER, REPAIR_AGG_LISTING)
+        {
             return Err(WireError::Malformed);
         }
         if flags & REPAIR_DIGEST != 0 {
@@ -615,6 +641,7 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
                 return Err(WireError::Malformed);
             }
             repair.listing = Some((list, flags & REPAIR_COMPLETE != 0));
+            repair.listing_answers = flags & REPAIR_ANSWER != 0;
         }
         if flags & REPAIR_AGG_DIGEST != 0 {
             repair.agg_digest = Some((r.u32()?, r.u16()?));
@@ -629,6 +656,7 @@ fn decode(payload: &[u8]) -> Result<Decoded, WireError> {
                 return Err(WireError::Malformed);
             }
             repair.agg_listing = Some((list, flags & REPAIR_AGG_COMPLETE != 0));
+            repair.agg_listing_answers = flags & REPAIR_AGG_ANSWER != 0;
         }
     }
     if !r.is_empty() {
@@ -656,12 +684,19 @@ pub struct Health {
     /// Where our next aggregate listing starts.
     agg_listing_cursor: Option<RegionId>,
     owed: Owed,
-    /// Mates whose digest differed from ours: they are owed our listing.
+    /// Mates whose digest differed from ours, or whose listing showed us behind: they are
+    /// owed our listing.
     listing_owed: Owed,
+    /// The mates of `listing_owed` whose listing we answer (our listing says so, and is
+    /// answered with records only: a repair conversation ends).
+    listing_answers: Owed,
     /// Records a mate's listing lacked (or held older), owed to it.
     records_owed: BTreeMap<std::net::SocketAddr, Vec<NodeId>>,
-    /// Peers whose aggregate digest differed from ours: they are owed our listing of them.
+    /// Peers whose aggregate digest differed from ours, or whose listing showed us behind:
+    /// they are owed our listing of them.
     agg_listing_owed: Owed,
+    /// The peers of `agg_listing_owed` whose listing we answer.
+    agg_listing_answers: Owed,
     /// Aggregates a peer's listing lacked (or held older), owed to it.
     aggs_owed: BTreeMap<std::net::SocketAddr, Vec<Option<RegionId>>>,
     rec_cursor: Option<NodeId>,
@@ -699,8 +734,10 @@ impl Health {
             listing_cursor: NodeId(0),
             agg_listing_cursor: None,
             listing_owed: Owed::new(REPAIR_PEERS_MAX),
+            listing_answers: Owed::new(REPAIR_PEERS_MAX),
             records_owed: BTreeMap::new(),
             agg_listing_owed: Owed::new(REPAIR_PEERS_MAX),
+            agg_listing_answers: Owed::new(REPAIR_PEERS_MAX),
             aggs_owed: BTreeMap::new(),
             rec_cursor: None,
             agg_cursor: None,
@@ -1210,16 +1247,16 @@ impl Health {
     }
 
     /// Writes a repair answer: what a listing lacked (records to a mate, aggregates to
-    /// anyone) and/or our own listings.
+    /// anyone) and/or our own listings (`Some(answers)`: whether it answers the peer's).
     #[allow(clippy::too_many_arguments)]
     fn write_repair(
         &mut self,
         now: Instant,
         to: &Peer,
         budget: usize,
-        listing: bool,
+        listing: Option<bool>,
         owed: Vec<NodeId>,
-        agg_listing: bool,
+        agg_listing: Option<bool>,
         owed_aggs: Vec<Option<RegionId>>,
         out: &mut Vec<u8>,
     ) {
@@ -1257,7 +1294,7 @@ impl Health {
         }
         let mut list: Vec<(NodeId, u64)> = Vec::new();
         let mut complete = true;
-        if listing {
+        if listing.is_some() {
             // From a rotating point: a listing cut short by the budget covers a different
             // stretch each time, so every record is eventually offered.
             let from = self.listing_cursor;
@@ -1276,7 +1313,7 @@ impl Health {
         }
         let mut alist: Vec<AggKey> = Vec::new();
         let mut acomplete = true;
-        if agg_listing {
+        if agg_listing.is_some() {
             let from = self.agg_listing_cursor;
             for (r, e) in self.aggs.range(from..).chain(self.aggs.range(..from)) {
                 let len = region_len(*r) + 16;
@@ -1289,7 +1326,7 @@ impl Health {
                 alist.push((*r, e.agg.version, e.agg.aggregator));
             }
         }
-        if recs.is_empty() && !listing && aggs.is_empty() && !agg_listing {
+        if recs.is_empty() && listing.is_none() && aggs.is_empty() && agg_listing.is_none() {
             return;
         }
         out.push(aggs.len() as u8);
@@ -1307,21 +1344,23 @@ impl Health {
         out.push(0);
         out.push(0);
         let mut flags = 0;
-        if listing {
+        if let Some(answers) = listing {
             flags |= REPAIR_LISTING | if complete { REPAIR_COMPLETE } else { 0 };
+            flags |= if answers { REPAIR_ANSWER } else { 0 };
         }
-        if agg_listing {
+        if let Some(answers) = agg_listing {
             flags |= REPAIR_AGG_LISTING | if acomplete { REPAIR_AGG_COMPLETE } else { 0 };
+            flags |= if answers { REPAIR_AGG_ANSWER } else { 0 };
         }
         out.push(flags);
-        if listing {
+        if listing.is_some() {
             out.push(list.len() as u8);
             for (id, v) in &list {
                 out.extend_from_slice(&id.0.to_be_bytes());
                 out.extend_from_slice(&v.to_be_bytes());
             }
         }
-        if agg_listing {
+        if agg_listing.is_some() {
             out.push(alist.len() as u8);
             for (r, v, a) in &alist {
                 put_region(out, *r);
@@ -1636,8 +1675,10 @@ impl GossipObject for Health {
     fn forget_peer(&mut self, addr: std::net::SocketAddr) {
         self.owed.take(addr);
         self.listing_owed.take(addr);
+        self.listing_answers.take(addr);
         self.records_owed.remove(&addr);
         self.agg_listing_owed.take(addr);
+        self.agg_listing_answers.take(addr);
         self.aggs_owed.remove(&addr);
     }
     fn write(
@@ -1658,11 +1699,13 @@ impl GossipObject for Health {
             self.write_push(now, to, budget, out);
             return;
         }
-        let listing = self.listing_owed.take(to.addr);
+        let answers = self.listing_answers.take(to.addr);
+        let listing = self.listing_owed.take(to.addr).then_some(answers);
         let owed = self.records_owed.remove(&to.addr).unwrap_or_default();
-        let agg_listing = self.agg_listing_owed.take(to.addr);
+        let answers = self.agg_listing_answers.take(to.addr);
+        let agg_listing = self.agg_listing_owed.take(to.addr).then_some(answers);
         let owed_aggs = self.aggs_owed.remove(&to.addr).unwrap_or_default();
-        if listing || !owed.is_empty() || agg_listing || !owed_aggs.is_empty() {
+        if listing.is_some() || !owed.is_empty() || agg_listing.is_some() || !owed_aggs.is_empty() {
             self.write_repair(now, to, budget, listing, owed, agg_listing, owed_aggs, out);
         }
     }
@@ -1728,13 +1771,17 @@ impl GossipObject for Health {
                 out.send_to(from.addr);
             }
             // The listing shows something we lack or hold older: our own listing lets the
-            // peer send it (the repair works both ways).
+            // peer send it (the repair works both ways), marked as an answer. A listing that
+            // answers ours is not answered with another: the peer has had ours and sends what
+            // it lacked, so the conversation ends (two nodes that each refuse what the other
+            // lists would otherwise trade listings for ever).
             let behind = list.iter().any(|(r, v, a)| {
                 self.aggs
                     .get(r)
                     .is_none_or(|e| (e.agg.version, e.agg.aggregator) < (*v, *a))
             });
-            if behind && self.agg_listing_owed.add(from.addr) {
+            if behind && !repair.agg_listing_answers && self.agg_listing_owed.add(from.addr) {
+                self.agg_listing_answers.add(from.addr);
                 out.send_to(from.addr);
             }
         }
@@ -1770,7 +1817,8 @@ impl GossipObject for Health {
                 let behind = list.iter().any(|(id, v)| {
                     *id != self.me && self.records.get(id).is_none_or(|e| e.rec.version < *v)
                 });
-                if behind && self.listing_owed.add(from.addr) {
+                if behind && !repair.listing_answers && self.listing_owed.add(from.addr) {
+                    self.listing_answers.add(from.addr);
                     out.send_to(from.addr);
                 }
             }
@@ -1797,6 +1845,14 @@ impl GossipObject for Health {
         assert!(self.forgotten.len() <= FORGOTTEN_MAX);
         assert!(self.mates.len() <= 4 * self.config.records_max.max(1));
         assert!(self.records_owed.len() <= REPAIR_PEERS_MAX);
+        assert!(self
+            .listing_answers
+            .iter()
+            .all(|a| self.listing_owed.contains(a)));
+        assert!(self
+            .agg_listing_answers
+            .iter()
+            .all(|a| self.agg_listing_owed.contains(a)));
         assert!(self
             .records_owed
             .values()
@@ -1869,6 +1925,69 @@ mod tests {
             .unwrap();
         }
         out.len()
+    }
+
+    /// Delivers what `from` owes `to` (a repair answer), if anything; the payload's length.
+    fn answer(from: &mut Health, to: &mut Health, now: Instant) -> usize {
+        let mut peers = Peers::scratch(now);
+        let p = peer(to.me.0);
+        if !from.has_more(&p) {
+            return 0;
+        }
+        let mut out = Vec::new();
+        from.write(now, &p, Priority::Bulk, 1000, &mut out);
+        if !out.is_empty() {
+            to.handle(
+                now,
+                &peer(from.me.0),
+                Priority::Bulk,
+                &out,
+                &mut Outbox::new(&mut peers, 0, now),
+            )
+            .unwrap();
+        }
+        out.len()
+    }
+
+    #[test]
+    fn a_repair_conversation_ends_even_when_each_side_refuses_what_the_other_lists() {
+        // Seed 62119's shape: a and b are told they are mates (by the subscription records)
+        // while their health records still name different regions, so each refuses the
+        // records the other lists, and each listing shows the other behind. Without the
+        // answer flag they traded listings for ever.
+        let now = Instant(1_000_000_000);
+        let cfg = HealthConfig::default();
+        let mut a = Health::new(NodeId(1), cfg.clone());
+        let mut b = Health::new(NodeId(2), cfg.clone());
+        let mut c = Health::new(NodeId(3), cfg.clone());
+        let mut d = Health::new(NodeId(4), cfg);
+        for (n, r) in [(&mut a, 5), (&mut b, 6), (&mut c, 5), (&mut d, 6)] {
+            n.set_region(now, Some(RegionId(r)));
+            n.set_local(now, h(r as f32));
+        }
+        push(&mut c, &mut a, now, 1000);
+        push(&mut d, &mut b, now, 1000);
+        a.set_mate(NodeId(2), true);
+        b.set_mate(NodeId(1), true);
+        for round in 0..3 {
+            let t = now + cfg_gap() * (round + 1);
+            push(&mut a, &mut b, t, 1000);
+            let mut datagrams = 0;
+            loop {
+                let sent = answer(&mut b, &mut a, t) + answer(&mut a, &mut b, t);
+                if sent == 0 || datagrams >= 100 {
+                    break;
+                }
+                datagrams += 1;
+            }
+            assert!(
+                datagrams <= 4,
+                "round {round}: the repair went on for {datagrams} exchanges"
+            );
+            assert!(a.stats().repairs_sent >= 1 && b.stats().repairs_sent >= 1);
+            a.check_invariants();
+            b.check_invariants();
+        }
     }
 
     #[test]
