@@ -13,9 +13,14 @@
 //! may still lack: the acknowledgement's `stable` point passes members the ring skipped this
 //! round (a crashed or unreachable hop), its `floor` does not. A skipped member may be the
 //! caretaker partition of what it lacks, so no cache holds it; the sender is then the only
-//! copy. Packets between the floor and the stability point are kept for re-multicast
-//! (at most as many as the window holds, the oldest dropped first and counted) but no longer
-//! close the window, so a skipped member still does not hold the stream back.
+//! copy. Packets between the floor and the stability point are kept for re-multicast and do
+//! not close the window, so a skipped member does not hold the stream back, until they are a
+//! window's worth: the window then closes until the floor advances (the skipped member
+//! catches up, or the view drops it). Dropping the oldest instead loses what nobody else
+//! holds (seed 61803: a crashed partition leader left its four live partition-mates
+//! unvisited for seconds; all four lacked a packet their partition was the caretaker of, and
+//! the sender had dropped it: they waited for it for ever). So the window holds at most
+//! twice its capacity.
 //!
 //! The window is bounded by packets and, optionally ([`SendWindow::bound_by_time`]), by time:
 //! it also closes once it holds more than a given time's worth of data at the rate the region
@@ -53,8 +58,6 @@ pub struct SendWindow {
     /// Packets before `base` still kept (stable, past the floor): the front of `packets`.
     retained: usize,
     retained_bytes: usize,
-    /// Retained packets dropped, the retention being full.
-    retained_dropped: u64,
     next: Seq,
     /// The stream's first sequence number.
     first: Seq,
@@ -91,7 +94,6 @@ impl SendWindow {
             base: first,
             retained: 0,
             retained_bytes: 0,
-            retained_dropped: 0,
             next: first,
             first,
             packets: VecDeque::new(),
@@ -137,13 +139,15 @@ impl SendWindow {
     }
 
     /// Whether another packet may be sent (reliable mode: the window holds fewer than its
-    /// packets and no more than [`SendWindow::byte_limit`] bytes).
+    /// packets unacknowledged and retained each, and no more than
+    /// [`SendWindow::byte_limit`] bytes).
     pub fn is_open(&self) -> bool {
-        self.capacity == 0 || (self.len() < self.capacity && self.bytes <= self.byte_limit())
+        self.capacity == 0
+            || (!self.is_full() && self.retained < self.capacity && self.bytes <= self.byte_limit())
     }
 
-    /// Whether the window holds all the packets it may (reliable mode): closed by its packets,
-    /// not by its time bound.
+    /// Whether the window holds all the unacknowledged packets it may (reliable mode): closed
+    /// by its packets, not by its time bound or its retention.
     pub fn is_full(&self) -> bool {
         self.capacity != 0 && self.len() >= self.capacity
     }
@@ -173,11 +177,6 @@ impl SendWindow {
     /// Stable packets kept because a member the ring skipped may lack them, and their bytes.
     pub fn retained(&self) -> (usize, usize) {
         (self.retained, self.retained_bytes)
-    }
-
-    /// Retained packets dropped because the retention was full (a member skipped for long).
-    pub fn retained_dropped(&self) -> u64 {
-        self.retained_dropped
     }
 
     /// The sequence number before the oldest packet kept, retained ones included: everything
@@ -232,12 +231,9 @@ impl SendWindow {
             self.base = self.base.next();
             freed += 1;
         }
-        // Free what every member has, and the oldest beyond a window's worth.
+        // Free what every member has (only that: see the module docs).
         let mut first = self.kept_from();
-        while self.retained > 0 && (!floor.is_before(first) || self.retained > self.capacity) {
-            if floor.is_before(first) {
-                self.retained_dropped += 1;
-            }
+        while self.retained > 0 && !floor.is_before(first) {
             let k = self.packets.pop_front().expect("retained");
             self.retained -= 1;
             self.retained_bytes -= k.datagram.len();
@@ -301,7 +297,9 @@ impl SendWindow {
             );
             return;
         }
-        assert!(self.len() <= self.capacity && self.retained <= self.capacity);
+        // Retention closes the window below a window's worth, and one more window's worth
+        // may become stable behind it.
+        assert!(self.len() <= self.capacity && self.retained < 2 * self.capacity);
         assert_eq!(
             self.base.advance(self.len() as u32),
             self.next,
@@ -350,7 +348,8 @@ mod tests {
         assert_eq!(w.get(Seq(2)), Some(&[1u8; 10][..]));
         assert_eq!(w.resend(T0, Seq(4), HOLD), Resend::Go);
         w.check_invariants();
-        // The window fills again; the retention keeps at most a window's worth, oldest out.
+        // The window fills again; a window's worth retained closes it, and nothing retained
+        // is dropped (a skipped member may lack it, and nobody else hold it).
         for i in 4..10 {
             if w.is_open() {
                 w.sent(&[i as u8; 10]);
@@ -358,12 +357,17 @@ mod tests {
         }
         assert!(w.is_full());
         assert_eq!(w.ack(T0, Seq(7), Seq(1)), 3);
-        assert_eq!((w.retained(), w.retained_dropped()), ((4, 40), 2));
-        assert_eq!(w.get(Seq(3)), None, "dropped, oldest first");
-        assert_eq!(w.get(Seq(4)), Some(&[3u8; 10][..]));
-        assert_eq!(w.kept_after(), Seq(3));
+        assert_eq!(w.retained(), (6, 60));
+        assert!(w.len() == 1 && !w.is_full() && !w.is_open());
+        assert_eq!(w.get(Seq(2)), Some(&[1u8; 10][..]), "kept, not dropped");
+        assert_eq!(w.kept_after(), Seq(1));
         w.check_invariants();
-        // The floor catches up: the retention empties.
+        // The floor moves but the retention still holds a window's worth: still closed.
+        assert_eq!(w.ack(T0, Seq(7), Seq(3)), 0);
+        assert!(w.retained() == (4, 40) && !w.is_open());
+        // Below a window's worth it opens again; the floor catching up empties it.
+        assert_eq!(w.ack(T0, Seq(7), Seq(4)), 0);
+        assert!(w.is_open());
         assert_eq!(w.ack(T0, Seq(8), Seq(8)), 1);
         assert_eq!((w.retained(), w.len()), ((0, 0), 0));
         w.check_invariants();

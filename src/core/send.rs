@@ -513,10 +513,8 @@ impl NodeCore {
             return;
         }
         let acked_before = stream.window.acked();
-        let dropped_before = stream.window.retained_dropped();
         let freed = stream.window.ack(now, ack.stable, ack.floor);
         self.stats.acked_packets += freed;
-        self.stats.retained_dropped += stream.window.retained_dropped() - dropped_before;
         if !ack.stable.is_before(ack.floor) && stream.floor.is_before(ack.floor) {
             stream.floor = ack.floor;
         }

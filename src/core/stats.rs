@@ -103,10 +103,8 @@ pub struct CoreStats {
     /// Packets held for retransmission now (gauge).
     pub unacked_packets: u64,
     /// Stable packets still held because a member the ring skipped may lack them (gauge;
-    /// at most a send window's worth per stream).
+    /// a send window's worth of them per stream closes the window until the floor advances).
     pub retained_packets: u64,
-    /// Such packets dropped, oldest first, because the retention was full.
-    pub retained_dropped: u64,
     /// Packets in the caretaker cache now (gauge).
     pub cached_packets: u64,
     /// Bytes in the caretaker cache now (gauge).
