@@ -1909,33 +1909,24 @@ mod tests {
 
     fn push(from: &mut Health, to: &mut Health, now: Instant, budget: usize) -> usize {
         let mut peers = Peers::scratch(now);
-        let p = peer(to.me.0);
-        from.gossip_with(now, &p, &mut Outbox::new(&mut peers, 0, now));
-        let mut out = Vec::new();
-        from.write(now, &p, Priority::Bulk, budget, &mut out);
-        assert!(out.len() <= budget);
-        if !out.is_empty() {
-            to.handle(
-                now,
-                &peer(from.me.0),
-                Priority::Bulk,
-                &out,
-                &mut Outbox::new(&mut peers, 0, now),
-            )
-            .unwrap();
-        }
-        out.len()
+        from.gossip_with(now, &peer(to.me.0), &mut Outbox::new(&mut peers, 0, now));
+        deliver(from, to, now, budget)
     }
 
     /// Delivers what `from` owes `to` (a repair answer), if anything; the payload's length.
     fn answer(from: &mut Health, to: &mut Health, now: Instant) -> usize {
-        let mut peers = Peers::scratch(now);
-        let p = peer(to.me.0);
-        if !from.has_more(&p) {
-            return 0;
+        match from.has_more(&peer(to.me.0)) {
+            true => deliver(from, to, now, 1000),
+            false => 0,
         }
+    }
+
+    /// Writes what `from` has for `to` within `budget` and hands it to `to`; its length.
+    fn deliver(from: &mut Health, to: &mut Health, now: Instant, budget: usize) -> usize {
+        let mut peers = Peers::scratch(now);
         let mut out = Vec::new();
-        from.write(now, &p, Priority::Bulk, 1000, &mut out);
+        from.write(now, &peer(to.me.0), Priority::Bulk, budget, &mut out);
+        assert!(out.len() <= budget);
         if !out.is_empty() {
             to.handle(
                 now,
