@@ -860,6 +860,12 @@ impl Membership {
         1 + self.lhm
     }
 
+    /// About the longest a crashed member stays live in this view: a probe round, its
+    /// indirect probes, and a suspicion no other member confirms.
+    pub fn detection_time(&self) -> Duration {
+        self.round * 2 + self.suspicion_timeout(0)
+    }
+
     /// The smoothed round trip of direct probes, once measured.
     pub fn smoothed_rtt(&self) -> Option<Duration> {
         (self.rtt.samples > 0).then(|| Duration::from_secs_f64(self.rtt.srtt))

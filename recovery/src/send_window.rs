@@ -16,11 +16,16 @@
 //! copy. Packets between the floor and the stability point are kept for re-multicast and do
 //! not close the window, so a skipped member does not hold the stream back, until they are a
 //! window's worth: the window then closes until the floor advances (the skipped member
-//! catches up, or the view drops it). Dropping the oldest instead loses what nobody else
+//! catches up, or the view drops it). Dropping the oldest at once loses what nobody else
 //! holds (seed 61803: a crashed partition leader left its four live partition-mates
 //! unvisited for seconds; all four lacked a packet their partition was the caretaker of, and
 //! the sender had dropped it: they waited for it for ever). So the window holds at most
-//! twice its capacity.
+//! twice its capacity. It stays closed for at most the retention hold
+//! ([`SendWindow::set_retention_hold`], the owner's bound on failure detection): a member
+//! that stays skipped while the view keeps it (a one-way link failure, which no failure
+//! detector sees) would otherwise stop the stream for as long as the failure lasts. Past the
+//! hold the window opens again and the oldest retained packets beyond a window's worth are
+//! dropped, counted ([`SendWindow::retained_dropped`]), until the floor advances.
 //!
 //! The window is bounded by packets and, optionally ([`SendWindow::bound_by_time`]), by time:
 //! it also closes once it holds more than a given time's worth of data at the rate the region
@@ -58,6 +63,14 @@ pub struct SendWindow {
     /// Packets before `base` still kept (stable, past the floor): the front of `packets`.
     retained: usize,
     retained_bytes: usize,
+    /// Since when the retention holds a window's worth (the floor not advancing).
+    retention_full_since: Option<Instant>,
+    /// How long a full retention may close the window.
+    retention_hold: Duration,
+    /// Whether the hold passed: the retention drops its oldest beyond a window's worth.
+    retention_dropping: bool,
+    /// Retained packets dropped that way.
+    retained_dropped: u64,
     next: Seq,
     /// The stream's first sequence number.
     first: Seq,
@@ -94,6 +107,10 @@ impl SendWindow {
             base: first,
             retained: 0,
             retained_bytes: 0,
+            retention_full_since: None,
+            retention_hold: Duration::MAX,
+            retention_dropping: false,
+            retained_dropped: 0,
             next: first,
             first,
             packets: VecDeque::new(),
@@ -116,6 +133,18 @@ impl SendWindow {
         self.time = time;
         self.floor = floor;
         self
+    }
+
+    /// How long a window's worth of retained packets may close the window (unbounded until
+    /// set; see the module docs).
+    pub fn set_retention_hold(&mut self, hold: Duration) {
+        self.retention_hold = hold;
+    }
+
+    /// Retained packets dropped, oldest first, because the retention stayed full past the
+    /// hold (a member the ring kept skipping may lack them: it will count them as gaps).
+    pub fn retained_dropped(&self) -> u64 {
+        self.retained_dropped
     }
 
     /// The sequence number the next packet gets.
@@ -143,7 +172,9 @@ impl SendWindow {
     /// [`SendWindow::byte_limit`] bytes).
     pub fn is_open(&self) -> bool {
         self.capacity == 0
-            || (!self.is_full() && self.retained < self.capacity && self.bytes <= self.byte_limit())
+            || (!self.is_full()
+                && (self.retained < self.capacity || self.retention_dropping)
+                && self.bytes <= self.byte_limit())
     }
 
     /// Whether the window holds all the unacknowledged packets it may (reliable mode): closed
@@ -231,14 +262,27 @@ impl SendWindow {
             self.base = self.base.next();
             freed += 1;
         }
-        // Free what every member has (only that: see the module docs).
+        // Free what every member has, and past the hold the oldest beyond a window's worth
+        // (see the module docs).
         let mut first = self.kept_from();
         while self.retained > 0 && !floor.is_before(first) {
-            let k = self.packets.pop_front().expect("retained");
-            self.retained -= 1;
-            self.retained_bytes -= k.datagram.len();
-            self.pool.give_back(k.datagram);
+            self.drop_oldest_retained();
             first = first.next();
+        }
+        if self.retained < self.capacity {
+            self.retention_full_since = None;
+            self.retention_dropping = false;
+        } else {
+            let since = *self.retention_full_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= self.retention_hold {
+                self.retention_dropping = true;
+            }
+        }
+        if self.retention_dropping {
+            while self.retained > self.capacity {
+                self.drop_oldest_retained();
+                self.retained_dropped += 1;
+            }
         }
         // What this acknowledgement freed belongs to the time since the last one (counted
         // only if the window held something then: the first acknowledgement, or the first
@@ -247,6 +291,13 @@ impl SendWindow {
         self.acks.on_drained(before - self.bytes);
         self.acks.on_poll(now, self.bytes);
         freed
+    }
+
+    fn drop_oldest_retained(&mut self) {
+        let k = self.packets.pop_front().expect("retained");
+        self.retained -= 1;
+        self.retained_bytes -= k.datagram.len();
+        self.pool.give_back(k.datagram);
     }
 
     /// Packet `seq`, if it is still held.
@@ -370,6 +421,51 @@ mod tests {
         assert!(w.is_open());
         assert_eq!(w.ack(T0, Seq(8), Seq(8)), 1);
         assert_eq!((w.retained(), w.len()), ((0, 0), 0));
+        w.check_invariants();
+    }
+
+    #[test]
+    fn a_full_retention_closes_the_window_only_for_its_hold_then_drops_the_oldest_counted() {
+        let hold = Duration::from_secs(4);
+        let mut w = filled(4, 4);
+        w.set_retention_hold(hold);
+        // A skipped member holds only up to 0: everything stable is retained.
+        assert_eq!(w.ack(T0, Seq(4), Seq(0)), 4);
+        assert!(
+            w.retained() == (4, 40) && !w.is_open(),
+            "a window's worth retained"
+        );
+        let just_inside = T0 + hold - Duration::from_nanos(1);
+        w.ack(just_inside, Seq(4), Seq(0));
+        assert!(
+            !w.is_open() && w.retained_dropped() == 0,
+            "closed within the hold"
+        );
+        // Past the hold the window opens; what becomes stable beyond a window's worth pushes
+        // the oldest out, counted.
+        w.ack(T0 + hold, Seq(4), Seq(0));
+        assert!(w.is_open());
+        for i in 4..6 {
+            w.sent(&[i as u8; 10]);
+        }
+        assert_eq!(w.ack(T0 + hold, Seq(6), Seq(0)), 2);
+        assert_eq!((w.retained(), w.retained_dropped()), ((4, 40), 2));
+        assert_eq!(w.get(Seq(2)), None, "dropped, oldest first");
+        assert_eq!(w.get(Seq(3)), Some(&[2u8; 10][..]));
+        assert!(w.is_open());
+        w.check_invariants();
+        // The floor advancing below a window's worth ends it: a full retention closes the
+        // window again, for a new hold.
+        w.ack(T0 + hold, Seq(6), Seq(4));
+        assert_eq!(w.retained(), (2, 20));
+        for i in 6..8 {
+            w.sent(&[i as u8; 10]);
+        }
+        let later = T0 + hold * 2;
+        w.ack(later, Seq(8), Seq(4));
+        assert!(w.retained() == (4, 40) && !w.is_open());
+        w.ack(later + hold, Seq(8), Seq(4));
+        assert!(w.is_open() && w.retained_dropped() == 2);
         w.check_invariants();
     }
 

@@ -513,8 +513,15 @@ impl NodeCore {
             return;
         }
         let acked_before = stream.window.acked();
+        let dropped_before = stream.window.retained_dropped();
+        // A full retention closes the window for about as long as the view takes to drop a
+        // crashed member, twice over, so the view change reaches the ring and its floor.
+        stream
+            .window
+            .set_retention_hold(self.gossip.membership().detection_time() * 2);
         let freed = stream.window.ack(now, ack.stable, ack.floor);
         self.stats.acked_packets += freed;
+        self.stats.retained_dropped += stream.window.retained_dropped() - dropped_before;
         if !ack.stable.is_before(ack.floor) && stream.floor.is_before(ack.floor) {
             stream.floor = ack.floor;
         }

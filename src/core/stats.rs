@@ -103,8 +103,12 @@ pub struct CoreStats {
     /// Packets held for retransmission now (gauge).
     pub unacked_packets: u64,
     /// Stable packets still held because a member the ring skipped may lack them (gauge;
-    /// a send window's worth of them per stream closes the window until the floor advances).
+    /// a send window's worth of them per stream closes the window until the floor advances
+    /// or the retention hold passes).
     pub retained_packets: u64,
+    /// Retained packets dropped, oldest first, because the retention stayed full past its
+    /// hold (a member the ring kept skipping while the view kept it: a one-way failure).
+    pub retained_dropped: u64,
     /// Packets in the caretaker cache now (gauge).
     pub cached_packets: u64,
     /// Bytes in the caretaker cache now (gauge).
