@@ -169,22 +169,38 @@ impl World {
     fn publish(&mut self, i: usize, t: u32, count: u32, per_ms: u32) -> std::ops::Range<u32> {
         let first = *self.next.entry(i).or_insert(0);
         let mut n = first;
+        let mut refused = 0;
         while n < first + count {
-            let now = self.sim.now();
             let p = payload(i, n, t, self.size);
             let node = self.sim.node_mut(self.idx[i]);
             if node.publish(topic(t), p).is_ok() {
                 n += 1;
+                refused = 0;
                 self.sim.poke(self.idx[i]);
                 if (n - first) % per_ms.max(1) != 0 {
                     continue;
                 }
+                self.run(Duration::from_millis(1));
+            } else {
+                self.wait_for_window(i, &mut refused);
             }
-            let _ = now;
-            self.run(Duration::from_millis(1));
         }
         self.next.insert(i, n);
         first..n
+    }
+
+    /// Runs a millisecond for sender `i`, whose publish was refused `refused` times in a row
+    /// before: panics once that is a minute of simulated time (a window that never opens
+    /// again fails the test instead of hanging it, as one did at stop 29).
+    fn wait_for_window(&mut self, i: usize, refused: &mut u32) {
+        *refused += 1;
+        assert!(
+            *refused < 60_000,
+            "sender {i} could not publish for a minute (its window never opened); {}",
+            // The test's name: libtest names each test's thread after it.
+            self.hint(std::thread::current().name().unwrap_or("sim_membership"))
+        );
+        self.run(Duration::from_millis(1));
     }
 
     /// Messages of `from` that `r` got, in order.
@@ -453,6 +469,7 @@ fn publish_alternating(w: &mut World, i: usize, count: u32) -> std::ops::Range<u
     let first = *w.next.entry(i).or_insert(0);
     for n in first..first + count {
         let t = 1 + n % 2;
+        let mut refused = 0;
         loop {
             let p = payload(i, n, t, w.size);
             let node = w.sim.node_mut(w.idx[i]);
@@ -460,7 +477,7 @@ fn publish_alternating(w: &mut World, i: usize, count: u32) -> std::ops::Range<u
                 w.sim.poke(w.idx[i]);
                 break;
             }
-            w.run(Duration::from_millis(1));
+            w.wait_for_window(i, &mut refused);
         }
         if n % 20 == 19 {
             w.run(Duration::from_millis(1));
