@@ -142,7 +142,8 @@ impl SendWindow {
     }
 
     /// Retained packets dropped, oldest first, because the retention stayed full past the
-    /// hold (a member the ring kept skipping may lack them: it will count them as gaps).
+    /// hold. A member the ring kept skipping may lack them; nobody tells it they are gone
+    /// yet, so it asks for them in vain (issue 10, open).
     pub fn retained_dropped(&self) -> u64 {
         self.retained_dropped
     }
